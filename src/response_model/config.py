@@ -1,0 +1,52 @@
+"""Locating and reading the YAML configuration under ``configs/``."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR_ENV = "RESPONSE_MODEL_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """Return the folder holding the project's YAML configuration.
+
+    ``$RESPONSE_MODEL_CONFIG_DIR`` wins; otherwise the ``configs/`` folder of the source checkout
+    (the package is installed in editable mode from it).
+    """
+    if os.environ.get(CONFIG_DIR_ENV):
+        return Path(os.environ[CONFIG_DIR_ENV])
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "configs"
+        if (candidate / "regimens.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"cannot find the configs/ folder; set {CONFIG_DIR_ENV} to the folder holding regimens.yaml"
+    )
+
+
+def resolve_config_path(name: str | os.PathLike[str]) -> Path:
+    """Return ``name`` as a path: as given if it exists, else relative to :func:`config_dir`."""
+    path = Path(name)
+    if path.exists():
+        return path
+    candidate = config_dir() / path
+    if candidate.exists():
+        return candidate
+    raise FileNotFoundError(f"configuration file {str(name)!r} not found (also looked in {config_dir()})")
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: str, mtime: float) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def load_yaml(name: str | os.PathLike[str]) -> Any:
+    """Return the parsed content of a YAML file, by path or by name under ``configs/``."""
+    path = resolve_config_path(name)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime)
