@@ -1,0 +1,140 @@
+"""The one feature function: patient records (+ regimen) → feature matrix.
+
+Training, batch scoring and the API all call :func:`build_feature_matrix`, so what a model sees
+at serving time is computed exactly as at training time. Every column is float64; a missing
+input is NaN (the learners handle it), never imputed here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from response_model.pathways import load_pathways
+from response_model.regimens import TARGETS, candidate_regimens, get_regimen, regimen_classes
+from response_model.schema import (
+    VIRAL_AETIOLOGIES,
+    Aetiology,
+    Ascites,
+    BCLCStage,
+    Encephalopathy,
+    Exposure,
+    MSIStatus,
+    PatientRecord,
+    Sex,
+    cancer_types,
+)
+
+NUMERIC_FIELDS = (
+    "age", "ecog", "albumin", "bilirubin", "inr", "lesion_count", "largest_lesion_cm", "nlr",
+    "platelets", "haemoglobin", "bmi", "line_of_therapy", "pdl1_tps", "pdl1_cps", "cd8_density",
+    "teff_signature", "treg_signature", "myeloid_signature", "tmb", "fcna", "hed",
+)
+BINARY_FIELDS = (
+    "macrovascular_invasion", "extrahepatic_spread", "stage_iv", "diabetes", "prior_systemic_therapy",
+    "hla_loh",
+)
+ORDINAL_FIELDS = {
+    "ascites": list(Ascites),
+    "encephalopathy": list(Encephalopathy),
+    "bclc_stage": list(BCLCStage),
+    "alcohol_use": list(Exposure),
+    "smoking": list(Exposure),
+}
+CHILD_PUGH_ORDINAL = {"A": 1.0, "B": 2.0, "C": 3.0}
+
+
+def _flag(value: bool | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _cancer_type_column(name: str) -> str:
+    return "cancer_type_" + "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+@lru_cache(maxsize=1)
+def patient_feature_names() -> tuple[str, ...]:
+    """Return the names of the patient (regimen-independent) features, in matrix order."""
+    names = list(NUMERIC_FIELDS)
+    names += ["afp_log10", "albi_score", "albi_grade", "child_pugh_score", "child_pugh_class", "sex_male"]
+    names += list(BINARY_FIELDS) + list(ORDINAL_FIELDS)
+    names += ["msi_high", "aetiology_viral"] + [f"aetiology_{a.value}" for a in Aetiology]
+    names += [_cancer_type_column(c) for c in cancer_types()]
+    names += ["genotyped", "n_alterations"] + [p.name for p in load_pathways()]
+    return tuple(names)
+
+
+@lru_cache(maxsize=1)
+def regimen_feature_names() -> tuple[str, ...]:
+    """Return the names of the regimen features: class, mechanism targets and regimen one-hot."""
+    return (
+        tuple(f"class_{c}" for c in regimen_classes())
+        + tuple(f"target_{t}" for t in TARGETS)
+        + tuple(f"regimen_{r.name}" for r in candidate_regimens())
+    )
+
+
+def feature_names(with_regimen: bool = True) -> tuple[str, ...]:
+    """Return the column names of :func:`build_feature_matrix`, in order."""
+    return patient_feature_names() + (regimen_feature_names() if with_regimen else ())
+
+
+def _patient_features(record: PatientRecord) -> list[float]:
+    values = [math.nan if (v := getattr(record, name)) is None else float(v) for name in NUMERIC_FIELDS]
+    values.append(math.nan if record.afp is None else math.log10(record.afp + 1.0))
+    values.append(math.nan if record.albi_score is None else record.albi_score)
+    values.append(math.nan if record.albi_grade is None else float(record.albi_grade))
+    values.append(math.nan if record.child_pugh_score is None else float(record.child_pugh_score))
+    values.append(CHILD_PUGH_ORDINAL.get(record.child_pugh_class.value if record.child_pugh_class else "", math.nan))
+    values.append(float(record.sex is Sex.male))
+    values += [_flag(getattr(record, name)) for name in BINARY_FIELDS]
+    for name, levels in ORDINAL_FIELDS.items():
+        value = getattr(record, name)
+        values.append(math.nan if value is None else float(levels.index(value)))
+    values.append(math.nan if record.msi_status is None else float(record.msi_status is MSIStatus.MSI_H))
+    known_aetiology = record.aetiology not in (None, Aetiology.unknown)
+    values.append(float(record.aetiology in VIRAL_AETIOLOGIES) if known_aetiology else math.nan)
+    values += [math.nan if record.aetiology is None else float(record.aetiology is a) for a in Aetiology]
+    values += [float(record.cancer_type == c) for c in cancer_types()]
+    genotyped = record.alterations is not None
+    values.append(float(genotyped))
+    values.append(float(len(record.alterations)) if genotyped else math.nan)
+    for pathway in load_pathways():
+        values.append(float(bool(pathway.drivers(record.alterations))) if genotyped else math.nan)
+    return values
+
+
+def _regimen_features(regimen_name: str | None) -> list[float]:
+    width = len(regimen_feature_names())
+    if regimen_name is None:
+        return [math.nan] * width
+    regimen = get_regimen(regimen_name)
+    values = [float(regimen.regimen_class == c) for c in regimen_classes()]
+    values += [float(t in regimen.targets) for t in TARGETS]
+    values += [float(r.name == regimen.name) for r in candidate_regimens()]
+    return values
+
+
+def build_feature_matrix(
+    records: Sequence[PatientRecord],
+    regimens: Sequence[str | None] | str | None = None,
+) -> pd.DataFrame:
+    """Return the feature matrix (one float64 row per record; NaN = missing).
+
+    ``regimens`` gives the regimen of each row (one name for all rows, or one per record); with
+    ``None`` the matrix holds patient features only. Column order is :func:`feature_names`.
+    """
+    rows = [_patient_features(record) for record in records]
+    columns = list(patient_feature_names())
+    if regimens is not None:
+        per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
+        if len(per_row) != len(records):
+            raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
+        rows = [row + _regimen_features(name) for row, name in zip(rows, per_row)]
+        columns += list(regimen_feature_names())
+    matrix = np.array(rows, dtype=np.float64).reshape(len(records), len(columns))
+    return pd.DataFrame(matrix, columns=columns)

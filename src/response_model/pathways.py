@@ -1,0 +1,79 @@
+"""Genomic interpretation: somatic alterations → pathway features, by the rules in ``configs/pathways.yaml``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from response_model.config import load_yaml
+from response_model.schema import Alteration, AlterationKind
+
+
+@dataclass(frozen=True)
+class PathwayRule:
+    """One rule: a gene, the alteration kinds that count and, optionally, where in the protein."""
+
+    gene: str
+    kinds: frozenset[AlterationKind]
+    positions: tuple[tuple[int, int], ...] = ()
+    protein_changes: frozenset[str] = frozenset()
+
+    def matches(self, alteration: Alteration) -> bool:
+        """Return True when ``alteration`` satisfies this rule."""
+        if alteration.gene != self.gene or alteration.kind not in self.kinds:
+            return False
+        if not self.positions and not self.protein_changes:
+            return True
+        if alteration.protein_change in self.protein_changes:
+            return True
+        position = alteration.protein_position
+        return position is not None and any(start <= position <= end for start, end in self.positions)
+
+
+@dataclass(frozen=True)
+class Pathway:
+    """A pathway feature: its name, label, citation and the rules that switch it on."""
+
+    name: str
+    label: str
+    source: str
+    rules: tuple[PathwayRule, ...]
+
+    def drivers(self, alterations: Iterable[Alteration]) -> list[Alteration]:
+        """Return the alterations that switch this pathway on."""
+        return [alt for alt in alterations if any(rule.matches(alt) for rule in self.rules)]
+
+
+@lru_cache(maxsize=4)
+def load_pathways(name: str = "pathways.yaml") -> tuple[Pathway, ...]:
+    """Return the pathways defined in the YAML file ``name`` (default ``configs/pathways.yaml``)."""
+    config = load_yaml(name)
+    groups = {key: [AlterationKind(kind) for kind in kinds] for key, kinds in config.get("kind_groups", {}).items()}
+    pathways = []
+    for pathway_name, spec in config["pathways"].items():
+        rules = []
+        for rule in spec["rules"]:
+            kinds: list[AlterationKind] = []
+            for kind in rule["kinds"]:
+                kinds.extend(groups[kind] if kind in groups else [AlterationKind(kind)])
+            rules.append(PathwayRule(
+                gene=rule["gene"],
+                kinds=frozenset(kinds),
+                positions=tuple((int(a), int(b)) for a, b in rule.get("positions", [])),
+                protein_changes=frozenset(rule.get("protein_changes", [])),
+            ))
+        pathways.append(Pathway(pathway_name, spec["label"], spec["source"], tuple(rules)))
+    return tuple(pathways)
+
+
+def pathway_names() -> tuple[str, ...]:
+    """Return the pathway feature names in configuration order."""
+    return tuple(p.name for p in load_pathways())
+
+
+def pathway_status(alterations: Sequence[Alteration] | None) -> dict[str, bool | None]:
+    """Return, per pathway, True if an alteration switches it on, False if not, None if not sequenced."""
+    if alterations is None:
+        return {p.name: None for p in load_pathways()}
+    return {p.name: bool(p.drivers(alterations)) for p in load_pathways()}

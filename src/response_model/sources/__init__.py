@@ -1,0 +1,57 @@
+"""Cohort sources. Each turns a file or folder into the canonical cohort table (see ``dataset``).
+
+A source configuration (YAML under ``configs/sources/``) names its ``format``:
+``table`` (CSV / Parquet / XLSX with a column mapping), ``cbioportal`` (a study folder) or
+``canonical`` (a Parquet file written by this package). :func:`load_source` dispatches on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from response_model.config import load_yaml
+from response_model.dataset import ParsedCohort
+
+
+class SourceFormatError(ValueError):
+    """A malformed input file: names the file, and where known the line and column."""
+
+    def __init__(self, file: str | Path, message: str, line: int | None = None, column: str | None = None):
+        self.file, self.line, self.column, self.reason = str(file), line, column, message
+        where = str(file)
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class LoadedCohort:
+    """A validated cohort read from a source: the parse result and where it came from."""
+
+    source: str
+    path: Path
+    parsed: ParsedCohort
+
+
+def load_source(config: str | Path, path: str | Path) -> LoadedCohort:
+    """Read ``path`` through the source configuration ``config`` and validate every row."""
+    spec = load_yaml(config)
+    kind = spec.get("format")
+    if kind == "table":
+        from response_model.sources.tables import read_table
+
+        parsed = read_table(spec, path)
+    elif kind == "cbioportal":
+        from response_model.sources.cbioportal import read_study
+
+        parsed = read_study(spec, path)
+    elif kind == "canonical":
+        from response_model.dataset import parse_cohort, read_cohort
+
+        parsed = parse_cohort(read_cohort(path))
+    else:
+        raise ValueError(f"{config}: format {kind!r} is not one of table, cbioportal, canonical")
+    return LoadedCohort(source=str(config), path=Path(path), parsed=parsed)
