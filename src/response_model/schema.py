@@ -284,9 +284,9 @@ class Alteration(BaseModel):
         """Return a compact text form, e.g. ``CTNNB1 p.S45P`` or ``FGF19 amplification``."""
         return f"{self.gene} {self.protein_change}" if self.protein_change else f"{self.gene} {self.kind.value}"
 
-    @classmethod
-    def parse(cls, text: str) -> Alteration:
-        """Parse the compact form ``GENE p.CHANGE`` or ``GENE KIND`` (``CTNNB1 p.S45P``, ``FGF19 amp``)."""
+    @staticmethod
+    def fields_from_text(text: str) -> dict[str, str]:
+        """Return the fields of the compact form ``GENE p.CHANGE`` or ``GENE KIND`` (``FGF19 amp``)."""
         parts = text.replace(":", " ").split()
         if len(parts) != 2:
             raise _reject(
@@ -294,8 +294,13 @@ class Alteration(BaseModel):
             )
         gene, detail = parts
         if detail.startswith("p."):
-            return cls(gene=gene, kind=infer_kind(detail), protein_change=detail)
-        return cls(gene=gene, kind=detail)
+            return {"gene": gene, "kind": infer_kind(detail).value, "protein_change": detail}
+        return {"gene": gene, "kind": detail}
+
+    @classmethod
+    def parse(cls, text: str) -> Alteration:
+        """Return the alteration written in compact form (``CTNNB1 p.S45P``, ``FGF19 amp``)."""
+        return cls(**cls.fields_from_text(text))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +421,7 @@ class PatientRecord(BaseModel):
     @classmethod
     def _compact_alterations(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [Alteration.parse(item) for item in value.split(";") if item.strip()]
+            return [Alteration.fields_from_text(item) for item in value.split(";") if item.strip()]
         return value
 
     # -- cross-field checks and derived inputs ------------------------------------------------

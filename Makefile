@@ -1,0 +1,20 @@
+# The two README commands. Each creates .venv and installs the project on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## run: the main job on the embedded default (simulated cohort → validate; later: train, register, serve)
+run: $(STAMP)
+	$(VENV)/bin/response-model run
+
+## test: the whole test suite
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest

@@ -1,0 +1,46 @@
+"""The response-model command line."""
+
+import pytest
+from click.testing import CliRunner
+
+from response_model.cli import main
+from response_model.dataset import TreatmentOutcome, cohort_frame, write_cohort
+from response_model.schema import PatientRecord
+
+SUBCOMMANDS = ["simulate", "validate", "ingest", "regimens", "run"]
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_regimens_lists_the_catalogue():
+    result = CliRunner().invoke(main, ["regimens"])
+    assert result.exit_code == 0
+    assert "ramucirumab" in result.output and "AFP ≥ 400" in result.output
+
+
+def test_validate_and_ingest_refuse_a_table_with_a_bad_row(tmp_path):
+    records = [PatientRecord(age=60, sex="male", albumin=3.1), PatientRecord(age=70, sex="female")]
+    frame = cohort_frame(records, [TreatmentOutcome(), TreatmentOutcome()])
+    frame.loc[1, "albumin"] = 31.0
+    path = write_cohort(frame, tmp_path / "in.parquet")
+    runner = CliRunner()
+    result = runner.invoke(main, ["validate", "--source", "sources/canonical.yaml", str(path)])
+    assert result.exit_code == 1
+    assert "rows read: 2" in result.output and "rows rejected: 1" in result.output
+    assert "row 1: albumin: 31 is outside the plausible range" in result.output
+    out = tmp_path / "out.parquet"
+    result = runner.invoke(main, ["ingest", "--source", "sources/canonical.yaml", str(path), "--out", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+
+
+def test_validate_accepts_a_clean_table(tmp_path):
+    frame = cohort_frame([PatientRecord(age=60, sex="male")], [TreatmentOutcome(regimen="sorafenib")])
+    path = write_cohort(frame, tmp_path / "in.parquet")
+    result = CliRunner().invoke(main, ["validate", "--source", "sources/canonical.yaml", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "rows rejected: 0" in result.output
