@@ -1,0 +1,65 @@
+"""Plots of cohorts, saved as files (and later logged to MLflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _interval_bars(ax, table: pd.DataFrame, value: str, offset: float, label: str, color: str) -> None:
+    y = np.arange(len(table)) + offset
+    lower = (table[value] - table["lower"]).clip(lower=0)
+    upper = (table["upper"] - table[value]).clip(lower=0)
+    ax.errorbar(100 * table[value], y, xerr=[100 * lower, 100 * upper], fmt="o", color=color,
+                capsize=3, label=label)
+
+
+def prevalence_plot(observed: Mapping[str, pd.DataFrame], literature: Mapping[str, float]) -> Figure:
+    """Return a dot plot of pathway prevalences (%, 95 % CI) per cohort against literature values."""
+    names = list(literature)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (cohort, table) in enumerate(observed.items()):
+        _interval_bars(ax, table.reindex(names), "prevalence", 0.15 * index, cohort, colors[index % len(colors)])
+    ax.scatter([100 * literature[n] for n in names], np.arange(len(names)) - 0.15, marker="|", s=200,
+               color="black", label="literature")
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("prevalence among sequenced tumours (%)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def response_rate_plot(rates: pd.DataFrame, targets: Mapping[str, float] | None = None, title: str = "") -> Figure:
+    """Return a dot plot of objective response rates (%, 95 % CI) per group, with trial targets if given."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rates) + 1.5))
+    _interval_bars(ax, rates, "orr", 0.0, "observed", "tab:blue")
+    if targets:
+        known = [(i, targets[g]) for i, g in enumerate(rates.index) if g in targets]
+        ax.scatter([100 * t for _, t in known], [i for i, _ in known], marker="|", s=250, color="black",
+                   label="trial ORR")
+    ax.set_yticks(np.arange(len(rates)), [f"{g} (n={n})" for g, n in zip(rates.index, rates["n"])])
+    ax.invert_yaxis()
+    ax.set_xlabel("objective response rate (%)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Save ``fig`` to ``path`` (PNG at 120 dpi), close it, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
