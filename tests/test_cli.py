@@ -44,3 +44,32 @@ def test_validate_accepts_a_clean_table(tmp_path):
     result = CliRunner().invoke(main, ["validate", "--source", "sources/canonical.yaml", str(path)])
     assert result.exit_code == 0, result.output
     assert "rows rejected: 0" in result.output
+
+
+@pytest.mark.parametrize(("fmt", "source", "target"), [
+    ("parquet", "configs/sources/canonical.yaml", "cohort.parquet"),
+    ("cbioportal", "configs/sources/cbioportal.yaml", "."),
+])
+def test_simulate_then_validate(tmp_path, fmt, source, target):
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", "--n", "200", "--seed", "5", "--out", str(tmp_path), "--format", fmt])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "truth.parquet").exists()
+    result = runner.invoke(main, ["validate", "--source", source, str(tmp_path / target)])
+    assert result.exit_code == 0, result.output
+    assert "rows read: 200" in result.output and "rows rejected: 0" in result.output
+
+
+def test_run_simulates_and_validates_with_the_research_label(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--n", "300", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "rows valid: 300" in result.output
+    assert "research use — trained on simulated data" in result.output
+
+
+def test_malformed_file_exits_2_naming_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Age;Sex;Albumin\n60;1;3.5\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", "--source", "configs/sources/chowell2022.yaml", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output and "';'" in result.output

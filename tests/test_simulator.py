@@ -463,3 +463,11 @@ def test_debated_effects_are_single_flagged_numbers():
             assert isinstance(effect["value"], (int, float)) and math.isfinite(effect["value"])
             if effect["term"] in debated_terms:
                 assert effect.get("debated"), effect
+
+
+def test_literature_rows_of_the_notebook_are_matched(sim):
+    from response_model.describe import alteration_prevalence, literature_prevalence
+
+    measured = alteration_prevalence(sim.cohort)["prevalence"]
+    for label, value in literature_prevalence().items():
+        assert abs(measured[label] - value) <= 0.03, f"{label}: {measured[label]:.3f} vs {value}"

@@ -47,14 +47,7 @@ def simulate(n: int, seed: int, out_dir: Path, fmt: str, config: str) -> None:
     from response_model.sources.simulator import simulate_cohort, write_simulation
 
     log.info("simulating %d patients (seed %d)", n, seed)
-    simulation = simulate_cohort(n, seed, config=config)
-    written = write_simulation(simulation, out_dir)
-    if fmt == "cbioportal":
-        from response_model.sources.cbioportal import write_study
-
-        written.pop("cohort", None)
-        (out_dir / "cohort.parquet").unlink(missing_ok=True)
-        written["study"] = write_study(simulation.cohort, out_dir)
+    written = write_simulation(simulate_cohort(n, seed, config=config), out_dir, fmt)
     for name, path in written.items():
         click.echo(f"{name}: {path}")
 

@@ -30,13 +30,16 @@ def config_dir() -> Path:
 
 
 def resolve_config_path(name: str | os.PathLike[str]) -> Path:
-    """Return ``name`` as a path: as given if it exists, else relative to :func:`config_dir`."""
+    """Return ``name`` as a path: as given if it exists, else under :func:`config_dir`.
+
+    ``configs/sources/x.yaml`` and ``sources/x.yaml`` both work from any working directory.
+    """
     path = Path(name)
     if path.exists():
         return path
-    candidate = config_dir() / path
-    if candidate.exists():
-        return candidate
+    for candidate in (config_dir() / path, config_dir().parent / path):
+        if candidate.exists():
+            return candidate
     raise FileNotFoundError(f"configuration file {str(name)!r} not found (also looked in {config_dir()})")
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from response_model.config import load_yaml
 from response_model.dataset import parse_cohort
 from response_model.features import build_feature_matrix
 from response_model.pathways import load_pathways
+from response_model.schema import AlterationKind
 
 
 def proportion_ci(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -91,13 +93,40 @@ def table_one(cohorts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def pathway_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return the pathway features (1/0, NaN = not sequenced) of a canonical table, one row per patient."""
+def _valid_records(frame: pd.DataFrame):
     parsed = parse_cohort(frame)
     if not parsed.ok:
         raise ValueError(f"{len(parsed.rejected)} invalid row(s); first: {parsed.rejected[0]}")
+    return parsed.records
+
+
+def pathway_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the pathway features (1/0, NaN = not sequenced) of a canonical table, one row per patient."""
     names = [p.name for p in load_pathways()]
-    return build_feature_matrix(parsed.records)[names]
+    return build_feature_matrix(_valid_records(frame))[names]
+
+
+def literature_prevalence() -> dict[str, float]:
+    """Return the published prevalence (fraction) of each alteration row of ``configs/literature.yaml``."""
+    return {row["label"]: float(row["value"]) for row in load_yaml("literature.yaml")["prevalence"]}
+
+
+def alteration_prevalence(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return, per literature row, the prevalence among sequenced patients with a 95 % Wilson interval."""
+    pathways = {p.name: p for p in load_pathways()}
+    sequenced = [r for r in _valid_records(frame) if r.alterations is not None]
+    rows = {}
+    for spec in load_yaml("literature.yaml")["prevalence"]:
+        genes, kinds = set(spec["genes"]), {AlterationKind(k) for k in spec.get("kinds", [])}
+        pathway = pathways[spec["pathway"]] if "pathway" in spec else None
+
+        def counts(alterations) -> bool:
+            hits = [a for a in alterations if a.gene in genes and (not kinds or a.kind in kinds)]
+            return bool(pathway.drivers(hits) if pathway is not None else hits)
+
+        carriers = sum(counts(record.alterations) for record in sequenced)
+        rows[spec["label"]] = proportion_ci(carriers, len(sequenced))
+    return pd.DataFrame(rows, index=["prevalence", "lower", "upper"]).T
 
 
 def pathway_prevalence(frame: pd.DataFrame) -> pd.DataFrame:

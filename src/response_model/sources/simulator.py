@@ -699,16 +699,25 @@ def _truth_table(cohort: pd.DataFrame, given: np.ndarray, regimens: list[Regimen
     }, columns=list(TRUTH_COLUMNS))
 
 
-def write_simulation(sim: SimulatedCohort, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``cohort.parquet`` and ``truth.parquet`` into ``out_dir``; return their paths by name.
+def write_simulation(sim: SimulatedCohort, out_dir: str | Path, fmt: str = "parquet") -> dict[str, Path]:
+    """Write the simulation into ``out_dir``; return the written paths by name.
 
-    The same simulation always gives byte-identical files.
+    ``fmt="parquet"``: ``cohort.parquet``; ``fmt="cbioportal"``: a cBioPortal study folder (``study``).
+    ``truth.parquet`` is written in both cases. The same simulation always gives byte-identical files.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cohort_path = write_cohort(sim.cohort, out / "cohort.parquet")
+    if fmt == "parquet":
+        written = {"cohort": write_cohort(sim.cohort, out / "cohort.parquet")}
+    elif fmt == "cbioportal":
+        from response_model.sources.cbioportal import write_study
+
+        written = {"study": write_study(sim.cohort, out)}
+    else:
+        raise ValueError(f"format {fmt!r} is not one of parquet, cbioportal")
     truth_path = out / "truth.parquet"
     table = pa.Table.from_pandas(sim.truth.reset_index(drop=True), preserve_index=False)
     pq.write_table(table, truth_path, compression="zstd", write_statistics=False)
-    log.info("wrote %s and %s", cohort_path, truth_path)
-    return {"cohort": cohort_path, "truth": truth_path}
+    written["truth"] = truth_path
+    log.info("wrote %s", ", ".join(str(path) for path in written.values()))
+    return written
