@@ -126,7 +126,7 @@ def run(n: int, seed: int, out_dir: Path) -> None:
     log.info("step 2/2: validate %s", written["cohort"])
     loaded = load_source("sources/canonical.yaml", written["cohort"])
     click.echo(validation_report(loaded.parsed, "sources/canonical.yaml", str(written["cohort"])))
-    click.echo(f"\nsimulated cohort — {SIMULATED_LABEL}")
+    click.echo(f"\nsimulated cohort, for research only: models trained on it are labelled '{SIMULATED_LABEL}'")
     sys.exit(0 if loaded.parsed.ok else 1)
 
 
