@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from response_model.config import load_yaml
 from response_model.schema import PatientRecord
 
@@ -24,12 +26,17 @@ class EligibilityRule:
     unit: str
     reason: str
 
+    def holds(self, values: Any) -> Any:
+        """Return whether ``values`` (a number or an array; NaN = missing, which fails) meet the rule."""
+        values = np.asarray(values, dtype=float)
+        return ~np.isnan(values) & _OPERATORS[self.op](np.nan_to_num(values, nan=-np.inf), self.value)
+
     def check(self, record: PatientRecord) -> str | None:
         """Return None if ``record`` meets the rule, else why not (missing value included)."""
         given = getattr(record, self.field)
         if given is None:
             return f"{self.reason}; {self.field} is missing"
-        if _OPERATORS[self.op](given, self.value):
+        if self.holds(given):
             return None
         return f"{self.reason}; {self.field} is {given:g} {self.unit}"
 

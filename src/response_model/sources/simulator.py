@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ ASCITES_LEVELS = ("none", "mild", "moderate_severe")
 ENCEPHALOPATHY_LEVELS = ("none", "grade_1_2", "grade_3_4")
 TRUTH_COLUMNS = ("patient_id", "regimen", "regimen_class", "given", "p_objective_response",
                  "p_primary_resistance", "eligible")
-_OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
 
 @dataclass
@@ -423,8 +421,7 @@ def _eligible(values: Mapping[str, np.ndarray], regimen: Regimen) -> np.ndarray:
     n = len(next(iter(values.values())))
     ok = np.ones(n, dtype=bool)
     for rule in regimen.eligibility:
-        column = np.asarray(values[rule.field], dtype=float)
-        ok &= ~np.isnan(column) & _OPERATORS[rule.op](np.nan_to_num(column, nan=-np.inf), rule.value)
+        ok &= rule.holds(values[rule.field])
     return ok
 
 
