@@ -56,6 +56,56 @@ def response_rate_plot(rates: pd.DataFrame, targets: Mapping[str, float] | None 
     return fig
 
 
+def roc_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Figure:
+    """Return ROC curves of several models; ``curves`` maps a label to (labels 0/1, predicted probability)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, (y, p) in curves.items():
+        keep = ~np.isnan(p)
+        fpr, tpr, _ = roc_curve(y[keep], p[keep])
+        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y[keep], p[keep]):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], bins: int = 10, title: str = "") -> Figure:
+    """Return reliability curves (observed vs predicted, equal-frequency bins) of several models."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, (y, p) in curves.items():
+        keep = ~np.isnan(p)
+        order = np.argsort(p[keep])
+        groups = np.array_split(order, bins)
+        predicted = [p[keep][g].mean() for g in groups if len(g)]
+        observed = [y[keep][g].mean() for g in groups if len(g)]
+        ax.plot(predicted, observed, marker="o", label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def shap_summary_plot(contributions: pd.DataFrame, features: pd.DataFrame, title: str = "",
+                      max_display: int = 15) -> Figure:
+    """Return a SHAP beeswarm summary of per-patient contributions (columns = features)."""
+    import shap
+
+    shap.summary_plot(contributions.to_numpy(), features.to_numpy(), feature_names=list(features.columns),
+                      max_display=max_display, show=False)
+    fig = plt.gcf()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` to ``path`` (PNG at 120 dpi), close it, and return the path."""
     path = Path(path)
