@@ -1,0 +1,208 @@
+"""Evaluation metrics for binary outcomes, survival concordance, fold intervals and subgroups.
+
+Conventions
+-----------
+* ``p`` is a predicted probability of the positive class (objective response, or primary
+  resistance). A NaN prediction means "no score" (e.g. a single-marker rule on a patient whose
+  marker is missing): such rows are dropped and ``n`` reports how many were scored.
+* Calibration slope and intercept come from the *unpenalised* logistic recalibration model
+  ``logit P(y=1) = intercept + slope · logit(p)`` with ``p`` clipped to [1e-6, 1 − 1e-6]
+  (Cox 1958; Van Calster 2019). ``calibration_intercept`` is that model's intercept (slope free);
+  ``calibration_in_the_large`` is the intercept with the slope fixed at 1 (offset model). Perfect
+  calibration: slope 1, both intercepts 0. Both are fitted by Newton–Raphson on two parameters.
+* ``ece``: expected calibration error over 10 equal-frequency bins of ``p`` —
+  Σ_b (n_b/n)·|mean(y)_b − mean(p)_b|.
+* Fold intervals (:func:`interval`): ``lower``/``upper`` are the 2.5th and 97.5th percentiles
+  of the fold values (what a single held-out fold of this size would show); ``se_lower``/
+  ``se_upper`` are mean ± 1.96·sd/√k, which is optimistic for repeated CV because folds share
+  patients. Tables report the percentile interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+CLIP = 1e-6
+BINARY_METRICS = ("auc", "auprc", "brier", "calibration_slope", "calibration_intercept",
+                  "calibration_in_the_large", "ece")
+
+
+def _as_arrays(y, p) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=float).ravel()
+    p = np.asarray(p, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"y has {y.size} values but p has {p.size}")
+    keep = ~(np.isnan(y) | np.isnan(p))
+    return y[keep], p[keep]
+
+
+def logit(p) -> np.ndarray:
+    """Return log(p / (1 − p)) with ``p`` clipped to [1e-6, 1 − 1e-6]."""
+    p = np.clip(np.asarray(p, dtype=float), CLIP, 1.0 - CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def _newton_logistic(design: np.ndarray, y: np.ndarray, offset: np.ndarray, max_iter: int = 50) -> np.ndarray:
+    """Unpenalised logistic regression of ``y`` on ``design`` (+ ``offset``) by Newton–Raphson."""
+    beta = np.zeros(design.shape[1])
+    for _ in range(max_iter):
+        eta = np.clip(design @ beta + offset, -30, 30)
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        w = mu * (1.0 - mu)
+        hessian = design.T @ (design * w[:, None])
+        try:
+            step = np.linalg.solve(hessian + 1e-10 * np.eye(len(beta)), design.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            return np.full(len(beta), np.nan)
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return beta
+
+
+def calibration(y, p) -> dict[str, float]:
+    """Return calibration slope, intercept (slope free) and calibration-in-the-large (slope 1)."""
+    y, p = _as_arrays(y, p)
+    nan = {"calibration_slope": math.nan, "calibration_intercept": math.nan, "calibration_in_the_large": math.nan}
+    if len(np.unique(y)) < 2:
+        return nan
+    lp = logit(p)
+    intercept, slope = _newton_logistic(np.column_stack([np.ones_like(lp), lp]), y, np.zeros_like(lp))
+    (citl,) = _newton_logistic(np.ones((len(lp), 1)), y, lp)
+    return {"calibration_slope": float(slope), "calibration_intercept": float(intercept),
+            "calibration_in_the_large": float(citl)}
+
+
+def expected_calibration_error(y, p, n_bins: int = 10) -> float:
+    """Return the ECE over ``n_bins`` equal-frequency bins of ``p``."""
+    y, p = _as_arrays(y, p)
+    if len(y) == 0:
+        return math.nan
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for chunk in np.array_split(order, min(n_bins, len(y))):
+        total += len(chunk) * abs(y[chunk].mean() - p[chunk].mean())
+    return float(total / len(y))
+
+
+def binary_metrics(y, p) -> dict[str, float]:
+    """Return n, events, auc, auprc, brier, calibration slope/intercepts and ece of ``p`` for ``y``.
+
+    Rows where ``y`` or ``p`` is NaN are dropped (``n`` counts the rest). With a single class
+    present AUC, AUPRC and the calibration terms are NaN rather than an error.
+    """
+    y, p = _as_arrays(y, p)
+    out: dict[str, float] = {"n": float(len(y)), "events": float(y.sum())}
+    two_classes = len(np.unique(y)) == 2
+    out["auc"] = float(roc_auc_score(y, p)) if two_classes else math.nan
+    out["auprc"] = float(average_precision_score(y, p)) if two_classes else math.nan
+    out["brier"] = float(brier_score_loss(y, p)) if len(y) else math.nan
+    out.update(calibration(y, p))
+    out["ece"] = expected_calibration_error(y, p)
+    return out
+
+
+def c_index(risk, time, event) -> float:
+    """Return Harrell's concordance index of ``risk`` against (time, event); higher risk = earlier event.
+
+    Uses ``lifelines.utils.concordance_index`` (which scores *survival-like* predictions, so the
+    risk is negated). Rows with any NaN are dropped.
+    """
+    from lifelines.utils import concordance_index
+
+    risk = np.asarray(risk, dtype=float).ravel()
+    time = np.asarray(time, dtype=float).ravel()
+    event = np.asarray(event, dtype=float).ravel()
+    keep = ~(np.isnan(risk) | np.isnan(time) | np.isnan(event))
+    if keep.sum() < 2 or event[keep].sum() == 0:
+        return math.nan
+    return float(concordance_index(time[keep], -risk[keep], event[keep]))
+
+
+def interval(values: Sequence[float] | np.ndarray | pd.Series, level: float = 0.95) -> dict[str, float]:
+    """Return the mean and intervals of fold values (NaNs ignored).
+
+    ``lower``/``upper``: percentile interval of the fold values (reported in tables).
+    ``se_lower``/``se_upper``: mean ± z·sd/√k (normal, optimistic for repeated CV).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    k = len(v)
+    if k == 0:
+        return {"mean": math.nan, "lower": math.nan, "upper": math.nan, "sd": math.nan,
+                "se_lower": math.nan, "se_upper": math.nan, "k": 0}
+    alpha = (1.0 - level) / 2.0
+    mean = float(v.mean())
+    sd = float(v.std(ddof=1)) if k > 1 else math.nan
+    half = stats.norm.ppf(1.0 - alpha) * sd / math.sqrt(k) if k > 1 else math.nan
+    return {"mean": mean, "lower": float(np.quantile(v, alpha)), "upper": float(np.quantile(v, 1.0 - alpha)),
+            "sd": sd, "se_lower": mean - half, "se_upper": mean + half, "k": k}
+
+
+def auc_ci_delong(y, p, level: float = 0.95) -> dict[str, float]:
+    """Return the AUC with its DeLong (1988) standard error and interval (single sample)."""
+    y, p = _as_arrays(y, p)
+    pos, neg = p[y == 1], p[y == 0]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return {"auc": math.nan, "se": math.nan, "lower": math.nan, "upper": math.nan}
+    # placement values via midranks
+    all_rank = stats.rankdata(np.concatenate([pos, neg]))
+    pos_rank, neg_rank = stats.rankdata(pos), stats.rankdata(neg)
+    v10 = (all_rank[:m] - pos_rank) / n          # for each positive: share of negatives below
+    v01 = 1.0 - (all_rank[m:] - neg_rank) / m    # for each negative: share of positives above
+    auc = float(v10.mean())
+    var = (np.var(v10, ddof=1) / m if m > 1 else 0.0) + (np.var(v01, ddof=1) / n if n > 1 else 0.0)
+    se = math.sqrt(var)
+    z = stats.norm.ppf(1.0 - (1.0 - level) / 2.0)
+    return {"auc": auc, "se": se, "lower": max(0.0, auc - z * se), "upper": min(1.0, auc + z * se)}
+
+
+def age_band(age) -> pd.Series:
+    """Return the age band (<65, 65–74, ≥75) of each age; NaN stays missing."""
+    age = pd.Series(age, dtype=float)
+    return pd.cut(age, [-np.inf, 65, 75, np.inf], right=False, labels=["<65", "65-74", ">=75"]).astype(object)
+
+
+def subgroup_columns(records) -> dict[str, pd.Series]:
+    """Return the standard subgroup labels of patient records: sex, age band, aetiology, Child-Pugh, cancer type."""
+    def value(v):
+        return None if v is None else getattr(v, "value", v)
+
+    frame = pd.DataFrame({
+        "sex": [value(r.sex) for r in records],
+        "age_band": age_band([math.nan if r.age is None else r.age for r in records]),
+        "aetiology": [value(r.aetiology) for r in records],
+        "child_pugh_class": [value(r.child_pugh_class) for r in records],
+        "cancer_type": [value(r.cancer_type) for r in records],
+    })
+    return {name: frame[name] for name in frame.columns}
+
+
+def subgroup_metrics(frame: pd.DataFrame, by: Mapping[str, pd.Series], y: str = "y", p: str = "p",
+                     min_n: int = 1) -> pd.DataFrame:
+    """Return :func:`binary_metrics` per level of each subgrouping in ``by``.
+
+    ``frame`` holds the outcome column ``y`` and prediction column ``p``; each Series of ``by`` is
+    aligned to ``frame`` by index (or by position when lengths match and indexes differ). Missing
+    labels are skipped. A subgroup with a single outcome class gets NaN AUC. Columns: subgroup,
+    level, n, events, then the metrics.
+    """
+    rows = []
+    for name, labels in by.items():
+        labels = pd.Series(labels)
+        if not labels.index.equals(frame.index):
+            labels = (labels.reindex(frame.index) if labels.index.isin(frame.index).all()
+                      else pd.Series(labels.to_numpy(), index=frame.index))
+        for level in sorted(labels.dropna().unique(), key=str):
+            part = frame.loc[labels == level]
+            if len(part) < min_n:
+                continue
+            rows.append({"subgroup": name, "level": level, **binary_metrics(part[y], part[p])})
+    return pd.DataFrame(rows, columns=["subgroup", "level", "n", "events", *BINARY_METRICS])
