@@ -1,0 +1,334 @@
+"""The deployable unit: one MLflow pyfunc holding every regimen-class × outcome model.
+
+A :class:`ResponseModelBundle` scores patient records under every candidate regimen (or the one
+given). Records become features through :func:`response_model.features.build_feature_matrix`
+only — the same function training uses. The fitted models are any objects with
+``predict_proba(X)`` (column 1 = probability of the outcome) and ``explain(X) -> (contributions,
+base_value)``; they are pickled (cloudpickle) with the bundle as the pyfunc's ``python_model``,
+so loading needs the installed ``response_model`` package and its ``configs/``, nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+from pydantic import ValidationError
+
+from response_model.dataset import INPUT_FIELDS, is_missing, record_to_row, row_to_record
+from response_model.features import build_feature_matrix, feature_names
+from response_model.regimens import Regimen, load_catalogue
+from response_model.schema import PatientRecord, field_errors
+
+OUTCOMES: tuple[str, ...] = ("objective_response", "primary_resistance")
+SIMULATED_DATA_LABEL = "research use — trained on simulated data"
+DEFAULT_INTENDED_USE = (
+    "Decision support for clinicians choosing a first systemic regimen in advanced hepatocellular "
+    "carcinoma: estimated probabilities of objective response and primary resistance per regimen. "
+    "Not a substitute for clinical judgement; not validated for prospective clinical use."
+)
+#: Columns the pyfunc accepts: every patient-record field except the identifier, plus ``regimen``.
+MODEL_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in INPUT_FIELDS if c != "patient_id") + ("regimen",)
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "row", "regimen", "regimen_class", "eligible", "ineligible_reason",
+    "p_objective_response", "p_primary_resistance",
+)
+ARTIFACT_NAME = "bundle"
+
+
+def _model_columns(model: Any, available: Sequence[str]) -> list[str]:
+    """Return the feature columns ``model`` was fitted on (all of ``available`` when it does not say)."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is None:
+        return list(available)
+    return [str(name) for name in names]
+
+
+class ResponseModelBundle(mlflow.pyfunc.PythonModel):
+    """Every (regimen_class, outcome) model, the feature names, the catalogue snapshot and metadata.
+
+    ``models``: {(regimen_class, outcome): fitted model}, outcome in :data:`OUTCOMES`.
+    ``metadata``: training_date, data_digest, metrics (summary), intended_use, label (the
+    research-use label when ``simulated``), model_name / model_version (filled when loaded from
+    the registry or an exported folder), plus anything given in ``metadata``.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[tuple[str, str], Any],
+        *,
+        feature_names: Sequence[str] | None = None,
+        catalogue: Mapping[str, Regimen] | None = None,
+        data_digest: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        simulated: bool = False,
+        intended_use: str = DEFAULT_INTENDED_USE,
+        training_date: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        catalogue = dict(catalogue if catalogue is not None else load_catalogue())
+        classes = {regimen.regimen_class for regimen in catalogue.values()}
+        for key, model in models.items():
+            if not (isinstance(key, tuple) and len(key) == 2):
+                raise ValueError(f"model key {key!r}: expected (regimen_class, outcome)")
+            regimen_class, outcome = key
+            if outcome not in OUTCOMES:
+                raise ValueError(f"model key {key!r}: outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+            if regimen_class not in classes:
+                raise ValueError(f"model key {key!r}: regimen class {regimen_class!r} is not in the catalogue")
+            if not callable(getattr(model, "predict_proba", None)):
+                raise TypeError(f"model {key!r} has no predict_proba")
+        if not models:
+            raise ValueError("a bundle needs at least one model")
+        self.models: dict[tuple[str, str], Any] = dict(models)
+        self.feature_names: tuple[str, ...] = tuple(feature_names if feature_names is not None else feature_names_default())
+        self.catalogue: dict[str, Regimen] = catalogue
+        self.metadata: dict[str, Any] = {
+            "training_date": training_date or datetime.now(UTC).isoformat(timespec="seconds"),
+            "data_digest": data_digest,
+            "metrics": dict(metrics or {}),
+            "intended_use": intended_use,
+            "trained_on_simulated_data": bool(simulated),
+            "label": SIMULATED_DATA_LABEL if simulated else None,
+            "regimen_classes": sorted({c for c, _ in self.models}),
+            "outcomes": [o for o in OUTCOMES if any(out == o for _, out in self.models)],
+            "n_features": len(self.feature_names),
+            "model_name": None,
+            "model_version": None,
+            **dict(metadata or {}),
+        }
+
+    # -- regimens ------------------------------------------------------------------------------
+
+    @property
+    def regimen_classes(self) -> tuple[str, ...]:
+        """The regimen classes with at least one model."""
+        return tuple(sorted({c for c, _ in self.models}))
+
+    def candidate_regimens(self) -> list[Regimen]:
+        """Return the catalogue's candidate regimens whose class this bundle can score, in catalogue order."""
+        return [r for r in self.catalogue.values() if r.is_candidate and r.regimen_class in self.regimen_classes]
+
+    def _regimen(self, name: str) -> Regimen:
+        if name not in self.catalogue:
+            raise ValueError(f"regimen {name!r} is not in the catalogue; expected one of {', '.join(self.catalogue)}")
+        regimen = self.catalogue[name]
+        if regimen.regimen_class not in self.regimen_classes:
+            raise ValueError(
+                f"regimen {name!r} is of class {regimen.regimen_class!r}, for which this model has no estimator; "
+                f"expected a regimen of {', '.join(self.regimen_classes)}"
+            )
+        return regimen
+
+    # -- features ------------------------------------------------------------------------------
+
+    def features(self, records: Sequence[PatientRecord], regimens: Sequence[str]) -> pd.DataFrame:
+        """Return the feature matrix of (record, regimen) pairs in the bundle's feature order."""
+        matrix = build_feature_matrix(list(records), list(regimens))
+        if tuple(matrix.columns) != self.feature_names:
+            absent = [c for c in self.feature_names if c not in matrix.columns]
+            if absent:
+                warnings.warn(
+                    f"the installed feature function lacks {len(absent)} feature(s) this model was trained "
+                    f"with, treated as missing: {', '.join(absent)}", UserWarning, stacklevel=2,
+                )
+            matrix = matrix.reindex(columns=list(self.feature_names))
+        return matrix
+
+    def _probabilities(self, key: tuple[str, str], X: pd.DataFrame) -> np.ndarray:
+        model = self.models.get(key)
+        if model is None or X.empty:
+            return np.full(len(X), math.nan)
+        columns = _model_columns(model, self.feature_names)
+        frame = X.reindex(columns=columns)
+        return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score(
+        self,
+        records: Sequence[PatientRecord],
+        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
+        per_record: bool = False,
+    ) -> pd.DataFrame:
+        """Return one row per record × regimen (see :data:`OUTPUT_COLUMNS`).
+
+        ``regimens``: None = every candidate regimen the bundle can score; a list of names = those
+        for every record; with ``per_record=True`` one entry per record (a name, a list of names,
+        or None for all candidates). Ineligible regimens are scored too and flagged.
+        """
+        records = list(records)
+        default = [r.name for r in self.candidate_regimens()]
+        if per_record:
+            if regimens is None or len(regimens) != len(records):
+                raise ValueError("per_record=True needs one regimen entry per record")
+            wanted = [
+                default if entry is None or (not isinstance(entry, str) and is_missing(entry))
+                else [entry] if isinstance(entry, str) else list(entry)
+                for entry in regimens
+            ]
+        else:
+            names = default if regimens is None else ([regimens] if isinstance(regimens, str) else list(regimens))
+            wanted = [names] * len(records)
+        pairs = [(i, self._regimen(name)) for i, names in enumerate(wanted) for name in names]
+        out = pd.DataFrame({
+            "row": pd.Series([i for i, _ in pairs], dtype="int64"),
+            "regimen": pd.Series([r.name for _, r in pairs], dtype=object),
+            "regimen_class": pd.Series([r.regimen_class for _, r in pairs], dtype=object),
+        })
+        reasons = [r.ineligibility(records[i]) for i, r in pairs]
+        out["eligible"] = pd.Series([not why for why in reasons], dtype=bool)
+        out["ineligible_reason"] = pd.Series(["; ".join(why) if why else None for why in reasons], dtype=object)
+        for outcome in OUTCOMES:
+            out[f"p_{outcome}"] = np.full(len(pairs), math.nan)
+        if not pairs:
+            return out
+        X = self.features([records[i] for i, _ in pairs], [r.name for _, r in pairs])
+        for regimen_class in self.regimen_classes:
+            mask = (out["regimen_class"] == regimen_class).to_numpy()
+            if not mask.any():
+                continue
+            X_class = X.loc[mask].reset_index(drop=True)
+            for outcome in OUTCOMES:
+                out.loc[mask, f"p_{outcome}"] = self._probabilities((regimen_class, outcome), X_class)
+        return out
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Score rows of patient-record columns (plus an optional ``regimen`` column).
+
+        Absent record columns are missing values (warned about, naming them); ``alterations`` is
+        the JSON text of the cohort table. Returns the long table of :meth:`score` with ``row`` =
+        position of the input row. Raises ``ValueError`` naming every invalid row.
+        """
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        absent = [c for c in MODEL_INPUT_COLUMNS if c != "regimen" and c not in frame.columns]
+        if absent:
+            warnings.warn(
+                f"input lacks {len(absent)} patient-record column(s), treated as missing: {', '.join(absent)}",
+                UserWarning, stacklevel=2,
+            )
+        records, problems = [], []
+        for position, row in enumerate(frame.to_dict(orient="records")):
+            try:
+                records.append(row_to_record(row))
+            except ValidationError as error:
+                problems.append(f"row {position}: " + "; ".join(str(e) for e in field_errors(error)))
+        if problems:
+            raise ValueError("invalid input row(s): " + " | ".join(problems))
+        regimens = frame["regimen"].tolist() if "regimen" in frame.columns else None
+        return self.score(records, regimens, per_record=regimens is not None)
+
+    # -- explanation ---------------------------------------------------------------------------
+
+    def explain(
+        self, records: Sequence[PatientRecord] | PatientRecord, regimen: str
+    ) -> dict[str, tuple[pd.DataFrame, float]]:
+        """Return {outcome: (contributions, base_value)} of the models of ``regimen``'s class.
+
+        Contributions are the models' own ``explain`` output (one row per record, one column per
+        feature the model uses; LightGBM TreeSHAP on the log-odds scale for ResponseClassifier).
+        """
+        records = [records] if isinstance(records, PatientRecord) else list(records)
+        chosen = self._regimen(regimen)
+        X = self.features(records, [regimen] * len(records))
+        explained = {}
+        for outcome in OUTCOMES:
+            model = self.models.get((chosen.regimen_class, outcome))
+            if model is not None and callable(getattr(model, "explain", None)):
+                explained[outcome] = model.explain(X.reindex(columns=_model_columns(model, self.feature_names)))
+        return explained
+
+    # -- MLflow ----------------------------------------------------------------------------------
+
+    def json_metadata(self) -> dict[str, Any]:
+        """Return the metadata as JSON-safe values (for the MLmodel file)."""
+        import json
+
+        return json.loads(json.dumps(self.metadata, default=str))
+
+
+def feature_names_default() -> tuple[str, ...]:
+    """Return the full feature list of the installed feature function (patient + regimen features)."""
+    return feature_names(with_regimen=True)
+
+
+def example_input(records: Sequence[PatientRecord], n: int = 3) -> pd.DataFrame:
+    """Return an input example of ``n`` records as pyfunc input (no identifier column)."""
+    rows = [record_to_row(record) for record in list(records)[:n]]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=[c for c in MODEL_INPUT_COLUMNS if c != "regimen"])
+
+
+def bundle_signature(bundle: ResponseModelBundle, input_example: pd.DataFrame) -> ModelSignature:
+    """Return the pyfunc signature: every input column optional and untyped (the bundle validates
+    records itself, so a missing column or value reaches it as missing), outputs inferred."""
+    inputs = Schema([ColSpec(AnyType(), name, required=False) for name in MODEL_INPUT_COLUMNS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output = bundle.predict(None, input_example)
+        outputs = infer_signature(input_example.head(1).astype(object), output).outputs
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    """Return the pinned requirements of the pyfunc (explicit: no slow requirement inference)."""
+    pins = []
+    for name in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "cloudpickle", "pydantic",
+                 "pyyaml", "response-model"):
+        try:
+            pins.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _clean_example(input_example: pd.DataFrame | None, bundle: ResponseModelBundle) -> pd.DataFrame:
+    if input_example is None:
+        raise ValueError("an input example (patient-record columns) is needed to infer the signature")
+    frame = input_example.drop(columns=[c for c in input_example.columns if c.lower() == "patient_id"])
+    return frame.reindex(columns=[c for c in MODEL_INPUT_COLUMNS if c in frame.columns]).reset_index(drop=True)
+
+
+def save_bundle(bundle: ResponseModelBundle, path: str | Path, input_example: pd.DataFrame | None = None) -> Path:
+    """Write ``bundle`` as an MLflow pyfunc folder at ``path`` (must not exist); return the path."""
+    example = _clean_example(input_example, bundle)
+    mlflow.pyfunc.save_model(
+        str(path), python_model=bundle, signature=bundle_signature(bundle, example), input_example=example,
+        pip_requirements=pip_requirements(), metadata=bundle.json_metadata(),
+    )
+    return Path(path)
+
+
+def log_bundle(
+    bundle: ResponseModelBundle,
+    name: str = ARTIFACT_NAME,
+    input_example: pd.DataFrame | None = None,
+    registered_model_name: str | None = None,
+) -> mlflow.models.model.ModelInfo:
+    """Log ``bundle`` to the active run (one is started if none is) under ``name``; return the ModelInfo.
+
+    With ``registered_model_name`` the model is also registered (a new version).
+    """
+    example = _clean_example(input_example, bundle)
+    started = mlflow.active_run() is None
+    if started:
+        mlflow.start_run()
+    try:
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=bundle, signature=bundle_signature(bundle, example), input_example=example,
+            pip_requirements=pip_requirements(), metadata=bundle.json_metadata(),
+            registered_model_name=registered_model_name,
+        )
+    finally:
+        if started:
+            mlflow.end_run()

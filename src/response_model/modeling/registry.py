@@ -1,0 +1,351 @@
+"""Model registry: register a logged bundle, promote it to ``champion`` through a gate, evaluate, export.
+
+Metric names on runs follow :func:`response_model.tracking.metric_key`:
+``<response|resistance>.<regimen_class>.<metric>`` (e.g. ``response.checkpoint_inhibitor.auc_lower``).
+A gate names metrics either fully (``response.checkpoint_inhibitor.auc_lower``) or by their last
+part (``auc_lower``: every outcome × regimen class the run logged must pass).
+
+Gate values: a number is a floor for higher-is-better metrics and a ceiling for lower-is-better
+ones (:data:`LOWER_IS_BETTER`); ``[low, high]`` is an interval; ``{"min": …, "max": …}`` is explicit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from response_model.modeling.bundle import ARTIFACT_NAME
+from response_model.modeling.metrics import binary_metrics, c_index
+
+CHAMPION = "champion"
+LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss"})
+#: Metrics whose ideal is a value, not an extreme: closer is better.
+TARGET_VALUE = {"calibration_slope": 1.0, "calibration_intercept": 0.0, "calibration_in_the_large": 0.0}
+_RUN_METRIC = re.compile(r"^(response|resistance)\.[^.]+\.(?P<metric>[^.]+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------
+
+
+def register(run_id: str, name: str, artifact_path: str = ARTIFACT_NAME) -> str:
+    """Register the bundle logged by run ``run_id`` (under ``artifact_path``) as a new version of ``name``; return it."""
+    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    return str(version.version)
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Return (name, version, alias) of a ``models:/NAME/V`` or ``models:/NAME@alias`` URI."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r} is not a registry URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    rest = model_uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, None, alias
+    name, _, version = rest.rpartition("/")
+    if not name:
+        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return name, version, None
+
+
+def resolve_version(model_uri: str, client: MlflowClient | None = None) -> tuple[str, str] | None:
+    """Return (name, version) of a registry URI (aliases resolved), or None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, version, alias = parse_model_uri(model_uri)
+    if alias is not None:
+        version = (client or MlflowClient()).get_model_version_by_alias(name, alias).version
+    if version is None or not str(version).isdigit():
+        return None  # models:/<model_id> (a LoggedModel, not a registered version)
+    return name, str(version)
+
+
+# ---------------------------------------------------------------------------------------------
+# Promotion
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromotionDecision:
+    """Whether ``version`` of ``name`` became champion, and why (every check, passed or failed)."""
+
+    name: str
+    version: str
+    promoted: bool
+    reasons: list[str] = field(default_factory=list)
+    previous_champion: str | None = None
+
+    def __str__(self) -> str:
+        verdict = "promoted to champion" if self.promoted else "refused"
+        return f"{self.name} version {self.version} {verdict}: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "promoted": self.promoted,
+                "reasons": list(self.reasons), "previous_champion": self.previous_champion}
+
+
+def _short(metric: str) -> str:
+    match = _RUN_METRIC.match(metric)
+    return match.group("metric") if match else metric.rsplit(".", 1)[-1]
+
+
+def _matching(metrics: Mapping[str, float], key: str) -> dict[str, float]:
+    """Return the run metrics a gate/evaluation key names (exact name, or by last part)."""
+    if key in metrics:
+        return {key: metrics[key]}
+    return {name: value for name, value in metrics.items()
+            if (m := _RUN_METRIC.match(name)) is not None and m.group("metric") == key}
+
+
+def _bounds(metric: str, rule: Any) -> tuple[float | None, float | None]:
+    if isinstance(rule, Mapping):
+        return rule.get("min"), rule.get("max")
+    if isinstance(rule, Sequence) and not isinstance(rule, str):
+        low, high = rule
+        return low, high
+    value = float(rule)
+    return (None, value) if _short(metric) in LOWER_IS_BETTER else (value, None)
+
+
+def check_gate(metrics: Mapping[str, float], gate: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """Return (passed, reasons) of ``metrics`` against ``gate``; a metric the run lacks fails."""
+    passed, reasons = True, []
+    for key, rule in gate.items():
+        found = _matching(metrics, key)
+        if not found:
+            passed = False
+            reasons.append(f"gate: metric {key!r} was not logged by the candidate run")
+            continue
+        for metric, value in sorted(found.items()):
+            low, high = _bounds(metric, rule)
+            ok = not math.isnan(value) and (low is None or value >= low) and (high is None or value <= high)
+            wanted = (f"in [{low:g}, {high:g}]" if low is not None and high is not None
+                      else f"≥ {low:g}" if low is not None else f"≤ {high:g}")
+            reasons.append(f"gate: {metric} = {value:.4g} {'passes' if ok else 'fails'} ({wanted})")
+            passed &= ok
+    return passed, reasons
+
+
+def _worse(metric: str, candidate: float, champion: float, tolerance: float) -> bool:
+    """True when ``candidate`` is worse than ``champion`` by more than ``tolerance``."""
+    short = _short(metric)
+    if math.isnan(candidate):
+        return not math.isnan(champion)
+    if math.isnan(champion):
+        return False
+    if short in TARGET_VALUE:
+        target = TARGET_VALUE[short]
+        return abs(candidate - target) > abs(champion - target) + tolerance
+    if short in LOWER_IS_BETTER:
+        return candidate > champion + tolerance
+    return candidate < champion - tolerance
+
+
+def _flatten_evaluation(result: Mapping[str, Any]) -> dict[str, float]:
+    """Return an :func:`evaluate` result as {"response.auc": …, "resistance.c_index": …}."""
+    flat = {}
+    for outcome in ("response", "resistance"):
+        for metric, value in (result.get(outcome) or {}).items():
+            flat[f"{outcome}.{metric}"] = math.nan if value is None else float(value)
+    return flat
+
+
+def compare_with_champion(
+    candidate: Mapping[str, float], champion: Mapping[str, float], metrics: Sequence[str], tolerance: float = 0.0
+) -> tuple[bool, list[str]]:
+    """Return (not_worse, reasons) comparing the same named metrics of candidate and champion."""
+    not_worse, reasons = True, []
+    for key in metrics:
+        cand, champ = _matching(candidate, key), _matching(champion, key)
+        shared = sorted(set(cand) & set(champ))
+        if not shared:
+            reasons.append(f"compare: {key!r} not available for both candidate and champion; not compared")
+            continue
+        for metric in shared:
+            worse = _worse(metric, cand[metric], champ[metric], tolerance)
+            reasons.append(
+                f"compare: {metric} candidate {cand[metric]:.4g} vs champion {champ[metric]:.4g} "
+                f"({'worse' if worse else 'not worse'})"
+            )
+            not_worse &= not worse
+    return not_worse, reasons
+
+
+def _run_metrics(client: MlflowClient, name: str, version: str) -> tuple[str | None, dict[str, float]]:
+    model_version = client.get_model_version(name, version)
+    if not model_version.run_id:
+        return None, {}
+    return model_version.run_id, dict(client.get_run(model_version.run_id).data.metrics)
+
+
+def promote(
+    name: str,
+    version: str | int,
+    gate: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+) -> PromotionDecision:
+    """Move alias ``champion`` of ``name`` to ``version`` only if it passes ``gate`` and is not worse
+    than the current champion; record the decision and its reasons as model-version tags.
+
+    ``gate``: {metric: rule}, checked on the metrics the candidate's run logged.
+    ``evaluation`` (the comparison with the champion):
+
+    * None — compare the gate's metrics as logged by the candidate's and the champion's runs;
+    * ``{"metrics": [names], "tolerance": 0.0}`` — compare those run metrics;
+    * ``{"candidate": evaluate(...), "champion": evaluate(...), "tolerance": 0.0}`` — compare two
+      :func:`evaluate` results of both models on the same held-out cohort (every metric they share).
+    """
+    client = MlflowClient()
+    version = str(version)
+    evaluation = dict(evaluation or {})
+    _, candidate_metrics = _run_metrics(client, name, version)
+    passed, reasons = check_gate(candidate_metrics, gate)
+
+    previous = None
+    try:
+        previous = client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        previous = None
+    not_worse = True
+    tolerance = float(evaluation.get("tolerance", 0.0))
+    if previous is None:
+        reasons.append("compare: no current champion")
+    elif str(previous) == version:
+        reasons.append(f"compare: version {version} is already the champion")
+    elif "candidate" in evaluation and "champion" in evaluation:
+        cand, champ = _flatten_evaluation(evaluation["candidate"]), _flatten_evaluation(evaluation["champion"])
+        not_worse, found = compare_with_champion(cand, champ, sorted(set(cand) & set(champ)), tolerance)
+        reasons += [f"{r} [held-out evaluation, champion version {previous}]" for r in found]
+    else:
+        _, champion_metrics = _run_metrics(client, name, str(previous))
+        names = list(evaluation.get("metrics") or gate)
+        not_worse, found = compare_with_champion(candidate_metrics, champion_metrics, names, tolerance)
+        reasons += [f"{r} [champion version {previous}]" for r in found]
+
+    promoted = bool(passed and not_worse)
+    if not passed:
+        reasons.insert(0, "refused: the candidate fails the gate")
+    elif not not_worse:
+        reasons.insert(0, f"refused: the candidate is worse than champion version {previous}")
+    if promoted and str(previous) != version:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision = PromotionDecision(name, version, promoted, reasons, None if previous is None else str(previous))
+    tags = {
+        "promotion.decision": "promoted" if promoted else "refused",
+        "promotion.reasons": json.dumps(reasons)[:5000],
+        "promotion.gate": json.dumps(dict(gate), default=str)[:5000],
+        "promotion.previous_champion": str(previous) if previous is not None else "",
+        "promotion.time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return decision
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on a labelled cohort the model never saw
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_number(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
+
+
+def _outcome_metrics(y: list[float | None], p: np.ndarray) -> dict[str, float | None] | None:
+    labels = np.array([math.nan if v is None else float(v) for v in y])
+    keep = ~np.isnan(labels) & ~np.isnan(p)
+    if keep.sum() < 2 or len(np.unique(labels[keep])) < 2:
+        return None
+    metrics = binary_metrics(labels[keep].astype(int), p[keep])
+    return {name: _json_number(metrics.get(name)) for name in ("auc", "auprc", "brier", "calibration_slope")}
+
+
+def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
+    """Score a labelled cohort under each patient's given regimen; return the JSON-ready result.
+
+    ``{"n": patients scored, "response": {"auc", "auprc", "brier", "calibration_slope"} | None,
+    "resistance": {"auc", "auprc", "brier", "calibration_slope", "c_index"} | None}``; an outcome the
+    cohort cannot label (no labels, or one class only) is None. ``model_uri``: any URI or folder
+    :func:`response_model.modeling.predict.load_model` accepts, or an already loaded model.
+    ``parsed_cohort``: a :class:`~response_model.dataset.ParsedCohort` (or a ``LoadedCohort``).
+    """
+    from response_model.modeling.predict import as_bundle, load_model
+
+    parsed = getattr(parsed_cohort, "parsed", parsed_cohort)
+    model = load_model(model_uri) if isinstance(model_uri, (str, Path)) else model_uri
+    bundle = as_bundle(model)
+    scorable = {r.name for r in bundle.catalogue.values() if r.regimen_class in bundle.regimen_classes}
+    pairs = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen in scorable]
+    result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None}
+    if not pairs:
+        return result
+    scores = bundle.score([rec for rec, _ in pairs], [out.regimen for _, out in pairs], per_record=True)
+    p_response = scores["p_objective_response"].to_numpy(dtype=float)
+    p_resistance = scores["p_primary_resistance"].to_numpy(dtype=float)
+    result["response"] = _outcome_metrics([out.objective_response for _, out in pairs], p_response)
+    resistance = _outcome_metrics([out.primary_resistance for _, out in pairs], p_resistance)
+    if resistance is not None:
+        time = np.array([math.nan if out.pfs_months is None else out.pfs_months for _, out in pairs])
+        event = np.array([math.nan if out.pfs_event is None else out.pfs_event for _, out in pairs], dtype=float)
+        keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(p_resistance))
+        resistance["c_index"] = _json_number(c_index(p_resistance[keep], time[keep], event[keep])) if keep.any() else None
+    result["resistance"] = resistance
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+
+
+def default_export_dir(model_uri: str, root: str | Path = "models") -> Path:
+    """Return ``models/NAME-vN`` for a registry URI (aliases resolved)."""
+    resolved = resolve_version(model_uri)
+    if resolved is None:
+        raise ValueError(f"{model_uri!r}: give --out for a URI that is not a registered model version")
+    name, version = resolved
+    return Path(root) / f"{name}-v{version}"
+
+
+def export(model_uri: str, out_dir: str | Path) -> Path:
+    """Copy the pyfunc folder of ``model_uri`` to ``out_dir`` (new or empty); return it.
+
+    The folder is self-contained (MLmodel, pickled bundle, requirements); it loads with
+    ``mlflow.pyfunc.load_model(out_dir)`` without any tracking server. The registered name and
+    version (when the URI is a registry URI) are written into the MLmodel metadata.
+    """
+    from mlflow.models import Model
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; expected a new folder")
+    resolved = resolve_version(model_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
+        if not (local / "MLmodel").is_file():
+            raise ValueError(f"{model_uri!r} is not an MLflow model (no MLmodel file)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        shutil.copytree(local, out)
+    model = Model.load(str(out / "MLmodel"))
+    model.metadata = dict(model.metadata or {})
+    model.metadata["exported_from"] = model_uri
+    if resolved is not None:
+        model.metadata["model_name"], model.metadata["model_version"] = resolved
+    model.save(str(out / "MLmodel"))
+    return out
