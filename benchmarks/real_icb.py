@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--outcome", default="objective_response", choices=["objective_response", "primary_resistance"])
+    parser.add_argument("--subgroups", action="store_true", help="also print the project model's metrics per subgroup")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -112,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
           f"better in {d['share_positive']:.0%} of folds); slope {slope:.2f}")
     ok = d["mean"] >= 0.01 and 0.8 <= slope <= 1.2
     print(f"target (ΔAUC ≥ +0.01, slope in [0.8, 1.2]): {'MET' if ok else 'NOT MET'}")
+    if args.subgroups:
+        sub = result.subgroups("project (LR+LightGBM)")
+        groups = {k: v for k, v in result.groups.items() if k in ("sex", "age_band", "cancer_type")}
+        sub = sub[sub["subgroup"].isin(groups)]
+        with pd.option_context("display.width", 200):
+            print("\nproject model per subgroup (out-of-fold predictions, mean over repeats):")
+            print(sub[["subgroup", "level", "n", "events", "auc", "calibration_slope", "brier"]]
+                  .round(3).to_string(index=False))
     print("seconds per model: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     return 0
 

@@ -88,11 +88,12 @@ def test_interval_and_subgroups():
     assert iv["k"] == 3 and abs(iv["mean"] - 0.72) < 1e-12 and iv["lower"] < iv["mean"] < iv["upper"]
     frame = pd.DataFrame({"y": [0, 1, 0, 1, 1, 1], "p": [0.1, 0.9, 0.2, 0.7, 0.6, 0.8]})
     sex = pd.Series(["female", "female", "male", "male", "other", "other"])
-    table = subgroup_metrics(frame, {"sex": sex, "age_band": pd.Series(["<65"] * 6)})
+    table = subgroup_metrics(frame, {"sex": sex, "age_band": pd.Series(["<65"] * 6)}, min_class_for_calibration=1)
     by_level = table.set_index("level")
     assert by_level.loc["female", "auc"] == 1.0 and by_level.loc["female", "n"] == 2
     assert np.isnan(by_level.loc["other", "auc"]) and by_level.loc["other", "events"] == 2
     assert list(table["subgroup"]).count("age_band") == 1
+    assert subgroup_metrics(frame, {"sex": sex})["calibration_slope"].isna().all()   # < 5 events each
 
 
 # ---------------------------------------------------------------------------------- estimators
@@ -271,3 +272,37 @@ def test_stateless_linear_model_on_arrays():
     model = StandardisedLogistic(clip={"x2": 20}).fit(X.to_numpy(), y)
     assert list(model.feature_names_in_) == ["x0", "x1", "x2", "x3"]
     assert model.predict_proba(X.to_numpy()).shape == (len(X), 2)
+
+
+class _Spy(LogisticBaseline):
+    """Records which rows each fit and predict saw (class-level log shared across clones)."""
+
+    seen: list[tuple[str, frozenset]] = []
+
+    def fit(self, X, y):
+        _Spy.seen.append(("fit", frozenset(X.index)))
+        return super().fit(X, y)
+
+    def predict_proba(self, X):
+        _Spy.seen.append(("predict", frozenset(X.index)))
+        return super().predict_proba(X)
+
+
+def test_every_fit_sees_training_rows_only():
+    X, y, _ = _toy(300, seed=6)
+    _Spy.seen.clear()
+    cross_validate(X, y, models={"spy": _Spy}, n_splits=3, n_repeats=2, seed=0, progress=False)
+    fits = [rows for kind, rows in _Spy.seen if kind == "fit"]
+    tests = [rows for kind, rows in _Spy.seen if kind == "predict"]
+    assert len(fits) == len(tests) == 6
+    for fit_rows, test_rows in zip(fits, tests):
+        assert not fit_rows & test_rows and len(fit_rows | test_rows) == len(X)
+
+
+def test_search_of_a_calibrated_model_refits_calibrated():
+    X, y, _ = _toy(400, seed=7)
+    search = {"method": "random", "n_iter": 2, "inner_splits": 2, "space": {"C": [0.05, 0.5], "num_leaves": [3, 5]}}
+    result = cross_validate(X, y, models={"project": lambda: ResponseClassifier(calibrate=True, calibration_cv=2, **FAST_GBM)},
+                            n_splits=2, n_repeats=1, seed=0, search=search, progress=False)
+    assert all(set(p) == {"C", "num_leaves"} for p in result.folds["params"])
+    assert result.folds["auc"].gt(0.6).all()

@@ -14,6 +14,8 @@ outer training fold (inner stratified K-fold), never touching the outer test fol
     inner_splits: 3            # inner stratified folds
     scoring: neg_log_loss      # any sklearn scorer name (roc_auc, neg_brier_score, …)
     space:                     # parameter → list of values
+A model with ``calibrate=True`` is tuned uncalibrated, then refitted (calibrated) with the
+chosen parameters on the whole outer training fold.
       num_leaves: [4, 8]
       min_child_samples: [30, 50, 100]
 """
@@ -197,10 +199,17 @@ def cross_validate(
             estimator = _instantiate(models[name])
             params = None
             if name in tuned:
-                estimator = _searched(estimator, search, seed + k)
-            estimator.fit(X_train, y_train)
-            if name in tuned:
-                params = dict(estimator.best_params_)
+                # Tune the uncalibrated model (calibration's own internal CV inside every inner
+                # fit would multiply the cost), then refit with the chosen parameters as configured.
+                calibrated = bool(estimator.get_params().get("calibrate", False))
+                searcher = _searched(clone(estimator).set_params(calibrate=False) if calibrated else estimator,
+                                     search, seed + k)
+                searcher.fit(X_train, y_train)
+                params = dict(searcher.best_params_)
+                estimator = (clone(estimator).set_params(**params).fit(X_train, y_train) if calibrated
+                             else searcher.best_estimator_)
+            else:
+                estimator.fit(X_train, y_train)
             p = estimator.predict_proba(X_test)[:, 1]
             seconds[name] += time.perf_counter() - started
             oof[name][repeat, test] = p

@@ -186,13 +186,15 @@ def subgroup_columns(records) -> dict[str, pd.Series]:
 
 
 def subgroup_metrics(frame: pd.DataFrame, by: Mapping[str, pd.Series], y: str = "y", p: str = "p",
-                     min_n: int = 1) -> pd.DataFrame:
+                     min_n: int = 1, min_class_for_calibration: int = 5) -> pd.DataFrame:
     """Return :func:`binary_metrics` per level of each subgrouping in ``by``.
 
     ``frame`` holds the outcome column ``y`` and prediction column ``p``; each Series of ``by`` is
     aligned to ``frame`` by index (or by position when lengths match and indexes differ). Missing
-    labels are skipped. A subgroup with a single outcome class gets NaN AUC. Columns: subgroup,
-    level, n, events, then the metrics.
+    labels are skipped. A subgroup with a single outcome class gets NaN AUC; one with fewer than
+    ``min_class_for_calibration`` events or non-events gets NaN calibration slope/intercepts
+    (a logistic fit on a handful of events is meaningless). Columns: subgroup, level, n, events,
+    then the metrics.
     """
     rows = []
     for name, labels in by.items():
@@ -204,5 +206,9 @@ def subgroup_metrics(frame: pd.DataFrame, by: Mapping[str, pd.Series], y: str = 
             part = frame.loc[labels == level]
             if len(part) < min_n:
                 continue
-            rows.append({"subgroup": name, "level": level, **binary_metrics(part[y], part[p])})
+            metrics = binary_metrics(part[y], part[p])
+            if min(metrics["events"], metrics["n"] - metrics["events"]) < min_class_for_calibration:
+                metrics.update(calibration_slope=math.nan, calibration_intercept=math.nan,
+                               calibration_in_the_large=math.nan)
+            rows.append({"subgroup": name, "level": level, **metrics})
     return pd.DataFrame(rows, columns=["subgroup", "level", "n", "events", *BINARY_METRICS])
