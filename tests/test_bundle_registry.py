@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from response_model.dataset import parse_cohort
+from response_model.dataset import parse_cohort, row_to_record
 from response_model.features import build_feature_matrix
 from response_model.modeling.bundle import OUTPUT_COLUMNS, ResponseModelBundle, example_input, log_bundle, save_bundle
 from response_model.modeling.predict import as_bundle, load_model, score_records
@@ -131,10 +131,7 @@ def test_registry_roundtrip_predicts_exactly(store, bundle, patients):
     pd.testing.assert_frame_equal(champion.predict(patients), expected, check_exact=True)
     assert as_bundle(champion).metadata["model_version"] == "1"
     assert as_bundle(champion).metadata["label"] == "research use — trained on simulated data"
-    records = [row for row in patients.head(5).to_dict(orient="records")]
-    from response_model.dataset import row_to_record
-
-    records = [row_to_record(row) for row in records]
+    records = [row_to_record(row) for row in patients.head(5).to_dict(orient="records")]
     pd.testing.assert_frame_equal(score_records(champion, records, ["lenvatinib", "nivolumab"]),
                                   score_records(bundle, records, ["lenvatinib", "nivolumab"]), check_exact=True)
 
@@ -269,3 +266,46 @@ def test_given_regimen_column_and_invalid_rows(bundle, patients):
     bad = patients.head(2).assign(age=[150.0, 60.0])
     with pytest.raises(ValueError, match="row 0"):
         bundle.predict(None, bad)
+
+
+def test_embedded_default_store_and_git_commit(tmp_path, monkeypatch):
+    from response_model.tracking import git_commit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        uri = configure_tracking("default-store")
+        assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+        assert (tmp_path / "mlflow.db").is_file()
+        location = mlflow.get_experiment_by_name("default-store").artifact_location
+        assert location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert git_commit(tmp_path) is None  # not a git checkout: None, no error
+    commit = git_commit()
+    assert commit is None or len(commit) == 40
+
+
+def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
+    from response_model.modeling.estimators import ResponseClassifier
+
+    parsed = cohort[1]
+    models = {}
+    for regimen_class in CLASSES:
+        rows = [i for i, o in enumerate(parsed.outcomes)
+                if o.regimen and get_regimen(o.regimen).regimen_class == regimen_class
+                and o.objective_response is not None]
+        X = build_feature_matrix([parsed.records[i] for i in rows], [parsed.outcomes[i].regimen for i in rows])
+        y = np.array([parsed.outcomes[i].objective_response for i in rows])
+        models[(regimen_class, "objective_response")] = ResponseClassifier(n_estimators=30).fit(X, y)
+    bundle = ResponseModelBundle(models)
+    expected = bundle.predict(None, patients)
+    assert expected["p_objective_response"].notna().all() and expected["p_primary_resistance"].isna().all()
+    with mlflow.start_run() as run:
+        log_bundle(bundle, "bundle", patients.head(3))
+    version = register(run.info.run_id, NAME)
+    loaded = load_model(f"models:/{NAME}/{version}")
+    pd.testing.assert_frame_equal(loaded.predict(patients), expected, check_exact=True)
+    contributions, base = as_bundle(loaded).explain(row_to_record(patients.iloc[0].to_dict()), "lenvatinib")["objective_response"]
+    assert contributions.shape == (1, len(models[("tki_antiangiogenic", "objective_response")].gbm_features_))
+    assert as_bundle(loaded).metadata["label"] is None

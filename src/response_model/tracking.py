@@ -108,7 +108,7 @@ def log_dataset(
         except MlflowException:  # a description MLflow cannot resolve (e.g. "simulated://seed=7"): kept as a tag
             dataset = mlflow.data.from_pandas(clean, name=name, targets=targets)
             tags = {"source": str(source)}
-    mlflow.log_input(dataset, context=context, tags=tags)
+        mlflow.log_input(dataset, context=context, tags=tags)  # the schema is inferred here, lazily
     return dataset.digest
 
 

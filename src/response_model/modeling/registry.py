@@ -12,6 +12,7 @@ ones (:data:`LOWER_IS_BETTER`); ``[low, high]`` is an interval; ``{"min": …, "
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
@@ -44,7 +45,16 @@ _RUN_METRIC = re.compile(r"^(response|resistance)\.[^.]+\.(?P<metric>[^.]+)$")
 
 def register(run_id: str, name: str, artifact_path: str = ARTIFACT_NAME) -> str:
     """Register the bundle logged by run ``run_id`` (under ``artifact_path``) as a new version of ``name``; return it."""
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    # MLflow 3 keeps a logged model's files with the LoggedModel, not under the run's artifacts;
+    # register_model resolves runs:/ID/NAME to that model (and keeps the run id on the version)
+    # but logs a warning saying so, which is expected here and only alarms CLI users.
+    resolver_log = logging.getLogger("mlflow.tracking._model_registry.fluent")
+    level = resolver_log.level
+    resolver_log.setLevel(logging.ERROR)
+    try:
+        version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name)
+    finally:
+        resolver_log.setLevel(level)
     return str(version.version)
 
 
