@@ -35,6 +35,7 @@ from response_model.modeling import (
     paired_difference,
     subgroup_columns,
 )
+from response_model.modeling.estimators import constraints_for_outcome
 from response_model.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.outcome}); features built in {time.perf_counter() - started:.1f} s")
 
     params = dict(cfg["model"]["checkpoint_inhibitor"])
-    if args.outcome == "primary_resistance":
-        params["monotone_constraints"] = {k: -v for k, v in params["monotone_constraints"].items()}
+    params["monotone_constraints"] = constraints_for_outcome(params["monotone_constraints"], args.outcome)
     rf = cfg["baselines"]["rf16"]
     models = {
         "project (LR+LightGBM)": lambda: ResponseClassifier(**params),

@@ -24,7 +24,7 @@ from response_model.modeling import (
     paired_difference,
     subgroup_metrics,
 )
-from response_model.modeling.estimators import StandardisedLogistic
+from response_model.modeling.estimators import StandardisedLogistic, constraints_for_outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "chowell2022_icb_train.csv"
@@ -306,3 +306,10 @@ def test_search_of_a_calibrated_model_refits_calibrated():
                             n_splits=2, n_repeats=1, seed=0, search=search, progress=False)
     assert all(set(p) == {"C", "num_leaves"} for p in result.folds["params"])
     assert result.folds["auc"].gt(0.6).all()
+
+
+def test_constraints_for_outcome():
+    assert constraints_for_outcome({"albumin": 1, "nlr": -1}, "primary_resistance") == {"albumin": -1, "nlr": 1}
+    assert constraints_for_outcome({"albumin": 1}, "objective_response") == {"albumin": 1}
+    with pytest.raises(ValueError):
+        constraints_for_outcome({}, "pfs")

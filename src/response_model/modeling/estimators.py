@@ -82,6 +82,20 @@ def resolve_constraints(names: Sequence[str], constraints: Mapping[str, int] | N
     return [int(constraints.get(name, 0)) for name in names]
 
 
+def constraints_for_outcome(constraints: Mapping[str, int] | None, outcome: str) -> dict[str, int]:
+    """Return monotone constraints written for objective response, turned for ``outcome``.
+
+    Configs state directions for the probability of objective response; primary resistance is
+    its opposite in direction, so its signs are negated. Other outcomes raise.
+    """
+    constraints = {k: int(v) for k, v in (constraints or {}).items()}
+    if outcome == "objective_response":
+        return constraints
+    if outcome == "primary_resistance":
+        return {k: -v for k, v in constraints.items()}
+    raise ValueError(f"unknown outcome {outcome!r}; expected objective_response or primary_resistance")
+
+
 def align_columns(X: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     """Return ``X`` with exactly ``names`` as columns; absent columns become NaN (with a warning)."""
     missing = [c for c in names if c not in X.columns]
