@@ -1,0 +1,247 @@
+"""Training: cohort → features → cross-validated models and baselines per regimen class and outcome →
+one deployable bundle, every step tracked in MLflow.
+
+``train(config)`` follows ``configs/train/*.yaml``: for each regimen class (checkpoint inhibitors,
+TKI / anti-angiogenics) and outcome (objective response, primary resistance) it cross-validates the
+project's :class:`ResponseClassifier` side by side with the baselines on the same folds (search,
+scaling, imputation and calibration inside each fold), logs the metrics with intervals, per-fold
+metrics, subgroup tables and plots in a nested run, then refits on all rows of the class. The fitted
+models go into one :class:`ResponseModelBundle`, logged and registered under the configured name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from response_model import plots, tracking
+from response_model.config import load_yaml, resolve_config_path
+from response_model.dataset import ParsedCohort, parse_cohort
+from response_model.features import build_feature_matrix, feature_names
+from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
+from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
+from response_model.modeling.cv import CVResult, _searched, cross_validate
+from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
+from response_model.modeling.metrics import subgroup_columns
+from response_model.regimens import load_catalogue
+from response_model.sources import load_source
+
+log = logging.getLogger(__name__)
+
+PROJECT = "project"
+OUTCOMES = ("objective_response", "primary_resistance")
+
+
+@dataclass
+class TrainingData:
+    """A validated training cohort, its feature matrix, and the simulator's truth when known."""
+
+    parsed: ParsedCohort
+    frame: pd.DataFrame
+    features: pd.DataFrame
+    truth: pd.DataFrame | None
+    simulated: bool
+    source: str
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train` produced."""
+
+    run_id: str
+    model_uri: str
+    bundle: ResponseModelBundle
+    cv: dict[tuple[str, str], CVResult] = field(default_factory=dict)
+    registered_name: str | None = None
+    registered_version: str | None = None
+    seconds: float = 0.0
+
+
+def load_training_data(config: dict[str, Any], data_path: str | Path | None = None) -> TrainingData:
+    """Return the training cohort of ``config['data']``: a file read through a source, or a simulation.
+
+    A canonical cohort written by ``response-model simulate`` brings its ``truth.parquet`` (same
+    folder) for the oracle baseline; training never reads the truth otherwise.
+    """
+    spec = config["data"]
+    path = data_path or spec.get("path")
+    truth = None
+    if path:
+        loaded = load_source(spec["source"], path)
+        parsed = loaded.parsed
+        truth_path = Path(path).parent / "truth.parquet" if Path(path).is_file() else Path(path) / "truth.parquet"
+        if truth_path.exists():
+            truth = pd.read_parquet(truth_path)
+        source = str(path)
+    else:
+        from response_model.sources.simulator import simulate_cohort
+
+        n, seed = int(spec["simulate"]["n"]), int(spec["simulate"]["seed"])
+        log.info("simulating a training cohort of %d patients (seed %d)", n, seed)
+        simulation = simulate_cohort(n, seed)
+        parsed, truth = parse_cohort(simulation.cohort), simulation.truth
+        source = f"simulated://n={n},seed={seed}"
+    if not parsed.ok:
+        first = "; ".join(str(row) for row in parsed.rejected[:3])
+        raise ValueError(f"{len(parsed.rejected)} invalid row(s) in the training cohort ({source}); first: {first}. "
+                         "Run `response-model validate` for the full report")
+    frame = parsed.frame()
+    features = build_feature_matrix(parsed.records, [o.regimen for o in parsed.outcomes])
+    return TrainingData(parsed, frame, features, truth, simulated=truth is not None, source=source)
+
+
+def _model_params(config: dict[str, Any], regimen_class: str, outcome: str) -> dict[str, Any]:
+    section = config.get("model", {})
+    per_class = dict(section.get(regimen_class, {}))
+    constraints = constraints_for_outcome(per_class.pop("monotone_constraints", None), outcome)
+    return {**section.get("defaults", {}), **per_class, "monotone_constraints": constraints}
+
+
+def _oracle_truth(data: TrainingData, rows: pd.Index, outcome: str) -> pd.Series | None:
+    if data.truth is None:
+        return None
+    given = data.truth[data.truth["given"]].set_index("patient_id")[f"p_{outcome}"]
+    return pd.Series(data.frame.loc[rows, "patient_id"].map(given).to_numpy(dtype=float), index=rows)
+
+
+def candidate_models(config: dict[str, Any], regimen_class: str, outcome: str, X: pd.DataFrame,
+                     oracle: pd.Series | None) -> dict[str, Any]:
+    """Return the unfitted project model and baselines to compare on the same folds, by name."""
+    models: dict[str, Any] = {PROJECT: ResponseClassifier(**_model_params(config, regimen_class, outcome))}
+    baselines = config.get("baselines", {})
+    if "logistic" in baselines:
+        models["logistic"] = LogisticBaseline(**(baselines["logistic"] or {}))
+    if "loris" in baselines and LorisRecipe.applicable(X):
+        models["loris"] = LorisRecipe(**(baselines["loris"] or {}))
+    for rule in baselines.get("rules", []):
+        if rule["feature"] in X and X[rule["feature"]].notna().any():
+            models[f"{rule['feature']} ≥ {rule['threshold']:g}"] = SingleMarkerRule(rule["feature"], rule["threshold"])
+    if baselines.get("oracle") and oracle is not None:
+        models["oracle"] = Oracle(truth=oracle)
+    return models
+
+
+def _fit_final(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, search: dict | None, seed: int):
+    """Refit on all labelled rows of the class, with the same search as inside the folds."""
+    if search and PROJECT in search.get("models", [PROJECT]):
+        tuned = _searched(model, search, seed).fit(X, y)
+        log.info("final model parameters chosen by search: %s", tuned.best_params_)
+        return tuned.best_estimator_
+    return model.fit(X, y)
+
+
+def _log_cv(result: CVResult, prefix: str, reference: str) -> None:
+    """Log the side-by-side table, per-fold metrics, subgroups and plots of one class × outcome."""
+    summary = result.summary()
+    for model, row in summary.iterrows():
+        name = model.replace(" ", "").replace("≥", "_ge_")
+        tracking.log_metrics({f"{name}.{metric}": value for metric, value in row.items() if metric != "n"})
+    for k, row in result.folds[result.folds["model"] == PROJECT].reset_index(drop=True).iterrows():
+        tracking.log_metrics({f"fold.{m}": row[m] for m in ("auc", "brier", "calibration_slope") if m in row}, step=k)
+    table = result.table(reference=reference if reference in result.models else None)
+    mlflow.log_text(table.to_string(), f"{prefix}/comparison.txt")
+    mlflow.log_table(result.folds.drop(columns=["params"], errors="ignore"), f"{prefix}/folds.json")
+    try:
+        mlflow.log_table(result.subgroups(PROJECT), f"{prefix}/subgroups.json")
+    except ValueError as error:
+        log.warning("no subgroup table: %s", error)
+    first = result.oof[result.oof["repeat"] == 0]
+    curves = {m: (first["y"].to_numpy(), first[m].to_numpy(dtype=float)) for m in result.models}
+    tracking.log_figure(plots.roc_plot(curves, prefix), f"{prefix}/roc.png")
+    probabilistic = {m: c for m, c in curves.items() if not m.count("≥")}
+    tracking.log_figure(plots.calibration_plot(probabilistic, title=prefix), f"{prefix}/calibration.png")
+
+
+def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, prefix: str, max_rows: int = 2000) -> None:
+    sample = X.sample(n=min(len(X), max_rows), random_state=0) if len(X) > max_rows else X
+    contributions, _ = model.explain(sample)
+    tracking.log_figure(plots.shap_summary_plot(contributions, sample[contributions.columns],
+                                                f"{prefix} (LightGBM part, log-odds)"),
+                        f"{prefix}/shap_summary.png")
+
+
+def train(config_path: str | Path, data_path: str | Path | None = None, register: bool = True,
+          progress: bool = True) -> TrainingResult:
+    """Train every regimen class × outcome model of the config, log everything, return the result."""
+    started = time.perf_counter()
+    config = load_yaml(config_path)
+    tracking.configure_tracking()
+    data = load_training_data(config, data_path)
+    X_all = data.features
+    catalogue = load_catalogue()
+    classes = data.frame["regimen"].map(lambda r: catalogue[r].regimen_class if r else None)
+    if classes.isna().any():
+        log.warning("%d patients without a regimen are not used for training", int(classes.isna().sum()))
+    subgroups = subgroup_columns(data.parsed.records)
+    cv_cfg, search = config["cv"], (config.get("search") if config.get("search", {}).get("enabled") else None)
+    fitted: dict[tuple[str, str], Any] = {}
+    results: dict[tuple[str, str], CVResult] = {}
+    parent_metrics: dict[str, float] = {}
+    enabled = [o for o in OUTCOMES if config["outcomes"].get(o, {}).get("enabled", False)]
+
+    with mlflow.start_run(run_name=config.get("name", "train"), tags=tracking.run_tags()) as run:
+        tracking.log_config(resolve_config_path(config_path))
+        digest = tracking.log_dataset(data.frame, name=config.get("name", "cohort"), source=data.source)
+        mlflow.set_tags({"data.source": data.source, "data.simulated": str(data.simulated),
+                         "data.rows": str(len(data.frame))})
+        for regimen_class in config["regimen_classes"]:
+            rows = classes.index[classes == regimen_class]
+            if len(rows) == 0:
+                log.warning("no patient received a %s regimen; no model for this class", regimen_class)
+                continue
+            X = X_all.loc[rows]
+            for outcome in enabled:
+                y = data.frame.loc[rows, outcome].astype(float)
+                labelled = y.notna()
+                if y[labelled].nunique() < 2:
+                    log.warning("%s / %s: a single outcome class; skipped", regimen_class, outcome)
+                    continue
+                prefix = f"{regimen_class}/{outcome}"
+                log.info("%s: cross-validating on %d labelled patients", prefix, int(labelled.sum()))
+                survival = None
+                if outcome == "primary_resistance":
+                    survival = pd.DataFrame({"time": data.frame.loc[rows, "pfs_months"].astype(float),
+                                             "event": data.frame.loc[rows, "pfs_event"].astype(float)}, index=rows)
+                models = candidate_models(config, regimen_class, outcome, X,
+                                          _oracle_truth(data, rows, outcome))
+                with mlflow.start_run(run_name=prefix, nested=True):
+                    mlflow.set_tags({"regimen_class": regimen_class, "outcome": outcome})
+                    result = cross_validate(
+                        X, y, groups_for_subgroups={k: v.loc[rows] for k, v in subgroups.items()},
+                        models=models, n_splits=cv_cfg["n_splits"], n_repeats=cv_cfg["n_repeats"],
+                        seed=cv_cfg["seed"], search=search, survival=survival, progress=progress,
+                    )
+                    reference = "loris" if "loris" in result.models else "logistic"
+                    _log_cv(result, prefix, reference)
+                    log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
+                    final = _fit_final(models[PROJECT], X[labelled], y[labelled].astype(int), search, cv_cfg["seed"])
+                    _log_explanations(final, X[labelled], prefix)
+                results[(regimen_class, outcome)] = result
+                fitted[(regimen_class, outcome)] = final
+                # the project's summary (mean, lower, upper of each metric) goes to the parent run,
+                # where `promote` checks the gate: response.checkpoint_inhibitor.auc_lower, …
+                for metric, value in result.summary().loc[PROJECT].drop("n").dropna().items():
+                    parent_metrics[tracking.metric_key(outcome, regimen_class, metric)] = float(value)
+        if not fitted:
+            raise ValueError("no model could be trained: no regimen class had patients with both outcomes")
+        tracking.log_metrics(parent_metrics)
+        bundle = ResponseModelBundle(
+            fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
+            simulated=data.simulated, metadata={"data_source": data.source, "config": str(config_path)},
+        )
+        info = log_bundle(bundle, input_example=example_input(data.parsed.records),
+                          registered_model_name=config.get("registered_model") if register else None)
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("training_seconds", seconds)
+        version = getattr(info, "registered_model_version", None)
+        return TrainingResult(
+            run_id=run.info.run_id, model_uri=info.model_uri, bundle=bundle, cv=results,
+            registered_name=config.get("registered_model") if register else None,
+            registered_version=str(version) if version is not None else None, seconds=seconds,
+        )
