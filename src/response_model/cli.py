@@ -12,16 +12,12 @@ from response_model import __version__
 
 log = logging.getLogger("response_model")
 
-SIMULATED_LABEL = "research use — trained on simulated data"
-
-
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="response-model")
@@ -30,7 +26,6 @@ def main(verbose: bool) -> None:
     """Predict response and primary resistance of advanced HCC to targeted therapies and
     immune checkpoint inhibitors, from the patient's genomic and clinical features."""
     _configure_logging(verbose)
-
 
 @main.command()
 @click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of patients.")
@@ -51,7 +46,6 @@ def simulate(n: int, seed: int, out_dir: Path, fmt: str, config: str) -> None:
     for name, path in written.items():
         click.echo(f"{name}: {path}")
 
-
 def _load(source: str, path: Path):
     from response_model.sources import SourceFormatError, load_source
 
@@ -60,7 +54,6 @@ def _load(source: str, path: Path):
     except (SourceFormatError, FileNotFoundError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
-
 
 @main.command()
 @click.option("--source", required=True, help="Source configuration (YAML), e.g. configs/sources/chowell2022.yaml.")
@@ -74,7 +67,6 @@ def validate(source: str, path: Path) -> None:
     loaded = _load(source, path)
     click.echo(validation_report(loaded.parsed, source, str(path)))
     sys.exit(0 if loaded.parsed.ok else 1)
-
 
 @main.command()
 @click.option("--source", required=True, help="Source configuration (YAML).")
@@ -94,7 +86,6 @@ def ingest(source: str, path: Path, out_file: Path) -> None:
     write_cohort(loaded.parsed.frame(), out_file)
     click.echo(f"wrote {len(loaded.parsed.records)} rows to {out_file}")
 
-
 @main.command()
 def regimens() -> None:
     """List the regimen catalogue: class, mechanism, usual line, trial ORR, eligibility."""
@@ -107,28 +98,130 @@ def regimens() -> None:
         line = f"line {regimen.usual_line}" if regimen.usual_line else ""
         click.echo(f"{regimen.name:<26} {regimen.regimen_class:<20} {regimen.category:<32} {line:<7} {orr:<28} {rules}")
 
+@main.command()
+@click.option("--config", "config_path", default="configs/train/default.yaml", show_default=True,
+              help="Training configuration (YAML).")
+@click.option("--data", "data_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Cohort file or folder (read through the config's source); default: the config's data.")
+@click.option("--no-register", is_flag=True, help="Log the model without registering it.")
+def train(config_path: str, data_path: Path | None, no_register: bool) -> None:
+    """Train, evaluate (repeated CV against the baselines) and register the response and resistance models."""
+    from response_model.modeling.train import train as run_training
+
+    result = run_training(config_path, data_path, register=not no_register)
+    _print_training(result)
+
+def _print_training(result) -> None:
+    click.echo(f"run: {result.run_id}")
+    click.echo(f"model: {result.model_uri}")
+    if result.registered_version:
+        click.echo(f"registered: models:/{result.registered_name}/{result.registered_version}")
+    label = result.bundle.metadata.get("label")
+    if label:
+        click.echo(f"label: {label}")
+    click.echo(f"training took {result.seconds:.0f} s")
+
+def _gate(config_path: str) -> tuple[dict, dict | None]:
+    from response_model.config import load_yaml
+
+    gate = dict(load_yaml(config_path)["gate"])
+    compare = gate.pop("not_worse_than_champion", True)
+    return gate, ({"metrics": ["auc"]} if compare else {"metrics": []})
+
+@main.command()
+@click.option("--name", required=True, help="Registered model name.")
+@click.option("--version", "version", required=True, help="Candidate version.")
+@click.option("--config", "config_path", default="configs/train/default.yaml", show_default=True,
+              help="Configuration holding the promotion gate.")
+@click.option("--source", default=None, help="With PATH: compare candidate and champion on this held-out cohort.")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+def promote(name: str, version: str, config_path: str, source: str | None, path: Path | None) -> None:
+    """Move the 'champion' alias to a version that passes the gate and is not worse than the champion.
+
+    Exits 1, saying why, when the promotion is refused."""
+    from response_model import tracking
+    from response_model.modeling import registry
+
+    tracking.configure_tracking()
+    gate, evaluation = _gate(config_path)
+    if source and path:
+        loaded = _load(source, path)
+        candidate = registry.evaluate(f"models:/{name}/{version}", loaded.parsed)
+        try:
+            champion = registry.evaluate(f"models:/{name}@champion", loaded.parsed)
+            evaluation = {"candidate": candidate, "champion": champion}
+        except Exception as error:  # noqa: BLE001 - no champion yet: the gate alone decides
+            log.info("no champion to compare with (%s)", error)
+    decision = registry.promote(name, version, gate, evaluation)
+    click.echo(str(decision))
+    sys.exit(0 if decision.promoted else 1)
+
+@main.command()
+@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or a folder.")
+@click.option("--source", required=True, help="Source configuration (YAML) of the labelled cohort.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def evaluate(model_uri: str, source: str, path: Path) -> None:
+    """Score a labelled cohort the model never saw; print one JSON object of metrics."""
+    import json
+
+    from response_model import tracking
+    from response_model.modeling import registry
+
+    tracking.configure_tracking()
+    loaded = _load(source, path)
+    if not loaded.parsed.ok:
+        click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) not scored; see `response-model "
+                   "validate`", err=True)
+    click.echo(json.dumps(registry.evaluate(model_uri, loaded.parsed)))
+
+@main.command()
+@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V or runs:/…")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New folder, e.g. models/hcc-response-v3/.")
+def export(model_uri: str, out_dir: Path) -> None:
+    """Write a self-contained MLflow model folder that serves without the tracking server."""
+    from response_model import tracking
+    from response_model.modeling import registry
+
+    tracking.configure_tracking()
+    click.echo(f"exported to {registry.export(model_uri, out_dir)}")
 
 @main.command()
 @click.option("--n", "n", type=click.IntRange(min=100), default=5000, show_default=True, help="Simulated patients.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/simulated"),
               show_default=True, help="Where the simulated cohort is written.")
-def run(n: int, seed: int, out_dir: Path) -> None:
-    """The main job on the embedded default: simulate a cohort, then validate it.
+@click.option("--config", "config_path", default="configs/train/default.yaml", show_default=True,
+              help="Training configuration.")
+def run(n: int, seed: int, out_dir: Path, config_path: str) -> None:
+    """The main job on the embedded default: simulate a cohort, validate it, train, register, promote.
 
-    Later stages (train, register, serve) extend this same command."""
+    Later stages (serve) extend this same command."""
+    from response_model import tracking
+    from response_model.modeling import registry
+    from response_model.modeling.train import train as run_training
     from response_model.sources import load_source
     from response_model.sources.simulator import simulate_cohort, write_simulation
     from response_model.validate import validation_report
 
-    log.info("step 1/2: simulate %d patients (seed %d) into %s", n, seed, out_dir)
+    log.info("step 1/4: simulate %d patients (seed %d) into %s", n, seed, out_dir)
     written = write_simulation(simulate_cohort(n, seed), out_dir)
-    log.info("step 2/2: validate %s", written["cohort"])
+    log.info("step 2/4: validate %s", written["cohort"])
     loaded = load_source("sources/canonical.yaml", written["cohort"])
     click.echo(validation_report(loaded.parsed, "sources/canonical.yaml", str(written["cohort"])))
-    click.echo(f"\nsimulated cohort, for research only: models trained on it are labelled '{SIMULATED_LABEL}'")
-    sys.exit(0 if loaded.parsed.ok else 1)
-
+    if not loaded.parsed.ok:
+        sys.exit(1)
+    log.info("step 3/4: train, evaluate and register (%s)", config_path)
+    result = run_training(config_path, written["cohort"])
+    _print_training(result)
+    log.info("step 4/4: promote version %s", result.registered_version)
+    gate, evaluation = _gate(config_path)
+    decision = registry.promote(result.registered_name, result.registered_version, gate, evaluation)
+    click.echo(str(decision))
+    click.echo(f"\nmodel URI: models:/{result.registered_name}@champion" if decision.promoted else
+               f"\nmodel URI: models:/{result.registered_name}/{result.registered_version} (not promoted)")
+    click.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking.configure_tracking()}")
+    sys.exit(0 if decision.promoted else 1)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
