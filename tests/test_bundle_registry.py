@@ -8,6 +8,7 @@ provides the ``predict_proba`` / ``explain`` protocol the bundle expects.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import lightgbm
@@ -309,3 +310,20 @@ def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
     contributions, base = as_bundle(loaded).explain(row_to_record(patients.iloc[0].to_dict()), "lenvatinib")["objective_response"]
     assert contributions.shape == (1, len(models[("tki_antiangiogenic", "objective_response")].gbm_features_))
     assert as_bundle(loaded).metadata["label"] is None
+
+    # Loading needs nothing but the installed package: a fresh interpreter, no test code, no server.
+    import subprocess
+    import sys
+
+    folder = export(f"models:/{NAME}/{version}", store / "exported")
+    patients.to_parquet(store / "patients.parquet")
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "model.predict(pd.read_parquet(sys.argv[2])).to_parquet(sys.argv[3])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
+    subprocess.run([sys.executable, "-c", script, str(folder), str(store / "patients.parquet"),
+                    str(store / "scores.parquet")], check=True, env=env, cwd=store, timeout=120)
+    pd.testing.assert_frame_equal(pd.read_parquet(store / "scores.parquet"), expected, check_exact=True)
