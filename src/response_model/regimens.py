@@ -83,11 +83,13 @@ def load_catalogue(name: str = "regimens.yaml") -> dict[str, Regimen]:
     return catalogue
 
 
-def candidate_regimens() -> list[Regimen]:
+@lru_cache(maxsize=1)
+def candidate_regimens() -> tuple[Regimen, ...]:
     """Return the regimens a patient can be scored under (drug classes excluded)."""
-    return [regimen for regimen in load_catalogue().values() if regimen.is_candidate]
+    return tuple(regimen for regimen in load_catalogue().values() if regimen.is_candidate)
 
 
+@lru_cache(maxsize=1)
 def regimen_classes() -> tuple[str, ...]:
     """Return the model families (``checkpoint_inhibitor``, ``tki_antiangiogenic``)."""
     return tuple(load_yaml("regimens.yaml")["classes"])

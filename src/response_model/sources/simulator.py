@@ -85,7 +85,7 @@ def _weights(mapping: Mapping[Any, Any]) -> tuple[list[Any], np.ndarray]:
 
 
 def _regimens() -> list[Regimen]:
-    return candidate_regimens()
+    return list(candidate_regimens())
 
 
 # ---------------------------------------------------------------------------------------------
