@@ -313,3 +313,14 @@ def test_constraints_for_outcome():
     assert constraints_for_outcome({"albumin": 1}, "objective_response") == {"albumin": 1}
     with pytest.raises(ValueError):
         constraints_for_outcome({}, "pfs")
+
+
+def test_parallel_folds_give_the_same_result_as_serial():
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame(rng.normal(size=(400, 5)), columns=[f"f{i}" for i in range(5)])
+    y = pd.Series((rng.random(400) < expit(X["f0"])).astype(int))
+    models = {"project": ResponseClassifier(**FAST_GBM), "logistic": LogisticBaseline()}
+    serial = cross_validate(X, y, models=models, n_splits=3, n_repeats=1, seed=1, progress=False)
+    parallel = cross_validate(X, y, models=models, n_splits=3, n_repeats=1, seed=1, progress=False, n_jobs=2)
+    pd.testing.assert_frame_equal(serial.oof, parallel.oof)
+    pd.testing.assert_frame_equal(serial.folds, parallel.folds)

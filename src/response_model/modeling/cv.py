@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, RepeatedStratifiedKFold, StratifiedKFold
 
@@ -133,7 +134,8 @@ def _instantiate(factory: Callable[[], BaseEstimator] | BaseEstimator) -> BaseEs
     return clone(factory) if isinstance(factory, BaseEstimator) else factory()
 
 
-def _searched(estimator: BaseEstimator, search: Mapping[str, Any], seed: int) -> BaseEstimator:
+def search_estimator(estimator: BaseEstimator, search: Mapping[str, Any], seed: int) -> BaseEstimator:
+    """Return the unfitted nested search (inner stratified K-fold) over ``search['space']`` for ``estimator``."""
     inner = StratifiedKFold(int(search.get("inner_splits", 3)), shuffle=True, random_state=seed)
     scoring = search.get("scoring", "neg_log_loss")
     space = {k: list(v) for k, v in dict(search["space"]).items()}
@@ -141,6 +143,9 @@ def _searched(estimator: BaseEstimator, search: Mapping[str, Any], seed: int) ->
         return GridSearchCV(estimator, space, cv=inner, scoring=scoring, n_jobs=1, refit=True)
     return RandomizedSearchCV(estimator, space, n_iter=int(search.get("n_iter", 8)), cv=inner, scoring=scoring,
                               n_jobs=1, refit=True, random_state=seed)
+
+
+_searched = search_estimator  # TEMP: old name, until benchmarks/simulated.py is updated
 
 
 def cross_validate(
@@ -154,6 +159,7 @@ def cross_validate(
     search: Mapping[str, Any] | None = None,
     survival: pd.DataFrame | None = None,
     progress: bool = True,
+    n_jobs: int = 1,
 ) -> CVResult:
     """Cross-validate every model in ``models`` ({name: factory or unfitted estimator}) on the same folds.
 
@@ -164,6 +170,7 @@ def cross_validate(
     to ``X``; columns ``time`` and ``event``) adds the concordance index of each model's predicted
     probability (as a risk: higher = earlier event) per fold — for primary resistance against PFS.
     ``search``: nested hyper-parameter search (see the module docstring); None switches it off.
+    ``n_jobs``: folds run in that many parallel processes (each model fit stays single-threaded).
     """
     if not models:
         raise ValueError("no models to cross-validate")
@@ -190,10 +197,9 @@ def cross_validate(
             bar = tqdm(total=len(splits), desc="cross-validation", unit="fold", leave=False)
         except ImportError:  # pragma: no cover - tqdm is a dependency
             bar = None
-    for k, (train, test) in enumerate(splits):
-        repeat, fold = divmod(k, n_splits)
-        fold_of[repeat, test] = fold
+    def run_fold(k: int, train: np.ndarray, test: np.ndarray) -> list[tuple[str, np.ndarray, dict, float]]:
         X_train, y_train, X_test, y_test = X.iloc[train], y.iloc[train], X.iloc[test], y.iloc[test]
+        out = []
         for name in names:
             started = time.perf_counter()
             estimator = _instantiate(models[name])
@@ -202,8 +208,8 @@ def cross_validate(
                 # Tune the uncalibrated model (calibration's own internal CV inside every inner
                 # fit would multiply the cost), then refit with the chosen parameters as configured.
                 calibrated = bool(estimator.get_params().get("calibrate", False))
-                searcher = _searched(clone(estimator).set_params(calibrate=False) if calibrated else estimator,
-                                     search, seed + k)
+                searcher = search_estimator(clone(estimator).set_params(calibrate=False) if calibrated else estimator,
+                                            search, seed + k)
                 searcher.fit(X_train, y_train)
                 params = dict(searcher.best_params_)
                 estimator = (clone(estimator).set_params(**params).fit(X_train, y_train) if calibrated
@@ -211,16 +217,27 @@ def cross_validate(
             else:
                 estimator.fit(X_train, y_train)
             p = estimator.predict_proba(X_test)[:, 1]
-            seconds[name] += time.perf_counter() - started
-            oof[name][repeat, test] = p
-            row = {"model": name, "repeat": repeat, "fold": fold, **binary_metrics(y_test, p)}
+            row = {"model": name, **binary_metrics(y_test, p)}
             if not getattr(estimator, "outputs_probability", True):  # a rank score, not a probability
                 row.update({m: np.nan for m in NON_RANK_METRICS})
             if surv is not None:
                 s = surv.iloc[test]
                 row["c_index"] = c_index(p, s["time"], s["event"])
             row["params"] = params
-            rows.append(row)
+            out.append((name, p, row, time.perf_counter() - started))
+        return out
+
+    # Folds are independent: with n_jobs > 1 they run in parallel processes; results come back in order.
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(run_fold)(k, train, test) for k, (train, test) in enumerate(splits))
+    for k, ((train, test), fold_result) in enumerate(zip(splits, results)):
+        repeat, fold = divmod(k, n_splits)
+        fold_of[repeat, test] = fold
+        for name, p, row, took in fold_result:
+            seconds[name] += took
+            oof[name][repeat, test] = p
+            rows.append({"model": name, "repeat": repeat, "fold": fold,
+                         **{key: value for key, value in row.items() if key != "model"}})
         log.info("fold %d/%d (repeat %d, fold %d): %s", k + 1, len(splits), repeat + 1, fold + 1,
                  ", ".join(f"{r['model']} AUC {r['auc']:.3f}" for r in rows[-len(names):]))
         if bar is not None:
@@ -239,4 +256,4 @@ def cross_validate(
                     n_splits=n_splits, n_repeats=n_repeats, seed=seed, groups=groups, seconds=seconds)
 
 
-__all__ = ["BINARY_METRICS", "CVResult", "cross_validate", "paired_difference"]
+__all__ = ["BINARY_METRICS", "CVResult", "cross_validate", "paired_difference", "search_estimator"]

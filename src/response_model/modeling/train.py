@@ -26,7 +26,7 @@ from response_model.dataset import ParsedCohort, parse_cohort
 from response_model.features import build_feature_matrix, feature_names
 from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
-from response_model.modeling.cv import CVResult, _searched, cross_validate
+from response_model.modeling.cv import CVResult, cross_validate, search_estimator
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
 from response_model.regimens import load_catalogue
@@ -130,7 +130,7 @@ def candidate_models(config: dict[str, Any], regimen_class: str, outcome: str, X
 def _fit_final(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, search: dict | None, seed: int):
     """Refit on all labelled rows of the class, with the same search as inside the folds."""
     if search and PROJECT in search.get("models", [PROJECT]):
-        tuned = _searched(model, search, seed).fit(X, y)
+        tuned = search_estimator(model, search, seed).fit(X, y)
         log.info("final model parameters chosen by search: %s", tuned.best_params_)
         return tuned.best_estimator_
     return model.fit(X, y)
@@ -216,6 +216,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                         X, y, groups_for_subgroups={k: v.loc[rows] for k, v in subgroups.items()},
                         models=models, n_splits=cv_cfg["n_splits"], n_repeats=cv_cfg["n_repeats"],
                         seed=cv_cfg["seed"], search=search, survival=survival, progress=progress,
+                        n_jobs=int(cv_cfg.get("n_jobs", 1)),
                     )
                     reference = "loris" if "loris" in result.models else "logistic"
                     _log_cv(result, prefix, reference)
