@@ -107,8 +107,13 @@ def regimens() -> None:
 def train(config_path: str, data_path: Path | None, no_register: bool) -> None:
     """Train, evaluate (repeated CV against the baselines) and register the response and resistance models."""
     from response_model.modeling.train import train as run_training
+    from response_model.sources import SourceFormatError
 
-    result = run_training(config_path, data_path, register=not no_register)
+    try:
+        result = run_training(config_path, data_path, register=not no_register)
+    except (SourceFormatError, FileNotFoundError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
     _print_training(result)
 
 def _print_training(result) -> None:

@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 
 from response_model import plots, tracking
-from response_model.config import load_yaml, resolve_config_path
+from response_model.config import config_dir, load_yaml, resolve_config_path
 from response_model.dataset import ParsedCohort, parse_cohort
 from response_model.features import build_feature_matrix, feature_names
 from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
@@ -73,6 +73,8 @@ def load_training_data(config: dict[str, Any], data_path: str | Path | None = No
     path = data_path or spec.get("path")
     truth = None
     if path:
+        if not Path(path).exists() and (config_dir().parent / path).exists():
+            path = config_dir().parent / path  # paths in configs are relative to the repository root
         loaded = load_source(spec["source"], path)
         parsed = loaded.parsed
         truth_path = Path(path).parent / "truth.parquet" if Path(path).is_file() else Path(path) / "truth.parquet"
