@@ -1,0 +1,50 @@
+"""The hand-run benchmarks (benchmarks/*.py) still run end to end, on tiny sizes."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_simulated_benchmark_runs(capsys):
+    module = _load("simulated")
+    assert module.main(["--sizes", "400", "--test-n", "400", "--ceiling-n", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "auc_oracle" in out and "regret_model" in out and "all classes" in out
+
+
+@pytest.mark.slow
+def test_genomics_value_benchmark_runs(capsys):
+    module = _load("genomics_value")
+    assert module.main(["--n", "500", "--splits", "2", "--repeats", "1", "--skip-real"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC with genomics" in out and "AUC without genomics" in out and "AUC oracle" in out
+
+
+def test_genomics_value_removes_genomic_features_from_both_parts():
+    module = _load("genomics_value")
+    columns = ["age", "albumin", "tmb", "wnt_activation", "genotyped", "cancer_type_melanoma"]
+    params = module.without_genomics({"linear_features": ["age", "tmb", "cancer_type_*"], "gbm_features": None},
+                                     columns)
+    assert params["linear_features"] == ["age", "cancer_type_melanoma"]
+    assert params["gbm_features"] == ["age", "albumin", "cancer_type_melanoma"]
+
+
+def test_training_time_table_growth():
+    module = _load("training_time")
+    table = module.table([{"n": 1000, "train_s": 10.0, "cpu_s": 9.0, "models": 4, "per_model_s": 2.5, "simulate_s": 1.0},
+                          {"n": 4000, "train_s": 40.0, "cpu_s": 36.0, "models": 4, "per_model_s": 10.0, "simulate_s": 2.0}])
+    assert table["growth vs previous"].iloc[1] == pytest.approx(4.0)
+    assert table["exponent k (t ∝ n^k)"].iloc[1] == pytest.approx(1.0)
