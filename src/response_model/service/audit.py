@@ -1,0 +1,513 @@
+"""The audit trail: an append-only, tamper-evident record of every prediction request.
+
+Each record holds the time (UTC), the API key id and role, the endpoint, the outcome (``accepted`` or
+``rejected``) with the HTTP status, the model name and version, the SHA-256 digest of the request
+body's canonical JSON, the *pseudonymised* patient id, the prediction id, the regimens covered, the
+outputs and explanations (JSON) and an optional detail (JSON, e.g. validation errors). Callers pass
+the raw patient id as ``patient_id``; :meth:`AuditTrail.append` replaces it by
+``response_model.privacy.pseudonymise(patient_id)`` (a keyed hash) before anything is written, and
+refuses to append — rather than store the raw id — when no pseudonymisation key is configured.
+Nothing else in a record may identify a patient: no names, record numbers or dates of birth.
+
+Hash chain: record ``n`` (``seq`` = 1, 2, 3, … without gaps) stores ``prev_hash`` = the ``hash`` of
+record ``n − 1`` (:data:`GENESIS_HASH` for the first) and ``hash`` = SHA-256 of the canonical JSON of
+``{"v": 1, "seq": n, "prev_hash": …, "record": {every stored field}}``. :meth:`AuditTrail.verify`
+recomputes the chain and names the first record that was edited (hash mismatch), follows a deletion
+(sequence gap or prev_hash mismatch) or was moved (a record's hash covers its sequence number).
+The chain alone cannot reveal that the *newest* records were cut off, or that somebody with write
+access rewrote the whole chain; keep the head hash that ``verify`` reports somewhere else
+(a ticket, a signed e-mail) and compare it later.
+
+Appends are serialised: on SQLite in a ``BEGIN IMMEDIATE`` transaction (the database's write lock
+is taken before the last hash is read), on PostgreSQL under ``LOCK TABLE … IN EXCLUSIVE MODE``
+(readers are not blocked). ``seq`` is the primary key, so on any other database two appends that
+raced would collide there, and the loser retries. :meth:`AuditTrail.append` returns only after the
+transaction has committed: with SQLite's ``synchronous=FULL`` (and PostgreSQL's default
+``synchronous_commit=on``) the record is then on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from response_model.privacy import pseudonymise
+from response_model.service.keys import (
+    ROLES,
+    TIME_FORMAT,
+    KeyStoreError,
+    describe_url,
+    make_engine,
+    parse_time,
+    require_table,
+    utc_now_text,
+)
+
+log = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+CHAIN_FORMAT = 1
+STATUSES = ("accepted", "rejected")
+MAX_QUERY_LIMIT = 1_000
+_APPEND_RETRIES = 20
+
+
+class AuditError(RuntimeError):
+    """An audit record could not be appended (bad record) or the trail could not be opened."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Canonical JSON and digests
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):  # pydantic models
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot write a {type(value).__name__} into the audit trail as JSON")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys, no spaces, UTF-8 text; NaN and infinity are refused (use null)."""
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+            default=_json_default,
+        )
+    except ValueError as exc:
+        raise AuditError(f"cannot write {exc}: NaN and infinity have no JSON form; use null") from exc
+
+
+def input_digest(body: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of a request body (a parsed JSON value)."""
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table
+
+metadata = sa.MetaData()
+
+audit_records = sa.Table(
+    "audit_records",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("time", sa.String(32), nullable=False, index=True),  # UTC, TIME_FORMAT: text order = time order
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("role", sa.String(16), nullable=True),
+    sa.Column("endpoint", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=True),
+    sa.Column("model_version", sa.String(64), nullable=True, index=True),
+    sa.Column("input_digest", sa.String(64), nullable=True),
+    sa.Column("patient_pseudonym", sa.String(64), nullable=True),
+    sa.Column("prediction_id", sa.String(64), nullable=True, index=True),
+    sa.Column("regimens", sa.Text, nullable=True),  # canonical JSON list of regimen ids
+    sa.Column("outputs", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("explanations", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("detail", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# The stored fields that the hash covers, in the table's order (besides seq and prev_hash).
+CONTENT_FIELDS: tuple[str, ...] = (
+    "time", "key_id", "role", "endpoint", "status", "http_status", "model_name", "model_version",
+    "input_digest", "patient_pseudonym", "prediction_id", "regimens", "outputs", "explanations", "detail",
+)
+_JSON_FIELDS = ("regimens", "outputs", "explanations", "detail")
+_TEXT_LIMITS = {"key_id": 32, "role": 16, "endpoint": 200, "model_name": 200, "model_version": 64,
+                "prediction_id": 64}
+# What a caller may pass to append(): the content fields, except that the patient id comes raw and
+# the input digest may be computed here from the request body (which is not stored).
+RECORD_KEYS = frozenset(CONTENT_FIELDS) - {"patient_pseudonym"} | {"patient_id", "request_body"}
+
+
+def record_hash(seq: int, prev_hash: str, content: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``{"v", "seq", "prev_hash", "record"}``.
+
+    ``content`` maps every name in :data:`CONTENT_FIELDS` to its stored value (JSON fields as their
+    stored canonical text), so verification never depends on how a database round-trips floats.
+    """
+    envelope = {
+        "v": CHAIN_FORMAT,
+        "seq": int(seq),
+        "prev_hash": prev_hash,
+        "record": {name: content[name] for name in CONTENT_FIELDS},
+    }
+    return hashlib.sha256(canonical_json(envelope).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One stored record, with its JSON fields parsed."""
+
+    seq: int
+    time: datetime
+    key_id: str | None
+    role: str | None
+    endpoint: str
+    status: str
+    http_status: int
+    model_name: str | None
+    model_version: str | None
+    input_digest: str | None
+    patient_pseudonym: str | None
+    prediction_id: str | None
+    regimens: list[str] | None
+    outputs: Any
+    explanations: Any
+    detail: Any
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (time as UTC ISO text)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["time"] = self.time.strftime(TIME_FORMAT)
+        return out
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :meth:`AuditTrail.verify`.
+
+    ``first_bad`` is the sequence number of the first bad record and ``reason`` says why (both None
+    when ``ok``); ``n_records`` counts the records read; ``head_hash`` is the hash of the last record
+    (keep it elsewhere to detect later truncation or a rewritten chain).
+    """
+
+    ok: bool
+    n_records: int
+    first_bad: int | None = None
+    reason: str | None = None
+    head_hash: str | None = None
+
+
+def _row_to_entry(row) -> AuditEntry:
+    values = dict(row._mapping)
+    for name in _JSON_FIELDS:
+        values[name] = None if values[name] is None else json.loads(values[name])
+    values["time"] = parse_time(values["time"])
+    return AuditEntry(**values)
+
+
+def _time_text(value: datetime | str) -> str:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        raise AuditError(f"expected a datetime or ISO 8601 text, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise AuditError(f"time {value.isoformat()} has no time zone; give UTC (e.g. '…Z' or '+00:00')")
+    return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
+
+
+def _strings_in(value: Any) -> Iterable[str]:
+    """Every string in a JSON value: keys and values, recursively."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings_in(v)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class AuditTrail:
+    """The audit trail in a SQL database. ``url``: SQLAlchemy URL or engine (default: ``default_db_url()``).
+
+    ``pseudonym_key`` defaults to ``$RESPONSE_MODEL_PSEUDONYM_KEY`` (read at each append).
+    ``create=False`` opens an existing trail only (raises AuditError if there is none).
+    """
+
+    def __init__(
+        self,
+        url: str | Engine | None = None,
+        *,
+        pseudonym_key: bytes | str | None = None,
+        create: bool = True,
+    ) -> None:
+        self._owns_engine = not isinstance(url, Engine)
+        self.engine: Engine = url if isinstance(url, Engine) else make_engine(url)
+        self._pseudonym_key = pseudonym_key
+        if create:
+            metadata.create_all(self.engine, tables=[audit_records])
+        else:
+            try:
+                require_table(self.engine, audit_records, "audit trail")
+            except KeyStoreError as exc:
+                raise AuditError(str(exc)) from None
+
+    def close(self) -> None:
+        """Release the database connections (only if this trail created the engine)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> "AuditTrail":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        return describe_url(self.engine)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _content(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a caller's record and turn it into the stored content (raw patient id replaced)."""
+        if not isinstance(record, Mapping):
+            raise AuditError(f"an audit record is a dict, not {type(record).__name__}")
+        unknown = sorted(set(record) - RECORD_KEYS)
+        if unknown:
+            raise AuditError(
+                f"unknown audit field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(RECORD_KEYS))}"
+            )
+        content: dict[str, Any] = {name: None for name in CONTENT_FIELDS}
+
+        for name in ("key_id", "role", "endpoint", "model_name", "model_version", "prediction_id"):
+            value = record.get(name)
+            if value is not None:
+                value = str(value)
+                if len(value) > _TEXT_LIMITS[name]:
+                    raise AuditError(f"audit field {name} is longer than {_TEXT_LIMITS[name]} characters")
+            content[name] = value
+        if not content["endpoint"]:
+            raise AuditError("an audit record needs the endpoint (e.g. 'POST /v1/predictions')")
+        if content["role"] is not None and content["role"] not in ROLES:
+            raise AuditError(f"unknown role {content['role']!r}; expected one of {', '.join(ROLES)}")
+
+        status, http_status = record.get("status"), record.get("http_status")
+        if status not in STATUSES:
+            raise AuditError(f"audit field status must be one of {', '.join(STATUSES)}, not {status!r}")
+        if isinstance(http_status, bool) or not isinstance(http_status, int) or not 100 <= http_status <= 599:
+            raise AuditError(f"audit field http_status must be an HTTP status code, not {http_status!r}")
+        if (status == "accepted") != (http_status < 400):
+            raise AuditError(f"status {status!r} does not fit HTTP status {http_status}")
+        content["status"], content["http_status"] = status, http_status
+
+        if "request_body" in record:
+            if record.get("input_digest") is not None:
+                raise AuditError("give either request_body or input_digest, not both")
+            content["input_digest"] = input_digest(record["request_body"])
+        else:
+            digest = record.get("input_digest")
+            if digest is not None and (not isinstance(digest, str) or len(digest) != 64
+                                       or any(c not in "0123456789abcdef" for c in digest)):
+                raise AuditError("audit field input_digest must be a SHA-256 hex digest (64 lower-case hex digits)")
+            content["input_digest"] = digest
+
+        regimens = record.get("regimens")
+        if regimens is not None:
+            if isinstance(regimens, str) or not all(isinstance(r, str) for r in regimens):
+                raise AuditError("audit field regimens must be a list of regimen ids")
+            regimens = list(regimens)
+        for name, value in (("regimens", regimens), ("outputs", record.get("outputs")),
+                            ("explanations", record.get("explanations")), ("detail", record.get("detail"))):
+            content[name] = None if value is None else canonical_json(value)
+
+        raw_id = record.get("patient_id")
+        if raw_id is not None and str(raw_id).strip():
+            raw = str(raw_id).strip()
+            # Guard against the raw id leaking through another field (e.g. an output echoing the input).
+            for name in ("key_id", "endpoint", "model_name", "model_version", "prediction_id"):
+                if content[name] is not None and raw in content[name]:
+                    raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
+            for name in _JSON_FIELDS:
+                value = record.get(name)
+                if value is not None and any(s.strip() == raw for s in _strings_in(value)):
+                    raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
+            # Raises PseudonymKeyError (with instructions) when no key is configured: never store raw.
+            content["patient_pseudonym"] = pseudonymise(raw, key=self._pseudonym_key)
+
+        content["time"] = _time_text(record["time"]) if record.get("time") is not None else None
+        return content
+
+    def _lock(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"LOCK TABLE {audit_records.name} IN EXCLUSIVE MODE")
+        # SQLite: the transaction began with BEGIN IMMEDIATE, which holds the write lock already.
+        # Elsewhere: the primary key on seq turns a race into an IntegrityError, and we retry.
+
+    def append(self, record: Mapping[str, Any]) -> AuditEntry:
+        """Append one record; returns it as stored once it is committed (durable).
+
+        ``record`` keys: ``endpoint`` and ``status`` (``accepted``/``rejected``) and ``http_status``
+        are required; optional ``time`` (aware datetime or ISO text; default now, taken under the
+        lock so that times follow the sequence), ``key_id``, ``role``, ``model_name``,
+        ``model_version``, ``input_digest`` or ``request_body`` (digested, not stored),
+        ``patient_id`` (raw; stored only as its pseudonym), ``prediction_id``, ``regimens`` (list of
+        ids), ``outputs``, ``explanations``, ``detail`` (JSON values). Other keys are refused.
+        Raises AuditError for a bad record and PseudonymKeyError if a patient id is given but no
+        pseudonymisation key is configured.
+        """
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Iterable[Mapping[str, Any]]) -> list[AuditEntry]:
+        """Append several records in one transaction (one durable commit), e.g. a batch request's rows."""
+        contents = [self._content(record) for record in records]
+        if not contents:
+            return []
+        for attempt in range(_APPEND_RETRIES):
+            try:
+                return self._append_contents(contents)
+            except sa.exc.IntegrityError:
+                if attempt == _APPEND_RETRIES - 1:
+                    raise
+                log.debug("audit append raced another writer; retrying")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_contents(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
+        rows = []
+        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
+            with conn.begin():
+                self._lock(conn)
+                last = conn.execute(
+                    sa.select(audit_records.c.seq, audit_records.c.hash)
+                    .order_by(audit_records.c.seq.desc()).limit(1)
+                ).first()
+                seq, prev_hash = (0, GENESIS_HASH) if last is None else (int(last.seq), last.hash)
+                now = utc_now_text()
+                for content in contents:
+                    seq += 1
+                    values = dict(content)
+                    if values["time"] is None:
+                        values["time"] = now
+                    values["seq"], values["prev_hash"] = seq, prev_hash
+                    values["hash"] = prev_hash = record_hash(seq, values["prev_hash"], values)
+                    rows.append(values)
+                conn.execute(audit_records.insert(), rows)
+            # leaving conn.begin() commits: with synchronous=FULL the records are on disk now
+        return [_row_to_entry(_Row(values)) for values in rows]
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def verify(self, *, batch_size: int = 1_000) -> VerifyResult:
+        """Recompute the chain from the first record; stop at the first bad one and say why."""
+        expected_seq, prev_hash, n = 1, GENESIS_HASH, 0
+        columns = [audit_records.c.seq, audit_records.c.prev_hash, audit_records.c.hash] + [
+            audit_records.c[name] for name in CONTENT_FIELDS
+        ]
+        with self.engine.connect() as conn:
+            with conn.begin():  # one snapshot for the whole walk
+                last_seq = 0
+                while True:
+                    chunk = conn.execute(
+                        sa.select(*columns).where(audit_records.c.seq > last_seq)
+                        .order_by(audit_records.c.seq).limit(batch_size)
+                    ).all()
+                    if not chunk:
+                        break
+                    for row in chunk:
+                        n += 1
+                        seq = int(row.seq)
+                        last_seq = seq
+                        if seq != expected_seq:
+                            what = "deleted" if seq > expected_seq else "duplicated or moved"
+                            missing = (f"record {expected_seq}" if seq == expected_seq + 1
+                                       else f"records {expected_seq}–{seq - 1}")
+                            reason = (f"sequence gap: expected record {expected_seq}, found {seq} "
+                                      f"({missing} {what})" if seq > expected_seq
+                                      else f"sequence out of order: expected {expected_seq}, found {seq}")
+                            return VerifyResult(False, n, seq, reason)
+                        if row.prev_hash != prev_hash:
+                            where = (f"the hash of record {seq - 1}" if seq > 1 else "the genesis value")
+                            return VerifyResult(
+                                False, n, seq,
+                                f"prev_hash does not match {where} (a record before it was deleted, "
+                                "edited or moved)",
+                            )
+                        content = {name: getattr(row, name) for name in CONTENT_FIELDS}
+                        if content["http_status"] is not None:
+                            content["http_status"] = int(content["http_status"])
+                        if record_hash(seq, row.prev_hash, content) != row.hash:
+                            return VerifyResult(
+                                False, n, seq,
+                                "hash mismatch: the record's content, sequence number or hash was changed",
+                            )
+                        prev_hash = row.hash
+                        expected_seq += 1
+        return VerifyResult(True, n, None, None, None if n == 0 else prev_hash)
+
+    def get(self, prediction_id: str) -> AuditEntry | None:
+        """The record of a prediction (the earliest, if the id was used twice), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(audit_records).where(audit_records.c.prediction_id == prediction_id)
+                .order_by(audit_records.c.seq).limit(1)
+            ).first()
+        return None if row is None else _row_to_entry(row)
+
+    def query(
+        self,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+        model_version: str | None = None,
+        regimen: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        status: str | None = None,
+    ) -> list[AuditEntry]:
+        """Records with ``from_ <= time < to`` (aware datetimes or ISO text), oldest first.
+
+        Optionally only one model version, records covering one regimen id, or one status;
+        ``limit`` (at most 1,000) and ``offset`` page through the result.
+        """
+        if not 0 < int(limit) <= MAX_QUERY_LIMIT:
+            raise AuditError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
+        if int(offset) < 0:
+            raise AuditError("offset must not be negative")
+        query = sa.select(audit_records)
+        if from_ is not None:
+            query = query.where(audit_records.c.time >= _time_text(from_))
+        if to is not None:
+            query = query.where(audit_records.c.time < _time_text(to))
+        if model_version is not None:
+            query = query.where(audit_records.c.model_version == str(model_version))
+        if regimen is not None:
+            # regimens is canonical JSON text: match the quoted id exactly, wildcards escaped
+            query = query.where(audit_records.c.regimens.contains(canonical_json(str(regimen)), autoescape=True))
+        if status is not None:
+            query = query.where(audit_records.c.status == status)
+        query = query.order_by(audit_records.c.seq).limit(int(limit)).offset(int(offset))
+        with self.engine.connect() as conn:
+            return [_row_to_entry(row) for row in conn.execute(query)]
+
+    def count(self) -> int:
+        """The number of records."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar_one())
+
+
+class _Row:
+    """Adapter so that freshly inserted values go through the same conversion as fetched rows."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._mapping = {c.name: values[c.name] for c in audit_records.columns}

@@ -1,0 +1,145 @@
+"""Command-line commands for API keys and the audit trail, registered on the main CLI elsewhere:
+``keys_group`` (``keys create | list | revoke``) and ``audit_group`` (``audit verify``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from response_model.service.audit import AuditError, AuditTrail
+from response_model.service.keys import (
+    DB_URL_ENV,
+    DEFAULT_DB_FILE,
+    ROLES,
+    KeyStore,
+    KeyStoreError,
+    UnknownKeyError,
+)
+
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _db_option(func):
+    return click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        default=None,
+        help=(
+            f"SQLAlchemy database URL. Default: ${DB_URL_ENV} if set, else sqlite:///./{DEFAULT_DB_FILE} "
+            "in the working directory (e.g. postgresql+psycopg://user@host/dbname)."
+        ),
+    )(func)
+
+
+@click.group("keys", context_settings=_CONTEXT)
+def keys_group() -> None:
+    """Manage API keys (bearer tokens with one role each: clinician, auditor or admin).
+
+    Keys are stored only as salted hashes: a token is shown once, when it is created.
+    """
+
+
+@keys_group.command("create", context_settings=_CONTEXT)
+@click.option("--role", required=True, type=click.Choice(ROLES), help="The key's role.")
+@click.option(
+    "--name",
+    required=True,
+    help="A label for the key's holder, e.g. 'ward-3 tablet'. Never a patient's name or record number.",
+)
+@_db_option
+def keys_create(role: str, name: str, db_url: str | None) -> None:
+    """Create a key and print its token (to stdout, alone) — the only time it is shown."""
+    try:
+        with KeyStore(db_url) as store:
+            new = store.create(role, name)
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"Created API key {new.key_id} (role {role}, name {name!r}).\n"
+        "WARNING: the token below is shown only once and cannot be recovered: store it now, "
+        "in a password manager or secret store. Lost tokens are revoked and replaced.",
+        err=True,
+    )
+    click.echo(new.token)
+
+
+@keys_group.command("list", context_settings=_CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+@_db_option
+def keys_list(as_json: bool, db_url: str | None) -> None:
+    """List every key: id, role, name, created and revoked times (never tokens)."""
+    try:
+        with KeyStore(db_url, create=False) as store:
+            keys = store.list()
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    stamp = lambda t: t.strftime("%Y-%m-%d %H:%M:%SZ") if t else None  # noqa: E731
+    if as_json:
+        rows = [{"key_id": k.key_id, "role": k.role, "name": k.name, "created": k.created.isoformat(),
+                 "revoked": k.revoked.isoformat() if k.revoked else None} for k in keys]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not keys:
+        click.echo("no API keys", err=True)
+        return
+    header = ("KEY ID", "ROLE", "CREATED (UTC)", "STATUS", "NAME")
+    rows = [(k.key_id, k.role, stamp(k.created), f"revoked {stamp(k.revoked)}" if k.revoked else "active", k.name)
+            for k in keys]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) + "  " + str(r[-1]))
+
+
+@keys_group.command("revoke", context_settings=_CONTEXT)
+@click.argument("key_id")
+@_db_option
+def keys_revoke(key_id: str, db_url: str | None) -> None:
+    """Revoke the key KEY_ID (see `keys list`); it stops working at once."""
+    try:
+        with KeyStore(db_url, create=False) as store:
+            before = store.get(key_id)
+            info = store.revoke(key_id)
+    except UnknownKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if before is not None and before.revoked is not None:
+        click.echo(f"API key {key_id} was already revoked at {info.revoked.isoformat()}")
+    else:
+        click.echo(f"revoked API key {key_id} ({info.role}, {info.name!r})")
+
+
+@click.group("audit", context_settings=_CONTEXT)
+def audit_group() -> None:
+    """Check the tamper-evident audit trail of prediction requests."""
+
+
+@audit_group.command("verify", context_settings=_CONTEXT)
+@_db_option
+def audit_verify(db_url: str | None) -> None:
+    """Recompute the audit trail's hash chain.
+
+    Exits 0 when every record is intact, printing the number of records and the head hash (keep it
+    elsewhere: a later verify must end in a chain that contains it). Exits 1 naming the first
+    edited, deleted or reordered record and why.
+    """
+    try:
+        with AuditTrail(db_url, create=False) as trail:
+            result = trail.verify()
+            where = trail.url
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.ok:
+        click.echo(f"audit trail intact: {result.n_records} records in {where}")
+        if result.head_hash:
+            click.echo(f"head hash (record {result.n_records}): {result.head_hash}")
+        return
+    click.echo(
+        f"audit trail BROKEN at record {result.first_bad}: {result.reason} "
+        f"({result.n_records} records read from {where})",
+        err=True,
+    )
+    sys.exit(1)
