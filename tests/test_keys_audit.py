@@ -419,3 +419,61 @@ def test_cli_audit_verify(db, tmp_path):
     assert missing.exit_code == 1 and "does not exist" in missing.output
     assert not (tmp_path / "nope.db").exists()
     assert runner.invoke(audit_group, ["verify", "--help"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# PostgreSQL (only where a server is given)
+
+POSTGRES_URL_ENV = "RESPONSE_MODEL_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def postgres_url():
+    import os
+
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_ENV} (e.g. postgresql+psycopg://user@host/db)")
+    pytest.importorskip("psycopg")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS audit_records")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS api_keys")
+    engine.dispose()
+    return url
+
+
+def test_postgresql_keys_and_concurrent_audit_chain(postgres_url):
+    url = postgres_url
+    with KeyStore(url) as store:
+        key_id, token = store.create("auditor", "audit office")
+        assert store.authenticate(token).role == "auditor"
+        store.revoke(key_id)
+        assert store.authenticate(token) is None
+
+    AuditTrail(url).close()
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            with AuditTrail(url) as trail:
+                for i in range(25):
+                    trail.append(record(t * 1000 + i, time=datetime.now(timezone.utc)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with AuditTrail(url) as trail:
+        assert (trail.verify().ok, trail.verify().n_records) == (True, 200)
+        assert len(trail.query(regimen="sorafenib", limit=1000)) == 200
+    execute(url, "UPDATE audit_records SET outputs = '{}' WHERE seq = 50")
+    result = AuditTrail(url).verify()
+    assert (result.ok, result.first_bad) == (False, 50)
+    execute(url, "DELETE FROM audit_records WHERE seq = 50")
+    result = AuditTrail(url).verify()
+    assert (result.ok, result.first_bad) == (False, 51) and "gap" in result.reason

@@ -363,7 +363,9 @@ class AuditTrail:
         lock so that times follow the sequence), ``key_id``, ``role``, ``model_name``,
         ``model_version``, ``input_digest`` or ``request_body`` (digested, not stored),
         ``patient_id`` (raw; stored only as its pseudonym), ``prediction_id``, ``regimens`` (list of
-        ids), ``outputs``, ``explanations``, ``detail`` (JSON values). Other keys are refused.
+        ids), ``outputs``, ``explanations``, ``detail`` (JSON values; ``detail`` for a rejection's
+        reasons, e.g. field-level validation messages — never identifiers: a string equal to the raw
+        patient id anywhere in these fields is refused). Other keys are refused.
         Raises AuditError for a bad record and PseudonymKeyError if a patient id is given but no
         pseudonymisation key is configured.
         """
@@ -415,7 +417,9 @@ class AuditTrail:
             audit_records.c[name] for name in CONTENT_FIELDS
         ]
         with self.engine.connect() as conn:
-            with conn.begin():  # one snapshot for the whole walk
+            # One read transaction: a single snapshot on SQLite (WAL); on PostgreSQL (read committed)
+            # records appended meanwhile may be included, which cannot break a chain read in seq order.
+            with conn.begin():
                 last_seq = 0
                 while True:
                     chunk = conn.execute(
