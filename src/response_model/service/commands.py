@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
 import click
+import sqlalchemy as sa
 
 from response_model.service.audit import AuditError, AuditTrail
 from response_model.service.keys import (
@@ -15,10 +17,23 @@ from response_model.service.keys import (
     ROLES,
     KeyStore,
     KeyStoreError,
-    UnknownKeyError,
 )
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@contextlib.contextmanager
+def _clean_errors():
+    """Turn expected failures (bad input, missing database or driver, unreachable server) into one line."""
+    try:
+        yield
+    except (KeyStoreError, AuditError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:
+        raise click.ClickException(f"the database driver is not installed: {exc}") from None
+    except sa.exc.SQLAlchemyError as exc:
+        message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"database error: {message}") from None
 
 
 def _db_option(func):
@@ -52,11 +67,8 @@ def keys_group() -> None:
 @_db_option
 def keys_create(role: str, name: str, db_url: str | None) -> None:
     """Create a key and print its token (to stdout, alone) — the only time it is shown."""
-    try:
-        with KeyStore(db_url) as store:
-            new = store.create(role, name)
-    except KeyStoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _clean_errors(), KeyStore(db_url) as store:
+        new = store.create(role, name)
     click.echo(
         f"Created API key {new.key_id} (role {role}, name {name!r}).\n"
         "WARNING: the token below is shown only once and cannot be recovered: store it now, "
@@ -71,11 +83,8 @@ def keys_create(role: str, name: str, db_url: str | None) -> None:
 @_db_option
 def keys_list(as_json: bool, db_url: str | None) -> None:
     """List every key: id, role, name, created and revoked times (never tokens)."""
-    try:
-        with KeyStore(db_url, create=False) as store:
-            keys = store.list()
-    except KeyStoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _clean_errors(), KeyStore(db_url, create=False) as store:
+        keys = store.list()
     stamp = lambda t: t.strftime("%Y-%m-%d %H:%M:%SZ") if t else None  # noqa: E731
     if as_json:
         rows = [{"key_id": k.key_id, "role": k.role, "name": k.name, "created": k.created.isoformat(),
@@ -98,14 +107,9 @@ def keys_list(as_json: bool, db_url: str | None) -> None:
 @_db_option
 def keys_revoke(key_id: str, db_url: str | None) -> None:
     """Revoke the key KEY_ID (see `keys list`); it stops working at once."""
-    try:
-        with KeyStore(db_url, create=False) as store:
-            before = store.get(key_id)
-            info = store.revoke(key_id)
-    except UnknownKeyError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyStoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _clean_errors(), KeyStore(db_url, create=False) as store:
+        before = store.get(key_id)
+        info = store.revoke(key_id)  # UnknownKeyError is a KeyStoreError: exit 1 with its message
     if before is not None and before.revoked is not None:
         click.echo(f"API key {key_id} was already revoked at {info.revoked.isoformat()}")
     else:
@@ -126,12 +130,9 @@ def audit_verify(db_url: str | None) -> None:
     elsewhere: a later verify must end in a chain that contains it). Exits 1 naming the first
     edited, deleted or reordered record and why.
     """
-    try:
-        with AuditTrail(db_url, create=False) as trail:
-            result = trail.verify()
-            where = trail.url
-    except AuditError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _clean_errors(), AuditTrail(db_url, create=False) as trail:
+        result = trail.verify()
+        where = trail.url
     if result.ok:
         click.echo(f"audit trail intact: {result.n_records} records in {where}")
         if result.head_hash:

@@ -99,7 +99,7 @@ def make_engine(url: str | None = None) -> Engine:
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # pragma: no cover - exercised through every test
+    def _on_connect(dbapi_connection, _record):
         # Let SQLAlchemy, not the sqlite3 module, decide when a transaction begins (see "begin").
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
