@@ -10,7 +10,8 @@ from response_model.cli import main
 from response_model.dataset import TreatmentOutcome, cohort_frame, write_cohort
 from response_model.schema import PatientRecord
 
-SUBCOMMANDS = ["simulate", "validate", "ingest", "regimens", "run", "train", "promote", "evaluate", "export"]
+SUBCOMMANDS = ["simulate", "validate", "ingest", "regimens", "run", "train", "promote", "evaluate", "export",
+               "keys", "audit"]
 
 
 @pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])

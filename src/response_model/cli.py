@@ -228,5 +228,11 @@ def run(n: int, seed: int, out_dir: Path, config_path: str) -> None:
     click.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking.configure_tracking()}")
     sys.exit(0 if decision.promoted else 1)
 
+from response_model.service.commands import audit_group, keys_group  # noqa: E402
+
+main.add_command(keys_group, "keys")
+main.add_command(audit_group, "audit")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
