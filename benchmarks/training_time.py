@@ -13,11 +13,12 @@ process's working directory moved there while training). Simulation and writing 
 ``--cv-jobs`` overrides the config's ``cv.n_jobs`` (parallel fold processes; default 1, so that the
 benchmark does not take both cores of a shared machine; ``config`` keeps the config's value) — the
 config is then copied, so changed, into the temporary folder.
-Prints, per size, wall-clock and CPU seconds (with ``--cv-jobs 1`` training is single-threaded,
-so on a busy shared machine the CPU time is the better guide to the wall-clock time on an idle
-one), the part spent cross-validating the project's model (its nested search included) and the
-baselines (``cv_*_s``: summed fit times; with parallel folds they add up across processes), the
-rest (features, final refits, SHAP, logging), the growth factor between consecutive sizes and its
+Prints, per size, wall-clock and CPU seconds of the process (all its threads: LightGBM runs with
+one thread, but BLAS inside the logistic parts may use more, so CPU time can exceed wall-clock
+time; on a busy shared machine it shows how much of the wall-clock time was waiting), the part
+spent cross-validating the project's model (its nested search included) and the baselines
+(``cv_*_s``: summed fit times; with parallel folds they add up across processes), the rest
+(features, final refits, SHAP, logging; only with serial folds), the growth factor between consecutive sizes and its
 exponent (time ∝ n^k), and whether the target (≤ 3 minutes at 5,000 patients) is met.
 """
 
@@ -55,6 +56,7 @@ def time_training(n: int, seed: int, config: Path, progress: bool = False, cv_jo
             settings.setdefault("cv", {})["n_jobs"] = int(cv_jobs)
             config = Path(tmp) / config.name
             config.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
+        jobs = int((yaml.safe_load(config.read_text()).get("cv") or {}).get("n_jobs", 1))
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.chdir(tmp)
         try:
@@ -76,7 +78,7 @@ def time_training(n: int, seed: int, config: Path, progress: bool = False, cv_jo
     baselines = sum(v for cv in result.cv.values() for k, v in cv.seconds.items() if k != "project")
     return {"n": n, "simulate_s": simulate_seconds, "train_s": seconds, "cpu_s": cpu_seconds, "models": models,
             "per_model_s": seconds / max(models, 1), "cv_project_s": project, "cv_baselines_s": baselines,
-            "other_s": seconds - project - baselines}
+            "other_s": seconds - project - baselines if jobs == 1 else math.nan, "cv_jobs": jobs}
 
 
 def table(rows: list[dict[str, float]]) -> pd.DataFrame:
@@ -89,7 +91,7 @@ def table(rows: list[dict[str, float]]) -> pd.DataFrame:
     frame["minutes"] = frame["train_s"] / 60.0
     frame["growth vs previous"] = growth
     frame["exponent k (t ∝ n^k)"] = exponent
-    columns = ["n", "models", "train_s", "cpu_s", "minutes", "per_model_s", "growth vs previous",
+    columns = ["n", "models", "cv_jobs", "train_s", "cpu_s", "minutes", "per_model_s", "growth vs previous",
                "exponent k (t ∝ n^k)", "cv_project_s", "cv_baselines_s", "other_s", "simulate_s"]
     return frame[[c for c in columns if c in frame]]
 
