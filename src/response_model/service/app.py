@@ -1,0 +1,723 @@
+"""The prediction service: a FastAPI app serving one model bundle behind API keys, with an audit trail.
+
+``create_app(model_uri, db_url)`` loads the model once at start-up (``/readyz`` answers 200 only
+then), checks bearer tokens against :class:`~response_model.service.keys.KeyStore` and appends every
+prediction request — accepted or rejected (401, 403, 413, 422) — to the
+:class:`~response_model.service.audit.AuditTrail` before answering. ``POST /v1/admin/reload`` loads a
+model fully and then swaps one reference, so requests in flight finish on the model they started with.
+
+Choices documented for the clinician (also returned in every prediction):
+
+* **Bands** — objective response: low < 0.15 ≤ moderate < 0.35 ≤ high; primary resistance:
+  low < 0.25 ≤ moderate < 0.50 ≤ high.
+* **Uncertainty interval** — probability ± the upper end of the 95 % interval over cross-validation
+  folds of the expected calibration error (ECE) of that regimen class × outcome model (clipped to
+  [0, 1]). It is a population-level calibration margin recorded at training time, not a
+  patient-specific confidence interval; the bundle holds one fitted model, no bootstrap ensemble.
+* **Explanations** — exact TreeSHAP of the LightGBM part, on its log-odds scale (the logistic
+  part and any recalibration are not included); the five largest in absolute value per outcome.
+* **Clinical-only estimates** — when ``alterations`` is null, every pathway feature is missing; for
+  each eligible regimen the service recomputes the probability of response as if sequenced with the
+  pathway not altered (all pathways 0) and altered (that pathway 1) and reports the pathways whose
+  result would move it most.
+* **Out-of-distribution** — checked only when the bundle's metadata holds ``feature_ranges``
+  ({feature: [p1, p99]} of the training data); current bundles do not, so the response says
+  ``checked: false`` (limitation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from response_model import tracking
+from response_model.config import load_yaml
+from response_model.modeling.bundle import OUTCOMES, ResponseModelBundle
+from response_model.modeling.predict import as_bundle, load_model
+from response_model.pathways import load_pathways
+from response_model.privacy import PseudonymKeyError, pseudonym_key
+from response_model.schema import PatientRecord, field_errors
+from response_model.service.audit import AuditTrail, input_digest
+from response_model.service.keys import KeyInfo, KeyStore, make_engine
+from response_model.service.models import (
+    MAX_BATCH,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    ModelInfo,
+    PredictionRequest,
+    PredictionResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_ENV = "RESPONSE_MODEL_URI"
+PREDICTION_ENDPOINTS = {"/v1/predictions": "POST /v1/predictions", "/v1/predictions:batch": "POST /v1/predictions:batch"}
+CLINICAL_ROLES = ("clinician", "admin")
+
+BANDS: dict[str, tuple[float, float]] = {"objective_response": (0.15, 0.35), "primary_resistance": (0.25, 0.50)}
+BANDS_TEXT = {
+    "objective_response": "low < 0.15 ≤ moderate < 0.35 ≤ high",
+    "primary_resistance": "low < 0.25 ≤ moderate < 0.50 ≤ high",
+}
+UNCERTAINTY_METHOD = (
+    "probability ± the upper end of the 95 % interval over cross-validation folds of the expected "
+    "calibration error (ECE) of this regimen class × outcome model, clipped to [0, 1]: a population-level "
+    "calibration margin from training, not a patient-specific confidence interval"
+)
+SHAP_SCALE = "log-odds (LightGBM part)"
+TOP_CONTRIBUTIONS = 5
+LIMITATIONS = [
+    "Estimates are associations learned from the training cohort, not causal effects of a regimen.",
+    "Explanations cover the LightGBM part of the model only (log-odds scale); the logistic part and any "
+    "recalibration are not included.",
+    "Uncertainty intervals are a population-level calibration margin (cross-validated ECE), not "
+    "patient-specific confidence intervals.",
+    "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
+    "Clinical-only estimates (no genomic profile) average over unknown genomic status.",
+    "Not validated for prospective clinical use.",
+]
+OOD_UNCHECKED = ("this model bundle stores no summary of its training distribution (per-feature 1st–99th "
+                 "percentiles), so the patient was not checked against it")
+
+# -- feature → record field ---------------------------------------------------------------------
+
+_DERIVED_FIELD = {
+    "afp_log10": "afp", "sex_male": "sex", "msi_high": "msi_status", "aetiology_viral": "aetiology",
+    "genotyped": "alterations", "n_alterations": "alterations",
+}
+_COMPUTED = {"albi_score": "score", "albi_grade": "grade", "child_pugh_score": "points"}
+
+
+def feature_field(feature: str) -> str | None:
+    """The patient-record field (or ``regimen``) a model feature comes from."""
+    if feature in PatientRecord.model_fields or feature in _COMPUTED:
+        return feature
+    if feature in _DERIVED_FIELD:
+        return _DERIVED_FIELD[feature]
+    if feature.startswith("aetiology_"):
+        return "aetiology"
+    if feature.startswith("cancer_type_"):
+        return "cancer_type"
+    if feature in {p.name for p in load_pathways()}:
+        return "alterations"
+    if feature.startswith(("class_", "target_", "regimen_")):
+        return "regimen"
+    return None
+
+
+def _unit(field: str | None) -> str | None:
+    if field in _COMPUTED:
+        return _COMPUTED[field]
+    info = PatientRecord.model_fields.get(field or "")
+    extra = info.json_schema_extra if info is not None else None
+    return extra.get("unit") if isinstance(extra, dict) else None
+
+
+def _field_value(record: PatientRecord, field: str | None, feature: str, regimen: str) -> Any:
+    if field == "regimen":
+        return regimen
+    if field == "alterations":
+        if record.alterations is None:
+            return "not sequenced"
+        pathway = next((p for p in load_pathways() if p.name == feature), None)
+        if pathway is not None:
+            found = [a.label() for a in pathway.drivers(record.alterations)]
+            return ", ".join(found) if found else "not altered"
+        return ", ".join(a.label() for a in record.alterations) or "none found"
+    if field is None:
+        return None
+    value = getattr(record, field, None)
+    return value.value if hasattr(value, "value") else value
+
+
+def _display(value: Any, unit: str | None) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return f"{text} {unit}" if unit and not isinstance(value, (bool, str)) else text
+
+
+def _band(outcome: str, p: float | None) -> str | None:
+    if p is None:
+        return None
+    low, high = BANDS[outcome]
+    return "low" if p < low else "moderate" if p < high else "high"
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+# -- the loaded model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded bundle and what the responses say about it."""
+
+    bundle: ResponseModelBundle
+    uri: str
+    name: str | None
+    version: str | None
+
+    @classmethod
+    def load(cls, uri: str) -> LoadedModel:
+        model = load_model(uri)
+        bundle = as_bundle(model)
+        meta = bundle.metadata
+        return cls(bundle, uri, meta.get("model_name"), meta.get("model_version"))
+
+    def margin(self, regimen_class: str, outcome: str) -> float | None:
+        metrics = self.bundle.metadata.get("metrics") or {}
+        return _finite(metrics.get(tracking.metric_key(outcome, regimen_class, "ece_upper")))
+
+    def names(self) -> dict[str, str | None]:
+        return {"model_name": self.name, "model_version": self.version, "model_uri": self.uri}
+
+
+class ModelHolder:
+    """Holds the current model; :meth:`swap` replaces the reference atomically (one assignment)."""
+
+    def __init__(self) -> None:
+        self._current: LoadedModel | None = None
+        self._reload_lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def require(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise HTTPException(503, "the model is not loaded yet")
+        return model
+
+    def load(self, uri: str) -> tuple[LoadedModel | None, LoadedModel]:
+        """Load ``uri`` fully, then swap it in; returns (previous, new). Reloads are serialised."""
+        with self._reload_lock:
+            new = LoadedModel.load(uri)
+            previous, self._current = self._current, new
+            return previous, new
+
+
+def default_model_uri() -> str:
+    """``$RESPONSE_MODEL_URI``, else ``models:/<registered_model of configs/train/default.yaml>@champion``."""
+    uri = os.environ.get(MODEL_URI_ENV, "").strip()
+    if uri:
+        return uri
+    name = load_yaml("train/default.yaml").get("registered_model", "hcc-response")
+    return f"models:/{name}@champion"
+
+
+# -- predictions --------------------------------------------------------------------------------
+
+
+def _regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) -> list[dict[str, Any]]:
+    if regimens is None:
+        return []
+    errors = []
+    allowed = [r.name for r in bundle.candidate_regimens()]
+    if not regimens:
+        errors.append({"field": "regimens", "value": [], "message": "regimens: empty list; give null for every candidate"})
+    for i, name in enumerate(regimens):
+        if name not in allowed:
+            errors.append({"field": f"regimens.{i}", "value": name,
+                           "message": f"regimens: {name!r} is not a regimen this model scores; expected one of "
+                                      f"{', '.join(allowed)}"})
+    return errors
+
+
+def request_errors(body: Any) -> list[dict[str, Any]]:
+    """Field-level errors of a prediction request body, with the CLI's texts for the patient record."""
+    if not isinstance(body, dict):
+        return [{"field": "body", "value": None,
+                 "message": f"body: expected a JSON object with 'patient', not {type(body).__name__}"}]
+    errors: list[dict[str, Any]] = []
+    if "patient" not in body:
+        errors.append({"field": "patient", "value": None, "message": "patient: required field is missing"})
+    else:
+        try:
+            PatientRecord.model_validate(body["patient"])
+        except ValidationError as error:
+            for e in field_errors(error):
+                value = None if e.message.endswith("required field is missing") else _jsonable(e.value)
+                errors.append({"field": f"patient.{e.field}" if e.field != "record" else "patient",
+                               "value": value, "message": e.message})
+    try:
+        PredictionRequest.model_validate({**body, "patient": {"age": 60, "sex": "female"}})
+    except ValidationError as error:
+        for e in field_errors(error):
+            errors.append({"field": e.field, "value": _jsonable(e.value), "message": e.message})
+    return errors
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _predict_proba(bundle: ResponseModelBundle, key: tuple[str, str], X: pd.DataFrame) -> np.ndarray:
+    model = bundle.models.get(key)
+    if model is None or X.empty:
+        return np.full(len(X), math.nan)
+    columns = getattr(model, "feature_names_in_", None)
+    frame = X if columns is None else X.reindex(columns=[str(c) for c in columns])
+    return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
+
+
+def _genomic_tests(loaded: LoadedModel, record: PatientRecord, regimens: list[str]) -> list[dict[str, Any]]:
+    """Per eligible regimen, the two pathways whose test result would move P(response) most."""
+    bundle = loaded.bundle
+    pathways = [p for p in load_pathways() if p.name in bundle.feature_names]
+    if not regimens or not pathways:
+        return []
+    base = bundle.features([record] * len(regimens), regimens)
+    names = [p.name for p in pathways]
+    variants = []
+    for pathway in pathways:
+        for present in (0.0, 1.0):
+            X = base.copy()
+            X["genotyped"] = 1.0
+            X["n_alterations"] = present
+            X[names] = 0.0
+            X[pathway.name] = present
+            variants.append(X)
+    X_all = pd.concat(variants, ignore_index=True)
+    n = len(regimens)
+    classes = [bundle.catalogue[r].regimen_class for r in regimens] * (2 * len(pathways))
+    p = np.full(len(X_all), math.nan)
+    for regimen_class in set(classes):
+        mask = np.array([c == regimen_class for c in classes])
+        p[mask] = _predict_proba(bundle, (regimen_class, "objective_response"), X_all.loc[mask])
+    found = []
+    for k, pathway in enumerate(pathways):
+        genes = sorted({rule.gene for rule in pathway.rules}, key=[r.gene for r in pathway.rules].index)
+        for j, regimen in enumerate(regimens):
+            p0, p1 = p[(2 * k) * n + j], p[(2 * k + 1) * n + j]
+            if math.isfinite(p0) and math.isfinite(p1):
+                found.append({"test": f"{'/'.join(genes)} ({pathway.label})", "pathway": pathway.name,
+                              "regimen": regimen, "p_if_not_altered": round(float(p0), 4),
+                              "p_if_altered": round(float(p1), 4), "spread": round(abs(float(p1 - p0)), 4)})
+    best = []
+    for regimen in regimens:
+        mine = sorted((t for t in found if t["regimen"] == regimen), key=lambda t: -t["spread"])
+        best += mine[:2]
+    return sorted(best, key=lambda t: -t["spread"])
+
+
+def _out_of_distribution(bundle: ResponseModelBundle, X_patient: pd.Series) -> dict[str, Any]:
+    ranges = bundle.metadata.get("feature_ranges")
+    if not isinstance(ranges, dict) or not ranges:
+        return {"checked": False, "flagged": False, "features": [], "note": OOD_UNCHECKED}
+    outside = []
+    for feature, bounds in ranges.items():
+        value = _finite(X_patient.get(feature))
+        if value is None or not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+            continue
+        low, high = float(bounds[0]), float(bounds[1])
+        if value < low or value > high:
+            outside.append({"feature": feature, "field": feature_field(feature), "value": value,
+                            "training_p1": low, "training_p99": high})
+    return {"checked": True, "flagged": bool(outside), "features": outside,
+            "note": "features outside the 1st–99th percentiles of the training data"}
+
+
+def predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) -> list[dict[str, Any]]:
+    """Score, explain and describe every request with one model (one pass per regimen class)."""
+    bundle = loaded.bundle
+    records = [r.patient for r in requests]
+    default = [r.name for r in bundle.candidate_regimens()]
+    wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else default for r in requests]
+    scores = bundle.score(records, wanted, per_record=True)
+    X = bundle.features([records[i] for i in scores["row"]], list(scores["regimen"]))
+    contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    columns: dict[tuple[str, str], list[str]] = {}
+    for regimen_class in bundle.regimen_classes:
+        mask = (scores["regimen_class"] == regimen_class).to_numpy()
+        if not mask.any():
+            continue
+        for outcome in OUTCOMES:
+            model = bundle.models.get((regimen_class, outcome))
+            if model is None or not callable(getattr(model, "explain", None)):
+                continue
+            cols = getattr(model, "feature_names_in_", None)
+            X_class = X.loc[mask]
+            X_class = X_class if cols is None else X_class.reindex(columns=[str(c) for c in cols])
+            frame, _ = model.explain(X_class)
+            columns[(regimen_class, outcome)] = list(frame.columns)
+            contributions[(regimen_class, outcome)] = (np.flatnonzero(mask), frame.to_numpy())
+    responses = []
+    for i, request in enumerate(requests):
+        record = request.patient
+        rows = scores.index[scores["row"] == i]
+        items = []
+        for position in rows:
+            row = scores.loc[position]
+            regimen = row["regimen"]
+            item: dict[str, Any] = {
+                "regimen": regimen, "label": bundle.catalogue[regimen].label,
+                "regimen_class": row["regimen_class"], "eligible": bool(row["eligible"]),
+                "ineligible_reason": row["ineligible_reason"], "explanations": {},
+            }
+            for outcome in OUTCOMES:
+                p = _finite(row[f"p_{outcome}"])
+                margin = loaded.margin(row["regimen_class"], outcome)
+                interval = None
+                if p is not None and margin is not None:
+                    interval = {"lower": round(max(0.0, p - margin), 4), "upper": round(min(1.0, p + margin), 4)}
+                item[outcome] = {"probability": None if p is None else round(p, 4), "interval": interval,
+                                 "band": _band(outcome, p)}
+                explained = contributions.get((row["regimen_class"], outcome))
+                if explained is not None:
+                    where, values = explained
+                    k = int(np.searchsorted(where, position))
+                    item["explanations"][outcome] = _top(record, regimen, outcome,
+                                                         columns[(row["regimen_class"], outcome)], values[k])
+            items.append(item)
+        eligible = sorted((it for it in items if it["eligible"]),
+                          key=lambda it: -(it["objective_response"]["probability"] or -1.0))
+        ineligible = [it for it in items if not it["eligible"]]
+        for rank, it in enumerate(eligible, start=1):
+            it["rank"] = rank
+        for it in ineligible:
+            it["rank"] = None
+        genotyped = record.alterations is not None
+        first = int(rows[0]) if len(rows) else None
+        responses.append({
+            "prediction_id": str(uuid.uuid4()),
+            "model_name": loaded.name, "model_version": loaded.version,
+            "label": bundle.metadata.get("label"),
+            "genomics": "genotyped" if genotyped else "clinical-only estimate",
+            "genomic_tests": [] if genotyped else _genomic_tests(loaded, record, [it["regimen"] for it in eligible]),
+            "out_of_distribution": (_out_of_distribution(bundle, X.loc[first]) if first is not None
+                                    else {"checked": False, "note": OOD_UNCHECKED}),
+            "regimens": eligible + ineligible,
+            "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
+            "uncertainty_method": UNCERTAINTY_METHOD,
+            "bands": BANDS_TEXT,
+            "warnings": record.warnings(),
+        })
+    return responses
+
+
+def _top(record: PatientRecord, regimen: str, outcome: str, names: list[str], values: np.ndarray) -> list[dict]:
+    order = np.argsort(-np.abs(values))
+    what = "response" if outcome == "objective_response" else "primary resistance"
+    top = []
+    for j in order[:TOP_CONTRIBUTIONS]:
+        value = float(values[j])
+        if value == 0.0:
+            break
+        feature = names[j]
+        field = feature_field(feature)
+        unit = _unit(field)
+        shown = _field_value(record, field, feature, regimen)
+        top.append({"feature": feature, "field": field, "value": shown, "unit": unit,
+                    "display": _display(shown, unit), "contribution": round(value, 5), "scale": SHAP_SCALE,
+                    "direction": f"{'raises' if value > 0 else 'lowers'} the probability of {what}"})
+    return top
+
+
+def _audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
+    outputs = {"genomics": response["genomics"], "genomic_tests": response["genomic_tests"],
+               "out_of_distribution_flagged": response["out_of_distribution"].get("flagged", False),
+               "regimens": {}}
+    explanations = {}
+    for it in response["regimens"]:
+        outputs["regimens"][it["regimen"]] = {
+            "rank": it["rank"], "eligible": it["eligible"], "ineligible_reason": it["ineligible_reason"],
+            **{o: it[o] for o in OUTCOMES},
+        }
+        explanations[it["regimen"]] = it["explanations"]
+    return outputs, explanations
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+class AuthError(HTTPException):
+    def __init__(self, status: int, message: str, key: KeyInfo | None = None) -> None:
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        super().__init__(status, message, headers=headers)
+        self.key = key
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _body_json(request: Request) -> tuple[Any, str | None]:
+    """(parsed body or None, input digest or None); never raises."""
+    try:
+        raw = await request.body()
+    except Exception:  # noqa: BLE001 - the stream may be gone; audit what we can
+        return None, None
+    if not raw:
+        return None, None
+    try:
+        body = json.loads(raw)
+        return body, input_digest(body)
+    except (ValueError, Exception):  # noqa: BLE001 - not JSON (or NaN): digest the bytes
+        return None, hashlib.sha256(raw).hexdigest()
+
+
+def _raw_patient_id(body: Any) -> str | None:
+    """The raw patient id of a request body (top level, else inside the patient), or None."""
+    if not isinstance(body, dict):
+        return None
+    raw = body.get("patient_id")
+    if not raw and isinstance(body.get("patient"), dict):
+        raw = body["patient"].get("patient_id")
+    return raw.strip() if isinstance(raw, str) and raw.strip() else None
+
+
+def create_app(model_uri: str | None = None, db_url: str | None = None) -> FastAPI:
+    """The service app: loads ``model_uri`` (default :func:`default_model_uri`) once at start-up.
+
+    ``db_url``: SQLAlchemy URL of the key store and audit trail (default ``$RESPONSE_MODEL_DB_URL``
+    or ``sqlite:///<cwd>/service.db``). Raises PseudonymKeyError now if
+    ``$RESPONSE_MODEL_PSEUDONYM_KEY`` is unset: the audit trail could not pseudonymise patient ids.
+    """
+    try:
+        pseudonym_key()
+    except PseudonymKeyError as error:
+        raise PseudonymKeyError(f"cannot start the prediction service: {error}") from None
+    uri = model_uri or default_model_uri()
+    holder = ModelHolder()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = make_engine(db_url)
+        state["keys"], state["audit"] = KeyStore(engine), AuditTrail(engine)
+        log.info("loading model %s", uri)
+        await run_in_threadpool(holder.load, uri)
+        current = holder.current
+        log.info("model %s version %s loaded; ready", current.name, current.version)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="HCC response model",
+        version="1",
+        description="Probabilities of objective response and primary resistance per regimen for advanced HCC, "
+                    "with explanations; every prediction request is audited.",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.services = state
+
+    def audit(records: list[dict[str, Any]]) -> None:
+        state["audit"].append_many(records)
+
+    def authenticate(request: Request, roles: Sequence[str]) -> KeyInfo:
+        key = state["keys"].authenticate(_bearer(request))
+        if key is None:
+            raise AuthError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'")
+        if key.role not in roles:
+            raise AuthError(403, f"role {key.role!r} may not use this endpoint; needs one of {', '.join(roles)}", key)
+        return key
+
+    def role(*roles: str):
+        def dependency(request: Request) -> KeyInfo:
+            return authenticate(request, roles)
+        return dependency
+
+    async def audit_rejection(request: Request, status: int, key: KeyInfo | None, detail: Any) -> None:
+        endpoint = PREDICTION_ENDPOINTS.get(request.url.path)
+        if endpoint is None or request.method != "POST":
+            return
+        body, digest = await _body_json(request)
+        model = holder.current
+        patient_id = _raw_patient_id(body) if status != 401 else None
+        record = {"endpoint": endpoint, "status": "rejected", "http_status": status,
+                  "key_id": key.key_id if key else None, "role": key.role if key else None,
+                  "model_name": model.name if model else None, "model_version": model.version if model else None,
+                  "input_digest": digest, "patient_id": patient_id, "detail": detail}
+        try:
+            await run_in_threadpool(audit, [record])
+        except Exception:  # the record naming the raw id elsewhere, etc.: keep a record without it
+            record["patient_id"] = None
+            await run_in_threadpool(audit, [record])
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError):
+        await audit_rejection(request, exc.status_code, exc.key, {"error": exc.detail})
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        # authentication comes first: nobody without a valid key learns what is wrong with a body
+        if request.url.path in PREDICTION_ENDPOINTS or request.url.path == "/v1/admin/reload":
+            roles = ("admin",) if request.url.path == "/v1/admin/reload" else CLINICAL_ROLES
+            try:
+                key = await run_in_threadpool(authenticate, request, roles)
+            except AuthError as auth:
+                return await _auth_error(request, auth)
+        else:
+            key = None
+        body, _ = await _body_json(request)
+        errors = request_errors(body) if request.url.path == "/v1/predictions" and body is not None else []
+        if not errors:
+            for item in exc.errors():
+                loc = [str(p) for p in item.get("loc", ()) if p != "body"]
+                path = ".".join(loc) or "body"
+                errors.append({"field": path, "value": _jsonable(item.get("input")),
+                               "message": f"{path}: {item.get('msg')}"})
+        await audit_rejection(request, 422, key, {"errors": errors})
+        return JSONResponse({"errors": errors}, status_code=422)
+
+    # -- probes --------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["probes"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    def readyz():
+        model = holder.current
+        if model is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ready", **model.names()}
+
+    # -- predictions -----------------------------------------------------------------------------
+
+    responses_doc = {401: {"description": "No or bad API key"}, 403: {"description": "Wrong role"},
+                     422: {"model": ErrorResponse, "description": "Field-level validation errors"}}
+
+    @app.post("/v1/predictions", response_model=PredictionResponse, tags=["predictions"], responses=responses_doc)
+    def predict(body: PredictionRequest, request: Request, key: KeyInfo = Depends(role(*CLINICAL_ROLES))):
+        loaded = holder.require()
+        digest = input_digest(body.model_dump(mode="json"))
+        errors = _regimen_errors(loaded.bundle, body.regimens)
+        patient_id = body.patient_id or body.patient.patient_id
+        base = {"endpoint": PREDICTION_ENDPOINTS["/v1/predictions"], "key_id": key.key_id, "role": key.role,
+                "model_name": loaded.name, "model_version": loaded.version, "input_digest": digest,
+                "patient_id": patient_id}
+        if errors:
+            audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
+            return JSONResponse({"errors": errors}, status_code=422)
+        response = predict_many(loaded, [body])[0]
+        outputs, explanations = _audit_outputs(response)
+        audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
+                "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
+                "explanations": explanations}])
+        return response
+
+    @app.post("/v1/predictions:batch", response_model=BatchResponse, tags=["predictions"],
+              responses={**responses_doc, 413: {"description": f"More than {MAX_BATCH} patients"}})
+    def predict_batch(body: BatchRequest, request: Request, key: KeyInfo = Depends(role(*CLINICAL_ROLES))):
+        loaded = holder.require()
+        endpoint = PREDICTION_ENDPOINTS["/v1/predictions:batch"]
+        base = {"endpoint": endpoint, "key_id": key.key_id, "role": key.role,
+                "model_name": loaded.name, "model_version": loaded.version}
+        if len(body.patients) > MAX_BATCH:
+            message = f"patients: {len(body.patients)} given; at most {MAX_BATCH} per batch request"
+            audit([{**base, "status": "rejected", "http_status": 413,
+                    "input_digest": input_digest(body.model_dump(mode="json")), "detail": {"error": message}}])
+            return JSONResponse({"errors": [{"field": "patients", "value": len(body.patients), "message": message}]},
+                                status_code=413)
+        valid: list[tuple[int, PredictionRequest]] = []
+        results: list[dict[str, Any] | None] = [None] * len(body.patients)
+        records: list[dict[str, Any] | None] = [None] * len(body.patients)
+        for index, item in enumerate(body.patients):
+            try:
+                digest = input_digest(item)
+            except Exception:  # noqa: BLE001 - not representable as canonical JSON
+                digest = None
+            raw_id = _raw_patient_id(item)
+            errors = request_errors(item)
+            if not errors:
+                parsed = PredictionRequest.model_validate(item)
+                errors = _regimen_errors(loaded.bundle, parsed.regimens)
+            if errors:
+                results[index] = {"index": index, "ok": False, "errors": errors}
+                records[index] = {**base, "status": "rejected", "http_status": 422, "input_digest": digest,
+                                  "patient_id": raw_id,
+                                  "detail": {"index": index, "errors": errors}}
+            else:
+                valid.append((index, parsed))
+                records[index] = {**base, "input_digest": digest,
+                                  "patient_id": parsed.patient_id or parsed.patient.patient_id}
+        predictions = predict_many(loaded, [p for _, p in valid]) if valid else []
+        for (index, _), response in zip(valid, predictions):
+            outputs, explanations = _audit_outputs(response)
+            records[index].update({"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
+                                   "regimens": [it["regimen"] for it in response["regimens"]],
+                                   "outputs": {"index": index, **outputs}, "explanations": explanations})
+            results[index] = {"index": index, "ok": True, "prediction": response}
+        if records:
+            audit(records)
+        else:
+            audit([{**base, "status": "accepted", "http_status": 200, "input_digest": input_digest([]),
+                    "detail": {"rows": 0}}])
+        return {"model_name": loaded.name, "model_version": loaded.version, "n_ok": len(valid),
+                "n_rejected": len(body.patients) - len(valid), "results": results}
+
+    # -- model ---------------------------------------------------------------------------------------
+
+    @app.get("/v1/model", response_model=ModelInfo, tags=["model"])
+    def model_info(key: KeyInfo = Depends(role("clinician", "auditor", "admin"))):
+        loaded = holder.require()
+        meta = loaded.bundle.metadata
+        metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if _finite(v) is not None}
+        return {"model_name": loaded.name, "model_version": loaded.version, "model_uri": loaded.uri,
+                "training_date": meta.get("training_date"), "data_digest": meta.get("data_digest"),
+                "metrics": metrics, "intended_use": meta.get("intended_use"), "limitations": LIMITATIONS,
+                "label": meta.get("label"), "regimen_classes": list(loaded.bundle.regimen_classes),
+                "candidate_regimens": [r.name for r in loaded.bundle.candidate_regimens()]}
+
+    @app.post("/v1/admin/reload", response_model=ReloadResponse, tags=["admin"])
+    def reload(body: ReloadRequest | None = None, key: KeyInfo = Depends(role("admin"))):
+        target = (body.model_uri if body is not None else None) or uri
+        try:
+            previous, current = holder.load(target)
+        except Exception as error:  # noqa: BLE001 - the old model stays in service
+            log.exception("reload of %s failed", target)
+            raise HTTPException(500, f"could not load {target}: {error}; the previous model stays in service") from None
+        log.info("key %s reloaded the model: %s", key.key_id, current.names())
+        return {"previous": previous.names() if previous else {}, "current": current.names()}
+
+    return app
+
+
+def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None) -> None:
+    """Run the service with uvicorn (one process; the model is loaded once at start-up)."""
+    import uvicorn
+
+    uvicorn.run(create_app(model_uri, db_url), host=host, port=port, log_level="info")

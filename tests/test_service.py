@@ -1,0 +1,331 @@
+"""The prediction service (response_model.service.app) against a model trained on a small simulated cohort."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+
+from response_model.privacy import PSEUDONYM_KEY_ENV, PseudonymKeyError
+from response_model.service.app import create_app
+from response_model.service.audit import AuditTrail
+from response_model.service.keys import DB_URL_ENV, KeyStore
+from response_model.service.models import EXAMPLE_PATIENT, MAX_BATCH
+
+PSEUDONYM_KEY = "service-test-pseudonym-key-0123456789"
+RAW_ID = "MRN-SERVICE-TEST-0042"
+MODEL = "hcc-smoke"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A private MLflow store holding the smoke model as versions 1 and 2 (same bundle, two versions)."""
+    from response_model.modeling.registry import register
+    from response_model.modeling.train import train
+
+    folder = tmp_path_factory.mktemp("service")
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+        mp.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
+        mp.delenv(DB_URL_ENV, raising=False)
+        from pathlib import Path
+
+        config = Path(__file__).parent / "data" / "train_smoke.yaml"
+        result = train(config, register=True, progress=False)
+        second = register(result.run_id, MODEL)
+        yield {"folder": folder, "v1": result.registered_version, "v2": second}
+    mlflow.set_tracking_uri(previous)
+
+
+def _service(folder, name: str, version: str):
+    """(client context manager, tokens by role, db url) of a fresh service on ``models:/hcc-smoke/<version>``."""
+    url = f"sqlite:///{folder}/{name}.db"
+    with KeyStore(url) as store:
+        tokens = {role: store.create(role, f"test {role}").token for role in ("clinician", "auditor", "admin")}
+    app = create_app(f"models:/{MODEL}/{version}", url)
+    return TestClient(app), tokens, url
+
+
+@pytest.fixture(scope="module")
+def service(registry):
+    client, tokens, url = _service(registry["folder"], "module", registry["v1"])
+    with client:
+        yield client, tokens, url
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def patient(**changes) -> dict:
+    record = copy.deepcopy(EXAMPLE_PATIENT)
+    record.update(changes)
+    return record
+
+
+def audit_count(url: str) -> int:
+    with AuditTrail(url) as trail:
+        return trail.count()
+
+
+# -- probes, model, start-up --------------------------------------------------------------------------
+
+
+def test_probes_and_readiness(registry, service):
+    client, tokens, _ = service
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == registry["v1"]
+    # before start-up (lifespan not run) the app is alive but not ready
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(registry["folder"])
+        cold = TestClient(create_app(f"models:/{MODEL}/{registry['v1']}", f"sqlite:///{registry['folder']}/cold.db"))
+        assert cold.get("/healthz").status_code == 200
+        assert cold.get("/readyz").status_code == 503
+
+
+def test_start_up_needs_the_pseudonym_key(monkeypatch, registry):
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV)
+    with pytest.raises(PseudonymKeyError, match=PSEUDONYM_KEY_ENV):
+        create_app(f"models:/{MODEL}/1", f"sqlite:///{registry['folder']}/nokey.db")
+
+
+def test_model_endpoint(registry, service):
+    client, tokens, _ = service
+    for role in ("clinician", "auditor", "admin"):
+        response = client.get("/v1/model", headers=auth(tokens[role]))
+        assert response.status_code == 200, role
+    info = response.json()
+    assert info["model_name"] == MODEL and info["model_version"] == registry["v1"]
+    assert info["label"] == "research use — trained on simulated data"
+    assert info["data_digest"] and info["training_date"] and info["intended_use"] and info["limitations"]
+    assert any(k.endswith(".auc") for k in info["metrics"])
+    assert client.get("/v1/model").status_code == 401
+
+
+def test_openapi_has_examples(service):
+    client, _, _ = service
+    schema = client.get("/openapi.json").json()
+    request = schema["components"]["schemas"]["PredictionRequest"]
+    assert request["examples"][0]["patient"]["afp"] == EXAMPLE_PATIENT["afp"]
+    assert "/v1/predictions:batch" in schema["paths"]
+
+
+# -- access ----------------------------------------------------------------------------------------
+
+
+def test_role_matrix(registry, service):
+    client, tokens, _ = service
+    body = {"patient": patient()}
+    none = client.post("/v1/predictions", json=body)
+    assert none.status_code == 401 and none.headers["WWW-Authenticate"] == "Bearer"
+    bad = client.post("/v1/predictions", json=body, headers=auth("rm_0123456789ab_" + "x" * 43))
+    assert bad.status_code == 401 and bad.headers["WWW-Authenticate"] == "Bearer"
+    assert client.post("/v1/predictions", json=body, headers=auth(tokens["auditor"])).status_code == 403
+    assert client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"])).status_code == 200
+    assert client.post("/v1/predictions", json=body, headers=auth(tokens["admin"])).status_code == 200
+    assert client.post("/v1/predictions:batch", json={"patients": [body]},
+                       headers=auth(tokens["auditor"])).status_code == 403
+    assert client.post("/v1/admin/reload", headers=auth(tokens["clinician"])).status_code == 403
+    assert client.post("/v1/admin/reload", headers=auth(tokens["auditor"])).status_code == 403
+    assert client.post("/v1/admin/reload").status_code == 401
+    # an invalid body without a key is a 401, not a 422 that would describe the body
+    assert client.post("/v1/predictions", json={"patient": {"albumin": 35}}).status_code == 401
+
+
+def test_admin_reload(registry, service):
+    client, tokens, _ = service
+    response = client.post("/v1/admin/reload", headers=auth(tokens["admin"]))
+    assert response.status_code == 200
+    assert response.json()["current"]["model_version"] == registry["v1"]
+
+
+# -- predictions ------------------------------------------------------------------------------------
+
+
+def test_prediction_content(registry, service):
+    client, tokens, _ = service
+    response = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(tokens["clinician"]))
+    assert response.status_code == 200
+    out = response.json()
+    assert out["model_name"] == MODEL and out["model_version"] == registry["v1"]
+    assert out["label"] == "research use — trained on simulated data"
+    assert out["genomics"] == "genotyped" and out["genomic_tests"] == []
+    assert out["out_of_distribution"]["checked"] is False and out["out_of_distribution"]["note"]
+    assert "ECE" in out["uncertainty_method"]
+    eligible = [r for r in out["regimens"] if r["eligible"]]
+    probabilities = [r["objective_response"]["probability"] for r in eligible]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert [r["rank"] for r in eligible] == list(range(1, len(eligible) + 1))
+    first = eligible[0]
+    for outcome in ("objective_response", "primary_resistance"):
+        estimate = first[outcome]
+        assert 0 <= estimate["interval"]["lower"] <= estimate["probability"] <= estimate["interval"]["upper"] <= 1
+        assert estimate["band"] in {"low", "moderate", "high"}
+        top = first["explanations"][outcome]
+        assert 1 <= len(top) <= 5
+        assert all(c["scale"] == "log-odds (LightGBM part)" for c in top)
+        assert all(c["direction"].split()[0] in {"raises", "lowers"} for c in top)
+        magnitudes = [abs(c["contribution"]) for c in top]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+    contributions = [c for r in out["regimens"] for o in r["explanations"].values() for c in o]
+    afp = [c for c in contributions if c["feature"] == "afp_log10"]
+    if afp:  # derived features are shown as their record field, with its unit
+        assert afp[0]["field"] == "afp" and afp[0]["display"] == "850 ng/mL"
+    assert RAW_ID not in response.text
+
+
+def test_ramucirumab_ineligible_at_low_afp(service):
+    client, tokens, _ = service
+    body = {"patient": patient(afp=35.0), "regimens": ["ramucirumab", "lenvatinib", "sorafenib"]}
+    out = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"])).json()
+    ramucirumab = next(r for r in out["regimens"] if r["regimen"] == "ramucirumab")
+    assert ramucirumab["eligible"] is False and ramucirumab["rank"] is None
+    assert "400" in ramucirumab["ineligible_reason"]
+    assert out["ineligible"] == [{"regimen": "ramucirumab", "reason": ramucirumab["ineligible_reason"]}]
+    assert out["regimens"][-1]["regimen"] == "ramucirumab"  # eligible ones first
+    assert {r["regimen"] for r in out["regimens"]} == {"ramucirumab", "lenvatinib", "sorafenib"}
+
+
+def test_clinical_only_estimate(service):
+    client, tokens, _ = service
+    record = patient(alterations=None)
+    out = client.post("/v1/predictions", json={"patient": record}, headers=auth(tokens["clinician"])).json()
+    assert out["genomics"] == "clinical-only estimate"
+    tests = out["genomic_tests"]
+    assert tests and all(0 <= t["p_if_not_altered"] <= 1 and 0 <= t["p_if_altered"] <= 1 for t in tests)
+    spreads = [t["spread"] for t in tests]
+    assert spreads == sorted(spreads, reverse=True)
+    assert any("CTNNB1" in t["test"] for t in tests) or any("PIK3CA" in t["test"] for t in tests)
+
+
+def test_validation_errors_have_the_cli_texts(service):
+    client, tokens, _ = service
+    response = client.post("/v1/predictions", json={"patient": patient(albumin=35)}, headers=auth(tokens["clinician"]))
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    albumin = next(e for e in errors if e["field"] == "patient.albumin")
+    assert "looks like g/L; expected g/dL" in albumin["message"] and albumin["value"] == 35
+    missing = client.post("/v1/predictions", json={"patient": {"sex": "male"}}, headers=auth(tokens["clinician"]))
+    assert missing.status_code == 422
+    assert {"field": "patient.age", "value": None, "message": "age: required field is missing"} in missing.json()["errors"]
+    unknown = client.post("/v1/predictions", json={"patient": patient(), "regimens": ["aspirin"]},
+                          headers=auth(tokens["clinician"]))
+    assert unknown.status_code == 422 and "aspirin" in unknown.json()["errors"][0]["message"]
+    not_json = client.post("/v1/predictions", content=b"{not json", headers={**auth(tokens["clinician"]),
+                                                                            "Content-Type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["errors"]
+
+
+def test_batch_with_bad_rows(registry, service):
+    client, tokens, _ = service
+    rows = [{"patient": patient()}, {"patient": patient(albumin=35)}, {"patient": patient(afp=35.0)},
+            "not a patient", {"patient": patient(alterations=None), "patient_id": RAW_ID}]
+    response = client.post("/v1/predictions:batch", json={"patients": rows}, headers=auth(tokens["clinician"]))
+    assert response.status_code == 200
+    out = response.json()
+    assert out["model_version"] == registry["v1"] and out["n_ok"] == 3 and out["n_rejected"] == 2
+    ok = [r["ok"] for r in out["results"]]
+    assert ok == [True, False, True, False, True]
+    assert "looks like g/L; expected g/dL" in out["results"][1]["errors"][0]["message"]
+    assert all(r["prediction"]["model_version"] == registry["v1"] for r in out["results"] if r["ok"])
+    assert out["results"][4]["prediction"]["genomics"] == "clinical-only estimate"
+    assert RAW_ID not in response.text
+
+
+def test_batch_too_large(service):
+    client, tokens, _ = service
+    rows = [{"patient": {"age": 60, "sex": "male"}}] * (MAX_BATCH + 1)
+    response = client.post("/v1/predictions:batch", json={"patients": rows}, headers=auth(tokens["clinician"]))
+    assert response.status_code == 413
+    assert f"at most {MAX_BATCH}" in response.json()["errors"][0]["message"]
+
+
+# -- audit ------------------------------------------------------------------------------------------
+
+
+def test_every_request_is_audited(registry, service):
+    client, tokens, url = service
+    before = audit_count(url)
+    clinician = auth(tokens["clinician"])
+    body = {"patient": patient(), "patient_id": RAW_ID}
+    statuses = [
+        client.post("/v1/predictions", json=body).status_code,  # 401
+        client.post("/v1/predictions", json=body, headers=auth("nonsense")).status_code,  # 401
+        client.post("/v1/predictions", json=body, headers=auth(tokens["auditor"])).status_code,  # 403
+        client.post("/v1/predictions", json={"patient": patient(albumin=35)}, headers=clinician).status_code,  # 422
+        client.post("/v1/predictions", json=body, headers=clinician).status_code,  # 200
+    ]
+    assert statuses == [401, 401, 403, 422, 200]
+    batch = client.post("/v1/predictions:batch", json={"patients": [body, {"patient": {}}]}, headers=clinician)
+    assert batch.status_code == 200  # one record per row
+    assert audit_count(url) == before + len(statuses) + 2
+    with AuditTrail(url) as trail:
+        assert trail.verify().ok
+        entries = trail.query(limit=1000)[before:]
+    assert [e.http_status for e in entries] == [401, 401, 403, 422, 200, 200, 422]
+    assert entries[2].role == "auditor" and entries[2].key_id
+    accepted = entries[4]
+    assert accepted.model_name == MODEL and accepted.model_version == registry["v1"]
+    assert accepted.patient_pseudonym and accepted.input_digest and accepted.outputs and accepted.explanations
+    assert accepted.prediction_id
+    with open(url.removeprefix("sqlite:///"), "rb") as handle:
+        assert RAW_ID.encode() not in handle.read()
+
+
+# -- reload under load ---------------------------------------------------------------------------------
+
+
+def test_reload_during_requests(registry):
+    client, tokens, url = _service(registry["folder"], "reload", registry["v1"])
+    failures, versions, stop = [], set(), threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            response = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(tokens["clinician"]))
+            if response.status_code != 200:
+                failures.append(response.status_code)
+            else:
+                versions.add(response.json()["model_version"])
+
+    with client:
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        reload = client.post("/v1/admin/reload", json={"model_uri": f"models:/{MODEL}/{registry['v2']}"},
+                             headers=auth(tokens["admin"]))
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["previous"]["model_version"] == registry["v1"]
+        assert reload.json()["current"]["model_version"] == registry["v2"]
+        after = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(tokens["clinician"]))
+        assert after.json()["model_version"] == registry["v2"]
+    assert not failures
+    assert versions <= {registry["v1"], registry["v2"]} and registry["v2"] in versions
+    with AuditTrail(url) as trail:
+        assert trail.verify().ok
+
+
+def test_prediction_latency(service, capsys):
+    client, tokens, _ = service
+    headers = auth(tokens["clinician"])
+    body = {"patient": patient()}
+    client.post("/v1/predictions", json=body, headers=headers)
+    timings = []
+    for _ in range(10):
+        started = time.perf_counter()
+        assert client.post("/v1/predictions", json=body, headers=headers).status_code == 200
+        timings.append(time.perf_counter() - started)
+    timings.sort()
+    with capsys.disabled():
+        print(f"\none prediction (all regimens, explanations, audit), TestClient: median {timings[5] * 1000:.0f} ms")
