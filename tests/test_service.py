@@ -329,3 +329,22 @@ def test_prediction_latency(service, capsys):
     timings.sort()
     with capsys.disabled():
         print(f"\none prediction (all regimens, explanations, audit), TestClient: median {timings[5] * 1000:.0f} ms")
+
+
+def test_alias_check_swaps_in_a_promoted_version(registry):
+    from mlflow import MlflowClient
+
+    client_ml = MlflowClient()
+    client_ml.set_registered_model_alias(MODEL, "champion", registry["v1"])
+    url = f"sqlite:///{registry['folder']}/alias.db"
+    with KeyStore(url) as store:
+        token = store.create("clinician", "alias test").token
+    app = create_app(f"models:/{MODEL}@champion", url, alias_check=0.2)
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["model_version"] == registry["v1"]
+        client_ml.set_registered_model_alias(MODEL, "champion", registry["v2"])
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["model_version"] != registry["v2"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(token)).json()
+        assert out["model_version"] == registry["v2"]

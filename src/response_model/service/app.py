@@ -27,6 +27,7 @@ Choices documented for the clinician (also returned in every prediction):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -72,6 +73,8 @@ from response_model.service.models import (
 log = logging.getLogger(__name__)
 
 MODEL_URI_ENV = "RESPONSE_MODEL_URI"
+ALIAS_CHECK_ENV = "RESPONSE_MODEL_ALIAS_CHECK_SECONDS"
+DEFAULT_ALIAS_CHECK_SECONDS = 60.0
 PREDICTION_ENDPOINTS = {"/v1/predictions": "POST /v1/predictions", "/v1/predictions:batch": "POST /v1/predictions:batch"}
 CLINICAL_ROLES = ("clinician", "admin")
 
@@ -506,12 +509,37 @@ def _raw_patient_id(body: Any) -> str | None:
     return raw.strip() if isinstance(raw, str) and raw.strip() else None
 
 
-def create_app(model_uri: str | None = None, db_url: str | None = None) -> FastAPI:
+def alias_check_seconds() -> float:
+    """``$RESPONSE_MODEL_ALIAS_CHECK_SECONDS`` (default 60; 0 turns the periodic alias check off)."""
+    text = os.environ.get(ALIAS_CHECK_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_ALIAS_CHECK_SECONDS
+    except ValueError:
+        raise ValueError(f"${ALIAS_CHECK_ENV}={text!r}: expected a number of seconds (0 = off)") from None
+
+
+def check_alias(holder: ModelHolder, uri: str) -> bool:
+    """Reload when the alias of ``uri`` (``models:/NAME@ALIAS``) now names another version; True if it did."""
+    from response_model.modeling.registry import resolve_version
+
+    current = holder.current
+    resolved = resolve_version(uri)
+    if resolved is None or current is None or resolved[1] == current.version:
+        return False
+    log.info("alias %s moved from version %s to %s; reloading", uri, current.version, resolved[1])
+    holder.load(uri)
+    return True
+
+
+def create_app(model_uri: str | None = None, db_url: str | None = None,
+               alias_check: float | None = None) -> FastAPI:
     """The service app: loads ``model_uri`` (default :func:`default_model_uri`) once at start-up.
 
     ``db_url``: SQLAlchemy URL of the key store and audit trail (default ``$RESPONSE_MODEL_DB_URL``
     or ``sqlite:///<cwd>/service.db``). Raises PseudonymKeyError now if
     ``$RESPONSE_MODEL_PSEUDONYM_KEY`` is unset: the audit trail could not pseudonymise patient ids.
+    For an alias URI (``models:/NAME@champion``) the alias is checked every ``alias_check``
+    seconds (default :func:`alias_check_seconds`; 0 = never) and a newly promoted version swapped in.
     """
     try:
         pseudonym_key()
@@ -529,8 +557,23 @@ def create_app(model_uri: str | None = None, db_url: str | None = None) -> FastA
         await run_in_threadpool(holder.load, uri)
         current = holder.current
         log.info("model %s version %s loaded; ready", current.name, current.version)
-        yield
-        engine.dispose()
+        interval = alias_check_seconds() if alias_check is None else float(alias_check)
+        task = None
+        if interval > 0 and uri.startswith("models:/") and "@" in uri:
+            async def watch() -> None:
+                while True:
+                    await asyncio.sleep(interval)
+                    try:
+                        await run_in_threadpool(check_alias, holder, uri)
+                    except Exception:  # noqa: BLE001 - keep serving the current model; try again later
+                        log.exception("alias check of %s failed; the current model stays in service", uri)
+            task = asyncio.create_task(watch())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            engine.dispose()
 
     app = FastAPI(
         title="HCC response model",
