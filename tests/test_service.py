@@ -348,3 +348,47 @@ def test_alias_check_swaps_in_a_promoted_version(registry):
             time.sleep(0.1)
         out = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(token)).json()
         assert out["model_version"] == registry["v2"]
+
+
+def test_fuzzed_bodies_never_give_a_server_error(service):
+    """Random type and value changes to a valid body: every answer is 200 or 422, never 5xx."""
+    import random
+
+    client, tokens, _ = service
+    rng = random.Random(4)
+    junk = [None, "", "abc", -1, 0, 1e9, 35, 3.5, True, [], {}, ["x"], {"gene": "CTNNB1"}, "NaN", 1e308, -1e-9,
+            "p.S45P", [{"gene": "XYZ1", "kind": "missense"}], "CTNNB1 p.S45P; FGF19 amp"]
+    fields = list(EXAMPLE_PATIENT) + ["patient_id", "unknown_field", "child_pugh_class", "nlr", "cancer_type"]
+    statuses = []
+    for _ in range(60):
+        record = patient()
+        for name in rng.sample(fields, k=rng.randint(1, 4)):
+            record[name] = rng.choice(junk)
+        body = {"patient": record}
+        if rng.random() < 0.3:
+            body["regimens"] = rng.choice([None, [], ["sorafenib"], ["ramucirumab", "nope"], "sorafenib", [1]])
+        if rng.random() < 0.1:
+            body = rng.choice([[], "x", {"patient": None}, {"patients": []}, {"patient": record, "extra": 1}])
+        response = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+        statuses.append(response.status_code)
+        assert response.status_code in (200, 422), (body, response.text)
+        if response.status_code == 422:
+            assert response.json()["errors"] and all(e["message"] for e in response.json()["errors"])
+    assert 200 in statuses and 422 in statuses
+
+
+def test_a_failing_prediction_is_audited_as_a_500(service, monkeypatch):
+    import response_model.service.app as app_module
+
+    client, tokens, url = service
+    before = audit_count(url)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app_module, "predict_many", broken)
+    response = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(tokens["clinician"]))
+    assert response.status_code == 500 and "RuntimeError" in response.json()["detail"]
+    with AuditTrail(url) as trail:
+        assert trail.count() == before + 1
+        assert trail.query(limit=1000)[-1].http_status == 500

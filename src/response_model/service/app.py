@@ -588,6 +588,12 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     def audit(records: list[dict[str, Any]]) -> None:
         state["audit"].append_many(records)
 
+    def _server_error(base: dict[str, Any], error: Exception) -> JSONResponse:
+        log.exception("prediction failed")
+        message = f"the prediction failed ({type(error).__name__}); the request was recorded in the audit trail"
+        audit([{**base, "status": "rejected", "http_status": 500, "detail": {"error": message}}])
+        return JSONResponse({"detail": message}, status_code=500)
+
     def authenticate(request: Request, roles: Sequence[str]) -> KeyInfo:
         key = state["keys"].authenticate(_bearer(request))
         if key is None:
@@ -675,7 +681,10 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         if errors:
             audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
             return JSONResponse({"errors": errors}, status_code=422)
-        response = predict_many(loaded, [body])[0]
+        try:
+            response = predict_many(loaded, [body])[0]
+        except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
+            return _server_error(base, error)
         outputs, explanations = _audit_outputs(response)
         audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                 "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
@@ -717,7 +726,10 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
                 valid.append((index, parsed))
                 records[index] = {**base, "input_digest": digest,
                                   "patient_id": parsed.patient_id or parsed.patient.patient_id}
-        predictions = predict_many(loaded, [p for _, p in valid]) if valid else []
+        try:
+            predictions = predict_many(loaded, [p for _, p in valid]) if valid else []
+        except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
+            return _server_error({**base, "input_digest": input_digest(body.model_dump(mode="json"))}, error)
         for (index, _), response in zip(valid, predictions):
             outputs, explanations = _audit_outputs(response)
             records[index].update({"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
