@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ _DERIVED_FIELD = {
 _COMPUTED = {"albi_score": "score", "albi_grade": "grade", "child_pugh_score": "points"}
 
 
+@lru_cache(maxsize=4096)
 def feature_field(feature: str) -> str | None:
     """The patient-record field (or ``regimen``) a model feature comes from."""
     if feature in PatientRecord.model_fields or feature in _COMPUTED:
@@ -301,43 +303,52 @@ def _predict_proba(bundle: ResponseModelBundle, key: tuple[str, str], X: pd.Data
     return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
 
 
-def _genomic_tests(loaded: LoadedModel, record: PatientRecord, regimens: list[str]) -> list[dict[str, Any]]:
-    """Per eligible regimen, the two pathways whose test result would move P(response) most."""
-    bundle = loaded.bundle
+def _genomic_tests(bundle: ResponseModelBundle, X: pd.DataFrame, regimens: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """For each row of ``X`` (a not-sequenced patient × regimen), every pathway's what-if test result.
+
+    The probability of response is recomputed as if sequenced with no pathway altered
+    (``genotyped`` 1, ``n_alterations`` 0, every pathway 0) and with that one pathway altered
+    (pathway 1, ``n_alterations`` 1); all rows and pathways go through one prediction per class.
+    """
     pathways = [p for p in load_pathways() if p.name in bundle.feature_names]
-    if not regimens or not pathways:
-        return []
-    base = bundle.features([record] * len(regimens), regimens)
+    if X.empty or not pathways:
+        return [[] for _ in range(len(X))]
+    base = X.reset_index(drop=True)
     names = [p.name for p in pathways]
     variants = []
     for pathway in pathways:
         for present in (0.0, 1.0):
-            X = base.copy()
-            X["genotyped"] = 1.0
-            X["n_alterations"] = present
-            X[names] = 0.0
-            X[pathway.name] = present
-            variants.append(X)
+            V = base.copy()
+            V["genotyped"] = 1.0
+            V["n_alterations"] = present
+            V[names] = 0.0
+            V[pathway.name] = present
+            variants.append(V)
     X_all = pd.concat(variants, ignore_index=True)
-    n = len(regimens)
-    classes = [bundle.catalogue[r].regimen_class for r in regimens] * (2 * len(pathways))
+    n = len(base)
+    classes = np.array([bundle.catalogue[r].regimen_class for r in regimens] * (2 * len(pathways)))
     p = np.full(len(X_all), math.nan)
-    for regimen_class in set(classes):
-        mask = np.array([c == regimen_class for c in classes])
+    for regimen_class in set(classes.tolist()):
+        mask = classes == regimen_class
         p[mask] = _predict_proba(bundle, (regimen_class, "objective_response"), X_all.loc[mask])
-    found = []
+    tests: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     for k, pathway in enumerate(pathways):
-        genes = sorted({rule.gene for rule in pathway.rules}, key=[r.gene for r in pathway.rules].index)
-        for j, regimen in enumerate(regimens):
+        genes = list(dict.fromkeys(rule.gene for rule in pathway.rules))
+        name = f"{'/'.join(genes)} ({pathway.label})"
+        for j in range(n):
             p0, p1 = p[(2 * k) * n + j], p[(2 * k + 1) * n + j]
             if math.isfinite(p0) and math.isfinite(p1):
-                found.append({"test": f"{'/'.join(genes)} ({pathway.label})", "pathway": pathway.name,
-                              "regimen": regimen, "p_if_not_altered": round(float(p0), 4),
-                              "p_if_altered": round(float(p1), 4), "spread": round(abs(float(p1 - p0)), 4)})
+                tests[j].append({"test": name, "pathway": pathway.name, "regimen": regimens[j],
+                                 "p_if_not_altered": round(float(p0), 4), "p_if_altered": round(float(p1), 4),
+                                 "spread": round(abs(float(p1 - p0)), 4)})
+    return tests
+
+
+def _best_tests(per_regimen: list[list[dict[str, Any]]], per_regimen_count: int = 2) -> list[dict[str, Any]]:
+    """The tests that would move each regimen's estimate most (two per regimen), largest spread first."""
     best = []
-    for regimen in regimens:
-        mine = sorted((t for t in found if t["regimen"] == regimen), key=lambda t: -t["spread"])
-        best += mine[:2]
+    for tests in per_regimen:
+        best += sorted(tests, key=lambda t: -t["spread"])[:per_regimen_count]
     return sorted(best, key=lambda t: -t["spread"])
 
 
@@ -405,13 +416,20 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
             frame, _ = model.explain(X_class)
             columns[(regimen_class, outcome)] = list(frame.columns)
             contributions[(regimen_class, outcome)] = (np.flatnonzero(mask), frame.to_numpy())
+    # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
+    score_rows = scores.to_dict(orient="records")
+    unsequenced = [k for k, row in enumerate(score_rows)
+                   if row["eligible"] and records[int(row["row"])].alterations is None]
+    what_if = dict(zip(unsequenced, _genomic_tests(bundle, X.loc[unsequenced],
+                                                   [score_rows[k]["regimen"] for k in unsequenced])))
+    groups = scores.groupby("row").indices
     responses = []
     for i, request in enumerate(requests):
         record = request.patient
-        rows = scores.index[scores["row"] == i]
+        rows = groups.get(i, [])
         items = []
         for position in rows:
-            row = scores.loc[position]
+            row = score_rows[position]
             regimen = row["regimen"]
             item: dict[str, Any] = {
                 "regimen": regimen, "label": bundle.catalogue[regimen].label,
@@ -447,7 +465,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
             "model_name": loaded.name, "model_version": loaded.version,
             "label": bundle.metadata.get("label"),
             "genomics": "genotyped" if genotyped else "clinical-only estimate",
-            "genomic_tests": [] if genotyped else _genomic_tests(loaded, record, [it["regimen"] for it in eligible]),
+            "genomic_tests": [] if genotyped else _best_tests([what_if.get(int(k), []) for k in rows]),
             "out_of_distribution": (_out_of_distribution(bundle, X.loc[first]) if first is not None
                                     else {"checked": False, "note": OOD_UNCHECKED}),
             "regimens": eligible + ineligible,
