@@ -301,7 +301,9 @@ def test_reload_during_requests(registry):
         time.sleep(0.5)
         reload = client.post("/v1/admin/reload", json={"model_uri": f"models:/{MODEL}/{registry['v2']}"},
                              headers=auth(tokens["admin"]))
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20  # let the threads run on the new model for a while too
+        while registry["v2"] not in versions and not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
         stop.set()
         for thread in threads:
             thread.join()
