@@ -394,3 +394,25 @@ def test_a_failing_prediction_is_audited_as_a_500(service, monkeypatch):
     with AuditTrail(url) as trail:
         assert trail.count() == before + 1
         assert trail.query(limit=1000)[-1].http_status == 500
+
+
+def test_a_patient_id_echoed_by_the_output_is_refused_not_stored(service):
+    client, tokens, url = service
+    before = audit_count(url)
+    body = {"patient": patient(), "regimens": ["sorafenib"], "patient_id": "sorafenib"}
+    response = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "patient_id"
+    with AuditTrail(url) as trail:
+        assert trail.count() == before + 1 and trail.verify().ok
+        assert trail.query(limit=1000)[-1].patient_pseudonym
+
+
+def test_batch_row_whose_id_is_echoed_is_rejected_alone(service):
+    client, tokens, url = service
+    before = audit_count(url)
+    rows = [{"patient": patient(), "regimens": ["sorafenib"], "patient_id": "sorafenib"},
+            {"patient": patient(), "patient_id": RAW_ID}]
+    out = client.post("/v1/predictions:batch", json={"patients": rows}, headers=auth(tokens["clinician"])).json()
+    assert [r["ok"] for r in out["results"]] == [False, True] and out["n_ok"] == 1
+    with AuditTrail(url) as trail:
+        assert trail.count() == before + 2 and trail.verify().ok

@@ -540,6 +540,29 @@ async def _body_json(request: Request) -> tuple[Any, str | None]:
         return None, hashlib.sha256(raw).hexdigest()
 
 
+ECHOED_ID_MESSAGE = ("patient_id: the identifier also appears in the prediction's output, so it could not be "
+                     "pseudonymised safely; use a longer, unique identifier")
+
+
+def _echoes(raw: str | None, *values: Any) -> bool:
+    """True when the raw patient id equals a string (key or value) in ``values``: the audit trail refuses those."""
+    if not raw:
+        return False
+
+    def strings(value: Any):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield str(k)
+                yield from strings(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from strings(v)
+
+    return any(s.strip() == raw.strip() for value in values for s in strings(value))
+
+
 def _raw_patient_id(body: Any) -> str | None:
     """The raw patient id of a request body (top level, else inside the patient), or None."""
     if not isinstance(body, dict):
@@ -727,6 +750,10 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
             return _server_error(base, error)
         outputs, explanations = _audit_outputs(response)
+        if _echoes(patient_id, outputs, explanations):
+            errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
+            audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
+            return JSONResponse({"errors": errors}, status_code=422)
         audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                 "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
                 "explanations": explanations}])
@@ -773,6 +800,12 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
             return _server_error({**base, "input_digest": input_digest(body.model_dump(mode="json"))}, error)
         for (index, _), response in zip(valid, predictions):
             outputs, explanations = _audit_outputs(response)
+            if _echoes(records[index].get("patient_id"), outputs, explanations):
+                errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
+                records[index].update({"status": "rejected", "http_status": 422,
+                                       "detail": {"index": index, "errors": errors}})
+                results[index] = {"index": index, "ok": False, "errors": errors}
+                continue
             records[index].update({"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                                    "regimens": [it["regimen"] for it in response["regimens"]],
                                    "outputs": {"index": index, **outputs}, "explanations": explanations})
@@ -782,8 +815,9 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         else:
             audit([{**base, "status": "accepted", "http_status": 200, "input_digest": input_digest([]),
                     "detail": {"rows": 0}}])
-        return {"model_name": loaded.name, "model_version": loaded.version, "n_ok": len(valid),
-                "n_rejected": len(body.patients) - len(valid), "results": results}
+        n_ok = sum(1 for r in results if r and r["ok"])
+        return {"model_name": loaded.name, "model_version": loaded.version, "n_ok": n_ok,
+                "n_rejected": len(body.patients) - n_ok, "results": results}
 
     # -- model ---------------------------------------------------------------------------------------
 
