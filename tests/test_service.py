@@ -157,7 +157,7 @@ def test_prediction_content(registry, service):
     assert out["model_name"] == MODEL and out["model_version"] == registry["v1"]
     assert out["label"] == "research use — trained on simulated data"
     assert out["genomics"] == "genotyped" and out["genomic_tests"] == []
-    assert out["out_of_distribution"]["checked"] is False and out["out_of_distribution"]["note"]
+    assert out["out_of_distribution"]["checked"] is True
     assert "ECE" in out["uncertainty_method"]
     eligible = [r for r in out["regimens"] if r["eligible"]]
     probabilities = [r["objective_response"]["probability"] for r in eligible]
@@ -416,3 +416,13 @@ def test_batch_row_whose_id_is_echoed_is_rejected_alone(service):
     assert [r["ok"] for r in out["results"]] == [False, True] and out["n_ok"] == 1
     with AuditTrail(url) as trail:
         assert trail.count() == before + 2 and trail.verify().ok
+
+
+def test_out_of_distribution_flag_names_the_features(service):
+    client, tokens, _ = service
+    response = client.post("/v1/predictions", json={"patient": patient(afp=900000, bmi=75)},
+                           headers=auth(tokens["clinician"]))
+    assert response.status_code == 200
+    flag = response.json()["out_of_distribution"]
+    assert flag["checked"] and flag["flagged"]
+    assert {"afp_log10", "bmi"} <= {item["feature"] for item in flag["features"]}

@@ -192,6 +192,22 @@ def export(model_uri: str, out_dir: Path) -> None:
     click.echo(f"exported to {registry.export(model_uri, out_dir)}")
 
 @main.command()
+@click.option("--model-uri", default=None,
+              help="Model to serve; default $RESPONSE_MODEL_URI, else models:/hcc-response@champion. "
+                   "An exported folder under models/ serves without the tracking store.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL of the keys and audit store; default service.db.")
+def serve(model_uri: str | None, host: str, port: int, db_url: str | None) -> None:
+    """Serve predictions over HTTP (FastAPI): API keys, a durable audit trail, the model loaded once."""
+    from response_model import tracking
+    from response_model.service.app import serve as run_service
+
+    tracking.configure_tracking()
+    run_service(model_uri, host=host, port=port, db_url=db_url)
+
+
+@main.command()
 @click.option("--n", "n", type=click.IntRange(min=100), default=5000, show_default=True, help="Simulated patients.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/simulated"),

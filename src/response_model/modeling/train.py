@@ -98,6 +98,13 @@ def load_training_data(config: dict[str, Any], data_path: str | Path | None = No
     return TrainingData(parsed, frame, features, truth, simulated=truth is not None, source=source)
 
 
+def training_ranges(X: pd.DataFrame, low: float = 0.01, high: float = 0.99) -> dict[str, list[float]]:
+    """Return each patient feature's [1st, 99th] percentile in the training rows (for out-of-distribution flags)."""
+    patient = X[[c for c in feature_names(with_regimen=False) if c in X]]
+    bounds = patient.quantile([low, high]).T.dropna()
+    return {name: [float(a), float(b)] for name, (a, b) in bounds.iterrows()}
+
+
 def _model_params(config: dict[str, Any], regimen_class: str, outcome: str) -> dict[str, Any]:
     section = config.get("model", {})
     per_class = dict(section.get(regimen_class, {}))
@@ -236,7 +243,9 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
         tracking.log_metrics(parent_metrics)
         bundle = ResponseModelBundle(
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
-            simulated=data.simulated, metadata={"data_source": data.source, "config": str(config_path)},
+            simulated=data.simulated,
+            metadata={"data_source": data.source, "config": str(config_path),
+                      "feature_ranges": training_ranges(X_all.loc[classes.notna()])},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
