@@ -145,9 +145,6 @@ def search_estimator(estimator: BaseEstimator, search: Mapping[str, Any], seed: 
                               n_jobs=1, refit=True, random_state=seed)
 
 
-_searched = search_estimator  # TEMP: old name, until benchmarks/simulated.py is updated
-
-
 def cross_validate(
     X: pd.DataFrame,
     y: pd.Series | np.ndarray,
