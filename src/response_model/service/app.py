@@ -57,7 +57,7 @@ from response_model.modeling.predict import as_bundle, load_model
 from response_model.pathways import load_pathways
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
-from response_model.service.audit import AuditTrail, input_digest
+from response_model.service.audit import AuditTrail, input_digest, strings_in
 from response_model.service.keys import KeyInfo, KeyStore, make_engine
 from response_model.service.models import (
     MAX_BATCH,
@@ -548,19 +548,7 @@ def _echoes(raw: str | None, *values: Any) -> bool:
     """True when the raw patient id equals a string (key or value) in ``values``: the audit trail refuses those."""
     if not raw:
         return False
-
-    def strings(value: Any):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                yield str(k)
-                yield from strings(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                yield from strings(v)
-
-    return any(s.strip() == raw.strip() for value in values for s in strings(value))
+    return any(s.strip() == raw.strip() for value in values for s in strings_in(value))
 
 
 def _raw_patient_id(body: Any) -> str | None:

@@ -222,17 +222,17 @@ def _time_text(value: datetime | str) -> str:
     return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
 
 
-def _strings_in(value: Any) -> Iterable[str]:
+def strings_in(value: Any) -> Iterable[str]:
     """Every string in a JSON value: keys and values, recursively."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
         for k, v in value.items():
             yield str(k)
-            yield from _strings_in(v)
+            yield from strings_in(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _strings_in(v)
+            yield from strings_in(v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class AuditTrail:
                     raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
             for name in _JSON_FIELDS:
                 value = record.get(name)
-                if value is not None and any(s.strip() == raw for s in _strings_in(value)):
+                if value is not None and any(s.strip() == raw for s in strings_in(value)):
                     raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
             # Raises PseudonymKeyError (with instructions) when no key is configured: never store raw.
             content["patient_pseudonym"] = pseudonymise(raw, key=self._pseudonym_key)
