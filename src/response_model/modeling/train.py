@@ -145,7 +145,7 @@ def _fit_final(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, search:
     return model.fit(X, y)
 
 
-def _log_cv(result: CVResult, prefix: str, reference: str) -> None:
+def _log_cv(result: CVResult, prefix: str, reference: str, probabilistic: list[str]) -> None:
     """Log the side-by-side table, per-fold metrics, subgroups and plots of one class × outcome."""
     summary = result.summary()
     for model, row in summary.iterrows():
@@ -163,8 +163,8 @@ def _log_cv(result: CVResult, prefix: str, reference: str) -> None:
     first = result.oof[result.oof["repeat"] == 0]
     curves = {m: (first["y"].to_numpy(), first[m].to_numpy(dtype=float)) for m in result.models}
     tracking.log_figure(plots.roc_plot(curves, prefix), f"{prefix}/roc.png")
-    probabilistic = {m: c for m, c in curves.items() if not m.count("≥")}
-    tracking.log_figure(plots.calibration_plot(probabilistic, title=prefix), f"{prefix}/calibration.png")
+    calibrated = {m: c for m, c in curves.items() if m in probabilistic}  # rules output scores, not probabilities
+    tracking.log_figure(plots.calibration_plot(calibrated, title=prefix), f"{prefix}/calibration.png")
 
 
 def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, prefix: str, max_rows: int = 2000) -> None:
@@ -228,7 +228,8 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                         n_jobs=int(cv_cfg.get("n_jobs", 1)),
                     )
                     reference = "loris" if "loris" in result.models else "logistic"
-                    _log_cv(result, prefix, reference)
+                    _log_cv(result, prefix, reference,
+                            [m for m, est in models.items() if getattr(est, "outputs_probability", True)])
                     log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
                     final = _fit_final(models[PROJECT], X[labelled], y[labelled].astype(int), search, cv_cfg["seed"])
                     _log_explanations(final, X[labelled], prefix)
