@@ -12,12 +12,14 @@ from response_model import __version__
 
 log = logging.getLogger("response_model")
 
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="response-model")
@@ -26,6 +28,7 @@ def main(verbose: bool) -> None:
     """Predict response and primary resistance of advanced HCC to targeted therapies and
     immune checkpoint inhibitors, from the patient's genomic and clinical features."""
     _configure_logging(verbose)
+
 
 @main.command()
 @click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of patients.")
@@ -46,6 +49,7 @@ def simulate(n: int, seed: int, out_dir: Path, fmt: str, config: str) -> None:
     for name, path in written.items():
         click.echo(f"{name}: {path}")
 
+
 def _load(source: str, path: Path):
     from response_model.sources import SourceFormatError, load_source
 
@@ -54,6 +58,7 @@ def _load(source: str, path: Path):
     except (SourceFormatError, FileNotFoundError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+
 
 @main.command()
 @click.option("--source", required=True, help="Source configuration (YAML), e.g. configs/sources/chowell2022.yaml.")
@@ -67,6 +72,7 @@ def validate(source: str, path: Path) -> None:
     loaded = _load(source, path)
     click.echo(validation_report(loaded.parsed, source, str(path)))
     sys.exit(0 if loaded.parsed.ok else 1)
+
 
 @main.command()
 @click.option("--source", required=True, help="Source configuration (YAML).")
@@ -86,6 +92,7 @@ def ingest(source: str, path: Path, out_file: Path) -> None:
     write_cohort(loaded.parsed.frame(), out_file)
     click.echo(f"wrote {len(loaded.parsed.records)} rows to {out_file}")
 
+
 @main.command()
 def regimens() -> None:
     """List the regimen catalogue: class, mechanism, usual line, trial ORR, eligibility."""
@@ -97,6 +104,7 @@ def regimens() -> None:
         rules = "; ".join(rule.reason for rule in regimen.eligibility) or "-"
         line = f"line {regimen.usual_line}" if regimen.usual_line else ""
         click.echo(f"{regimen.name:<26} {regimen.regimen_class:<20} {regimen.category:<32} {line:<7} {orr:<28} {rules}")
+
 
 @main.command()
 @click.option("--config", "config_path", default="configs/train/default.yaml", show_default=True,
@@ -116,6 +124,7 @@ def train(config_path: str, data_path: Path | None, no_register: bool) -> None:
         sys.exit(2)
     _print_training(result)
 
+
 def _print_training(result) -> None:
     click.echo(f"run: {result.run_id}")
     click.echo(f"model: {result.model_uri}")
@@ -126,12 +135,14 @@ def _print_training(result) -> None:
         click.echo(f"label: {label}")
     click.echo(f"training took {result.seconds:.0f} s")
 
+
 def _gate(config_path: str) -> tuple[dict, dict | None]:
     from response_model.config import load_yaml
 
     gate = dict(load_yaml(config_path)["gate"])
     compare = gate.pop("not_worse_than_champion", True)
     return gate, ({"metrics": ["auc"]} if compare else {"metrics": []})
+
 
 @main.command()
 @click.option("--name", required=True, help="Registered model name.")
@@ -161,6 +172,7 @@ def promote(name: str, version: str, config_path: str, source: str | None, path:
     click.echo(str(decision))
     sys.exit(0 if decision.promoted else 1)
 
+
 @main.command()
 @click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or a folder.")
 @click.option("--source", required=True, help="Source configuration (YAML) of the labelled cohort.")
@@ -179,6 +191,7 @@ def evaluate(model_uri: str, source: str, path: Path) -> None:
                    "validate`", err=True)
     click.echo(json.dumps(registry.evaluate(model_uri, loaded.parsed)))
 
+
 @main.command()
 @click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V or runs:/…")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -190,6 +203,7 @@ def export(model_uri: str, out_dir: Path) -> None:
 
     tracking.configure_tracking()
     click.echo(f"exported to {registry.export(model_uri, out_dir)}")
+
 
 @main.command()
 @click.option("--model-uri", default=None,
@@ -243,6 +257,7 @@ def run(n: int, seed: int, out_dir: Path, config_path: str) -> None:
                f"\nmodel URI: models:/{result.registered_name}/{result.registered_version} (not promoted)")
     click.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking.configure_tracking()}")
     sys.exit(0 if decision.promoted else 1)
+
 
 from response_model.service.commands import audit_group, keys_group  # noqa: E402
 
