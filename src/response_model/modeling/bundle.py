@@ -167,6 +167,16 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         for every record; with ``per_record=True`` one entry per record (a name, a list of names,
         or None for all candidates). Ineligible regimens are scored too and flagged.
         """
+        return self.score_with_features(records, regimens, per_record)[0]
+
+    def score_with_features(
+        self,
+        records: Sequence[PatientRecord],
+        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
+        per_record: bool = False,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Return :meth:`score`'s table and the feature matrix it scored (one row per table row),
+        so that explanations reuse the matrix instead of building it again."""
         records = list(records)
         default = [r.name for r in self.candidate_regimens()]
         if per_record:
@@ -191,9 +201,9 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         out["ineligible_reason"] = pd.Series(["; ".join(why) if why else None for why in reasons], dtype=object)
         for outcome in OUTCOMES:
             out[f"p_{outcome}"] = np.full(len(pairs), math.nan)
-        if not pairs:
-            return out
         X = self.features([records[i] for i, _ in pairs], [r.name for _, r in pairs])
+        if not pairs:
+            return out, X
         for regimen_class in self.regimen_classes:
             mask = (out["regimen_class"] == regimen_class).to_numpy()
             if not mask.any():
@@ -201,7 +211,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             X_class = X.loc[mask].reset_index(drop=True)
             for outcome in OUTCOMES:
                 out.loc[mask, f"p_{outcome}"] = self._probabilities((regimen_class, outcome), X_class)
-        return out
+        return out, X
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score rows of patient-record columns (plus an optional ``regimen`` column).

@@ -398,8 +398,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     records = [r.patient for r in requests]
     default = [r.name for r in bundle.candidate_regimens()]
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else default for r in requests]
-    scores = bundle.score(records, wanted, per_record=True)
-    X = bundle.features([records[i] for i in scores["row"]], list(scores["regimen"]))
+    scores, X = bundle.score_with_features(records, wanted, per_record=True)
     contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     columns: dict[tuple[str, str], list[str]] = {}
     for regimen_class in bundle.regimen_classes:
