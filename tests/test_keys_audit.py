@@ -429,12 +429,9 @@ POSTGRES_URL_ENV = "RESPONSE_MODEL_TEST_POSTGRES_URL"
 
 @pytest.fixture
 def postgres_url():
-    import os
+    from conftest import require_service
 
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_ENV} (e.g. postgresql+psycopg://user@host/db)")
-    pytest.importorskip("psycopg")
+    url = require_service(POSTGRES_URL_ENV, "PostgreSQL server (e.g. postgresql+psycopg://user@host/db)")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS audit_records")
