@@ -26,3 +26,46 @@ def simulated_small():
     from response_model.sources.simulator import simulate_cohort
 
     return simulate_cohort(2000, seed=7)
+
+
+SMOKE_PSEUDONYM_KEY = "shared-test-pseudonym-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory):
+    """The smoke model (``tests/data/train_smoke.yaml``) trained once per test session.
+
+    Returns a dict: ``tracking_uri`` (a private SQLite MLflow store), ``name`` and ``version`` of the
+    registered model, ``model_uri`` (``models:/hcc-smoke/<v>``), ``export_dir`` (a self-contained
+    exported folder that serves without the store) and ``folder`` (the working directory used).
+    The tracking URI is restored afterwards; tests that use the registry set ``MLFLOW_TRACKING_URI``
+    to ``tracking_uri`` themselves.
+    """
+    from pathlib import Path
+
+    import mlflow
+
+    from response_model.modeling.registry import export
+    from response_model.modeling.train import train
+    from response_model.privacy import PSEUDONYM_KEY_ENV
+
+    folder = tmp_path_factory.mktemp("smoke-model")
+    tracking_uri = f"sqlite:///{folder}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        mp.setenv(PSEUDONYM_KEY_ENV, SMOKE_PSEUDONYM_KEY)
+        result = train(Path(__file__).parent / "data" / "train_smoke.yaml", register=True, progress=False)
+        model_uri = f"models:/{result.registered_name}/{result.registered_version}"
+        export_dir = export(model_uri, folder / "models" / "hcc-smoke-export")
+    mlflow.set_tracking_uri(previous)
+    return {
+        "tracking_uri": tracking_uri,
+        "name": result.registered_name,
+        "version": result.registered_version,
+        "model_uri": model_uri,
+        "export_dir": Path(export_dir),
+        "folder": folder,
+        "run_id": result.run_id,
+    }
