@@ -426,3 +426,17 @@ def test_out_of_distribution_flag_names_the_features(service):
     flag = response.json()["out_of_distribution"]
     assert flag["checked"] and flag["flagged"]
     assert {"afp_log10", "bmi"} <= {item["feature"] for item in flag["features"]}
+
+
+def test_audit_record_holds_every_shap_value_and_the_base_value(registry, service):
+    client, tokens, url = service
+    answer = client.post("/v1/predictions", json={"patient": patient()}, headers=auth(tokens["clinician"])).json()
+    assert all("shap" not in it for it in answer["regimens"])
+    with AuditTrail(url) as trail:
+        entry = trail.get(answer["prediction_id"])
+    first = answer["regimens"][0]
+    stored = entry.explanations[first["regimen"]]["objective_response"]
+    assert stored["top"] == first["explanations"]["objective_response"]
+    assert len(stored["values"]) > len(stored["top"]) and "base_value" in stored and stored["scale"]
+    for shown in stored["top"]:
+        assert stored["values"][shown["feature"]] == pytest.approx(shown["contribution"], abs=1e-5)

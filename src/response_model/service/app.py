@@ -412,9 +412,9 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
             cols = getattr(model, "feature_names_in_", None)
             X_class = X.loc[mask]
             X_class = X_class if cols is None else X_class.reindex(columns=[str(c) for c in cols])
-            frame, _ = model.explain(X_class)
+            frame, base_value = model.explain(X_class)
             columns[(regimen_class, outcome)] = list(frame.columns)
-            contributions[(regimen_class, outcome)] = (np.flatnonzero(mask), frame.to_numpy())
+            contributions[(regimen_class, outcome)] = (np.flatnonzero(mask), frame.to_numpy(), base_value)
     # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
     score_rows = scores.to_dict(orient="records")
     unsequenced = [k for k, row in enumerate(score_rows)
@@ -433,7 +433,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
             item: dict[str, Any] = {
                 "regimen": regimen, "label": bundle.catalogue[regimen].label,
                 "regimen_class": row["regimen_class"], "eligible": bool(row["eligible"]),
-                "ineligible_reason": row["ineligible_reason"], "explanations": {},
+                "ineligible_reason": row["ineligible_reason"], "explanations": {}, "shap": {},
             }
             for outcome in OUTCOMES:
                 p = _finite(row[f"p_{outcome}"])
@@ -445,10 +445,13 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
                                  "band": _band(outcome, p)}
                 explained = contributions.get((row["regimen_class"], outcome))
                 if explained is not None:
-                    where, values = explained
+                    where, values, base_value = explained
                     k = int(np.searchsorted(where, position))
-                    item["explanations"][outcome] = _top(record, regimen, outcome,
-                                                         columns[(row["regimen_class"], outcome)], values[k])
+                    names = columns[(row["regimen_class"], outcome)]
+                    item["explanations"][outcome] = _top(record, regimen, outcome, names, values[k])
+                    # every feature's SHAP value, for the audit trail only (not in the answer)
+                    item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": round(float(base_value), 8),
+                                             "values": {n: round(float(v), 8) for n, v in zip(names, values[k])}}
             items.append(item)
         eligible = sorted((it for it in items if it["eligible"]),
                           key=lambda it: -(it["objective_response"]["probability"] or -1.0))
@@ -495,6 +498,9 @@ def _top(record: PatientRecord, regimen: str, outcome: str, names: list[str], va
 
 
 def _audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
+    """(outputs, explanations) of a response for its audit record; removes the full SHAP vectors
+    from the response's regimens. ``explanations[regimen][outcome]`` holds the top contributions
+    shown (``top``), the base value and every feature's SHAP value (``values``) on ``scale``."""
     outputs = {"genomics": response["genomics"], "genomic_tests": response["genomic_tests"],
                "out_of_distribution_flagged": response["out_of_distribution"].get("flagged", False),
                "regimens": {}}
@@ -504,7 +510,9 @@ def _audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
             "rank": it["rank"], "eligible": it["eligible"], "ineligible_reason": it["ineligible_reason"],
             **{o: it[o] for o in OUTCOMES},
         }
-        explanations[it["regimen"]] = it["explanations"]
+        shap_values = it.pop("shap", {})
+        explanations[it["regimen"]] = {outcome: {"top": top, **shap_values.get(outcome, {})}
+                                       for outcome, top in it["explanations"].items()}
     return outputs, explanations
 
 
@@ -657,6 +665,12 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         def dependency(request: Request) -> KeyInfo:
             return authenticate(request, roles)
         return dependency
+
+    # for routers defined in other modules (the web page, the auditors' endpoints): the same
+    # authentication and audit trail as the JSON API
+    app.state.authenticate = authenticate
+    app.state.role = role
+    app.state.audit = audit
 
     async def audit_rejection(request: Request, status: int, key: KeyInfo | None, detail: Any) -> None:
         endpoint = PREDICTION_ENDPOINTS.get(request.url.path)
