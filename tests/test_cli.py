@@ -72,7 +72,8 @@ def test_run_simulates_validates_trains_registers_and_promotes(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runner = CliRunner()
-    result = runner.invoke(main, ["run", "--n", "1200", "--out", str(tmp_path / "sim"), "--config", SMOKE])
+    result = runner.invoke(main, ["run", "--n", "1200", "--out", str(tmp_path / "sim"), "--config", SMOKE,
+                                  "--no-serve"])
     assert result.exit_code == 0, result.output
     assert "rows valid: 1200" in result.output
     assert "label: research use — trained on simulated data" in result.output

@@ -336,3 +336,21 @@ def test_pseudonymisation_without_a_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
     with pytest.raises(PseudonymKeyError, match=PSEUDONYM_KEY_ENV):
         read_table(hospital_spec(), HOSPITAL_CSV)
+
+
+def test_local_key_file_is_created_once_private_and_never_overrides_the_environment(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from response_model.privacy import ensure_local_key
+
+    path = tmp_path / ".response-model" / "pseudonym.key"
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
+    assert ensure_local_key(path) is True
+    first = os.environ[PSEUDONYM_KEY_ENV]
+    assert len(first) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.delenv(PSEUDONYM_KEY_ENV)
+    assert ensure_local_key(path) is False and os.environ[PSEUDONYM_KEY_ENV] == first
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, KEY)
+    assert ensure_local_key(tmp_path / "other.key") is False
+    assert os.environ[PSEUDONYM_KEY_ENV] == KEY and not (tmp_path / "other.key").exists()

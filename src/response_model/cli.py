@@ -228,10 +228,13 @@ def serve(model_uri: str | None, host: str, port: int, db_url: str | None) -> No
               show_default=True, help="Where the simulated cohort is written.")
 @click.option("--config", "config_path", default="configs/train/default.yaml", show_default=True,
               help="Training configuration.")
-def run(n: int, seed: int, out_dir: Path, config_path: str) -> None:
-    """The main job on the embedded default: simulate a cohort, validate it, train, register, promote.
-
-    Later stages (serve) extend this same command."""
+@click.option("--serve/--no-serve", "then_serve", default=True, show_default=True,
+              help="End by serving the champion (with a new clinician API key printed once).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, host: str, port: int) -> None:
+    """The main job on the embedded default: simulate a cohort, validate it, train, register, promote,
+    then serve the champion on http://HOST:PORT (the API, its documentation at /docs, the page at /)."""
     from response_model import tracking
     from response_model.modeling import registry
     from response_model.modeling.train import train as run_training
@@ -239,24 +242,51 @@ def run(n: int, seed: int, out_dir: Path, config_path: str) -> None:
     from response_model.sources.simulator import simulate_cohort, write_simulation
     from response_model.validate import validation_report
 
-    log.info("step 1/4: simulate %d patients (seed %d) into %s", n, seed, out_dir)
+    log.info("step 1/5: simulate %d patients (seed %d) into %s", n, seed, out_dir)
     written = write_simulation(simulate_cohort(n, seed), out_dir)
-    log.info("step 2/4: validate %s", written["cohort"])
+    log.info("step 2/5: validate %s", written["cohort"])
     loaded = load_source("sources/canonical.yaml", written["cohort"])
     click.echo(validation_report(loaded.parsed, "sources/canonical.yaml", str(written["cohort"])))
     if not loaded.parsed.ok:
         sys.exit(1)
-    log.info("step 3/4: train, evaluate and register (%s)", config_path)
+    log.info("step 3/5: train, evaluate and register (%s)", config_path)
     result = run_training(config_path, written["cohort"])
     _print_training(result)
-    log.info("step 4/4: promote version %s", result.registered_version)
+    log.info("step 4/5: promote version %s", result.registered_version)
     gate, evaluation = _gate(config_path)
     decision = registry.promote(result.registered_name, result.registered_version, gate, evaluation)
     click.echo(str(decision))
     click.echo(f"\nmodel URI: models:/{result.registered_name}@champion" if decision.promoted else
                f"\nmodel URI: models:/{result.registered_name}/{result.registered_version} (not promoted)")
     click.echo(f"browse the runs: mlflow ui --backend-store-uri {tracking.configure_tracking()}")
-    sys.exit(0 if decision.promoted else 1)
+    if not decision.promoted:
+        sys.exit(1)
+    if then_serve:
+        _serve_champion(f"models:/{result.registered_name}@champion", host, port)
+
+
+LOCAL_PSEUDONYM_KEY_FILE = Path(".response-model/pseudonym.key")
+
+
+def _serve_champion(model_uri: str, host: str, port: int) -> None:
+    """Step 5 of ``run``: a local pseudonymisation key, a clinician API key (printed once), then serve."""
+    from response_model.privacy import ensure_local_key
+    from response_model.service.app import serve as run_service
+    from response_model.service.keys import KeyStore
+
+    if ensure_local_key(LOCAL_PSEUDONYM_KEY_FILE):
+        log.warning("created a local pseudonymisation key in %s (set %s in production, from a secret store)",
+                    LOCAL_PSEUDONYM_KEY_FILE, "RESPONSE_MODEL_PSEUDONYM_KEY")
+    with KeyStore() as store:
+        created = store.create("clinician", "response-model run (local)")
+    base = f"http://{host}:{port}"
+    click.echo(f"\nclinician API key (shown once; `response-model keys revoke {created.key_id}` to revoke): "
+               f"{created.token}")
+    click.echo(f"page: {base}/   API documentation: {base}/docs\n"
+               f"curl -s -H 'Authorization: Bearer {created.token}' -H 'Content-Type: application/json' "
+               f"-d '{{\"patient\": {{\"age\": 64, \"sex\": \"male\", \"albumin\": 3.6}}}}' {base}/v1/predictions")
+    log.info("step 5/5: serve %s on %s (Ctrl-C stops)", model_uri, base)
+    run_service(model_uri, host=host, port=port)
 
 
 from response_model.service.commands import audit_group, keys_group  # noqa: E402

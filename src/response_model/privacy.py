@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
+from pathlib import Path
 
 PSEUDONYM_KEY_ENV = "RESPONSE_MODEL_PSEUDONYM_KEY"
 PSEUDONYM_LENGTH = 16  # hex digits kept
@@ -33,6 +35,27 @@ def pseudonym_key() -> bytes:
             "`python -c \"import secrets; print(secrets.token_hex(32))\"`) and keep it away from the data"
         )
     return _checked(value.encode("utf-8"), f"${PSEUDONYM_KEY_ENV}")
+
+
+def ensure_local_key(path: str | Path) -> bool:
+    """Set ``$RESPONSE_MODEL_PSEUDONYM_KEY`` from the key file ``path`` for this process, creating the
+    file (a random 256-bit key, readable by its owner only) when it does not exist.
+
+    For the embedded local default only (``response-model run``): in production the key comes from a
+    secret store and is never kept next to the data. Returns True if the file was created now; does
+    nothing (False) when the environment variable is already set.
+    """
+    if os.environ.get(PSEUDONYM_KEY_ENV):
+        return False
+    path = Path(path)
+    created = not path.exists()
+    if created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    os.environ[PSEUDONYM_KEY_ENV] = _checked(path.read_text().strip().encode("utf-8"), str(path)).decode("utf-8")
+    return created
 
 
 def _checked(key: bytes, name: str) -> bytes:
