@@ -128,14 +128,36 @@ def test_monotone_constraint_honoured():
     assert model.linear_.coefficients_["albumin"] >= 0.0
 
 
-def test_explain_is_additive_on_log_odds():
+def test_explain_is_additive_on_the_whole_models_log_odds():
     X, y, _ = _toy()
-    model = ResponseClassifier(**FAST_GBM).fit(X, y)
+    model = ResponseClassifier(linear_features=["albumin", "nlr", "tmb"], **FAST_GBM).fit(X, y)
     contributions, base = model.explain(X.iloc[:50])
-    assert list(contributions.columns) == model.gbm_features_
-    raw = model.gbm_log_odds(X.iloc[:50])
-    np.testing.assert_allclose(base + contributions.sum(axis=1).to_numpy(), raw, atol=1e-6)
-    assert list(model.feature_names_in_) == list(X.columns)
+    assert list(contributions.columns) == list(X.columns) == list(model.feature_names_in_)
+    f = model.decision_function(X.iloc[:50])
+    np.testing.assert_allclose(base + contributions.sum(axis=1).to_numpy(), f, atol=1e-6)
+    np.testing.assert_allclose(expit(f), model.predict_proba(X.iloc[:50])[:, 1], atol=1e-12)
+    # the two parts: w · logistic log-odds + (1 − w) · LightGBM raw score
+    w = model.linear_weight
+    np.testing.assert_allclose(f, w * model.linear_.decision_function(X.iloc[:50])
+                               + (1 - w) * model.gbm_log_odds(X.iloc[:50]), atol=1e-12)
+    # "noise" is outside the logistic part: only its LightGBM TreeSHAP term remains
+    gbm_only = model.gbm_.booster_.predict(X.iloc[:50][model.gbm_features_], pred_contrib=True)
+    np.testing.assert_allclose(contributions["noise"], (1 - w) * gbm_only[:, model.gbm_features_.index("noise")])
+    # a patient at the training mean of a logistic-only column gets no logistic term for it
+    linear, intercept = model.linear_.contributions(X.iloc[:5].assign(albumin=X["albumin"].mean()))
+    np.testing.assert_allclose(linear["albumin"], 0.0, atol=1e-12)
+    assert intercept == pytest.approx(model.linear_.pipeline_.named_steps["lr"].intercept_[0])
+
+
+def test_explain_with_calibration_and_missing_values():
+    X, y, _ = _toy()
+    model = ResponseClassifier(calibrate=True, **FAST_GBM).fit(X, y)
+    rows = X[X["tmb"].isna()].iloc[:10]
+    contributions, base = model.explain(rows)
+    f = base + contributions.sum(axis=1).to_numpy()
+    np.testing.assert_allclose(f, model.decision_function(rows), atol=1e-6)
+    a, b = model.calibrator_
+    np.testing.assert_allclose(expit(a + b * f), model.predict_proba(rows)[:, 1], atol=1e-9)
 
 
 def test_calibrated_model_and_missing_columns():

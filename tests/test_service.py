@@ -170,7 +170,7 @@ def test_prediction_content(registry, service):
         assert estimate["band"] in {"low", "moderate", "high"}
         top = first["explanations"][outcome]
         assert 1 <= len(top) <= 5
-        assert all(c["scale"] == "log-odds (LightGBM part)" for c in top)
+        assert all(c["scale"] == "log-odds before calibration (whole model)" for c in top)
         assert all(c["direction"].split()[0] in {"raises", "lowers"} for c in top)
         magnitudes = [abs(c["contribution"]) for c in top]
         assert magnitudes == sorted(magnitudes, reverse=True)

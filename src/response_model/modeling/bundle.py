@@ -246,7 +246,8 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         """Return {outcome: (contributions, base_value)} of the models of ``regimen``'s class.
 
         Contributions are the models' own ``explain`` output (one row per record, one column per
-        feature the model uses; LightGBM TreeSHAP on the log-odds scale for ResponseClassifier).
+        feature the model uses; for ResponseClassifier exact contributions of the whole model on
+        its log-odds scale before calibration: logistic terms + LightGBM TreeSHAP).
         """
         records = [records] if isinstance(records, PatientRecord) else list(records)
         chosen = self._regimen(regimen)

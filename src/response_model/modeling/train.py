@@ -171,7 +171,7 @@ def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, prefix: str, m
     sample = X.sample(n=min(len(X), max_rows), random_state=0) if len(X) > max_rows else X
     contributions, _ = model.explain(sample)
     tracking.log_figure(plots.shap_summary_plot(contributions, sample[contributions.columns],
-                                                f"{prefix} (LightGBM part, log-odds)"),
+                                                f"{prefix} (log-odds before calibration)"),
                         f"{prefix}/shap_summary.png")
 
 

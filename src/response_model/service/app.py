@@ -14,8 +14,8 @@ Choices documented for the clinician (also returned in every prediction):
   folds of the expected calibration error (ECE) of that regimen class × outcome model (clipped to
   [0, 1]). It is a population-level calibration margin recorded at training time, not a
   patient-specific confidence interval; the bundle holds one fitted model, no bootstrap ensemble.
-* **Explanations** — exact TreeSHAP of the LightGBM part, on its log-odds scale (the logistic
-  part and any recalibration are not included); the five largest in absolute value per outcome.
+* **Explanations** — exact additive contributions of the whole model on its log-odds scale before
+  calibration (logistic terms + LightGBM TreeSHAP); the five largest in absolute value per outcome.
 * **Clinical-only estimates** — when ``alterations`` is null, every pathway feature is missing; for
   each eligible regimen the service recomputes the probability of response as if sequenced with the
   pathway not altered (all pathways 0) and altered (that pathway 1) and reports the pathways whose
@@ -89,12 +89,12 @@ UNCERTAINTY_METHOD = (
     "calibration error (ECE) of this regimen class × outcome model, clipped to [0, 1]: a population-level "
     "calibration margin from training, not a patient-specific confidence interval"
 )
-SHAP_SCALE = "log-odds (LightGBM part)"
+SHAP_SCALE = "log-odds before calibration (whole model)"
 TOP_CONTRIBUTIONS = 5
 LIMITATIONS = [
     "Estimates are associations learned from the training cohort, not causal effects of a regimen.",
-    "Explanations cover the LightGBM part of the model only (log-odds scale); the logistic part and any "
-    "recalibration are not included.",
+    "Explanations are on the log-odds scale before any recalibration (exact for the whole model; "
+    "contributions are relative to a patient at the training mean), not on the probability scale.",
     "Uncertainty intervals are a population-level calibration margin (cross-validated ECE), not "
     "patient-specific confidence intervals.",
     "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
