@@ -206,6 +206,46 @@ def export(model_uri: str, out_dir: Path) -> None:
 
 
 @main.command()
+@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Cohort file: Parquet or CSV with the patient-record columns of the canonical table (any size).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Scores to write: .parquet or .csv (one row per patient × regimen).")
+@click.option("--explain", is_flag=True, help="Add every feature's SHAP value per outcome (shap_<outcome>__<feature>).")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:8786); default: a local cluster.")
+@click.option("--source", default=None, help="Source configuration for a non-canonical table (read whole into memory).")
+@click.option("--partition-rows", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Patients per Dask task; peak memory grows with it, not with the cohort.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local cluster (default: CPU count, at most 4).")
+@click.option("--allow-rejected", is_flag=True, help="Exit 0 even when some rows were rejected (they are still reported).")
+def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, scheduler: str | None,
+          source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool) -> None:
+    """Score a cohort file with Dask: probabilities, eligibility and rank per regimen, optionally SHAP values.
+
+    Invalid rows are written with their row number and reasons to OUTPUT.rejected.csv; the command
+    then exits 1 (0 with --allow-rejected). Exits 2 if the input cannot be read."""
+    from response_model import tracking
+    from response_model.modeling.batch import BatchInputError, score_file
+    from response_model.sources import SourceFormatError
+
+    tracking.configure_tracking()
+    try:
+        result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
+                            partition_rows=partition_rows, n_workers=workers)
+    except (BatchInputError, SourceFormatError, FileNotFoundError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    click.echo(f"scored {result.n_scored} of {result.n_read} patients: {result.n_rows} rows in {output_path} "
+               f"({result.seconds:.1f} s, {result.scores_per_second:.0f} patient-regimen scores/s)")
+    if result.n_rejected:
+        for line in result.rejected_preview:
+            click.echo(f"  rejected {line}", err=True)
+        click.echo(f"{result.n_rejected} row(s) rejected; every one with its reasons in {result.rejected_path}", err=True)
+        sys.exit(0 if allow_rejected else 1)
+
+
+@main.command()
 @click.option("--model-uri", default=None,
               help="Model to serve; default $RESPONSE_MODEL_URI, else models:/hcc-response@champion. "
                    "An exported folder under models/ serves without the tracking store.")

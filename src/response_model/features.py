@@ -128,13 +128,19 @@ def build_feature_matrix(
     ``regimens`` gives the regimen of each row (one name for all rows, or one per record); with
     ``None`` the matrix holds patient features only. Column order is :func:`feature_names`.
     """
-    rows = [_patient_features(record) for record in records]
+    # a record repeated (one row per candidate regimen) and a regimen repeated are computed once
+    by_record: dict[int, list[float]] = {}
+    for record in records:
+        if id(record) not in by_record:
+            by_record[id(record)] = _patient_features(record)
+    rows = [by_record[id(record)] for record in records]
     columns = list(patient_feature_names())
     if regimens is not None:
         per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
         if len(per_row) != len(records):
             raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
-        rows = [row + _regimen_features(name) for row, name in zip(rows, per_row)]
+        by_regimen = {name: _regimen_features(name) for name in dict.fromkeys(per_row)}
+        rows = [row + by_regimen[name] for row, name in zip(rows, per_row)]
         columns += list(regimen_feature_names())
     matrix = np.array(rows, dtype=np.float64).reshape(len(records), len(columns))
     return pd.DataFrame(matrix, columns=columns)

@@ -213,6 +213,30 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
                 out.loc[mask, f"p_{outcome}"] = self._probabilities((regimen_class, outcome), X_class)
         return out, X
 
+    def explain_scored(
+        self, scores: pd.DataFrame, X: pd.DataFrame
+    ) -> dict[tuple[str, str], tuple[np.ndarray, pd.DataFrame, float]]:
+        """Explain the rows :meth:`score_with_features` scored, one pass per regimen class × outcome.
+
+        Returns {(regimen_class, outcome): (positions, contributions, base_value)}: ``positions``
+        are the rows of ``scores`` / ``X`` of that class (ascending), ``contributions`` the model's
+        own ``explain`` output for them (one row each, in that order), ``base_value`` its base value.
+        Models without ``explain`` are left out. The service and batch scoring both call this.
+        """
+        explained = {}
+        for regimen_class in self.regimen_classes:
+            mask = (scores["regimen_class"] == regimen_class).to_numpy()
+            if not mask.any():
+                continue
+            for outcome in OUTCOMES:
+                model = self.models.get((regimen_class, outcome))
+                if model is None or not callable(getattr(model, "explain", None)):
+                    continue
+                X_class = X.loc[mask].reindex(columns=_model_columns(model, self.feature_names))
+                contributions, base_value = model.explain(X_class)
+                explained[(regimen_class, outcome)] = (np.flatnonzero(mask), contributions, base_value)
+        return explained
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score rows of patient-record columns (plus an optional ``regimen`` column).
 

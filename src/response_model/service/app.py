@@ -401,20 +401,10 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     scores, X = bundle.score_with_features(records, wanted, per_record=True)
     contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     columns: dict[tuple[str, str], list[str]] = {}
-    for regimen_class in bundle.regimen_classes:
-        mask = (scores["regimen_class"] == regimen_class).to_numpy()
-        if not mask.any():
-            continue
-        for outcome in OUTCOMES:
-            model = bundle.models.get((regimen_class, outcome))
-            if model is None or not callable(getattr(model, "explain", None)):
-                continue
-            cols = getattr(model, "feature_names_in_", None)
-            X_class = X.loc[mask]
-            X_class = X_class if cols is None else X_class.reindex(columns=[str(c) for c in cols])
-            frame, base_value = model.explain(X_class)
-            columns[(regimen_class, outcome)] = list(frame.columns)
-            contributions[(regimen_class, outcome)] = (np.flatnonzero(mask), frame.to_numpy(), base_value)
+    # the same explanation pass as batch scoring (response_model.modeling.batch)
+    for key, (where, frame, base_value) in bundle.explain_scored(scores, X).items():
+        columns[key] = list(frame.columns)
+        contributions[key] = (where, frame.to_numpy(), base_value)
     # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
     score_rows = scores.to_dict(orient="records")
     unsequenced = [k for k, row in enumerate(score_rows)

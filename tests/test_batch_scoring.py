@@ -1,0 +1,197 @@
+"""Batch scoring on Dask (response_model.modeling.batch, ``response-model score``) against the API.
+
+The API shows probabilities rounded to 4 decimals and keeps every feature's SHAP value in the
+audit trail rounded to 8; the batch output keeps full precision. The batch numbers must round to
+exactly the API's (so they agree to the API's own precision, and in fact bit for bit before it:
+both call ``bundle.score_with_features`` and ``bundle.explain_scored``), and equal the MLflow
+pyfunc's probabilities to 1e-12.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from response_model.dataset import INPUT_FIELDS, row_to_record, write_cohort
+from response_model.modeling.batch import (
+    BASE_VALUE,
+    BatchInputError,
+    score_file,
+    shap_column,
+)
+from response_model.modeling.bundle import OUTCOMES
+from response_model.regimens import candidate_regimens
+
+PSEUDONYM_KEY = "batch-test-pseudonym-key-0123456789"
+N = 24
+BAD_ROWS = {3: {"albumin": 35.0}, 10: {"sex": "robot"}, 17: {"age": -4.0}}  # input row → bad values
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A small in-process Dask cluster (two workers, one thread each) shared by the tests of this module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+        with Client(local) as client:
+            yield local, client
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """(Parquet path, CSV path, the canonical frame) of N simulated patients, three of them invalid."""
+    from response_model.sources.simulator import simulate_cohort
+
+    folder = tmp_path_factory.mktemp("batch")
+    frame = simulate_cohort(N, seed=11).cohort.copy()
+    parquet = write_cohort(frame, folder / "cohort.parquet")
+    bad = frame.astype(object)
+    for row, values in BAD_ROWS.items():
+        for column, value in values.items():
+            bad.loc[row, column] = value
+    bad.to_csv(folder / "cohort_bad.csv", index=False)
+    frame.to_csv(folder / "cohort.csv", index=False)
+    pd.DataFrame(bad).to_parquet(folder / "cohort_bad.parquet", index=False)
+    return {"parquet": parquet, "csv": folder / "cohort.csv", "bad_csv": folder / "cohort_bad.csv",
+            "bad_parquet": folder / "cohort_bad.parquet", "frame": frame, "folder": folder}
+
+
+def test_batch_scores_equal_the_api(smoke_model, cluster, cohort, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from response_model.privacy import PSEUDONYM_KEY_ENV
+    from response_model.service.app import create_app
+    from response_model.service.audit import AuditTrail
+    from response_model.service.keys import KeyStore
+
+    _, client = cluster
+    model = str(smoke_model["export_dir"])
+    out = tmp_path / "scores.parquet"
+    result = score_file(model, cohort["parquet"], out, explain=True, client=client, partition_rows=10, progress=False)
+    assert (result.n_read, result.n_scored, result.n_rejected, result.partitions) == (N, N, 0, 3)
+    batch = pd.read_parquet(out)
+    assert result.n_rows == len(batch) and batch["input_row"].is_monotonic_increasing
+    assert set(batch["input_row"]) == set(range(N))
+    assert (batch["patient_id"] == cohort["frame"]["patient_id"].to_numpy()[batch["input_row"]]).all()
+
+    # the same patients through the API (batch endpoint), audit trail in a private SQLite file
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
+    db = f"sqlite:///{tmp_path}/service.db"
+    with KeyStore(db) as store:
+        token = store.create("clinician", "batch test").token
+    records = [row_to_record(row) for row in cohort["frame"].to_dict(orient="records")]
+    patients = [{"patient": r.model_dump(mode="json", include=set(INPUT_FIELDS), exclude_none=True)} for r in records]
+    with TestClient(create_app(model, db)) as api:
+        answer = api.post("/v1/predictions:batch", json={"patients": patients},
+                          headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert all(r["ok"] for r in results)
+
+    compared = 0
+    with AuditTrail(db) as trail:
+        for index, item in enumerate(results):
+            prediction = item["prediction"]
+            stored = trail.get(prediction["prediction_id"]).explanations
+            rows = batch[batch["input_row"] == index].set_index("regimen")
+            assert sorted(rows.index) == sorted(r["regimen"] for r in prediction["regimens"])
+            for shown in prediction["regimens"]:
+                row = rows.loc[shown["regimen"]]
+                assert bool(row["eligible"]) == shown["eligible"]
+                assert (None if pd.isna(row["rank"]) else int(row["rank"])) == shown["rank"]
+                for outcome in OUTCOMES:
+                    assert round(float(row[f"p_{outcome}"]), 4) == shown[outcome]["probability"]
+                    kept = stored[shown["regimen"]][outcome]
+                    assert round(float(row[shap_column(outcome, BASE_VALUE)]), 8) == kept["base_value"]
+                    for feature, value in kept["values"].items():
+                        assert round(float(row[shap_column(outcome, feature)]), 8) == value, (feature, outcome)
+                        compared += 1
+                    for top in shown["explanations"][outcome]:
+                        assert round(float(row[shap_column(outcome, top["feature"])]), 5) == top["contribution"]
+    assert compared > N * len(candidate_regimens()) * 2 * 10
+
+    # the MLflow pyfunc (the deployable unit) gives the same probabilities, unrounded
+    pyfunc = mlflow.pyfunc.load_model(model)
+    direct = pyfunc.predict(cohort["frame"][[c for c in INPUT_FIELDS if c != "patient_id"]])
+    merged = batch.merge(direct, left_on=["input_row", "regimen"], right_on=["row", "regimen"])
+    assert len(merged) == len(batch)
+    for outcome in OUTCOMES:
+        np.testing.assert_allclose(merged[f"p_{outcome}_x"], merged[f"p_{outcome}_y"], rtol=0, atol=1e-12)
+
+
+def test_csv_and_parquet_inputs_and_outputs_agree(smoke_model, cluster, cohort, tmp_path):
+    _, client = cluster
+    model = str(smoke_model["export_dir"])
+    outputs = {}
+    for name, source, target in (("parquet", cohort["parquet"], tmp_path / "a.parquet"),
+                                 ("csv", cohort["csv"], tmp_path / "b.csv")):
+        result = score_file(model, source, target, explain=True, client=client, partition_rows=7, progress=False)
+        assert result.n_rejected == 0 and result.partitions == math.ceil(N / 7)
+        outputs[name] = pd.read_parquet(target) if target.suffix == ".parquet" else pd.read_csv(target)
+    a, b = outputs["parquet"], outputs["csv"]
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    assert (a["regimen"].to_numpy() == b["regimen"].to_numpy()).all()
+    assert (a["patient_id"].to_numpy() == b["patient_id"].to_numpy()).all()
+    numeric = [c for c in a.columns if c.startswith(("p_", "shap_"))]
+    # CSV keeps 17 significant digits (pandas writes repr), so the values survive the round trip
+    np.testing.assert_allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(a["rank"].fillna(0).to_numpy(), b["rank"].fillna(0).to_numpy())
+    assert a["label"].eq("research use — trained on simulated data").all()
+
+
+@pytest.mark.parametrize("kind", ["bad_csv", "bad_parquet"])
+def test_bad_rows_are_reported_with_their_row_number_never_dropped(smoke_model, cluster, cohort, tmp_path, kind):
+    _, client = cluster
+    out = tmp_path / "scores.csv"
+    result = score_file(str(smoke_model["export_dir"]), cohort[kind], out, client=client, partition_rows=8,
+                        progress=False)
+    assert (result.n_read, result.n_scored, result.n_rejected) == (N, N - len(BAD_ROWS), len(BAD_ROWS))
+    rejected = pd.read_csv(result.rejected_path)
+    assert rejected["input_row"].tolist() == sorted(BAD_ROWS)
+    messages = dict(zip(rejected["input_row"], rejected["errors"]))
+    assert messages[3].startswith("albumin: 35") and "g/L" in messages[3]
+    assert messages[10].startswith("sex:") and "robot" in messages[10]
+    assert messages[17].startswith("age:")
+    scored = pd.read_csv(out)
+    assert set(scored["input_row"]) == set(range(N)) - set(BAD_ROWS)
+
+
+def test_score_command_on_a_running_scheduler(smoke_model, cluster, cohort, tmp_path):
+    from response_model.cli import main
+
+    local, _ = cluster
+    out = tmp_path / "scores.parquet"
+    args = ["score", "--model-uri", str(smoke_model["export_dir"]), "--input", str(cohort["bad_csv"]),
+            "--output", str(out), "--scheduler", local.scheduler_address, "--partition-rows", "10"]
+    runner = CliRunner()
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 1, refused.output
+    assert "3 row(s) rejected" in refused.output and "rejected row 3: albumin: 35" in refused.output
+    assert "SIM-" not in refused.output  # no patient ids on the console
+    assert len(pd.read_parquet(out)) == (N - len(BAD_ROWS)) * len(candidate_regimens())
+    allowed = runner.invoke(main, [*args, "--allow-rejected"])
+    assert allowed.exit_code == 0, allowed.output
+    unreadable = tmp_path / "notes.csv"
+    unreadable.write_text("age,sex,favourite_colour\n60,male,blue\n")
+    bad_columns = runner.invoke(main, ["score", "--model-uri", str(smoke_model["export_dir"]), "--input",
+                                       str(unreadable), "--output", str(tmp_path / "x.csv"),
+                                       "--scheduler", local.scheduler_address])
+    assert bad_columns.exit_code == 2 and "favourite_colour" in bad_columns.output
+
+
+def test_unknown_columns_and_file_types_are_refused(tmp_path):
+    from response_model.modeling.batch import read_partitions
+
+    path = tmp_path / "cohort.xlsx"
+    path.write_text("x")
+    with pytest.raises(BatchInputError, match="unknown file type"):
+        next(read_partitions(path))
+    path = tmp_path / "cohort.csv"
+    path.write_text("age,colour\n60,blue\n")
+    with pytest.raises(BatchInputError, match="unexpected column.*colour"):
+        next(read_partitions(path))
