@@ -58,6 +58,7 @@ from response_model.pathways import load_pathways
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
 from response_model.service.audit import AuditTrail, input_digest, strings_in
+from response_model.service.auditor import router as auditor_router
 from response_model.service.keys import KeyInfo, KeyStore, make_engine
 from response_model.service.models import (
     MAX_BATCH,
@@ -834,6 +835,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         log.info("key %s reloaded the model: %s", key.key_id, current.names())
         return {"previous": previous.names() if previous else {}, "current": current.names()}
 
+    app.include_router(auditor_router)  # GET /v1/predictions[/{id}|:export]: the trail, for auditors
     return app
 
 

@@ -1,16 +1,27 @@
 """Command-line commands for API keys and the audit trail, registered on the main CLI elsewhere:
-``keys_group`` (``keys create | list | revoke``) and ``audit_group`` (``audit verify``)."""
+``keys_group`` (``keys create | list | revoke``) and ``audit_group`` (``audit verify | export``)."""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import sys
+from pathlib import Path
 
 import click
 import sqlalchemy as sa
 
-from response_model.service.audit import AuditError, AuditTrail
+from response_model.service.audit import (
+    EXPORT_COLUMNS,
+    EXPORT_FORMATS,
+    SHAP_PREFIX,
+    AuditError,
+    AuditTrail,
+    FilterError,
+    parse_filter,
+    start_export,
+)
 from response_model.service.keys import (
     DB_URL_ENV,
     DEFAULT_DB_FILE,
@@ -118,7 +129,7 @@ def keys_revoke(key_id: str, db_url: str | None) -> None:
 
 @click.group("audit", context_settings=_CONTEXT)
 def audit_group() -> None:
-    """Check the tamper-evident audit trail of prediction requests."""
+    """Check and export the tamper-evident audit trail of prediction requests."""
 
 
 @audit_group.command("verify", context_settings=_CONTEXT)
@@ -144,3 +155,63 @@ def audit_verify(db_url: str | None) -> None:
         err=True,
     )
     sys.exit(1)
+
+
+CLI_EXPORT_ENDPOINT = "CLI audit export"
+
+
+@audit_group.command("export", context_settings=_CONTEXT)
+@_db_option
+@click.option("--from", "from_", metavar="TIME", default=None,
+              help="Start of the window, inclusive: ISO 8601 with a zone (2026-11-27T09:00:00Z, …+01:00) or a "
+                   "date (00:00 UTC).")
+@click.option("--to", metavar="TIME", default=None, help="End of the window, exclusive (same forms as --from).")
+@click.option("--model-version", default=None, help="Only records made by this registered model version.")
+@click.option("--regimen", default=None, help="Only predictions covering this regimen id (configs/regimens.yaml).")
+@click.option("--status", type=click.Choice(("accepted", "rejected")), default=None,
+              help="Only accepted or only rejected requests (default: both).")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
+              help="csv or parquet (default: from the --out suffix, else csv).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write (replaced if it exists).")
+def audit_export(db_url, from_, to, model_version, regimen, status, fmt, out: Path) -> None:
+    """Export the prediction records of a filter as one flat CSV or Parquet table.
+
+    The same rows and columns as the API's GET /v1/predictions:export: one row per prediction ×
+    regimen × outcome (a rejected request: one row with regimen and outcome empty) with time, key id
+    and role, model name and version, input digest, patient pseudonym, probability, interval, band,
+    rank, the explanation's scale and base value, and the SHAP value of every feature in wide
+    columns shap.<feature>. The export itself is recorded in the audit trail (endpoint
+    'CLI audit export', with the operating-system user, the filter and the number of records).
+    """
+    if fmt is None:
+        fmt = "parquet" if out.suffix.lower() in (".parquet", ".pq") else "csv"
+    try:
+        flt = parse_filter(from_=from_, to=to, model_version=model_version, regimen=regimen, status=status)
+    except FilterError as exc:
+        raise click.UsageError("\n".join(e["message"] for e in exc.errors)) from None
+    with _clean_errors(), AuditTrail(db_url, create=False) as trail:
+        export = start_export(trail, flt)
+        trail.append({"endpoint": CLI_EXPORT_ENDPOINT, "status": "accepted", "http_status": 200,
+                      "detail": {"access": "export", "os_user": _os_user(), "filter": flt.as_dict(),
+                                 "format": fmt, "n_records": export.n_records, "through_seq": export.through_seq,
+                                 "file": out.name}})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        try:
+            with partial.open("wb") as handle:
+                for chunk in export.chunks(fmt):
+                    handle.write(chunk)
+            partial.replace(out)
+        finally:
+            partial.unlink(missing_ok=True)
+    n_features = len(export.columns) - len(EXPORT_COLUMNS)
+    click.echo(f"wrote {export.n_records} records ({fmt}, {len(export.columns)} columns of which "
+               f"{n_features} {SHAP_PREFIX}<feature>) through record {export.through_seq} to {out}", err=True)
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return None
