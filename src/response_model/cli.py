@@ -252,13 +252,25 @@ def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, sc
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL of the keys and audit store; default service.db.")
-def serve(model_uri: str | None, host: str, port: int, db_url: str | None) -> None:
+@click.option("--fallback-model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="RESPONSE_MODEL_FALLBACK_MODEL_DIR", show_envvar=True,
+              help="Exported model folder (response-model export) served, loudly labelled, when the model URI "
+                   "cannot be loaded at start-up (tracking server unreachable). Without it the service exits.")
+def serve(model_uri: str | None, host: str, port: int, db_url: str | None, fallback_model_dir: Path | None) -> None:
     """Serve predictions over HTTP (FastAPI): API keys, a durable audit trail, the model loaded once."""
+    import os
+
+    import mlflow
+
     from response_model import tracking
     from response_model.service.app import serve as run_service
 
-    tracking.configure_tracking()
-    run_service(model_uri, host=host, port=port, db_url=db_url)
+    # only point MLflow at the store: serving creates no experiment, and an unreachable tracking server
+    # is the service's to handle (fallback folder, or exit naming the URI and the error)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    run_service(model_uri, host=host, port=port, db_url=db_url, fallback_model_dir=fallback_model_dir)
 
 
 @main.command()

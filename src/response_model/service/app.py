@@ -58,6 +58,7 @@ from response_model.pathways import load_pathways
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
 from response_model.service.audit import AuditTrail, input_digest, strings_in
+from response_model.service.guard import BodyGuard, replay
 from response_model.service.auditor import router as auditor_router
 from response_model.service.keys import KeyInfo, KeyStore, make_engine
 from response_model.service.models import (
@@ -195,6 +196,8 @@ class LoadedModel:
     uri: str
     name: str | None
     version: str | None
+    #: why an exported fallback folder is serving instead of ``uri`` of the registry (None normally)
+    fallback: str | None = None
 
     @classmethod
     def load(cls, uri: str) -> LoadedModel:
@@ -581,8 +584,62 @@ def check_alias(holder: ModelHolder, uri: str) -> bool:
     return True
 
 
+FALLBACK_ENV = "RESPONSE_MODEL_FALLBACK_MODEL_DIR"
+FALLBACK_VERSION_NOTE = "(FALLBACK: exported folder)"
+
+
+class ModelUnavailableError(RuntimeError):
+    """Neither the model URI nor a fallback folder could be loaded at start-up: the service does not start."""
+
+
+def _reason(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def load_at_start(holder: ModelHolder, uri: str, fallback_dir: str | Path | None = None) -> LoadedModel:
+    """Load ``uri`` into ``holder``; if that fails, load the exported model folder ``fallback_dir``.
+
+    Returns the model in service. A fallback model says so loudly: a CRITICAL log line, its
+    ``fallback`` reason (shown by ``/readyz`` and ``/v1/model``) and a version such as
+    ``"3 (FALLBACK: exported folder)"`` in every answer and audit record. The periodic alias check
+    (or ``POST /v1/admin/reload``) switches back to ``uri`` once the registry answers again.
+    Raises :class:`ModelUnavailableError`, naming the URI and the error, when there is no fallback
+    folder or it does not load either: the service never serves without a model.
+    """
+    try:
+        holder.load(uri)
+        return holder.current
+    except Exception as error:  # noqa: BLE001 - any failure to load: fall back or stop, saying why
+        reason = _reason(error)
+    if not fallback_dir:
+        message = (f"cannot serve: the model {uri} could not be loaded ({reason}); no fallback model folder is "
+                   f"configured (--fallback-model-dir or ${FALLBACK_ENV}); the service does not run without a model")
+        log.critical(message)
+        raise ModelUnavailableError(message)
+    folder = Path(fallback_dir)
+    try:
+        exported = LoadedModel.load(str(folder))
+    except Exception as error:  # noqa: BLE001 - neither loads: stop
+        message = (f"cannot serve: the model {uri} could not be loaded ({reason}), nor the fallback model folder "
+                   f"{folder} ({_reason(error)}); the service does not run without a model")
+        log.critical(message)
+        raise ModelUnavailableError(message) from None
+    note = f"{uri} could not be loaded at start-up ({reason}); serving the exported model folder {folder}"
+    import dataclasses
+
+    model = dataclasses.replace(exported, version=f"{exported.version or 'unknown'} {FALLBACK_VERSION_NOTE}",
+                                fallback=note)
+    with holder._reload_lock:
+        holder._current = model
+    log.critical("FALLBACK MODEL IN SERVICE: %s (%s version %s); every answer names version %r until the "
+                 "registry model is loaded again (alias check or POST /v1/admin/reload)",
+                 note, exported.name, exported.version, model.version)
+    return model
+
+
 def create_app(model_uri: str | None = None, db_url: str | None = None,
-               alias_check: float | None = None) -> FastAPI:
+               alias_check: float | None = None, fallback_model_dir: str | Path | None = None) -> FastAPI:
     """The service app: loads ``model_uri`` (default :func:`default_model_uri`) once at start-up.
 
     ``db_url``: SQLAlchemy URL of the key store and audit trail (default ``$RESPONSE_MODEL_DB_URL``
@@ -590,12 +647,16 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     ``$RESPONSE_MODEL_PSEUDONYM_KEY`` is unset: the audit trail could not pseudonymise patient ids.
     For an alias URI (``models:/NAME@champion``) the alias is checked every ``alias_check``
     seconds (default :func:`alias_check_seconds`; 0 = never) and a newly promoted version swapped in.
+    ``fallback_model_dir`` (default ``$RESPONSE_MODEL_FALLBACK_MODEL_DIR``): an exported model folder
+    served, loudly labelled, when ``model_uri`` cannot be loaded at start-up (see :func:`load_at_start`).
+    Request bodies are limited in size and checked for duplicate keys (:mod:`response_model.service.guard`).
     """
     try:
         pseudonym_key()
     except PseudonymKeyError as error:
         raise PseudonymKeyError(f"cannot start the prediction service: {error}") from None
     uri = model_uri or default_model_uri()
+    fallback = fallback_model_dir or os.environ.get(FALLBACK_ENV, "").strip() or None
     holder = ModelHolder()
     state: dict[str, Any] = {}
 
@@ -604,7 +665,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         engine = make_engine(db_url)
         state["keys"], state["audit"] = KeyStore(engine), AuditTrail(engine)
         log.info("loading model %s", uri)
-        await run_in_threadpool(holder.load, uri)
+        await run_in_threadpool(load_at_start, holder, uri, fallback)
         current = holder.current
         log.info("model %s version %s loaded; ready", current.name, current.version)
         interval = alias_check_seconds() if alias_check is None else float(alias_check)
@@ -707,6 +768,21 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         await audit_rejection(request, 422, key, {"errors": errors})
         return JSONResponse({"errors": errors}, status_code=422)
 
+    async def _guard_reject(scope: dict, body: bytes | None, status: int, errors: list[dict[str, Any]]):
+        """The answer to a body the guard refused (413 too large, 422 duplicate key): authenticated
+        first, and audited on the prediction endpoints, like any other rejection."""
+        request = Request(scope, receive=replay(body))
+        if scope["path"] in PREDICTION_ENDPOINTS or scope["path"] == "/v1/admin/reload":
+            roles = ("admin",) if scope["path"] == "/v1/admin/reload" else CLINICAL_ROLES
+            try:
+                key = await run_in_threadpool(authenticate, request, roles)
+            except AuthError as auth:
+                return await _auth_error(request, auth)
+            await audit_rejection(request, status, key, {"errors": errors})
+        return JSONResponse({"errors": errors}, status_code=status)
+
+    app.add_middleware(BodyGuard, reject=_guard_reject, json_paths=[*PREDICTION_ENDPOINTS, "/v1/admin/reload"])
+
     # -- probes --------------------------------------------------------------------------------
 
     @app.get("/healthz", tags=["probes"])
@@ -718,7 +794,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         model = holder.current
         if model is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ready", **model.names()}
+        return {"status": "ready", **model.names(), **({"fallback": model.fallback} if model.fallback else {})}
 
     # -- predictions -----------------------------------------------------------------------------
 
@@ -822,7 +898,8 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
                 "training_date": meta.get("training_date"), "data_digest": meta.get("data_digest"),
                 "metrics": metrics, "intended_use": meta.get("intended_use"), "limitations": LIMITATIONS,
                 "label": meta.get("label"), "regimen_classes": list(loaded.bundle.regimen_classes),
-                "candidate_regimens": [r.name for r in loaded.bundle.candidate_regimens()]}
+                "candidate_regimens": [r.name for r in loaded.bundle.candidate_regimens()],
+                "fallback": loaded.fallback}
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, tags=["admin"])
     def reload(body: ReloadRequest | None = None, key: KeyInfo = Depends(role("admin"))):
@@ -839,8 +916,11 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     return app
 
 
-def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None) -> None:
-    """Run the service with uvicorn (one process; the model is loaded once at start-up)."""
+def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None,
+          fallback_model_dir: str | Path | None = None) -> None:
+    """Run the service with uvicorn (one process; the model is loaded once at start-up). Exits non-zero
+    (uvicorn's start-up failure) when neither the model nor a fallback folder loads."""
     import uvicorn
 
-    uvicorn.run(create_app(model_uri, db_url), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model_uri, db_url, fallback_model_dir=fallback_model_dir), host=host, port=port,
+                log_level="info")

@@ -172,6 +172,10 @@ class ModelInfo(BaseModel):
     label: str | None
     regimen_classes: list[str]
     candidate_regimens: list[str]
+    fallback: str | None = Field(
+        default=None, description="Set when the registry model could not be loaded at start-up and an exported "
+                                  "fallback folder is serving instead: why, and which folder",
+    )
 
 
 class ReloadRequest(BaseModel):
