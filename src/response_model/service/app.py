@@ -699,14 +699,18 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     def audit(records: list[dict[str, Any]]) -> None:
         state["audit"].append_many(records)
 
-    def _server_error(base: dict[str, Any], error: Exception) -> JSONResponse:
+    def _server_failure(base: dict[str, Any], error: Exception) -> dict[str, Any]:
         log.exception("prediction failed")
         message = f"the prediction failed ({type(error).__name__}); the request was recorded in the audit trail"
         audit([{**base, "status": "rejected", "http_status": 500, "detail": {"error": message}}])
-        return JSONResponse({"detail": message}, status_code=500)
+        return {"detail": message}
 
-    def authenticate(request: Request, roles: Sequence[str]) -> KeyInfo:
-        key = state["keys"].authenticate(_bearer(request))
+    def _server_error(base: dict[str, Any], error: Exception) -> JSONResponse:
+        return JSONResponse(_server_failure(base, error), status_code=500)
+
+    def authenticate(request: Request, roles: Sequence[str], token: str | None = None) -> KeyInfo:
+        """The key of ``token`` (default: the request's bearer token); AuthError 401 / 403 otherwise."""
+        key = state["keys"].authenticate(token if token is not None else _bearer(request))
         if key is None:
             raise AuthError(401, "missing or invalid API key; send 'Authorization: Bearer <key>'")
         if key.role not in roles:
@@ -729,6 +733,11 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         if endpoint is None or request.method != "POST":
             return
         body, digest = await _body_json(request)
+        await run_in_threadpool(record_rejection, endpoint, status, key, body, digest, detail)
+
+    def record_rejection(endpoint: str, status: int, key: KeyInfo | None, body: Any, digest: str | None,
+                         detail: Any) -> None:
+        """Append the audit record of a rejected prediction request (raw patient id pseudonymised)."""
         model = holder.current
         patient_id = _raw_patient_id(body) if status != 401 else None
         record = {"endpoint": endpoint, "status": "rejected", "http_status": status,
@@ -736,10 +745,10 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
                   "model_name": model.name if model else None, "model_version": model.version if model else None,
                   "input_digest": digest, "patient_id": patient_id, "detail": detail}
         try:
-            await run_in_threadpool(audit, [record])
+            audit([record])
         except Exception:  # the record naming the raw id elsewhere, etc.: keep a record without it
             record["patient_id"] = None
-            await run_in_threadpool(audit, [record])
+            audit([record])
 
     @app.exception_handler(AuthError)
     async def _auth_error(request: Request, exc: AuthError):
@@ -801,31 +810,41 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     responses_doc = {401: {"description": "No or bad API key"}, 403: {"description": "Wrong role"},
                      422: {"model": ErrorResponse, "description": "Field-level validation errors"}}
 
-    @app.post("/v1/predictions", response_model=PredictionResponse, tags=["predictions"], responses=responses_doc)
-    def predict(body: PredictionRequest, request: Request, key: KeyInfo = Depends(role(*CLINICAL_ROLES))):
+    def predict_one(body: PredictionRequest, key: KeyInfo, endpoint: str) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, answer) of one valid prediction request, audited before it returns: 200 and the
+        prediction, 422 and ``{"errors": [...]}``, or 500 and ``{"detail": ...}``."""
         loaded = holder.require()
         digest = input_digest(body.model_dump(mode="json"))
         errors = _regimen_errors(loaded.bundle, body.regimens)
         patient_id = body.patient_id or body.patient.patient_id
-        base = {"endpoint": PREDICTION_ENDPOINTS["/v1/predictions"], "key_id": key.key_id, "role": key.role,
+        base = {"endpoint": endpoint, "key_id": key.key_id, "role": key.role,
                 "model_name": loaded.name, "model_version": loaded.version, "input_digest": digest,
                 "patient_id": patient_id}
         if errors:
             audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
-            return JSONResponse({"errors": errors}, status_code=422)
+            return 422, {"errors": errors}
         try:
             response = predict_many(loaded, [body])[0]
         except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
-            return _server_error(base, error)
+            return 500, _server_failure(base, error)
         outputs, explanations = _audit_outputs(response)
         if _echoes(patient_id, outputs, explanations):
             errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
             audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
-            return JSONResponse({"errors": errors}, status_code=422)
+            return 422, {"errors": errors}
         audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                 "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
                 "explanations": explanations}])
-        return response
+        return 200, response
+
+    # for the clinician page (web.py): the same prediction, audit records and rejections as the JSON API
+    app.state.predict_one = predict_one
+    app.state.record_rejection = record_rejection
+
+    @app.post("/v1/predictions", response_model=PredictionResponse, tags=["predictions"], responses=responses_doc)
+    def predict(body: PredictionRequest, request: Request, key: KeyInfo = Depends(role(*CLINICAL_ROLES))):
+        status, answer = predict_one(body, key, PREDICTION_ENDPOINTS["/v1/predictions"])
+        return answer if status == 200 else JSONResponse(answer, status_code=status)
 
     @app.post("/v1/predictions:batch", response_model=BatchResponse, tags=["predictions"],
               responses={**responses_doc, 413: {"description": f"More than {MAX_BATCH} patients"}})
@@ -913,6 +932,9 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         return {"previous": previous.names() if previous else {}, "current": current.names()}
 
     app.include_router(auditor_router)  # GET /v1/predictions[/{id}|:export]: the trail, for auditors
+    from response_model.service.web import router as page  # imports this module: here, not at the top
+
+    app.include_router(page)  # the clinician page at /
     return app
 
 

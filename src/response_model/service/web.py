@@ -1,0 +1,564 @@
+"""The clinician page at ``/``: a server-rendered form (Jinja2, plain HTML and CSS, no JavaScript).
+
+A clinician signs in by pasting their API key (``POST /sign-in``); the key is kept in an HttpOnly,
+``SameSite=Strict`` cookie — never logged, never written into a page — and ``POST /sign-out`` clears
+it. Predicting needs the clinician or admin role; a missing or revoked key renders the sign-in page
+(401), another role a page saying which roles may use it (403).
+
+CSRF: besides the ``SameSite=Strict`` cookies (not sent with requests started by another site), every
+form carries a per-browser-session token that must equal the HttpOnly ``rm_csrf`` cookie (double
+submit); the token is renewed at sign-in. A form without it, or with another, is refused (403).
+
+The form is generated from :class:`~response_model.schema.PatientRecord` (field types, descriptions,
+units) and ``configs/ranges.yaml`` (plausible ranges); a pasted JSON record is the alternative. Both
+go through the JSON API's code: :func:`~response_model.service.app.request_errors` for the
+field-level messages (the CLI's texts, shown beside their fields) and ``app.state.predict_one`` for
+the prediction and its audit record; rejected submissions are audited like the API's 401/403/422s.
+The raw patient id is never written back into a page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import types
+import urllib.parse
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from typing import Any, Union, get_args, get_origin
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from response_model.modeling.bundle import OUTCOMES
+from response_model.schema import PatientRecord, cancer_types, field_ranges
+from response_model.service.app import CLINICAL_ROLES, AuthError, request_errors
+from response_model.service.audit import input_digest
+from response_model.service.keys import ROLES, KeyInfo
+from response_model.service.models import PredictionRequest
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+SESSION_COOKIE = "rm_session"
+CSRF_COOKIE = "rm_csrf"
+CSRF_FIELD = "csrf_token"
+PAGE_ENDPOINT = "POST / (clinician page)"
+MAX_FORM_BYTES = 256 * 1024  # the service's body guard (guard.py) refuses larger bodies first by default
+#: what the alterations box accepts for "sequenced, nothing found" (empty = not sequenced)
+NOTHING_FOUND = ("none", "[]", "none found")
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",  # patient data: not kept in the browser's or a proxy's cache
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("response_model.service", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _percent(p: float | None) -> str:
+    return "—" if p is None else f"{100 * p:.0f} %"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}".replace("-", "−")
+
+
+_ENV.filters["percent"] = _percent
+_ENV.filters["signed"] = _signed
+
+
+# -- the form, generated from the schema ---------------------------------------------------------
+
+#: the first field of each group of the form, in the schema's order (later fields join the group)
+_GROUP_STARTS = {
+    "age": "Patient", "aetiology": "Liver", "bclc_stage": "Tumour", "nlr": "Blood counts",
+    "bmi": "Lifestyle", "line_of_therapy": "Treatment context", "pdl1_tps": "Tumour microenvironment",
+    "alterations": "Genomics",
+}
+_ACRONYMS = {"bclc", "afp", "inr", "nlr", "tmb", "msi", "bmi", "ecog", "cd8", "hla", "loh", "hed", "fcna", "iv"}
+_LABELS = {"child_pugh_class": "Child-Pugh class", "pdl1_tps": "PD-L1 TPS", "pdl1_cps": "PD-L1 CPS",
+           "largest_lesion_cm": "Largest lesion", "teff_signature": "T-effector signature",
+           "treg_signature": "Treg signature"}
+_ALTERATIONS_HELP = ("compact text separated by ';', e.g. CTNNB1 p.S45P; FGF19 amp; TERT promoter — "
+                     "empty = not sequenced; 'none' = sequenced, nothing found")
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of the form: a field of the patient record."""
+
+    name: str
+    label: str
+    kind: str  # number, integer, choice, text or alterations
+    unit: str | None = None
+    help: str | None = None
+    choices: tuple[tuple[str, str], ...] = ()  # (value, text); "" = missing
+    default: str = ""
+    required: bool = False
+
+
+def _humanise(name: str) -> str:
+    if name in _LABELS:
+        return _LABELS[name]
+    words = [w.upper() if w in _ACRONYMS else w for w in name.split("_")]
+    text = " ".join(words)
+    return text[0].upper() + text[1:]
+
+
+def _plain(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def _base_type(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _form_field(name: str) -> FormField:
+    info = PatientRecord.model_fields[name]
+    base = _base_type(info.annotation)
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    spec = field_ranges().get(name)
+    unit = extra.get("unit") or (spec.unit if spec else None)
+    notes = [info.description] if info.description else []
+    if spec is not None:
+        notes.append(f"plausible {_plain(spec.min)}–{_plain(spec.max)} {spec.unit}")
+    common = {"name": name, "label": _humanise(name), "unit": unit, "required": info.is_required()}
+    if name == "cancer_type":
+        return FormField(**common, kind="choice", choices=tuple((c, c) for c in cancer_types()),
+                         default=str(info.default), help="; ".join(notes) or None)
+    if get_origin(base) is list:
+        return FormField(**common, kind="alterations", help=_ALTERATIONS_HELP)
+    if isinstance(base, type) and issubclass(base, Enum):
+        choices = (("", "missing"),) + tuple((m.value, m.value.replace("_", " ")) for m in base)
+        if info.is_required():
+            choices = choices[1:]
+        return FormField(**common, kind="choice", choices=choices, help="; ".join(notes) or None)
+    if base is bool:
+        return FormField(**common, kind="choice", choices=(("", "missing"), ("true", "yes"), ("false", "no")),
+                         help="; ".join(notes) or None)
+    kind = "integer" if base is int else "number" if base is float else "text"
+    return FormField(**common, kind=kind, help="; ".join(notes) or None)
+
+
+@lru_cache(maxsize=1)
+def form_groups() -> tuple[tuple[str, tuple[FormField, ...]], ...]:
+    """The form's fieldsets: (title, fields) in the schema's order; every record field but patient_id."""
+    groups: list[tuple[str, list[FormField]]] = []
+    for name in PatientRecord.model_fields:
+        if name == "patient_id":
+            continue
+        if name in _GROUP_STARTS or not groups:
+            groups.append((_GROUP_STARTS.get(name, "Patient"), []))
+        groups[-1][1].append(_form_field(name))
+    return tuple((title, tuple(fields)) for title, fields in groups)
+
+
+def form_fields() -> dict[str, FormField]:
+    """Every input of the form by name."""
+    return {f.name: f for _, fields in form_groups() for f in fields}
+
+
+class Form:
+    """A parsed ``application/x-www-form-urlencoded`` body."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._values = urllib.parse.parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+
+    def get(self, name: str) -> str:
+        values = self._values.get(name)
+        return values[0] if values else ""
+
+    def getlist(self, name: str) -> list[str]:
+        return list(self._values.get(name, []))
+
+
+def _number(text: str, kind: str) -> Any:
+    """A finite number from the text of a numeric input, or the text itself (the schema then says why)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    if kind == "integer":
+        return int(value) if value.is_integer() else text
+    return value
+
+
+def patient_from_fields(form: Form) -> tuple[dict[str, Any], dict[str, str]]:
+    """(patient dict for the schema, the texts entered by field); empty inputs are missing values."""
+    entered = {name: form.get(name).strip() or field.default for name, field in form_fields().items()}
+    patient: dict[str, Any] = {}
+    for name, field in form_fields().items():
+        text = entered[name]
+        if not text:
+            continue
+        if field.kind == "alterations":
+            patient[name] = [] if text.lower() in NOTHING_FOUND else text
+        elif field.kind in ("number", "integer"):
+            patient[name] = _number(text, field.kind)
+        elif field.kind == "choice" and set(dict(field.choices)) == {"", "true", "false"}:
+            patient[name] = text == "true" if text in ("true", "false") else text
+        else:
+            patient[name] = text
+    return patient, entered
+
+
+def _form_target(error_field: str, source: str) -> str:
+    """The input an API error belongs beside: ``patient.albumin`` → ``albumin``; JSON errors → the JSON box."""
+    if error_field.startswith("regimens"):
+        return "regimens"
+    if source == "json":
+        return "patient_json"
+    if error_field == "patient_id":
+        return "patient_id"
+    parts = error_field.split(".")
+    if parts[0] == "patient":
+        parts = parts[1:]
+    name = parts[0] if parts else ""
+    return name if name in form_fields() else "form"
+
+
+# -- sessions and CSRF -----------------------------------------------------------------------------
+
+
+def _csrf(request: Request) -> tuple[str, bool]:
+    """(the browser session's CSRF token, whether it is new and must be set as a cookie)."""
+    token = request.cookies.get(CSRF_COOKIE, "")
+    if 20 <= len(token) <= 100 and token.replace("-", "").replace("_", "").isalnum():
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def _csrf_ok(request: Request, form: Form) -> bool:
+    cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get(CSRF_FIELD)
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+
+
+def _set_cookie(response: Response, request: Request, name: str, value: str) -> None:
+    response.set_cookie(name, value, httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+
+
+def _render(request: Request, template: str, status: int = 200, *, clear_session: bool = False,
+            **context: Any) -> HTMLResponse:
+    token, is_new = _csrf(request)
+    html = _ENV.get_template(template).render(csrf_token=token, csrf_field=CSRF_FIELD, **context)
+    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+    if is_new:
+        _set_cookie(response, request, CSRF_COOKIE, token)
+    if clear_session:
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _redirect(request: Request) -> RedirectResponse:
+    return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+
+
+def _session_key(request: Request, roles: tuple[str, ...]) -> KeyInfo:
+    """The signed-in key with one of ``roles``; AuthError 401 (no or bad key) or 403 (role)."""
+    token = request.cookies.get(SESSION_COOKIE, "")
+    if not token:
+        raise AuthError(401, "not signed in")
+    return request.app.state.authenticate(request, roles, token=token)
+
+
+def _auth_page(request: Request, error: AuthError, **context: Any) -> HTMLResponse:
+    if error.status_code == 401:
+        signed_in = bool(request.cookies.get(SESSION_COOKIE))
+        message = ("Your API key is not valid any more (revoked, or the service's key store changed). "
+                   "Sign in again with a current key." if signed_in else None)
+        status = 401 if signed_in or request.method == "POST" else 200
+        return _render(request, "signin.html", status, key=None, message=message, error=None,
+                       clear_session=signed_in, **context)
+    key = error.key
+    return _render(request, "message.html", 403, title="Access denied", key=key,
+                   message=f"You are signed in with a key of role '{key.role if key else '?'}'. "
+                           f"Estimating responses needs the role {' or '.join(CLINICAL_ROLES)}; "
+                           "ask an administrator for a clinician key, or sign out and sign in with one.")
+
+
+async def _read_form(request: Request) -> Form | None:
+    """The form of a POST, or None when it is larger than :data:`MAX_FORM_BYTES`."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_FORM_BYTES:
+        return None
+    raw = await request.body()
+    return None if len(raw) > MAX_FORM_BYTES else Form(raw)
+
+
+def _too_large(request: Request) -> HTMLResponse:
+    return _render(request, "message.html", 413, title="Form too large", key=None,
+                   message=f"The form is larger than {MAX_FORM_BYTES // 1024} KiB; paste one patient at a time.")
+
+
+def _csrf_refused(request: Request) -> HTMLResponse:
+    return _render(request, "message.html", 403, title="Form expired", key=None,
+                   message="This form's security token is missing or out of date (it may come from an old tab "
+                           "or another site). Nothing was done. Go back to the page, reload it and submit again.")
+
+
+# -- routes ---------------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def page(request: Request) -> HTMLResponse:
+    """The sign-in page, or the empty patient form for a signed-in clinician."""
+    try:
+        key = _session_key(request, CLINICAL_ROLES)
+    except AuthError as error:
+        return _auth_page(request, error)
+    return _page(request, key, status=200)
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(request: Request) -> Response:
+    """Check the pasted API key; on success keep it in the session cookie and go to the form."""
+    form = await _read_form(request)
+    if form is None:
+        return _too_large(request)
+    if not _csrf_ok(request, form):
+        return _csrf_refused(request)
+    token = form.get("api_key").strip()
+    try:
+        key = await run_in_threadpool(request.app.state.authenticate, request, ROLES, token)
+    except AuthError:
+        log.info("page sign-in refused: invalid or revoked key")
+        message = ("api_key: not a valid, active API key; paste the whole key as printed by "
+                   "'response-model keys create' (it starts with rm_)") if token else "api_key: required"
+        return _render(request, "signin.html", 401, key=None, message=None, error=message)
+    log.info("key %s (%s) signed in to the page", key.key_id, key.role)
+    response = _redirect(request)
+    _set_cookie(response, request, SESSION_COOKIE, token)
+    _set_cookie(response, request, CSRF_COOKIE, secrets.token_urlsafe(32))  # a new session, a new token
+    return response
+
+
+@router.post("/sign-out", response_class=HTMLResponse)
+async def sign_out(request: Request) -> Response:
+    """Forget the session cookie."""
+    form = await _read_form(request)
+    if form is None:
+        return _too_large(request)
+    if not _csrf_ok(request, form):
+        return _csrf_refused(request)
+    response = _redirect(request)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/", response_class=HTMLResponse)
+async def submit(request: Request) -> HTMLResponse:
+    """Validate the form (or pasted JSON), predict, audit, and render the result or the errors."""
+    form = await _read_form(request)
+    if form is None:
+        return _too_large(request)
+    return await run_in_threadpool(_submit, request, form)
+
+
+def _submit(request: Request, form: Form) -> HTMLResponse:
+    state = request.app.state
+    if not _csrf_ok(request, form):
+        key = None
+        try:
+            key = _session_key(request, tuple(ROLES))
+        except AuthError:
+            pass
+        state.record_rejection(PAGE_ENDPOINT, 403, key, None, None, {"error": "CSRF token missing or wrong"})
+        return _csrf_refused(request)
+    try:
+        key = _session_key(request, CLINICAL_ROLES)
+    except AuthError as error:
+        state.record_rejection(PAGE_ENDPOINT, error.status_code, error.key, None, None, {"error": error.detail})
+        return _auth_page(request, error)
+    loaded = state.holder.current
+    if loaded is None:
+        return _render(request, "message.html", 503, title="Not ready", key=key,
+                       message="The model is still loading; try again in a minute.")
+
+    source = "json" if form.get("source") == "json" else "fields"
+    candidates = [r.name for r in loaded.bundle.candidate_regimens()]
+    chosen = form.getlist("regimens")
+    raw_id = form.get("patient_id").strip() or None
+    patient, entered = patient_from_fields(form)
+    json_text = _without_ids(form.get("patient_json"))
+    errors: list[dict[str, Any]] = []
+    body: Any = {"patient": patient, "regimens": chosen}
+    if source == "json":
+        body, json_errors = _body_from_json(form.get("patient_json"), chosen)
+        errors += json_errors
+        raw_id = raw_id or _raw_id(body)
+    if raw_id and isinstance(body, dict) and "patient_id" not in body:
+        body["patient_id"] = raw_id
+    if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
+        errors.append({"field": "regimens", "value": [], "message": "regimens: none chosen; tick at least one"})
+    if body is not None and not errors:
+        errors = request_errors(body)
+    if not errors:
+        status, answer = state.predict_one(PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
+        if status == 500:
+            return _render(request, "message.html", 500, title="Prediction failed", key=key,
+                           message=answer["detail"])
+        if status == 200:
+            return _page(request, key, 200, entered=entered, chosen=chosen, source=source,
+                         json_text=json_text, result=_result_view(answer, loaded))
+        errors = answer["errors"]  # already audited
+    else:
+        digest = _digest(body, form.get("patient_json"))
+        state.record_rejection(PAGE_ENDPOINT, 422, key, body, digest, {"errors": errors})
+    shown: dict[str, list[str]] = {}
+    for error in errors:
+        message = error["message"]
+        if raw_id and raw_id in message:
+            message = message.replace(raw_id, "…")
+        shown.setdefault(_form_target(error["field"], source), []).append(message)
+    return _page(request, key, 422, entered=entered, chosen=chosen, source=source, json_text=json_text,
+                 errors=shown)
+
+
+def _body_from_json(text: str, chosen: list[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """(request body, errors) from the pasted JSON: a patient record, or a whole prediction request."""
+    if not text.strip():
+        return None, [{"field": "patient_json", "value": None,
+                       "message": "patient_json: empty; paste a patient record as JSON, or use the fields"}]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, [{"field": "patient_json", "value": None,
+                       "message": f"patient_json: not valid JSON: {error.msg} at line {error.lineno}, "
+                                  f"column {error.colno}"}]
+    if not isinstance(value, dict):
+        return None, [{"field": "patient_json", "value": None,
+                       "message": f"patient_json: expected a JSON object (a patient record), "
+                                  f"not {type(value).__name__}"}]
+    if "patient" in value:  # a whole request body, as for POST /v1/predictions
+        body = dict(value)
+        if body.get("regimens") is None:
+            body["regimens"] = chosen
+        return body, []
+    return {"patient": value, "regimens": chosen}, []
+
+
+def _raw_id(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    raw = body.get("patient_id")
+    if not raw and isinstance(body.get("patient"), dict):
+        raw = body["patient"].get("patient_id")
+    return raw.strip() if isinstance(raw, str) and raw.strip() else None
+
+
+def _without_ids(text: str) -> str:
+    """The pasted JSON to show again, without any patient_id (identifiers are never written back)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text  # not JSON: shown as entered, so that it can be corrected
+    if not isinstance(value, dict):
+        return text
+    removed = False
+    for holder in (value, value.get("patient")):
+        if isinstance(holder, dict) and "patient_id" in holder:
+            del holder["patient_id"]
+            removed = True
+    return json.dumps(value, indent=2, ensure_ascii=False) if removed else text
+
+
+def _digest(body: Any, text: str) -> str | None:
+    if body is not None:
+        try:
+            return input_digest(body)
+        except Exception:  # noqa: BLE001 - NaN and the like: digest the text instead
+            pass
+    return hashlib.sha256(text.encode("utf-8")).hexdigest() if text else None
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _page(request: Request, key: KeyInfo, status: int, *, entered: dict[str, str] | None = None,
+          chosen: list[str] | None = None, source: str = "fields", json_text: str = "",
+          errors: dict[str, list[str]] | None = None, result: dict[str, Any] | None = None) -> HTMLResponse:
+    loaded = request.app.state.holder.current
+    if loaded is None:
+        return _render(request, "message.html", 503, title="Not ready", key=key,
+                       message="The model is still loading; try again in a minute.")
+    regimens = [{"name": r.name, "label": r.label, "regimen_class": r.regimen_class}
+                for r in loaded.bundle.candidate_regimens()]
+    values = {f.name: f.default for f in form_fields().values()}
+    if entered is not None:
+        values.update(entered)
+    return _render(
+        request, "page.html", status, key=key, groups=form_groups(), values=values,
+        chosen=set(chosen) if chosen is not None else {r["name"] for r in regimens}, regimens=regimens,
+        errors=errors or {}, source=source, json_text=json_text, result=result,
+        model={"name": loaded.name, "version": loaded.version, "label": loaded.bundle.metadata.get("label")},
+    )
+
+
+CHART_WIDTH = 540
+CHART_LABEL_WIDTH = 250
+CHART_ROW = 24
+CHART_TOP = 8
+
+
+def contribution_chart(contributions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Geometry of one explanation chart (SVG user units): a signed horizontal bar per contribution,
+    from a zero line, longest = the largest absolute contribution; each row labelled with the
+    feature and the patient's value with its unit."""
+    largest = max((abs(c["contribution"]) for c in contributions), default=0.0) or 1.0
+    margin = 48  # room for the number beside a bar
+    half = (CHART_WIDTH - CHART_LABEL_WIDTH - 2 * margin) / 2
+    zero = CHART_LABEL_WIDTH + margin + half
+    bars = []
+    for i, c in enumerate(contributions):
+        value = float(c["contribution"])
+        length = max(1.0, abs(value) / largest * half)
+        y = CHART_TOP + i * CHART_ROW
+        label = f"{c['feature']} = {c['display']}"
+        bars.append({
+            "x": zero if value > 0 else zero - length, "y": y, "width": length, "height": CHART_ROW - 8,
+            "positive": value > 0, "value": value, "text_y": y + CHART_ROW / 2,
+            "value_x": zero + length + 4 if value > 0 else zero - length - 4,
+            "label": label if len(label) <= 40 else label[:39] + "…", "full": f"{label}: {c['direction']}",
+        })
+    return {"width": CHART_WIDTH, "height": CHART_TOP * 2 + CHART_ROW * max(1, len(bars)), "zero": zero,
+            "label_x": CHART_LABEL_WIDTH - 6, "bars": bars}
+
+
+def _result_view(answer: dict[str, Any], loaded: Any) -> dict[str, Any]:
+    """What the page shows of one prediction answer."""
+    labels = {r["regimen"]: r["label"] for r in answer["regimens"]}
+    charts = []
+    for it in answer["regimens"]:
+        per_outcome = [(o, contribution_chart(it["explanations"][o])) for o in OUTCOMES
+                       if it["explanations"].get(o)]
+        if per_outcome:
+            charts.append({"regimen": it["regimen"], "label": it["label"], "rank": it["rank"],
+                           "eligible": it["eligible"], "outcomes": per_outcome})
+    tests = [{**t, "regimen_label": labels.get(t["regimen"], t["regimen"])} for t in answer["genomic_tests"]]
+    return {**answer, "eligible": [it for it in answer["regimens"] if it["eligible"]], "charts": charts,
+            "genomic_tests": tests, "regimen_labels": labels,
+            "scale": next((c["scale"] for it in answer["regimens"] for o in OUTCOMES
+                           for c in it["explanations"].get(o, [])), None)}

@@ -1,0 +1,375 @@
+"""The clinician page (response_model.service.web): sign-in, roles, CSRF, validation beside the fields,
+audited predictions — through TestClient — and an end-to-end run in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import socket
+import tempfile
+import threading
+
+import pytest
+from conftest import require_service
+from fastapi.testclient import TestClient
+
+from response_model.privacy import PSEUDONYM_KEY_ENV, pseudonymise
+from response_model.schema import PatientRecord
+from response_model.service.app import create_app
+from response_model.service.audit import AuditTrail
+from response_model.service.keys import DB_URL_ENV, KeyStore
+from response_model.service.web import CSRF_COOKIE, PAGE_ENDPOINT, SESSION_COOKIE, contribution_chart
+
+PSEUDONYM_KEY = "web-test-pseudonym-key-0123456789"
+RAW_ID = "MRN-WEB-TEST-0042"
+PATIENT_FORM = {"age": "64", "sex": "male", "ecog": "1", "aetiology": "HBV", "albumin": "3.6", "bilirubin": "0.9",
+                "afp": "850", "alterations": "CTNNB1 p.S45P; TERT promoter", "tmb": "3.2"}
+
+
+@pytest.fixture(scope="module")
+def web(smoke_model, tmp_path_factory):
+    """(client, tokens by role, key ids by role, db url) of a service on the exported smoke model."""
+    folder = tmp_path_factory.mktemp("web")
+    url = f"sqlite:///{folder}/web.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
+        mp.delenv(DB_URL_ENV, raising=False)
+        with KeyStore(url) as store:
+            created = {role: store.create(role, f"web {role}") for role in ("clinician", "auditor", "admin")}
+        app = create_app(str(smoke_model["export_dir"]), url, alias_check=0)
+        with TestClient(app) as client:
+            yield {"client": client, "url": url, "tokens": {r: c.token for r, c in created.items()},
+                   "key_ids": {r: c.key_id for r, c in created.items()}}
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def sign_in(client: TestClient, token: str) -> str:
+    """Sign in afresh (cookies cleared) and return the page's CSRF token."""
+    client.cookies.clear()
+    first = client.get("/")
+    response = client.post("/sign-in", data={"csrf_token": csrf_of(first.text), "api_key": token},
+                           follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return csrf_of(client.get("/").text)
+
+
+def field_block(page: str, name: str) -> str:
+    """The HTML of one field's box (input, help and errors)."""
+    match = re.search(rf'<div class="field[^"]*" id="field-{name}">(.*?)</div>', page, re.S)
+    assert match, f"no field {name}"
+    return match.group(1)
+
+
+def errors_in(block: str) -> list[str]:
+    return [html.unescape(m) for m in re.findall(r'<p class="error"[^>]*>(.*?)</p>', block, re.S)]
+
+
+def regimens_of(page: str) -> list[str]:
+    return re.findall(r'name="regimens" value="([^"]+)"', page)
+
+
+def all_records(url: str) -> list[dict]:
+    with AuditTrail(url) as trail:
+        return [e.to_dict() for e in trail.query(limit=1000)]
+
+
+# -- sign-in and access ------------------------------------------------------------------------------
+
+
+def test_without_a_key_the_page_asks_to_sign_in(web):
+    client = web["client"]
+    client.cookies.clear()
+    response = client.get("/")
+    assert response.status_code == 200
+    assert 'action="/sign-in"' in response.text and 'id="patient-form"' not in response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert "<script" not in response.text
+    # a form post without a session is refused with the sign-in page (401) and audited
+    before = len(all_records(web["url"]))
+    refused = client.post("/", data={"csrf_token": csrf_of(response.text), **PATIENT_FORM})
+    assert refused.status_code == 401 and 'action="/sign-in"' in refused.text
+    records = all_records(web["url"])[before:]
+    assert [(r["endpoint"], r["status"], r["http_status"], r["key_id"]) for r in records] == [
+        (PAGE_ENDPOINT, "rejected", 401, None)]
+
+
+def test_sign_in_keeps_the_key_in_an_httponly_strict_cookie_never_in_the_page(web):
+    client, token = web["client"], web["tokens"]["clinician"]
+    client.cookies.clear()
+    page = client.get("/")
+    bad = client.post("/sign-in", data={"csrf_token": csrf_of(page.text), "api_key": token[:-3] + "xyz"})
+    assert bad.status_code == 401
+    assert "not a valid, active API key" in " ".join(errors_in(field_block(bad.text, "api_key")))
+    assert token[:-3] not in bad.text
+    response = client.post("/sign-in", data={"csrf_token": csrf_of(page.text), "api_key": token},
+                           follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    cookies = {c.split("=", 1)[0]: c.lower() for c in response.headers.get_list("set-cookie")}
+    for name in (SESSION_COOKIE, CSRF_COOKIE):
+        assert "httponly" in cookies[name] and "samesite=strict" in cookies[name]
+    form = client.get("/")
+    assert form.status_code == 200 and 'id="patient-form"' in form.text
+    assert token not in form.text and "web clinician (clinician)" in form.text
+    # the CSRF token changed at sign-in
+    assert csrf_of(form.text) != csrf_of(page.text)
+    # sign-out needs the token, then forgets the session
+    assert client.post("/sign-out", data={"csrf_token": "wrong"}).status_code == 403
+    out = client.post("/sign-out", data={"csrf_token": csrf_of(form.text)}, follow_redirects=False)
+    assert out.status_code == 303
+    assert 'action="/sign-in"' in client.get("/").text
+
+
+def test_a_revoked_key_is_sent_back_to_sign_in(web):
+    client = web["client"]
+    with KeyStore(web["url"]) as store:
+        created = store.create("clinician", "web short-lived")
+        sign_in(client, created.token)
+        store.revoke(created.key_id)
+    response = client.get("/")
+    assert response.status_code == 401 and "not valid any more" in response.text
+    assert any(c.startswith(f"{SESSION_COOKIE}=") and "max-age=0" in c.lower()
+               for c in response.headers.get_list("set-cookie"))
+
+
+def test_an_auditor_key_gets_a_403_page_and_the_attempt_is_audited(web):
+    client = web["client"]
+    csrf = sign_in(client, web["tokens"]["auditor"])
+    page = client.get("/")
+    assert page.status_code == 403
+    text = html.unescape(page.text)
+    assert "Access denied" in text and "'auditor'" in text and "clinician or admin" in text
+    assert 'id="patient-form"' not in page.text and 'action="/sign-out"' in page.text
+    before = len(all_records(web["url"]))
+    response = client.post("/", data={"csrf_token": csrf, **PATIENT_FORM})
+    assert response.status_code == 403
+    (record,) = all_records(web["url"])[before:]
+    assert (record["endpoint"], record["http_status"], record["key_id"], record["role"]) == (
+        PAGE_ENDPOINT, 403, web["key_ids"]["auditor"], "auditor")
+
+
+def test_form_posts_need_the_csrf_token(web):
+    client = web["client"]
+    csrf = sign_in(client, web["tokens"]["clinician"])
+    before = all_records(web["url"])
+    for data in ({**PATIENT_FORM}, {**PATIENT_FORM, "csrf_token": csrf[:-2] + "xx"}):
+        response = client.post("/", data=data)
+        assert response.status_code == 403 and "security token" in response.text
+        assert 'id="ranking"' not in response.text
+    records = all_records(web["url"])[len(before):]
+    assert [(r["status"], r["http_status"], r["prediction_id"]) for r in records] == [("rejected", 403, None)] * 2
+    # sign-in needs it too (login CSRF)
+    client.cookies.clear()
+    assert client.post("/sign-in", data={"api_key": web["tokens"]["clinician"]}).status_code == 403
+
+
+# -- the form ---------------------------------------------------------------------------------------
+
+
+def test_the_form_has_an_input_for_every_field_of_the_schema(web):
+    client = web["client"]
+    sign_in(client, web["tokens"]["clinician"])
+    page = client.get("/").text
+    for name in PatientRecord.model_fields:
+        assert f'name="{name}"' in page, name
+    assert "(g/dL)" in field_block(page, "albumin") and "plausible 1–6 g/dL" in field_block(page, "albumin")
+    assert 'value="Hepatobiliary" selected' in field_block(page, "cancer_type")
+    assert "research use — trained on simulated data" in page
+    # every candidate regimen is offered and ticked by default
+    regimens = regimens_of(page)
+    assert len(regimens) > 5 and page.count('name="regimens"') == page.count("checked>")
+
+
+def test_a_bad_value_is_shown_beside_its_field_with_the_api_text_and_the_form_refilled(web):
+    client, token = web["client"], web["tokens"]["clinician"]
+    csrf = sign_in(client, token)
+    regimens = regimens_of(client.get("/").text)
+    before = len(all_records(web["url"]))
+    data = {**PATIENT_FORM, "albumin": "35", "alterations": "CTNB1 p.S45P", "csrf_token": csrf,
+            "regimens": regimens[:3], "patient_id": RAW_ID, "source": "fields"}
+    response = client.post("/", data=data)
+    assert response.status_code == 422 and 'id="ranking"' not in response.text
+    # the same texts as the JSON API (and the CLI) for the same patient
+    api = client.post("/v1/predictions", headers={"Authorization": f"Bearer {token}"},
+                      json={"patient": {"age": 64, "sex": "male", "albumin": 35, "alterations": "CTNB1 p.S45P"}})
+    messages = {e["field"]: e["message"] for e in api.json()["errors"]}
+    assert errors_in(field_block(response.text, "albumin")) == [messages["patient.albumin"]]
+    assert "looks like g/L" in messages["patient.albumin"]
+    assert errors_in(field_block(response.text, "alterations")) == [messages["patient.alterations.0.gene"]]
+    assert errors_in(field_block(response.text, "afp")) == []
+    # re-filled with what was entered; only the chosen regimens still ticked; no raw id
+    assert 'value="35"' in field_block(response.text, "albumin")
+    assert 'value="850"' in field_block(response.text, "afp")
+    assert response.text.count("checked>") == 3
+    assert RAW_ID not in response.text
+    records = all_records(web["url"])[before:]
+    assert [(r["endpoint"], r["status"], r["http_status"]) for r in records[:1]] == [(PAGE_ENDPOINT, "rejected", 422)]
+    assert records[0]["patient_pseudonym"] == pseudonymise(RAW_ID)
+    assert RAW_ID not in json.dumps(records)
+
+
+def test_no_regimen_ticked_is_an_error_beside_the_regimens(web):
+    client = web["client"]
+    csrf = sign_in(client, web["tokens"]["clinician"])
+    response = client.post("/", data={**PATIENT_FORM, "csrf_token": csrf})
+    assert response.status_code == 422
+    block = re.search(r'<fieldset id="regimens">(.*?)</fieldset>', response.text, re.S).group(1)
+    assert errors_in(block) == ["regimens: none chosen; tick at least one"]
+
+
+def test_a_page_prediction_is_audited_like_the_api_with_no_raw_id_or_key(web):
+    client, token = web["client"], web["tokens"]["clinician"]
+    csrf = sign_in(client, token)
+    regimens = regimens_of(client.get("/").text)
+    before = len(all_records(web["url"]))
+    data = {**PATIENT_FORM, "csrf_token": csrf, "regimens": regimens, "patient_id": RAW_ID, "source": "fields"}
+    response = client.post("/", data=data)
+    assert response.status_code == 200, errors_in(response.text)
+    page = response.text
+    prediction_id = re.search(r'id="prediction-id">([^<]+)<', page).group(1)
+    rows = re.findall(r'<tr data-regimen="([^"]+)">', page)
+    assert len(rows) == len(regimens) and page.count("<svg") >= len(regimens)
+    assert 'id="clinical-only"' not in page  # sequenced
+    records = all_records(web["url"])[before:]
+    assert len(records) == 1
+    (record,) = records
+    assert (record["endpoint"], record["status"], record["http_status"], record["prediction_id"]) == (
+        PAGE_ENDPOINT, "accepted", 200, prediction_id)
+    assert (record["key_id"], record["role"]) == (web["key_ids"]["clinician"], "clinician")
+    assert record["patient_pseudonym"] == pseudonymise(RAW_ID)
+    assert record["regimens"] == rows
+    # the same outputs as the JSON API for the same request
+    body = {"patient": {"age": 64, "sex": "male", "ecog": 1, "aetiology": "HBV", "albumin": 3.6, "bilirubin": 0.9,
+                        "afp": 850.0, "alterations": "CTNNB1 p.S45P; TERT promoter", "tmb": 3.2},
+            "regimens": regimens, "patient_id": RAW_ID}
+    api = client.post("/v1/predictions", headers={"Authorization": f"Bearer {token}"}, json=body).json()
+    api_record = all_records(web["url"])[-1]
+    assert api_record["input_digest"] == record["input_digest"]
+    assert api_record["outputs"] == record["outputs"] and api_record["explanations"] == record["explanations"]
+    first = api["regimens"][0]
+    assert rows[0] == first["regimen"]
+    assert f'{100 * first["objective_response"]["probability"]:.0f} %' in page
+    # nothing secret in the page or the trail
+    for text in (page, json.dumps(records)):
+        assert RAW_ID not in text and token not in text and token.split("_")[-1] not in text
+
+
+def test_clinical_only_ineligible_and_pasted_json(web):
+    client = web["client"]
+    csrf = sign_in(client, web["tokens"]["clinician"])
+    regimens = regimens_of(client.get("/").text)
+    patient = {"age": 58, "sex": "female", "albumin": 3.9, "afp": 35, "patient_id": RAW_ID}
+    response = client.post("/", data={"csrf_token": csrf, "regimens": regimens, "source": "json",
+                                      "patient_json": json.dumps(patient), "age": "999"})
+    assert response.status_code == 200, errors_in(response.text)
+    page = response.text
+    assert 'id="clinical-only"' in page and 'id="genomic-tests"' in page
+    if "ramucirumab" in regimens:
+        assert re.search(r'<li data-regimen="ramucirumab">.*AFP', page, re.S)
+        assert 'tr data-regimen="ramucirumab"' not in page
+    assert RAW_ID not in page and '"albumin": 3.9' in html.unescape(page)  # the JSON shown again without the id
+    # malformed JSON: the error beside the box, with line and column
+    bad = client.post("/", data={"csrf_token": csrf, "regimens": regimens, "source": "json",
+                                 "patient_json": '{"age": 58,\n "sex": }'})
+    assert bad.status_code == 422
+    (message,) = errors_in(re.search(r'<fieldset id="json">(.*?)</fieldset>', bad.text, re.S).group(1))
+    assert message.startswith("patient_json: not valid JSON") and "line 2, column" in message
+
+
+def test_contribution_chart_draws_signed_bars_from_one_zero_line():
+    chart = contribution_chart([
+        {"feature": "albumin", "display": "3.6 g/dL", "contribution": 0.4, "direction": "raises"},
+        {"feature": "afp_log10", "display": "850 ng/mL", "contribution": -0.2, "direction": "lowers"},
+    ])
+    up, down = chart["bars"]
+    assert up["positive"] and up["x"] == chart["zero"] and not down["positive"]
+    assert down["x"] + down["width"] == pytest.approx(chart["zero"])
+    assert up["width"] == pytest.approx(2 * down["width"])
+    assert up["label"] == "albumin = 3.6 g/dL" and up["y"] < down["y"]
+
+
+# -- end to end in headless Chromium ----------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture()
+def live_server(smoke_model, tmp_path):
+    """(base URL, clinician token) of the service run by uvicorn in a thread on a free port."""
+    import uvicorn
+
+    url = f"sqlite:///{tmp_path}/e2e.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
+        with KeyStore(url) as store:
+            token = store.create("clinician", "e2e tablet").token
+        app = create_app(str(smoke_model["export_dir"]), url, alias_check=0)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            while not server.started:  # lifespan done: the model is loaded
+                assert thread.is_alive(), "the server stopped during start-up"
+                thread.join(0.05)
+            yield f"http://127.0.0.1:{port}", token, url
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            sock.close()
+
+
+def test_end_to_end_in_headless_chromium(live_server):
+    chromium = require_service("RESPONSE_MODEL_TEST_CHROMIUM", "Chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, url = live_server
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        context = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
+                                                       args=CHROMIUM_ARGS)
+        try:
+            page = context.new_page()
+            page.goto(base + "/")
+            page.fill("#api_key", token)
+            page.click("button[type=submit]")
+            expect(page.locator("#patient-form")).to_be_visible()
+            assert token not in page.content()
+            page.fill("#age", "64")
+            page.select_option("#sex", "male")
+            page.select_option("#aetiology", "HCV")
+            page.fill("#albumin", "3.4")
+            page.fill("#afp", "1200")
+            page.fill("#alterations", "CTNNB1 p.S45P; TERT promoter")
+            page.uncheck("input[name=regimens][value=sorafenib]")
+            page.click("#submit-fields")
+            rows = page.locator("#ranking tbody tr")
+            expect(rows.first).to_be_visible()
+            n_offered = page.locator("input[name=regimens]").count()
+            assert rows.count() == n_offered - 1  # sorafenib unticked; AFP ≥ 400, so all eligible
+            assert rows.first.locator("td").first.inner_text() == "1"
+            assert page.locator("#ranking tr[data-regimen=sorafenib]").count() == 0
+            expect(page.locator("#model-label")).to_have_text("research use — trained on simulated data")
+            chart = page.locator(".regimen-chart svg.chart").first
+            expect(chart).to_be_visible()
+            assert chart.locator("rect").count() >= 1 and chart.bounding_box()["width"] > 100
+            prediction_id = page.locator("#prediction-id").inner_text()
+            with AuditTrail(url) as trail:
+                assert trail.get(prediction_id).endpoint == PAGE_ENDPOINT
+            # a value in the wrong unit: the message beside the field, the form kept
+            page.fill("#albumin", "34")
+            page.click("#submit-fields")
+            error = page.locator("#field-albumin .error")
+            expect(error).to_be_visible()
+            assert "looks like g/L" in error.inner_text()
+            expect(page.locator("#albumin")).to_have_value("34")
+            expect(page.locator("#afp")).to_have_value("1200")
+            assert page.locator("#ranking").count() == 0
+        finally:
+            context.close()
