@@ -207,6 +207,27 @@ def export(model_uri: str, out_dir: Path) -> None:
 
 @main.command()
 @click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HTML file to write, e.g. reports/hcc-response-v3.html.")
+@click.option("--no-log", is_flag=True, help="Do not log the report to the model's MLflow run.")
+def report(model_uri: str, out_file: Path, no_log: bool) -> None:
+    """Write the validation report and model card (self-contained HTML) and log it to the model's run."""
+    from response_model import tracking
+    from response_model.report import REPORT_ARTIFACT, ReportError, write_report
+
+    tracking.configure_tracking()
+    try:
+        path, run_id = write_report(model_uri, out_file, log=not no_log)
+    except ReportError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path}")
+    if not no_log:
+        click.echo(f"logged to run {run_id} as {REPORT_ARTIFACT}")
+
+
+@main.command()
+@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Cohort file: Parquet or CSV with the patient-record columns of the canonical table (any size).")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,

@@ -106,6 +106,31 @@ def shap_summary_plot(contributions: pd.DataFrame, features: pd.DataFrame, title
     return fig
 
 
+def shap_dependence_plot(contributions: pd.DataFrame, features: pd.DataFrame, feature: str, title: str = "",
+                         scale: str = "log-odds") -> Figure:
+    """Return a dependence plot: one feature's value (x) against its contribution (y, ``scale``) per patient.
+
+    Patients missing the feature are drawn at the left edge in grey (their count in the legend).
+    """
+    x = features[feature].to_numpy(dtype=float)
+    y = contributions[feature].to_numpy(dtype=float)
+    missing = np.isnan(x)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(x[~missing], y[~missing], s=8, alpha=0.5, color="tab:blue", label=f"observed (n={int((~missing).sum())})")
+    if missing.any():
+        left = np.nanmin(x) if (~missing).any() else 0.0
+        spread = (np.nanmax(x) - left) if (~missing).any() else 1.0
+        ax.scatter(np.full(int(missing.sum()), left - 0.08 * (spread or 1.0)), y[missing], s=8, alpha=0.5,
+                   color="grey", label=f"missing (n={int(missing.sum())})")
+    ax.axhline(0.0, color="grey", linestyle=":")
+    ax.set_xlabel(feature)
+    ax.set_ylabel(f"contribution ({scale})")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` to ``path`` (PNG at 120 dpi), close it, and return the path."""
     path = Path(path)

@@ -23,6 +23,7 @@ import pandas as pd
 from response_model import plots, tracking
 from response_model.config import config_dir, load_yaml, resolve_config_path
 from response_model.dataset import ParsedCohort, parse_cohort
+from response_model.describe import table_one
 from response_model.features import build_feature_matrix, feature_names
 from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
@@ -167,12 +168,43 @@ def _log_cv(result: CVResult, prefix: str, reference: str, probabilistic: list[s
     tracking.log_figure(plots.calibration_plot(calibrated, title=prefix), f"{prefix}/calibration.png")
 
 
-def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, prefix: str, max_rows: int = 2000) -> None:
+def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, prefix: str,
+                      regimen_class: str, outcome: str, simulated: bool, max_rows: int = 2000,
+                      top: int = 3) -> None:
+    """Log the beeswarm, dependence plots of the top features, the global importance table (beside
+    the simulator's true effects when simulated), the additivity error and the top-5 seed stability."""
+    from response_model.modeling import explain
+
     sample = X.sample(n=min(len(X), max_rows), random_state=0) if len(X) > max_rows else X
     contributions, _ = model.explain(sample)
-    tracking.log_figure(plots.shap_summary_plot(contributions, sample[contributions.columns],
-                                                f"{prefix} (log-odds before calibration)"),
+    features = sample[contributions.columns]
+    tracking.log_figure(plots.shap_summary_plot(contributions, features, f"{prefix} ({explain.SCALE})"),
                         f"{prefix}/shap_summary.png")
+    table = (explain.faithfulness_table(contributions, sample, regimen_class, outcome) if simulated
+             else explain.importance_ranks(contributions, sample))
+    mlflow.log_table(table.reset_index(names="feature"), f"{prefix}/importance.json")
+    for feature in table.index[:top]:
+        tracking.log_figure(plots.shap_dependence_plot(contributions, features, feature, prefix, explain.SCALE),
+                            f"{prefix}/dependence_{feature}.png")
+    k = int(explain.explanation_config()["stability"]["top_k"])
+    other = explain.refit_with_seed(model, X, y, int(model.get_params().get("random_state", 0)) + 1)
+    overlap = explain.stability_overlap(contributions, other.explain(sample)[0], k)
+    tracking.log_metrics({"explain.additivity_max_error": explain.additivity_error(model, sample),
+                          f"explain.top{k}_overlap_other_seed": float(overlap.mean())})
+
+
+def _cohort_flow(data: TrainingData, classes: pd.Series, enabled: list[str]) -> dict[str, Any]:
+    """Inclusion and exclusion counts of the training cohort (no identifiers)."""
+    flow: dict[str, Any] = {"rows_read": len(data.parsed.records) + len(data.parsed.rejected),
+                            "rows_rejected_invalid": len(data.parsed.rejected),
+                            "without_regimen": int(classes.isna().sum()), "per_model": []}
+    for regimen_class, rows in classes.dropna().groupby(classes.dropna()).groups.items():
+        for outcome in enabled:
+            y = data.frame.loc[rows, outcome]
+            flow["per_model"].append({"regimen_class": regimen_class, "outcome": outcome, "patients": len(rows),
+                                      "labelled": int(y.notna().sum()), "not_evaluable": int(y.isna().sum()),
+                                      "events": int((y == 1).sum())})
+    return flow
 
 
 def train(config_path: str | Path, data_path: str | Path | None = None, register: bool = True,
@@ -187,7 +219,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
     classes = data.frame["regimen"].map(lambda r: catalogue[r].regimen_class if r else None)
     if classes.isna().any():
         log.warning("%d patients without a regimen are not used for training", int(classes.isna().sum()))
-    subgroups = subgroup_columns(data.parsed.records)
+    subgroups = {**subgroup_columns(data.parsed.records), "regimen": data.frame["regimen"]}
     cv_cfg, search = config["cv"], (config.get("search") if config.get("search", {}).get("enabled") else None)
     fitted: dict[tuple[str, str], Any] = {}
     results: dict[tuple[str, str], CVResult] = {}
@@ -199,6 +231,9 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
         digest = tracking.log_dataset(data.frame, name=config.get("name", "cohort"), source=data.source)
         mlflow.set_tags({"data.source": data.source, "data.simulated": str(data.simulated),
                          "data.rows": str(len(data.frame))})
+        mlflow.log_dict(_cohort_flow(data, classes, enabled), "cohort/flow.json")
+        mlflow.log_table(table_one({"training cohort": data.frame}).reset_index(names="characteristic"),
+                         "cohort/table1.json")
         for regimen_class in config["regimen_classes"]:
             rows = classes.index[classes == regimen_class]
             if len(rows) == 0:
@@ -232,7 +267,8 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                             [m for m, est in models.items() if getattr(est, "outputs_probability", True)])
                     log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
                     final = _fit_final(models[PROJECT], X[labelled], y[labelled].astype(int), search, cv_cfg["seed"])
-                    _log_explanations(final, X[labelled], prefix)
+                    _log_explanations(final, X[labelled], y[labelled].astype(int), prefix, regimen_class, outcome,
+                                      data.simulated)
                 results[(regimen_class, outcome)] = result
                 fitted[(regimen_class, outcome)] = final
                 # the project's summary (mean, lower, upper of each metric) goes to the parent run,

@@ -932,6 +932,9 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         return {"previous": previous.names() if previous else {}, "current": current.names()}
 
     app.include_router(auditor_router)  # GET /v1/predictions[/{id}|:export]: the trail, for auditors
+    from response_model.service.model_report import router as report_router
+
+    app.include_router(report_router)  # GET /v1/model/report: validation report and model card, for auditors
     from response_model.service.web import router as page  # imports this module: here, not at the top
 
     app.include_router(page)  # the clinician page at /

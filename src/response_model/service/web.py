@@ -422,7 +422,7 @@ def _submit(request: Request, form: Form) -> HTMLResponse:
                            message=answer["detail"])
         if status == 200:
             return _page(request, key, 200, entered=entered, chosen=chosen, source=source,
-                         json_text=json_text, result=_result_view(answer, loaded))
+                         json_text=json_text, result=_result_view(answer))
         errors = answer["errors"]  # already audited
     else:
         digest = _digest(body, form.get("patient_json"))
@@ -547,7 +547,7 @@ def contribution_chart(contributions: list[dict[str, Any]]) -> dict[str, Any]:
             "label_x": CHART_LABEL_WIDTH - 6, "bars": bars}
 
 
-def _result_view(answer: dict[str, Any], loaded: Any) -> dict[str, Any]:
+def _result_view(answer: dict[str, Any]) -> dict[str, Any]:
     """What the page shows of one prediction answer."""
     labels = {r["regimen"]: r["label"] for r in answer["regimens"]}
     charts = []
