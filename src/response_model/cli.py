@@ -112,13 +112,16 @@ def regimens() -> None:
 @click.option("--data", "data_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Cohort file or folder (read through the config's source); default: the config's data.")
 @click.option("--no-register", is_flag=True, help="Log the model without registering it.")
-def train(config_path: str, data_path: Path | None, no_register: bool) -> None:
+@click.option("--dask-scheduler", default=None,
+              help="Dask scheduler address (tcp://HOST:8786): folds, search trials and large LightGBM fits run "
+                   "on that cluster; tracking stays here. Default: this machine.")
+def train(config_path: str, data_path: Path | None, no_register: bool, dask_scheduler: str | None) -> None:
     """Train, evaluate (repeated CV against the baselines) and register the response and resistance models."""
     from response_model.modeling.train import train as run_training
     from response_model.sources import SourceFormatError
 
     try:
-        result = run_training(config_path, data_path, register=not no_register)
+        result = run_training(config_path, data_path, register=not no_register, dask_scheduler=dask_scheduler)
     except (SourceFormatError, FileNotFoundError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)

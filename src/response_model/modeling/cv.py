@@ -134,15 +134,17 @@ def _instantiate(factory: Callable[[], BaseEstimator] | BaseEstimator) -> BaseEs
     return clone(factory) if isinstance(factory, BaseEstimator) else factory()
 
 
-def search_estimator(estimator: BaseEstimator, search: Mapping[str, Any], seed: int) -> BaseEstimator:
-    """Return the unfitted nested search (inner stratified K-fold) over ``search['space']`` for ``estimator``."""
+def search_estimator(estimator: BaseEstimator, search: Mapping[str, Any], seed: int, n_jobs: int = 1) -> BaseEstimator:
+    """Return the unfitted nested search (inner stratified K-fold) over ``search['space']`` for ``estimator``.
+
+    ``n_jobs``: parallel (candidate, inner fold) fits (-1 = all; Dask tasks under joblib's dask backend)."""
     inner = StratifiedKFold(int(search.get("inner_splits", 3)), shuffle=True, random_state=seed)
     scoring = search.get("scoring", "neg_log_loss")
     space = {k: list(v) for k, v in dict(search["space"]).items()}
     if search.get("method", "random") == "grid":
-        return GridSearchCV(estimator, space, cv=inner, scoring=scoring, n_jobs=1, refit=True)
+        return GridSearchCV(estimator, space, cv=inner, scoring=scoring, n_jobs=n_jobs, refit=True)
     return RandomizedSearchCV(estimator, space, n_iter=int(search.get("n_iter", 8)), cv=inner, scoring=scoring,
-                              n_jobs=1, refit=True, random_state=seed)
+                              n_jobs=n_jobs, refit=True, random_state=seed)
 
 
 def cross_validate(

@@ -340,6 +340,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
     def _fit_components(self, X: pd.DataFrame, y: np.ndarray) -> None:
         from lightgbm import LGBMClassifier
 
+        from response_model.modeling.distributed import fit_lightgbm
+
         w = float(self.linear_weight)
         if not 0.0 <= w <= 1.0:
             raise ValueError(f"linear_weight must be in [0, 1], got {w}")
@@ -362,7 +364,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 monotone_constraints=constraints if any(constraints) else None,
                 random_state=self.random_state, n_jobs=self.n_jobs, verbose=-1,
             )
-            self.gbm_.fit(X[self.gbm_features_], y)
+            # in this process, or data-parallel on a Dask cluster for large cohorts (modeling.distributed)
+            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y)
 
     def fit(self, X, y):
         X = as_frame(X)

@@ -11,6 +11,7 @@ models go into one :class:`ResponseModelBundle`, logged and registered under the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from response_model.features import build_feature_matrix, feature_names
 from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
 from response_model.modeling.cv import CVResult, cross_validate, search_estimator
+from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
 from response_model.regimens import load_catalogue
@@ -140,7 +142,7 @@ def candidate_models(config: dict[str, Any], regimen_class: str, outcome: str, X
 def _fit_final(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, search: dict | None, seed: int):
     """Refit on all labelled rows of the class, with the same search as inside the folds."""
     if search and PROJECT in search.get("models", [PROJECT]):
-        tuned = search_estimator(model, search, seed).fit(X, y)
+        tuned = search_estimator(model, search, seed, n_jobs=parallel_jobs(1)).fit(X, y)
         log.info("final model parameters chosen by search: %s", tuned.best_params_)
         return tuned.best_estimator_
     return model.fit(X, y)
@@ -207,9 +209,23 @@ def _cohort_flow(data: TrainingData, classes: pd.Series, enabled: list[str]) -> 
     return flow
 
 
+def _compute(config: dict[str, Any], dask_scheduler: Any):
+    """The context the training computes in: a Dask cluster (see :mod:`.distributed`) or this process."""
+    if not dask_scheduler:
+        return contextlib.nullcontext()
+    from response_model.modeling.distributed import DEFAULT_LIGHTGBM_DASK_MIN_ROWS, dask_training
+
+    return dask_training(dask_scheduler,
+                         (config.get("dask") or {}).get("lightgbm_dask_min_rows", DEFAULT_LIGHTGBM_DASK_MIN_ROWS))
+
+
 def train(config_path: str | Path, data_path: str | Path | None = None, register: bool = True,
-          progress: bool = True) -> TrainingResult:
-    """Train every regimen class × outcome model of the config, log everything, return the result."""
+          progress: bool = True, dask_scheduler: Any = None) -> TrainingResult:
+    """Train every regimen class × outcome model of the config, log everything, return the result.
+
+    ``dask_scheduler`` (``tcp://HOST:8786`` or a ``distributed.Client``): folds, search trials and
+    large LightGBM fits run on that Dask cluster (:mod:`response_model.modeling.distributed`);
+    tracking stays in this process, and the metrics are those of a local run."""
     started = time.perf_counter()
     config = load_yaml(config_path)
     tracking.configure_tracking()
@@ -226,7 +242,10 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
     parent_metrics: dict[str, float] = {}
     enabled = [o for o in OUTCOMES if config["outcomes"].get(o, {}).get("enabled", False)]
 
-    with mlflow.start_run(run_name=config.get("name", "train"), tags=tracking.run_tags()) as run:
+    with _compute(config, dask_scheduler) as cluster, \
+            mlflow.start_run(run_name=config.get("name", "train"), tags=tracking.run_tags()) as run:
+        if cluster is not None:
+            mlflow.set_tag("compute.dask_scheduler", cluster.address)
         tracking.log_config(resolve_config_path(config_path))
         digest = tracking.log_dataset(data.frame, name=config.get("name", "cohort"), source=data.source)
         mlflow.set_tags({"data.source": data.source, "data.simulated": str(data.simulated),
@@ -260,7 +279,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                         X, y, groups_for_subgroups={k: v.loc[rows] for k, v in subgroups.items()},
                         models=models, n_splits=cv_cfg["n_splits"], n_repeats=cv_cfg["n_repeats"],
                         seed=cv_cfg["seed"], search=search, survival=survival, progress=progress,
-                        n_jobs=int(cv_cfg.get("n_jobs", 1)),
+                        n_jobs=parallel_jobs(int(cv_cfg.get("n_jobs", 1))),
                     )
                     reference = "loris" if "loris" in result.models else "logistic"
                     _log_cv(result, prefix, reference,
