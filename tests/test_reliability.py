@@ -331,8 +331,9 @@ def test_kill_9_while_answering_loses_no_answered_prediction(smoke_model, tmp_pa
         r = httpx.post(restarted.base_url + "/v1/predictions", json=requests_mix()[0],
                        headers=auth(tokens["clinician"]), timeout=120)
         assert r.status_code == 200, r.text
-        code, output = verify_cli(db_url)
-        assert code == 0 and f"{n_records + 1} records" in output, output
+        with AuditTrail(db_url) as trail:
+            result = trail.verify()
+        assert result.ok and result.n_records == n_records + 1, result
     finally:
         restarted.stop()
 
@@ -428,6 +429,34 @@ def test_no_registry_serves_the_fallback_folder_and_says_so(smoke_model, tmp_pat
         server.stop()
     with AuditTrail(db_url) as trail:
         assert trail.get(r.json()["prediction_id"]).model_version.endswith("(FALLBACK: exported folder)")
+
+
+def test_fallback_gives_way_to_the_registry_model_once_it_loads(smoke_model, tmp_path, monkeypatch):
+    """In process: the start-up fallback is replaced by the registry model at the next alias check."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from response_model.service.app import ModelHolder, check_alias, load_at_start
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        holder = ModelHolder()
+        model = load_at_start(holder, "models:/hcc-late@champion", smoke_model["export_dir"])
+        assert model.fallback and "hcc-late" in model.fallback and model.version.endswith("(FALLBACK: exported folder)")
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.create_registered_model("hcc-late")
+        version = client.create_model_version("hcc-late", source=str(smoke_model["export_dir"])).version
+        client.set_registered_model_alias("hcc-late", "champion", version)
+        assert check_alias(holder, "models:/hcc-late@champion")
+        assert holder.current.fallback is None and holder.current.version == str(version)
+        assert holder.current.name == "hcc-late"
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 def test_no_registry_and_no_fallback_exits_with_a_clear_message(tmp_path):
