@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from response_model.dataset import parse_cohort
     from response_model.features import build_feature_matrix
     from response_model.modeling import explain as ex
-    from response_model.modeling.train import _model_params
     from response_model.modeling.estimators import ResponseClassifier
+    from response_model.modeling.train import _model_params
     from response_model.regimens import load_catalogue
     from response_model.sources.simulator import simulate_cohort
 
