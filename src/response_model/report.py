@@ -333,8 +333,11 @@ def report_context(model_uri: str, workdir: Path) -> dict[str, Any]:
             imp_columns = [c for c in ("feature", "importance", "rank", "of", "truth", "response", "pfs", "note",
                                        "bottom_half") if c in importance]
             imp_rows = _records(shown, imp_columns)
-        dependence = [art.image(rid, path, f"{name}: dependence plot of {path.rsplit('dependence_', 1)[1][:-4]}")
-                      for path in art.listing(rid, prefix) if path.rsplit("/", 1)[1].startswith("dependence_")]
+        plotted = {path.rsplit("dependence_", 1)[1][:-4]: path for path in art.listing(rid, prefix)
+                   if path.rsplit("/", 1)[1].startswith("dependence_")}
+        order = list(importance["feature"]) if importance is not None else []
+        dependence = [art.image(rid, plotted[f], f"{name}: dependence plot of {f}")
+                      for f in sorted(plotted, key=lambda f: order.index(f) if f in order else len(order))]
         if not dependence:
             missing.append(f"{name}: dependence plots")
         k_overlap = next((v for m, v in child.data.metrics.items() if m.startswith("explain.top")), None)

@@ -96,7 +96,8 @@ TOP_CONTRIBUTIONS = 5
 LIMITATIONS = [
     "Estimates are associations learned from the training cohort, not causal effects of a regimen.",
     "Explanations are on the log-odds scale before any recalibration (exact for the whole model; "
-    "contributions are relative to a patient at the training mean), not on the probability scale.",
+    "relative to the training cohort: a patient at the training mean for the logistic part, the average "
+    "tree output for LightGBM), not on the probability scale.",
     "Uncertainty intervals are a population-level calibration margin (cross-validated ECE), not "
     "patient-specific confidence intervals.",
     "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
