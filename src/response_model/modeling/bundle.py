@@ -11,7 +11,9 @@ so loading needs the installed ``response_model`` package and its ``configs/``, 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -27,6 +29,7 @@ from pydantic import ValidationError
 
 from response_model.dataset import INPUT_FIELDS, is_missing, record_to_row, row_to_record
 from response_model.features import build_feature_matrix, feature_names
+from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
 from response_model.regimens import Regimen, load_catalogue
 from response_model.schema import PatientRecord, field_errors
 
@@ -44,6 +47,11 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "p_objective_response", "p_primary_resistance",
 )
 ARTIFACT_NAME = "bundle"
+
+# Compiled forms of a loaded bundle's models (modeling.compiled), built on first use; kept outside the
+# bundle so that pickling a bundle never carries them.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILE_LOCK = threading.Lock()
 
 
 def _model_columns(model: Any, available: Sequence[str]) -> list[str]:
@@ -153,6 +161,29 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         frame = X.reindex(columns=columns)
         return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
 
+    def compiled(self, key: tuple[str, str]) -> CompiledModel | ReferenceModel | None:
+        """The fast form of model ``key`` on NumPy rows of :attr:`feature_names` (None if no such model).
+
+        A :class:`~response_model.modeling.compiled.CompiledModel` when it reproduces the model's own
+        ``predict_proba`` and ``explain`` on probe rows (checked once, when first asked for), else a
+        :class:`~response_model.modeling.compiled.ReferenceModel` calling them: same answers, less overhead.
+        """
+        model = self.models.get(key)
+        if model is None:
+            return None
+        cache = _COMPILED.get(self)
+        if cache is None or key not in cache:
+            with _COMPILE_LOCK:
+                cache = _COMPILED.setdefault(self, {})
+                if key not in cache:
+                    cache[key] = compile_model(model, self.feature_names)
+        return cache[key]
+
+    def compile(self) -> None:
+        """Build (and self-check) every model's fast form now, e.g. at service start-up."""
+        for key in self.models:
+            self.compiled(key)
+
     # -- scoring -------------------------------------------------------------------------------
 
     def score(
@@ -174,9 +205,13 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         records: Sequence[PatientRecord],
         regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
         per_record: bool = False,
+        fast: bool = False,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Return :meth:`score`'s table and the feature matrix it scored (one row per table row),
-        so that explanations reuse the matrix instead of building it again."""
+        so that explanations reuse the matrix instead of building it again.
+
+        ``fast=True`` computes the probabilities with the models' compiled forms (:meth:`compiled`):
+        the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``)."""
         records = list(records)
         default = [r.name for r in self.candidate_regimens()]
         if per_record:
@@ -204,6 +239,18 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         X = self.features([records[i] for i, _ in pairs], [r.name for _, r in pairs])
         if not pairs:
             return out, X
+        if fast:
+            classes = np.array([r.regimen_class for _, r in pairs], dtype=object)
+            matrix = X.to_numpy()
+            for outcome in OUTCOMES:
+                p = np.full(len(pairs), math.nan)
+                for regimen_class in self.regimen_classes:
+                    mask = classes == regimen_class
+                    model = self.compiled((regimen_class, outcome))
+                    if model is not None and mask.any():
+                        p[mask] = model.probabilities(matrix[mask])
+                out[f"p_{outcome}"] = p
+            return out, X
         for regimen_class in self.regimen_classes:
             mask = (out["regimen_class"] == regimen_class).to_numpy()
             if not mask.any():
@@ -214,7 +261,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         return out, X
 
     def explain_scored(
-        self, scores: pd.DataFrame, X: pd.DataFrame
+        self, scores: pd.DataFrame, X: pd.DataFrame, fast: bool = False
     ) -> dict[tuple[str, str], tuple[np.ndarray, pd.DataFrame, float]]:
         """Explain the rows :meth:`score_with_features` scored, one pass per regimen class × outcome.
 
@@ -222,6 +269,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         are the rows of ``scores`` / ``X`` of that class (ascending), ``contributions`` the model's
         own ``explain`` output for them (one row each, in that order), ``base_value`` its base value.
         Models without ``explain`` are left out. The service and batch scoring both call this.
+        ``fast=True`` uses the models' compiled forms (:meth:`compiled`; same numbers, less overhead).
         """
         explained = {}
         for regimen_class in self.regimen_classes:
@@ -231,6 +279,11 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             for outcome in OUTCOMES:
                 model = self.models.get((regimen_class, outcome))
                 if model is None or not callable(getattr(model, "explain", None)):
+                    continue
+                if fast:
+                    values, columns, base_value = self.compiled((regimen_class, outcome)).explain(X.to_numpy()[mask])
+                    explained[(regimen_class, outcome)] = (
+                        np.flatnonzero(mask), pd.DataFrame(values, columns=columns, index=X.index[mask]), base_value)
                     continue
                 X_class = X.loc[mask].reindex(columns=_model_columns(model, self.feature_names))
                 contributions, base_value = model.explain(X_class)

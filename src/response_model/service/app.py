@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -57,9 +56,9 @@ from response_model.modeling.predict import as_bundle, load_model
 from response_model.pathways import load_pathways
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
-from response_model.service.audit import AuditTrail, input_digest, strings_in
-from response_model.service.guard import BodyGuard, replay
+from response_model.service.audit import AuditTrail, RawIdentifierError, input_digest
 from response_model.service.auditor import router as auditor_router
+from response_model.service.guard import BodyGuard, replay
 from response_model.service.keys import KeyInfo, KeyStore, make_engine
 from response_model.service.models import (
     MAX_BATCH,
@@ -204,6 +203,7 @@ class LoadedModel:
     def load(cls, uri: str) -> LoadedModel:
         model = load_model(uri)
         bundle = as_bundle(model)
+        bundle.compile()  # the models' fast forms, self-checked now rather than on the first request
         meta = bundle.metadata
         return cls(bundle, uri, meta.get("model_name"), meta.get("model_version"))
 
@@ -299,43 +299,44 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def _predict_proba(bundle: ResponseModelBundle, key: tuple[str, str], X: pd.DataFrame) -> np.ndarray:
-    model = bundle.models.get(key)
-    if model is None or X.empty:
+def _predict_proba(bundle: ResponseModelBundle, key: tuple[str, str], X: np.ndarray) -> np.ndarray:
+    """Probability of the outcome of model ``key`` per row of ``X`` (the bundle's feature columns)."""
+    model = bundle.compiled(key)
+    if model is None or len(X) == 0:
         return np.full(len(X), math.nan)
-    columns = getattr(model, "feature_names_in_", None)
-    frame = X if columns is None else X.reindex(columns=[str(c) for c in columns])
-    return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
+    return model.probabilities(X)
 
 
-def _genomic_tests(bundle: ResponseModelBundle, X: pd.DataFrame, regimens: Sequence[str]) -> list[list[dict[str, Any]]]:
-    """For each row of ``X`` (a not-sequenced patient × regimen), every pathway's what-if test result.
+def _genomic_tests(bundle: ResponseModelBundle, X: np.ndarray, regimens: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """For each row of ``X`` (a not-sequenced patient × regimen; the bundle's feature columns), every
+    pathway's what-if test result.
 
     The probability of response is recomputed as if sequenced with no pathway altered
     (``genotyped`` 1, ``n_alterations`` 0, every pathway 0) and with that one pathway altered
     (pathway 1, ``n_alterations`` 1); all rows and pathways go through one prediction per class.
     """
-    pathways = [p for p in load_pathways() if p.name in bundle.feature_names]
-    if X.empty or not pathways:
-        return [[] for _ in range(len(X))]
-    base = X.reset_index(drop=True)
-    names = [p.name for p in pathways]
-    variants = []
-    for pathway in pathways:
-        for present in (0.0, 1.0):
-            V = base.copy()
-            V["genotyped"] = 1.0
-            V["n_alterations"] = present
-            V[names] = 0.0
-            V[pathway.name] = present
-            variants.append(V)
-    X_all = pd.concat(variants, ignore_index=True)
-    n = len(base)
+    position = {name: j for j, name in enumerate(bundle.feature_names)}
+    pathways = [p for p in load_pathways() if p.name in position]
+    n = len(X)
+    if n == 0 or not pathways:
+        return [[] for _ in range(n)]
+    columns = [position[p.name] for p in pathways]
+    variants = np.repeat(X[np.newaxis, :, :], 2 * len(pathways), axis=0)  # (variant, row, feature)
+    if "genotyped" in position:
+        variants[:, :, position["genotyped"]] = 1.0
+    variants[:, :, columns] = 0.0
+    for k, column in enumerate(columns):
+        variants[2 * k + 1, :, column] = 1.0
+        if "n_alterations" in position:
+            variants[2 * k, :, position["n_alterations"]] = 0.0
+            variants[2 * k + 1, :, position["n_alterations"]] = 1.0
+    X_all = variants.reshape(-1, X.shape[1])
     classes = np.array([bundle.catalogue[r].regimen_class for r in regimens] * (2 * len(pathways)))
     p = np.full(len(X_all), math.nan)
-    for regimen_class in set(classes.tolist()):
+    for regimen_class in dict.fromkeys(classes.tolist()):
         mask = classes == regimen_class
-        p[mask] = _predict_proba(bundle, (regimen_class, "objective_response"), X_all.loc[mask])
+        p[mask] = _predict_proba(bundle, (regimen_class, "objective_response"), X_all[mask])
+    p = p.tolist()
     tests: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     for k, pathway in enumerate(pathways):
         genes = list(dict.fromkeys(rule.gene for rule in pathway.rules))
@@ -344,8 +345,8 @@ def _genomic_tests(bundle: ResponseModelBundle, X: pd.DataFrame, regimens: Seque
             p0, p1 = p[(2 * k) * n + j], p[(2 * k + 1) * n + j]
             if math.isfinite(p0) and math.isfinite(p1):
                 tests[j].append({"test": name, "pathway": pathway.name, "regimen": regimens[j],
-                                 "p_if_not_altered": round(float(p0), 4), "p_if_altered": round(float(p1), 4),
-                                 "spread": round(abs(float(p1 - p0)), 4)})
+                                 "p_if_not_altered": round(p0, 4), "p_if_altered": round(p1, 4),
+                                 "spread": round(abs(p1 - p0), 4)})
     return tests
 
 
@@ -357,7 +358,8 @@ def _best_tests(per_regimen: list[list[dict[str, Any]]], per_regimen_count: int 
     return sorted(best, key=lambda t: -t["spread"])
 
 
-def _out_of_distribution(bundle: ResponseModelBundle, X_patient: pd.Series) -> dict[str, Any]:
+def _out_of_distribution(bundle: ResponseModelBundle, X_patient: dict[str, float]) -> dict[str, Any]:
+    """The out-of-distribution check of one patient's features ({feature: value})."""
     ranges = bundle.metadata.get("feature_ranges")
     if not isinstance(ranges, dict) or not ranges:
         return {"checked": False, "flagged": False, "features": [], "note": OOD_UNCHECKED}
@@ -403,20 +405,25 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     records = [r.patient for r in requests]
     default = [r.name for r in bundle.candidate_regimens()]
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else default for r in requests]
-    scores, X = bundle.score_with_features(records, wanted, per_record=True)
+    # the models' compiled forms: the same numbers as their own predict_proba / explain, less overhead
+    scores, X = bundle.score_with_features(records, wanted, per_record=True, fast=True)
+    matrix = X.to_numpy()
     contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     columns: dict[tuple[str, str], list[str]] = {}
     # the same explanation pass as batch scoring (response_model.modeling.batch)
-    for key, (where, frame, base_value) in bundle.explain_scored(scores, X).items():
+    for key, (where, frame, base_value) in bundle.explain_scored(scores, X, fast=True).items():
         columns[key] = list(frame.columns)
         contributions[key] = (where, frame.to_numpy(), base_value)
     # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
     score_rows = scores.to_dict(orient="records")
     unsequenced = [k for k, row in enumerate(score_rows)
                    if row["eligible"] and records[int(row["row"])].alterations is None]
-    what_if = dict(zip(unsequenced, _genomic_tests(bundle, X.loc[unsequenced],
+    what_if = dict(zip(unsequenced, _genomic_tests(bundle, matrix[unsequenced],
                                                    [score_rows[k]["regimen"] for k in unsequenced])))
-    groups = scores.groupby("row").indices
+    groups: dict[int, list[int]] = {}
+    for position, row in enumerate(score_rows):
+        groups.setdefault(int(row["row"]), []).append(position)
+    feature_names = list(X.columns)
     responses = []
     for i, request in enumerate(requests):
         record = request.patient
@@ -446,7 +453,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
                     item["explanations"][outcome] = _top(record, regimen, outcome, names, values[k])
                     # every feature's SHAP value, for the audit trail only (not in the answer)
                     item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": round(float(base_value), 8),
-                                             "values": {n: round(float(v), 8) for n, v in zip(names, values[k])}}
+                                             "values": {n: round(v, 8) for n, v in zip(names, values[k].tolist())}}
             items.append(item)
         eligible = sorted((it for it in items if it["eligible"]),
                           key=lambda it: -(it["objective_response"]["probability"] or -1.0))
@@ -463,8 +470,8 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
             "label": bundle.metadata.get("label"),
             "genomics": "genotyped" if genotyped else "clinical-only estimate",
             "genomic_tests": [] if genotyped else _best_tests([what_if.get(int(k), []) for k in rows]),
-            "out_of_distribution": (_out_of_distribution(bundle, X.loc[first]) if first is not None
-                                    else {"checked": False, "note": OOD_UNCHECKED}),
+            "out_of_distribution": (_out_of_distribution(bundle, dict(zip(feature_names, matrix[first].tolist())))
+                                    if first is not None else {"checked": False, "note": OOD_UNCHECKED}),
             "regimens": eligible + ineligible,
             "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
             "uncertainty_method": UNCERTAINTY_METHOD,
@@ -544,13 +551,6 @@ async def _body_json(request: Request) -> tuple[Any, str | None]:
 
 ECHOED_ID_MESSAGE = ("patient_id: the identifier also appears in the prediction's output, so it could not be "
                      "pseudonymised safely; use a longer, unique identifier")
-
-
-def _echoes(raw: str | None, *values: Any) -> bool:
-    """True when the raw patient id equals a string (key or value) in ``values``: the audit trail refuses those."""
-    if not raw:
-        return False
-    return any(s.strip() == raw.strip() for value in values for s in strings_in(value))
 
 
 def _raw_patient_id(body: Any) -> str | None:
@@ -700,6 +700,13 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     def audit(records: list[dict[str, Any]]) -> None:
         state["audit"].append_many(records)
 
+    def audit_rejected(record: dict[str, Any]) -> None:
+        """Audit a rejection; without its raw patient id if the trail refuses that id (echoed elsewhere)."""
+        try:
+            audit([record])
+        except RawIdentifierError:
+            audit([{**record, "patient_id": None}])
+
     def _server_failure(base: dict[str, Any], error: Exception) -> dict[str, Any]:
         log.exception("prediction failed")
         message = f"the prediction failed ({type(error).__name__}); the request was recorded in the audit trail"
@@ -822,20 +829,21 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
                 "model_name": loaded.name, "model_version": loaded.version, "input_digest": digest,
                 "patient_id": patient_id}
         if errors:
-            audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
+            audit_rejected({**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}})
             return 422, {"errors": errors}
         try:
             response = predict_many(loaded, [body])[0]
         except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
             return 500, _server_failure(base, error)
         outputs, explanations = _audit_outputs(response)
-        if _echoes(patient_id, outputs, explanations):
+        try:
+            audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
+                    "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
+                    "explanations": explanations}])
+        except RawIdentifierError:  # the raw id is echoed in the answer (or the record): refuse, audited
             errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
-            audit([{**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}}])
+            audit_rejected({**base, "status": "rejected", "http_status": 422, "detail": {"errors": errors}})
             return 422, {"errors": errors}
-        audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
-                "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
-                "explanations": explanations}])
         return 200, response
 
     # for the clinician page (web.py): the same prediction, audit records and rejections as the JSON API
@@ -888,18 +896,33 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
             return _server_error({**base, "input_digest": input_digest(body.model_dump(mode="json"))}, error)
         for (index, _), response in zip(valid, predictions):
             outputs, explanations = _audit_outputs(response)
-            if _echoes(records[index].get("patient_id"), outputs, explanations):
-                errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
-                records[index].update({"status": "rejected", "http_status": 422,
-                                       "detail": {"index": index, "errors": errors}})
-                results[index] = {"index": index, "ok": False, "errors": errors}
-                continue
             records[index].update({"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                                    "regimens": [it["regimen"] for it in response["regimens"]],
                                    "outputs": {"index": index, **outputs}, "explanations": explanations})
             results[index] = {"index": index, "ok": True, "prediction": response}
         if records:
-            audit(records)
+            try:
+                audit(records)
+            except RawIdentifierError:  # some row's raw id is echoed elsewhere in its record: fix those rows
+                for index, record in enumerate(records):
+                    try:
+                        state["audit"].check(record)
+                        continue
+                    except RawIdentifierError:
+                        pass
+                    if record["status"] == "accepted":  # refused, like a single prediction echoing its id
+                        errors = [{"field": "patient_id", "value": None, "message": ECHOED_ID_MESSAGE}]
+                        record = {**base, "input_digest": record.get("input_digest"), "patient_id": record["patient_id"],
+                                  "status": "rejected", "http_status": 422, "detail": {"index": index, "errors": errors}}
+                        results[index] = {"index": index, "ok": False, "errors": errors}
+                        try:
+                            state["audit"].check(record)
+                        except RawIdentifierError:
+                            record["patient_id"] = None
+                    else:  # already a rejection: keep it, without the id the trail cannot store
+                        record = {**record, "patient_id": None}
+                    records[index] = record
+                audit(records)
         else:
             audit([{**base, "status": "accepted", "http_status": 200, "input_digest": input_digest([]),
                     "detail": {"rows": 0}}])

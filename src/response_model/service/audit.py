@@ -64,6 +64,11 @@ class AuditError(RuntimeError):
     """An audit record could not be appended (bad record) or the trail could not be opened."""
 
 
+class RawIdentifierError(AuditError):
+    """The raw patient id also appears elsewhere in the record (e.g. echoed in an output), so storing
+    the record would store the identifier: the record is refused."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Canonical JSON and digests
 
@@ -223,16 +228,20 @@ def _time_text(value: datetime | str) -> str:
 
 
 def strings_in(value: Any) -> Iterable[str]:
-    """Every string in a JSON value: keys and values, recursively."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield str(k)
-            yield from strings_in(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from strings_in(v)
+    """Every string in a JSON value: keys and values, recursively (in no particular order)."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (int, float)) or value is None:  # most of an explanation: numbers
+            continue
+        elif isinstance(value, (dict, Mapping)):
+            for k, v in value.items():
+                yield str(k)
+                stack.append(v)
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,16 +347,25 @@ class AuditTrail:
             # Guard against the raw id leaking through another field (e.g. an output echoing the input).
             for name in ("key_id", "endpoint", "model_name", "model_version", "prediction_id"):
                 if content[name] is not None and raw in content[name]:
-                    raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
+                    raise RawIdentifierError(f"audit field {name} contains the raw patient id; it must not be stored")
+            # JSON escaping maps each character on its own, so a string equal to the raw id (after
+            # stripping) can only be in a field whose canonical text contains the escaped id: walk only those
+            needle = canonical_json(raw)[1:-1]
             for name in _JSON_FIELDS:
                 value = record.get(name)
-                if value is not None and any(s.strip() == raw for s in strings_in(value)):
-                    raise AuditError(f"audit field {name} contains the raw patient id; it must not be stored")
+                if (value is not None and needle in content[name]
+                        and any(s.strip() == raw for s in strings_in(value))):
+                    raise RawIdentifierError(f"audit field {name} contains the raw patient id; it must not be stored")
             # Raises PseudonymKeyError (with instructions) when no key is configured: never store raw.
             content["patient_pseudonym"] = pseudonymise(raw, key=self._pseudonym_key)
 
         content["time"] = _time_text(record["time"]) if record.get("time") is not None else None
         return content
+
+    def check(self, record: Mapping[str, Any]) -> None:
+        """Raise what :meth:`append` would raise for ``record`` (AuditError, RawIdentifierError,
+        PseudonymKeyError); write nothing."""
+        self._content(record)
 
     def _lock(self, conn: Connection) -> None:
         if conn.dialect.name == "postgresql":
