@@ -816,6 +816,8 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     # -- predictions -----------------------------------------------------------------------------
 
     responses_doc = {401: {"description": "No or bad API key"}, 403: {"description": "Wrong role"},
+                     413: {"model": ErrorResponse, "description": "Body larger than the limit (refused before parsing; "
+                                                                  "see response_model.service.guard)"},
                      422: {"model": ErrorResponse, "description": "Field-level validation errors"}}
 
     def predict_one(body: PredictionRequest, key: KeyInfo, endpoint: str) -> tuple[int, dict[str, Any]]:
@@ -856,7 +858,8 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         return answer if status == 200 else JSONResponse(answer, status_code=status)
 
     @app.post("/v1/predictions:batch", response_model=BatchResponse, tags=["predictions"],
-              responses={**responses_doc, 413: {"description": f"More than {MAX_BATCH} patients"}})
+              responses={**responses_doc, 413: {"model": ErrorResponse, "description": f"More than {MAX_BATCH} patients, "
+                                                "or a body larger than the limit (refused before parsing)"}})
     def predict_batch(body: BatchRequest, request: Request, key: KeyInfo = Depends(role(*CLINICAL_ROLES))):
         loaded = holder.require()
         endpoint = PREDICTION_ENDPOINTS["/v1/predictions:batch"]
