@@ -24,6 +24,14 @@ is taken before the last hash is read), on PostgreSQL under ``LOCK TABLE … IN 
 raced would collide there, and the loser retries. :meth:`AuditTrail.append` returns only after the
 transaction has committed: with SQLite's ``synchronous=FULL`` (and PostgreSQL's default
 ``synchronous_commit=on``) the record is then on disk.
+
+Reading (the auditors' endpoints in :mod:`response_model.service.auditor` and ``audit export``):
+records of prediction requests have a ``POST …`` endpoint; every other record is an *access* record
+(someone read the trail: ``GET /v1/predictions…`` or ``CLI audit export``), kept in the same chain.
+:func:`parse_filter` validates a filter given as text, :meth:`AuditTrail.select` pages with a
+cursor on ``seq``, :meth:`AuditTrail.check_record` checks one record cheaply, and
+:func:`start_export` flattens the selected prediction records into one table
+(:data:`EXPORT_COLUMNS`, then ``shap.<feature>`` columns) written as CSV or Parquet chunk by chunk.
 """
 
 from __future__ import annotations
