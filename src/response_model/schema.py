@@ -123,10 +123,19 @@ def _canonical_enum(field: str, value: Any, enum: type[StrEnum]) -> Any:
     if not isinstance(value, str):
         return value
     lowered = value.strip().lower()
-    for member in enum:
-        if member.value.lower() == lowered:
-            return member.value
+    found = _enum_values(enum).get(lowered)
+    if found is not None:
+        return found
     return _SYNONYMS.get(field, {}).get(lowered, value)
+
+
+@lru_cache(maxsize=None)
+def _enum_values(enum: type[StrEnum]) -> dict[str, str]:
+    """{lower-cased value: value} of ``enum``'s members (the first member wins, as a loop over them would)."""
+    values: dict[str, str] = {}
+    for member in enum:
+        values.setdefault(member.value.lower(), member.value)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
