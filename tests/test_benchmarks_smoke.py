@@ -48,3 +48,12 @@ def test_training_time_table_growth():
                           {"n": 4000, "train_s": 40.0, "cpu_s": 36.0, "models": 4, "per_model_s": 10.0, "simulate_s": 2.0}])
     assert table["growth vs previous"].iloc[1] == pytest.approx(4.0)
     assert table["exponent k (t ∝ n^k)"].iloc[1] == pytest.approx(1.0)
+
+
+def test_audit_export_benchmark_runs(capsys):
+    module = _load("audit_export")
+    assert module.main(["--records", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "export csv" in out and "export parquet" in out and "list page" in out
+    # 12 records × every candidate regimen × 2 outcomes, in both formats
+    assert out.count(f" 12 {12 * 2 * module.candidate_count()}") == 2

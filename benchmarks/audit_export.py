@@ -1,0 +1,126 @@
+"""How fast the auditors read the audit trail: the flat export (CSV vs Parquet) and one listing page.
+
+Run by hand (not by the tests, which only check that it still runs on a tiny size):
+
+    .venv/bin/python benchmarks/audit_export.py --records 2000 [--db postgresql+psycopg://…]
+
+Builds a fresh trail (a temporary SQLite file unless ``--db`` is given, whose ``audit_records`` table
+must then be empty) with ``--records`` prediction records shaped like the service's — every candidate
+regimen of the catalogue × both outcomes, each with the base value and the SHAP value of every
+feature of the default feature set, random numbers — and one access record between every ten. Then
+times :func:`response_model.service.audit.start_export` + writing the file for each format, reading
+it back with pandas, and a page of 100 records through :meth:`AuditTrail.select`; prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from response_model.features import feature_names
+from response_model.regimens import load_catalogue
+from response_model.service.audit import AuditTrail, TrailFilter, start_export
+
+OUTCOMES = ("objective_response", "primary_resistance")
+
+
+def candidate_count() -> int:
+    """The number of candidate regimens of the catalogue (each record covers all of them)."""
+    return sum(1 for r in load_catalogue().values() if r.is_candidate)
+
+
+def synthetic_record(rng: np.random.Generator, regimens: list[str], features: list[str]) -> dict:
+    """One accepted prediction record as the service writes it (random probabilities and SHAP values)."""
+    outputs = {"genomics": "genotyped", "genomic_tests": [], "out_of_distribution_flagged": False, "regimens": {}}
+    explanations = {}
+    for rank, regimen in enumerate(regimens, start=1):
+        estimates = {}
+        for outcome in OUTCOMES:
+            p = round(float(rng.uniform(0.02, 0.9)), 4)
+            estimates[outcome] = {"probability": p, "interval": {"lower": max(0.0, p - 0.05), "upper": min(1.0, p + 0.05)},
+                                  "band": "moderate"}
+        outputs["regimens"][regimen] = {"rank": rank, "eligible": True, "ineligible_reason": None, **estimates}
+        values = rng.normal(0.0, 0.1, len(features)).round(8)
+        explanations[regimen] = {outcome: {"scale": "log-odds", "base_value": -1.2, "top": [],
+                                           "values": dict(zip(features, values.tolist()))} for outcome in OUTCOMES}
+    return {"endpoint": "POST /v1/predictions", "status": "accepted", "http_status": 200, "key_id": "0123456789ab",
+            "role": "clinician", "model_name": "hcc-response", "model_version": "1",
+            "input_digest": "0" * 64, "prediction_id": str(uuid.uuid4()), "regimens": regimens,
+            "outputs": outputs, "explanations": explanations}
+
+
+def build_trail(trail: AuditTrail, n: int, seed: int = 0) -> float:
+    """Append ``n`` prediction records (and an access record after every ten); returns seconds."""
+    rng = np.random.default_rng(seed)
+    regimens = [r.name for r in load_catalogue().values() if r.is_candidate]
+    features = list(feature_names())
+    started = time.perf_counter()
+    for start in range(0, n, 100):
+        batch = []
+        for i in range(start, min(n, start + 100)):
+            batch.append(synthetic_record(rng, regimens, features))
+            if i % 10 == 9:
+                batch.append({"endpoint": "GET /v1/predictions", "status": "accepted", "http_status": 200,
+                              "role": "auditor", "key_id": "ba9876543210", "detail": {"access": "list"}})
+        trail.append_many(batch)
+        print(f"\rbuilding the trail: {min(n, start + 100)}/{n} records", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return time.perf_counter() - started
+
+
+def run(trail: AuditTrail) -> pd.DataFrame:
+    """Time each export format and one listing page; returns the table."""
+    rows = []
+    for fmt in ("csv", "parquet"):
+        started = time.perf_counter()
+        export = start_export(trail, TrailFilter())
+        prepared = time.perf_counter() - started
+        buffer = io.BytesIO()
+        for chunk in export.chunks(fmt):
+            buffer.write(chunk)
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        frame = pd.read_csv(io.BytesIO(buffer.getvalue())) if fmt == "csv" else pd.read_parquet(io.BytesIO(buffer.getvalue()))
+        read = time.perf_counter() - started
+        rows.append({"what": f"export {fmt}", "records": export.n_records, "rows": len(frame),
+                     "columns": len(frame.columns), "prepare_s": round(prepared, 3), "total_s": round(seconds, 2),
+                     "records_per_s": round(export.n_records / seconds), "MB": round(buffer.tell() / 1e6, 1),
+                     "pandas_read_s": round(read, 2)})
+    started = time.perf_counter()
+    page = trail.select(TrailFilter(), after_seq=trail.head_seq() // 2, kind="prediction", limit=101)
+    seconds = time.perf_counter() - started
+    rows.append({"what": "list page (100, mid-trail)", "records": min(100, len(page)), "rows": None, "columns": None,
+                 "prepare_s": None, "total_s": round(seconds, 3), "records_per_s": round(len(page) / seconds),
+                 "MB": None, "pandas_read_s": None})
+    return pd.DataFrame(rows).astype({"rows": "Int64", "columns": "Int64"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=2000, help="prediction records in the trail (default 2000)")
+    parser.add_argument("--db", default=None, help="SQLAlchemy URL of an empty database (default: temporary SQLite)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="audit-export-bench-") as folder:
+        url = args.db or f"sqlite:///{Path(folder) / 'trail.db'}"
+        with AuditTrail(url) as trail:
+            if trail.count():
+                parser.error(f"{trail.url} already holds an audit trail; give an empty database")
+            built = build_trail(trail, args.records)
+            table = run(trail)
+    print(f"audit trail: {args.records} prediction records × {len(OUTCOMES)} outcomes × every candidate regimen "
+          f"(built in {built:.1f} s) on {url.split(':')[0]}; {os.cpu_count()} CPUs")
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
