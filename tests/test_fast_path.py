@@ -85,8 +85,9 @@ def test_service_answers_carry_the_reference_numbers(loaded):
                 assert item[outcome]["probability"] == round(float(expected.loc[regimen, f"p_{outcome}"]), 4)
                 own, own_base = own_explanations[(regimen, outcome)]
                 audited = explanations[regimen][outcome]
-                assert audited["base_value"] == round(own_base, 8)
-                assert audited["values"] == {c: round(float(v), 8) for c, v in own.items()}
+                assert audited["base_value"] == pytest.approx(own_base, rel=0, abs=1e-12)
+                assert list(audited["values"]) == list(own.index)
+                np.testing.assert_allclose(list(audited["values"].values()), own.to_numpy(), rtol=0, atol=1e-12)
                 shown = [c["feature"] for c in item["explanations"][outcome]]
                 largest = own.abs().sort_values(ascending=False, kind="stable")
                 assert set(shown) <= set(largest.index[:len(shown) + 2])  # the top five (ties aside)

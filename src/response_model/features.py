@@ -83,6 +83,12 @@ def feature_names(with_regimen: bool = True) -> tuple[str, ...]:
     return patient_feature_names() + (regimen_feature_names() if with_regimen else ())
 
 
+@lru_cache(maxsize=2)
+def _column_index(with_regimen: bool) -> pd.Index:
+    # built once: making an Index of ~170 names costs more than filling a one-patient matrix
+    return pd.Index(feature_names(with_regimen), dtype=object)
+
+
 def _patient_features(record: PatientRecord) -> list[float]:
     values = [math.nan if (v := getattr(record, name)) is None else float(v) for name in NUMERIC_FIELDS]
     values.append(math.nan if record.afp is None else math.log10(record.afp + 1.0))
@@ -134,13 +140,12 @@ def build_feature_matrix(
         if id(record) not in by_record:
             by_record[id(record)] = _patient_features(record)
     rows = [by_record[id(record)] for record in records]
-    columns = list(patient_feature_names())
+    columns = _column_index(regimens is not None)
     if regimens is not None:
         per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
         if len(per_row) != len(records):
             raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
         by_regimen = {name: _regimen_features(name) for name in dict.fromkeys(per_row)}
         rows = [row + by_regimen[name] for row, name in zip(rows, per_row)]
-        columns += list(regimen_feature_names())
     matrix = np.array(rows, dtype=np.float64).reshape(len(records), len(columns))
-    return pd.DataFrame(matrix, columns=columns)
+    return pd.DataFrame(matrix, columns=columns.copy())  # a copy: renaming one must not rename the cache

@@ -212,6 +212,28 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
 
         ``fast=True`` computes the probabilities with the models' compiled forms (:meth:`compiled`):
         the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``)."""
+        columns, X = self.score_rows(records, regimens, per_record, fast)
+        out = pd.DataFrame({
+            "row": np.asarray(columns["row"], dtype=np.int64),
+            "regimen": pd.Series(columns["regimen"], dtype=object),
+            "regimen_class": pd.Series(columns["regimen_class"], dtype=object),
+            "eligible": np.asarray(columns["eligible"], dtype=bool),
+            "ineligible_reason": pd.Series(columns["ineligible_reason"], dtype=object),
+            **{f"p_{outcome}": columns[f"p_{outcome}"] for outcome in OUTCOMES},
+        })
+        return out, X
+
+    def score_rows(
+        self,
+        records: Sequence[PatientRecord],
+        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
+        per_record: bool = False,
+        fast: bool = False,
+    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame]:
+        """:meth:`score_with_features` without the pandas table: ({column: list or array}, features).
+
+        The columns are those of :data:`OUTPUT_COLUMNS` (probabilities as float arrays, NaN where a
+        class has no model), one entry per scored record × regimen."""
         records = list(records)
         default = [r.name for r in self.candidate_regimens()]
         if per_record:
@@ -226,39 +248,52 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             names = default if regimens is None else ([regimens] if isinstance(regimens, str) else list(regimens))
             wanted = [names] * len(records)
         pairs = [(i, self._regimen(name)) for i, names in enumerate(wanted) for name in names]
-        out = pd.DataFrame({
-            "row": pd.Series([i for i, _ in pairs], dtype="int64"),
-            "regimen": pd.Series([r.name for _, r in pairs], dtype=object),
-            "regimen_class": pd.Series([r.regimen_class for _, r in pairs], dtype=object),
-        })
         reasons = [r.ineligibility(records[i]) for i, r in pairs]
-        out["eligible"] = pd.Series([not why for why in reasons], dtype=bool)
-        out["ineligible_reason"] = pd.Series(["; ".join(why) if why else None for why in reasons], dtype=object)
+        columns: dict[str, list | np.ndarray] = {
+            "row": [i for i, _ in pairs],
+            "regimen": [r.name for _, r in pairs],
+            "regimen_class": [r.regimen_class for _, r in pairs],
+            "eligible": [not why for why in reasons],
+            "ineligible_reason": ["; ".join(why) if why else None for why in reasons],
+        }
+        X = self.features([records[i] for i, _ in pairs], columns["regimen"])
+        classes = np.array(columns["regimen_class"], dtype=object)
+        matrix = X.to_numpy()
         for outcome in OUTCOMES:
-            out[f"p_{outcome}"] = np.full(len(pairs), math.nan)
-        X = self.features([records[i] for i, _ in pairs], [r.name for _, r in pairs])
-        if not pairs:
-            return out, X
-        if fast:
-            classes = np.array([r.regimen_class for _, r in pairs], dtype=object)
-            matrix = X.to_numpy()
-            for outcome in OUTCOMES:
-                p = np.full(len(pairs), math.nan)
-                for regimen_class in self.regimen_classes:
-                    mask = classes == regimen_class
+            p = np.full(len(pairs), math.nan)
+            for regimen_class in self.regimen_classes:
+                mask = classes == regimen_class
+                if not mask.any():
+                    continue
+                if fast:
                     model = self.compiled((regimen_class, outcome))
-                    if model is not None and mask.any():
+                    if model is not None:
                         p[mask] = model.probabilities(matrix[mask])
-                out[f"p_{outcome}"] = p
-            return out, X
+                else:
+                    p[mask] = self._probabilities((regimen_class, outcome), X.loc[mask].reset_index(drop=True))
+            columns[f"p_{outcome}"] = p
+        return columns, X
+
+    def explain_rows(
+        self, regimen_classes: Sequence[str], X: pd.DataFrame
+    ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str], float]]:
+        """:meth:`explain_scored` with the compiled models and without pandas:
+        {(regimen_class, outcome): (positions, contributions array, their columns, base_value)}."""
+        classes = np.asarray(regimen_classes, dtype=object)
+        matrix = X.to_numpy()
+        explained = {}
         for regimen_class in self.regimen_classes:
-            mask = (out["regimen_class"] == regimen_class).to_numpy()
+            mask = classes == regimen_class
             if not mask.any():
                 continue
-            X_class = X.loc[mask].reset_index(drop=True)
+            rows = matrix[mask]
             for outcome in OUTCOMES:
-                out.loc[mask, f"p_{outcome}"] = self._probabilities((regimen_class, outcome), X_class)
-        return out, X
+                model = self.compiled((regimen_class, outcome))
+                if model is None or not model.explains:
+                    continue
+                values, columns, base_value = model.explain(rows)
+                explained[(regimen_class, outcome)] = (np.flatnonzero(mask), values, columns, base_value)
+        return explained
 
     def explain_scored(
         self, scores: pd.DataFrame, X: pd.DataFrame, fast: bool = False
@@ -271,6 +306,10 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         Models without ``explain`` are left out. The service and batch scoring both call this.
         ``fast=True`` uses the models' compiled forms (:meth:`compiled`; same numbers, less overhead).
         """
+        if fast:
+            return {key: (where, pd.DataFrame(values, columns=columns, index=X.index[where]), base_value)
+                    for key, (where, values, columns, base_value)
+                    in self.explain_rows(scores["regimen_class"], X).items()}
         explained = {}
         for regimen_class in self.regimen_classes:
             mask = (scores["regimen_class"] == regimen_class).to_numpy()
@@ -279,11 +318,6 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             for outcome in OUTCOMES:
                 model = self.models.get((regimen_class, outcome))
                 if model is None or not callable(getattr(model, "explain", None)):
-                    continue
-                if fast:
-                    values, columns, base_value = self.compiled((regimen_class, outcome)).explain(X.to_numpy()[mask])
-                    explained[(regimen_class, outcome)] = (
-                        np.flatnonzero(mask), pd.DataFrame(values, columns=columns, index=X.index[mask]), base_value)
                     continue
                 X_class = X.loc[mask].reindex(columns=_model_columns(model, self.feature_names))
                 contributions, base_value = model.explain(X_class)

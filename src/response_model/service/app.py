@@ -133,6 +133,7 @@ def feature_field(feature: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def _unit(field: str | None) -> str | None:
     if field in _COMPUTED:
         return _COMPUTED[field]
@@ -406,16 +407,16 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     default = [r.name for r in bundle.candidate_regimens()]
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else default for r in requests]
     # the models' compiled forms: the same numbers as their own predict_proba / explain, less overhead
-    scores, X = bundle.score_with_features(records, wanted, per_record=True, fast=True)
+    scores, X = bundle.score_rows(records, wanted, per_record=True, fast=True)
     matrix = X.to_numpy()
     contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     columns: dict[tuple[str, str], list[str]] = {}
-    # the same explanation pass as batch scoring (response_model.modeling.batch)
-    for key, (where, frame, base_value) in bundle.explain_scored(scores, X, fast=True).items():
-        columns[key] = list(frame.columns)
-        contributions[key] = (where, frame.to_numpy(), base_value)
+    # the same explanation pass as batch scoring (response_model.modeling.batch), without pandas
+    for key, (where, values, names, base_value) in bundle.explain_rows(scores["regimen_class"], X).items():
+        columns[key] = names
+        contributions[key] = (where, values, base_value)
     # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
-    score_rows = scores.to_dict(orient="records")
+    score_rows = [dict(zip(scores, values)) for values in zip(*scores.values())]
     unsequenced = [k for k, row in enumerate(score_rows)
                    if row["eligible"] and records[int(row["row"])].alterations is None]
     what_if = dict(zip(unsequenced, _genomic_tests(bundle, matrix[unsequenced],
@@ -428,6 +429,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     for i, request in enumerate(requests):
         record = request.patient
         rows = groups.get(i, [])
+        shown_values: dict[str, tuple[Any, str]] = {}
         items = []
         for position in rows:
             row = score_rows[position]
@@ -450,10 +452,10 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
                     where, values, base_value = explained
                     k = int(np.searchsorted(where, position))
                     names = columns[(row["regimen_class"], outcome)]
-                    item["explanations"][outcome] = _top(record, regimen, outcome, names, values[k])
-                    # every feature's SHAP value, for the audit trail only (not in the answer)
-                    item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": round(float(base_value), 8),
-                                             "values": {n: round(v, 8) for n, v in zip(names, values[k].tolist())}}
+                    item["explanations"][outcome] = _top(record, regimen, outcome, names, values[k], shown_values)
+                    # every feature's SHAP value, unrounded, for the audit trail only (not in the answer)
+                    item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": float(base_value),
+                                             "values": dict(zip(names, values[k].tolist()))}
             items.append(item)
         eligible = sorted((it for it in items if it["eligible"]),
                           key=lambda it: -(it["objective_response"]["probability"] or -1.0))
@@ -481,20 +483,32 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     return responses
 
 
-def _top(record: PatientRecord, regimen: str, outcome: str, names: list[str], values: np.ndarray) -> list[dict]:
+def _top(record: PatientRecord, regimen: str, outcome: str, names: list[str], values: np.ndarray,
+         shown_values: dict[str, tuple[Any, str]] | None = None) -> list[dict]:
+    """The largest contributions (at most :data:`TOP_CONTRIBUTIONS`), described for the clinician.
+
+    ``shown_values``: a per-patient memo {feature: (value shown, display)} shared across regimens."""
     order = np.argsort(-np.abs(values))
     what = "response" if outcome == "objective_response" else "primary resistance"
+    memo = {} if shown_values is None else shown_values
     top = []
-    for j in order[:TOP_CONTRIBUTIONS]:
+    for j in order[:TOP_CONTRIBUTIONS].tolist():
         value = float(values[j])
         if value == 0.0:
             break
         feature = names[j]
         field = feature_field(feature)
         unit = _unit(field)
-        shown = _field_value(record, field, feature, regimen)
+        if field == "regimen":
+            shown = _field_value(record, field, feature, regimen)
+            display = _display(shown, unit)
+        else:  # the patient's own value: the same under every regimen
+            if feature not in memo:
+                shown = _field_value(record, field, feature, regimen)
+                memo[feature] = (shown, _display(shown, unit))
+            shown, display = memo[feature]
         top.append({"feature": feature, "field": field, "value": shown, "unit": unit,
-                    "display": _display(shown, unit), "contribution": round(value, 5), "scale": SHAP_SCALE,
+                    "display": display, "contribution": round(value, 5), "scale": SHAP_SCALE,
                     "direction": f"{'raises' if value > 0 else 'lowers'} the probability of {what}"})
     return top
 

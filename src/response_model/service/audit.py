@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping
@@ -273,6 +274,7 @@ class AuditTrail:
         self._owns_engine = not isinstance(url, Engine)
         self.engine: Engine = url if isinstance(url, Engine) else make_engine(url)
         self._pseudonym_key = pseudonym_key
+        self._group = _GroupCommit(self._append_durably)
         if create:
             metadata.create_all(self.engine, tables=[audit_records])
         else:
@@ -399,10 +401,19 @@ class AuditTrail:
         return self.append_many([record])[0]
 
     def append_many(self, records: Iterable[Mapping[str, Any]]) -> list[AuditEntry]:
-        """Append several records in one transaction (one durable commit), e.g. a batch request's rows."""
-        contents = [self._content(record) for record in records]
+        """Append several records in one transaction (one durable commit), e.g. a batch request's rows.
+
+        Group commit: records that threads of this process append at the same time are written by
+        one of them in a single transaction, in arrival order (each call's records stay together),
+        and every call returns only once the transaction holding its records has committed —
+        one disk flush for many requests instead of one each, and no waiting on the database lock.
+        """
+        contents = [self._content(record) for record in records]  # checked in the caller's thread
         if not contents:
             return []
+        return self._group.submit(contents)
+
+    def _append_durably(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
         for attempt in range(_APPEND_RETRIES):
             try:
                 return self._append_contents(contents)
@@ -579,6 +590,68 @@ class AuditTrail:
         """The number of records."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar_one())
+
+
+class _Ticket:
+    """One caller's records waiting for a group commit."""
+
+    __slots__ = ("contents", "done", "lead", "entries", "error")
+
+    def __init__(self, contents: list[dict[str, Any]]) -> None:
+        self.contents = contents
+        self.done = threading.Event()
+        self.lead = False
+        self.entries: list[AuditEntry] | None = None
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit: the first caller writes every waiting caller's records in one
+    transaction; callers arriving meanwhile wait, and the first of them writes the next group."""
+
+    def __init__(self, write) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._writing = False
+
+    def submit(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
+        ticket = _Ticket(contents)
+        with self._lock:
+            self._waiting.append(ticket)
+            if not self._writing:
+                self._writing = ticket.lead = True
+        if not ticket.lead:
+            ticket.done.wait()
+        if ticket.lead:  # the first caller, or promoted by the previous writer
+            self._write_group()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.entries
+
+    def _write_group(self) -> None:
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        try:
+            entries = self._write([content for ticket in group for content in ticket.contents])
+        except BaseException as error:  # every caller of the group learns that its records are not stored
+            for ticket in group:
+                ticket.error = error
+        else:
+            start = 0
+            for ticket in group:
+                ticket.entries = entries[start:start + len(ticket.contents)]
+                start += len(ticket.contents)
+        finally:
+            with self._lock:
+                if self._waiting:  # hand over: the first waiting caller writes the next group
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._writing = False
+            for ticket in group:
+                ticket.lead = False
+                ticket.done.set()
 
 
 class _Row:
