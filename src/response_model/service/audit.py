@@ -686,7 +686,8 @@ EXPORT_COLUMN_DOC: dict[str, str] = {
     "status": "accepted or rejected", "http_status": "HTTP status of the answer",
     "endpoint": "the endpoint called (POST /v1/predictions or POST /v1/predictions:batch)",
     "key_id": "API key that asked (public key id, never the token)", "role": "that key's role",
-    "model_name": "registered model name", "model_version": "registered model version",
+    "model_name": "registered model name", "model_version": "registered model version (text: with pandas.read_csv pass dtype={'model_version': str}; "
+                     "Parquet keeps every column's type)",
     "input_digest": "SHA-256 of the request body's canonical JSON (the body itself is not stored)",
     "patient_pseudonym": "keyed hash of the patient id given (never the raw id)",
     "genomics": "'genotyped' or 'clinical-only estimate'",

@@ -29,7 +29,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -283,7 +283,9 @@ def export_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
 @router.get("/v1/predictions/{prediction_id}", response_model=PredictionRecord,
             responses={404: {"description": "No prediction with that id"}, **_AUTH_DOC},
             summary="One stored prediction with every feature's SHAP value")
-def get_prediction(prediction_id: str, request: Request, key: KeyInfo = Depends(auditor_key)):
+def get_prediction(request: Request, key: KeyInfo = Depends(auditor_key),
+                   prediction_id: str = Path(description="The prediction_id returned by POST /v1/predictions",
+                                             openapi_examples={"id": {"value": _EXAMPLE_ID}})):
     """The audit record of one prediction, as stored, with a cheap integrity check of that record."""
     try:
         wanted = str(uuid.UUID(prediction_id))
