@@ -9,9 +9,10 @@ file system shared with a remote cluster; the workers only compute.
 
 Each task turns its rows into :class:`~response_model.schema.PatientRecord` (the one schema; a row
 that fails validation is reported with its row number and the field-level messages, never dropped
-silently) and scores them with :func:`score_table`, which calls the same bundle methods as the
-prediction service (:meth:`ResponseModelBundle.score_with_features` and
-:meth:`ResponseModelBundle.explain_scored`), so the numbers are the API's. The bundle is sent to
+silently) and scores them with :func:`score_table`, which computes with the same compiled models as
+the prediction service (``ResponseModelBundle.score_rows`` / ``explain_rows`` through
+:meth:`ResponseModelBundle.score_with_features` and :meth:`ResponseModelBundle.explain_scored` with
+``fast=True``), so the numbers are the API's. The bundle is sent to
 every worker once (``Client.scatter(broadcast=True)``), not with every task.
 
 Output: one row per patient × candidate regimen, in input order — ``input_row`` (0-based position
@@ -120,17 +121,18 @@ def _ranks(table: pd.DataFrame) -> pd.array:
 def score_table(bundle: ResponseModelBundle, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
     """Score ``records`` under every candidate regimen; return the long table (see the module docstring).
 
-    ``row`` is the position of the record in ``records``. Uses the service's scoring path
-    (:meth:`ResponseModelBundle.score_with_features`, :meth:`ResponseModelBundle.explain_scored`).
+    ``row`` is the position of the record in ``records``. The service's scoring path: the models'
+    compiled forms (``fast=True`` of :meth:`ResponseModelBundle.score_with_features` and
+    :meth:`ResponseModelBundle.explain_scored`; the same numbers as the models' own methods).
     """
-    scores, X = bundle.score_with_features(list(records))
+    scores, X = bundle.score_with_features(list(records), fast=True)
     scores = scores.reset_index(drop=True)
     scores["rank"] = _ranks(scores)
     if explain:
         columns = shap_columns(bundle)
         values = np.full((len(scores), len(columns)), np.nan)
         position = {name: j for j, name in enumerate(columns)}
-        for (_, outcome), (where, contributions, base_value) in bundle.explain_scored(scores, X).items():
+        for (_, outcome), (where, contributions, base_value) in bundle.explain_scored(scores, X, fast=True).items():
             targets = [position[shap_column(outcome, str(f))] for f in contributions.columns]
             values[np.ix_(where, targets)] = contributions.to_numpy(dtype=np.float64)
             values[where, position[shap_column(outcome, BASE_VALUE)]] = base_value
@@ -310,6 +312,11 @@ class _Writer:
         self._csv = None
         self._schema: pa.Schema | None = None
 
+    @property
+    def started(self) -> bool:
+        """True once a table (possibly empty) has been written."""
+        return self._parquet is not None or self._csv is not None
+
     def write(self, table: pd.DataFrame) -> None:
         if self.fmt == "parquet":
             if self._parquet is None:
@@ -449,9 +456,7 @@ def score_file(
                 collect(pending.popleft())
         while pending:
             collect(pending.popleft())
-        if result.n_rows == 0 and fmt == "parquet" and writer._parquet is None:
-            writer.write(_empty_output(bundle, explain))
-        elif result.n_rows == 0 and writer._csv is None:
+        if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(bundle, explain))
     finally:
         writer.close()
