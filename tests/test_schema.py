@@ -156,3 +156,10 @@ def test_line_of_therapy_implies_prior_systemic_therapy():
 def test_every_problem_in_a_record_is_reported_at_once():
     found = messages(albumin=35, platelets=150000, sex="x")
     assert len(found) == 3
+
+
+@pytest.mark.parametrize("field, value", [("age", True), ("albumin", False), ("lesion_count", True)])
+def test_a_yes_no_value_in_a_numeric_field_is_named_as_such(field, value):
+    record = {"age": 60, "sex": "male", field: value}
+    with pytest.raises(ValidationError, match=rf"{field}: {str(value).lower()} is a yes/no value; expected a number"):
+        PatientRecord(**record)

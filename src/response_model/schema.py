@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -415,6 +416,16 @@ class PatientRecord(BaseModel):
             f"cancer_type: {value!r} is not a known cancer type; expected one of {', '.join(cancer_types())}",
         )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would read true/false as 1/0 in a numeric field and the range check would then
+        # report "1 is outside …": say what is really wrong
+        if isinstance(value, bool) and info.field_name in _NUMERIC_FIELDS:
+            raise _reject("number_type", f"{info.field_name}: {str(value).lower()} is a yes/no value; "
+                                         f"expected a number{_unit_text(info.field_name)}")
+        return value
+
     @field_validator("*", mode="after")
     @classmethod
     def _plausible(cls, value: Any, info: ValidationInfo) -> Any:
@@ -522,6 +533,14 @@ class PatientRecord(BaseModel):
 
 
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
+_NUMERIC_FIELDS = frozenset(name for name, f in PatientRecord.model_fields.items()
+                            if set(typing.get_args(f.annotation) or (f.annotation,)) - {type(None)} <= {int, float})
+
+
+def _unit_text(field: str) -> str:
+    extra = PatientRecord.model_fields[field].json_schema_extra
+    unit = extra.get("unit") if isinstance(extra, dict) else None
+    return f" in {unit}" if unit else ""
 DERIVED_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_computed_fields)
 
 
