@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import pytest
 
-from response_model.modeling.bundle import OUTCOMES
+from response_model.modeling.bundle import OUTCOMES, example_input
 from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
 from response_model.pathways import load_pathways
 from response_model.schema import PatientRecord
@@ -112,3 +112,14 @@ def test_a_compiled_form_that_disagrees_is_not_used(loaded):
     model.predict_proba = lambda X: own(X) + np.array([-1e-9, 1e-9])  # the model's own answer moved
     assert isinstance(compile_model(model, bundle.feature_names), ReferenceModel)
     assert isinstance(compile_model(bundle.models[key], bundle.feature_names), CompiledModel)
+
+
+def test_the_pyfunc_predicts_the_reference_numbers(loaded):
+    """``predict`` (what ``mlflow models serve`` and batch scoring run) uses the compiled models too."""
+    bundle = loaded.bundle
+    records = [PatientRecord.model_validate(p) for p in PATIENTS]
+    served = bundle.predict(None, example_input(records, n=len(records)))
+    reference = bundle.score(records)
+    assert served["regimen"].tolist() == reference["regimen"].tolist()
+    for outcome in OUTCOMES:
+        np.testing.assert_allclose(served[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)

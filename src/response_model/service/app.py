@@ -453,7 +453,8 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
                     k = int(np.searchsorted(where, position))
                     names = columns[(row["regimen_class"], outcome)]
                     item["explanations"][outcome] = _top(record, regimen, outcome, names, values[k], shown_values)
-                    # every feature's SHAP value, unrounded, for the audit trail only (not in the answer)
+                    # every feature's SHAP value, unrounded (exactly the model's, as batch scoring writes
+                    # them), for the audit trail only (not in the answer)
                     item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": float(base_value),
                                              "values": dict(zip(names, values[k].tolist()))}
             items.append(item)
@@ -712,7 +713,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     app.state.services = state
 
     def audit(records: list[dict[str, Any]]) -> None:
-        state["audit"].append_many(records)
+        state["audit"].append_many(records, entries=False)
 
     def audit_rejected(record: dict[str, Any]) -> None:
         """Audit a rejection; without its raw patient id if the trail refuses that id (echoed elsewhere)."""

@@ -400,8 +400,10 @@ class AuditTrail:
         """
         return self.append_many([record])[0]
 
-    def append_many(self, records: Iterable[Mapping[str, Any]]) -> list[AuditEntry]:
+    def append_many(self, records: Iterable[Mapping[str, Any]], *, entries: bool = True) -> list[AuditEntry] | None:
         """Append several records in one transaction (one durable commit), e.g. a batch request's rows.
+
+        Returns them as stored (``entries=False``: None, saving the parsing of their JSON fields).
 
         Group commit: records that threads of this process append at the same time are written by
         one of them in a single transaction, in arrival order (each call's records stay together),
@@ -410,10 +412,11 @@ class AuditTrail:
         """
         contents = [self._content(record) for record in records]  # checked in the caller's thread
         if not contents:
-            return []
-        return self._group.submit(contents)
+            return [] if entries else None
+        rows = self._group.submit(contents)
+        return [_row_to_entry(_Row(values)) for values in rows] if entries else None
 
-    def _append_durably(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
+    def _append_durably(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for attempt in range(_APPEND_RETRIES):
             try:
                 return self._append_contents(contents)
@@ -423,7 +426,7 @@ class AuditTrail:
                 log.debug("audit append raced another writer; retrying")
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _append_contents(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
+    def _append_contents(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows = []
         with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
             with conn.begin():
@@ -444,7 +447,7 @@ class AuditTrail:
                     rows.append(values)
                 conn.execute(audit_records.insert(), rows)
             # leaving conn.begin() commits: with synchronous=FULL the records are on disk now
-        return [_row_to_entry(_Row(values)) for values in rows]
+        return rows
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -601,7 +604,7 @@ class _Ticket:
         self.contents = contents
         self.done = threading.Event()
         self.lead = False
-        self.entries: list[AuditEntry] | None = None
+        self.entries: list[dict[str, Any]] | None = None
         self.error: BaseException | None = None
 
 
@@ -615,7 +618,8 @@ class _GroupCommit:
         self._waiting: list[_Ticket] = []
         self._writing = False
 
-    def submit(self, contents: list[dict[str, Any]]) -> list[AuditEntry]:
+    def submit(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``contents`` (with a group); returns the stored rows once they are committed."""
         ticket = _Ticket(contents)
         with self._lock:
             self._waiting.append(ticket)
