@@ -30,7 +30,7 @@ def cluster():
     """A LocalCluster of two worker processes with one thread each."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
         with Client(local) as client:
             yield local, client
 

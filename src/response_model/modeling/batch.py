@@ -363,9 +363,11 @@ def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     import os
 
     workers = n_workers or max(1, min(os.cpu_count() or 1, 4))
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its start-up chatter, not our progress
+    # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=None, silence_logs=logging.WARNING)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
