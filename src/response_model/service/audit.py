@@ -222,7 +222,8 @@ class VerifyResult:
 def _row_to_entry(row) -> AuditEntry:
     values = dict(row._mapping)
     for name in _JSON_FIELDS:
-        values[name] = None if values[name] is None else json.loads(values[name])
+        text = values.get(name)  # absent: not selected (AuditTrail.select(explanations=False))
+        values[name] = None if text is None else json.loads(text)
     values["time"] = parse_time(values["time"])
     return AuditEntry(**values)
 
@@ -543,12 +544,15 @@ class AuditTrail:
         return self.select(flt, after_seq=after_seq, through_seq=through_seq, kind=kind, limit=limit, offset=offset)
 
     def select(self, flt: "TrailFilter", *, after_seq: int | None = None, through_seq: int | None = None,
-               kind: str | None = None, limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+               kind: str | None = None, limit: int = 100, offset: int = 0,
+               explanations: bool = True) -> list[AuditEntry]:
         """The records ``flt`` selects with ``after_seq < seq <= through_seq`` and of ``kind``
-        (see :meth:`query`), oldest first, at most ``limit`` (≤ 1,000) after skipping ``offset``."""
+        (see :meth:`query`), oldest first, at most ``limit`` (≤ 1,000) after skipping ``offset``.
+        ``explanations=False`` leaves out the largest field (every SHAP value; ``None`` in the entries)."""
         if not 0 < int(limit) <= MAX_QUERY_LIMIT:
             raise AuditError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
-        query = _filtered(sa.select(audit_records), flt, after_seq, through_seq, kind)
+        columns = [c for c in audit_records.columns if explanations or c.name != "explanations"]
+        query = _filtered(sa.select(*columns), flt, after_seq, through_seq, kind)
         query = query.order_by(audit_records.c.seq).limit(int(limit)).offset(int(offset))
         with self.engine.connect() as conn:
             return [_row_to_entry(row) for row in conn.execute(query)]

@@ -348,10 +348,11 @@ def list_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
         return JSONResponse({"errors": errors}, status_code=422)
     trail = request.app.state.services["audit"]
     # one more than asked: tells whether there is a next page without a count query
-    entries = trail.select(flt, after_seq=after, kind="prediction", limit=min(size + 1, MAX_QUERY_LIMIT))
+    entries = trail.select(flt, after_seq=after, kind="prediction", limit=min(size + 1, MAX_QUERY_LIMIT),
+                           explanations=False)
     more = len(entries) > size
     if size == MAX_QUERY_LIMIT and not more and len(entries) == size:
-        more = bool(trail.select(flt, after_seq=entries[-1].seq, kind="prediction", limit=1))
+        more = bool(trail.select(flt, after_seq=entries[-1].seq, kind="prediction", limit=1, explanations=False))
     entries = entries[:size]
     _record_access(request, key, ENDPOINT_LIST, 200,
                    {"access": "list", "filter": flt.as_dict(), "after_seq": after, "n_records": len(entries)})
