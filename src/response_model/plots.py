@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display on servers and in CI
+if "ipykernel" not in sys.modules:  # files only on servers and in CI; notebooks keep their inline figures
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
