@@ -1,4 +1,4 @@
-"""Group commit of audit records (service/audit.py): concurrent appends from many threads."""
+"""The audit trail's append path (service/audit.py): group commit across threads, the stored JSON text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from response_model.privacy import PSEUDONYM_KEY_ENV
-from response_model.service.audit import AuditError, AuditTrail
+import json
+import math
+from datetime import datetime, timezone
+
+from response_model.service.audit import AuditError, AuditTrail, canonical_json, stored_json
 
 
 def _record(thread: int, k: int) -> dict:
@@ -62,3 +66,37 @@ def test_a_bad_record_fails_only_its_own_call(tmp_path, monkeypatch):
             trail.append_many([_record(0, 0), {**_record(0, 1), "status": "maybe"}])
         trail.append_many([_record(1, 0)])
         assert trail.count() == 1 and trail.verify().ok
+
+
+@pytest.mark.parametrize("value", [
+    {"b": [1e-05, 1e16, 0.1, -0.0, 3, True, None], "a": {"z": 1.0, "é": "\u0001\u2028\"\\"}},
+    {"values": {f"f{i}": (-1) ** i * 10.0 ** (i - 20) for i in range(40)}, "base_value": -1.6190241442842161},
+    [], {}, "text", 12345678901234567890123,  # an int beyond 64 bits: the json module writes it
+])
+def test_stored_json_is_sorted_compact_json_of_the_same_value(value):
+    text = stored_json(value)
+    assert json.loads(text) == json.loads(canonical_json(value))
+    assert stored_json(json.loads(text)) == text  # deterministic: the same value, the same text
+    if isinstance(value, dict):
+        assert list(json.loads(text)) == sorted(value)
+    assert ": " not in text and ", " not in text
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_stored_json_refuses_what_json_cannot_hold(bad):
+    for value in ({"values": {"a": 1.0, "b": bad}}, [1.0, bad], {"x": [{"y": bad}]}):
+        with pytest.raises(AuditError, match="NaN"):
+            stored_json(value)
+
+
+def test_records_written_either_way_verify(tmp_path, monkeypatch):
+    import response_model.service.audit as audit
+
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, "group-commit-test-key-0123456789")
+    with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:
+        trail.append({**_record(0, 0), "outputs": {"p": 1e-05, "when": datetime(2026, 1, 1, tzinfo=timezone.utc)}})
+        monkeypatch.setattr(audit, "_orjson", None)  # as without orjson installed
+        trail.append({**_record(0, 1), "outputs": {"p": 1e-05}})
+        assert trail.verify().ok
+        first, second = trail.query(limit=10)
+        assert first.outputs["p"] == second.outputs["p"] == 1e-05

@@ -47,6 +47,11 @@ from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
+
+try:  # optional: a faster writer of the records' JSON fields (see stored_json)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the json module writes them
+    _orjson = None
 from sqlalchemy.engine import Connection, Engine
 
 from response_model.privacy import pseudonymise
@@ -106,6 +111,51 @@ def canonical_json(value: Any) -> str:
         )
     except ValueError as exc:
         raise AuditError(f"cannot write {exc}: NaN and infinity have no JSON form; use null") from exc
+
+
+def _plain_json(value: Any) -> bool:
+    """True when ``value`` holds only dicts with text keys, lists, text, ints, booleans, None and finite
+    floats (what orjson writes exactly as the json module would read it back)."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            if not set(map(type, value)) <= {str}:
+                return False
+            values = value.values()
+            kinds = set(map(type, values))
+            if kinds <= {float, int}:  # e.g. every SHAP value of an explanation: one C-level pass
+                if float in kinds and not math.isfinite(math.fsum(v for v in values if type(v) is float)):
+                    return False
+                continue
+            stack.extend(values)
+        elif kind is list or kind is tuple:
+            stack.extend(value)
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif not (kind is str or kind is int or kind is bool or value is None):
+            return False
+    return True
+
+
+def stored_json(value: Any) -> str:
+    """The stored text of a record's JSON field: sorted keys, no spaces, UTF-8; NaN and infinity refused.
+
+    orjson writes it when installed and ``value`` is plain JSON (:func:`_plain_json`) — about ten
+    times faster than the json module on an explanation's thousands of floats, which it writes in
+    their shortest round-trip form (``0.00001`` where json writes ``1e-05``: the same number) —
+    else :func:`canonical_json`. The record hash covers the stored text, so verification never
+    depends on which of the two wrote it.
+    """
+    if _orjson is not None:
+        try:
+            if _plain_json(value):
+                return _orjson.dumps(value, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+        except (TypeError, ValueError, OverflowError):  # e.g. an int beyond 64 bits: the json module's turn
+            pass
+    return canonical_json(value)
 
 
 def input_digest(body: Any) -> str:
@@ -351,7 +401,7 @@ class AuditTrail:
             regimens = list(regimens)
         for name, value in (("regimens", regimens), ("outputs", record.get("outputs")),
                             ("explanations", record.get("explanations")), ("detail", record.get("detail"))):
-            content[name] = None if value is None else canonical_json(value)
+            content[name] = None if value is None else stored_json(value)
 
         raw_id = record.get("patient_id")
         if raw_id is not None and str(raw_id).strip():
@@ -362,7 +412,7 @@ class AuditTrail:
                     raise RawIdentifierError(f"audit field {name} contains the raw patient id; it must not be stored")
             # JSON escaping maps each character on its own, so a string equal to the raw id (after
             # stripping) can only be in a field whose canonical text contains the escaped id: walk only those
-            needle = canonical_json(raw)[1:-1]
+            needle = stored_json(raw)[1:-1]
             for name in _JSON_FIELDS:
                 value = record.get(name)
                 if (value is not None and needle in content[name]
