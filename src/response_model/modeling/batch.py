@@ -75,6 +75,7 @@ class BatchResult:
     n_rows: int = 0
     partitions: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # of ``seconds``: loading the model, starting the cluster, sending it the model
     rejected_preview: list[str] = field(default_factory=list)
 
     @property
@@ -432,6 +433,7 @@ def score_file(
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
         bundle_future = client.scatter(bundle, broadcast=True, hash=False)
+        result.startup_seconds = time.perf_counter() - started
         pending: deque = deque()
 
         def collect(item) -> None:
