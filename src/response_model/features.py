@@ -134,18 +134,26 @@ def build_feature_matrix(
     ``regimens`` gives the regimen of each row (one name for all rows, or one per record); with
     ``None`` the matrix holds patient features only. Column order is :func:`feature_names`.
     """
-    # a record repeated (one row per candidate regimen) and a regimen repeated are computed once
-    by_record: dict[int, list[float]] = {}
+    # a record repeated (one row per candidate regimen) and a regimen repeated are computed once,
+    # then gathered by index (the same float64 values as building every row in Python)
+    position: dict[int, int] = {}
+    unique: list[list[float]] = []
     for record in records:
-        if id(record) not in by_record:
-            by_record[id(record)] = _patient_features(record)
-    rows = [by_record[id(record)] for record in records]
+        if id(record) not in position:
+            position[id(record)] = len(unique)
+            unique.append(_patient_features(record))
+    which = np.fromiter((position[id(record)] for record in records), dtype=np.intp, count=len(records))
+    patient = np.array(unique, dtype=np.float64).reshape(len(unique), len(patient_feature_names()))
+    matrix = patient[which]
     columns = _column_index(regimens is not None)
     if regimens is not None:
         per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
         if len(per_row) != len(records):
             raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
-        by_regimen = {name: _regimen_features(name) for name in dict.fromkeys(per_row)}
-        rows = [row + by_regimen[name] for row, name in zip(rows, per_row)]
-    matrix = np.array(rows, dtype=np.float64).reshape(len(records), len(columns))
+        names = list(dict.fromkeys(per_row))
+        index = {name: k for k, name in enumerate(names)}
+        regimen = np.array([_regimen_features(name) for name in names], dtype=np.float64).reshape(
+            len(names), len(regimen_feature_names()))
+        matrix = np.hstack([matrix, regimen[np.fromiter((index[name] for name in per_row), dtype=np.intp,
+                                                        count=len(per_row))]])
     return pd.DataFrame(matrix, columns=columns.copy())  # a copy: renaming one must not rename the cache
