@@ -11,7 +11,7 @@ from response_model.dataset import TreatmentOutcome, cohort_frame, write_cohort
 from response_model.schema import PatientRecord
 
 SUBCOMMANDS = ["simulate", "validate", "ingest", "regimens", "run", "train", "promote", "evaluate", "export",
-               "keys", "audit", "serve", "report"]
+               "keys", "audit", "serve", "report", "score"]
 
 
 @pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])
