@@ -564,8 +564,9 @@ async def _body_json(request: Request) -> tuple[Any, str | None]:
         return None, hashlib.sha256(raw).hexdigest()
 
 
-ECHOED_ID_MESSAGE = ("patient_id: the identifier also appears in the prediction's output, so it could not be "
-                     "pseudonymised safely; use a longer, unique identifier")
+ECHOED_ID_MESSAGE = ("patient_id: the identifier also appears elsewhere in the prediction's audit record (its "
+                     "output, the endpoint or the model name), so it could not be pseudonymised safely; use a "
+                     "longer, unique identifier")
 
 
 def _raw_patient_id(body: Any) -> str | None:
