@@ -59,3 +59,12 @@ def test_audit_export_benchmark_runs(capsys):
     # 12 records × every candidate regimen × 2 outcomes, in both formats
     rows = 12 * 2 * module.candidate_count()
     assert len(re.findall(rf"export (?:csv|parquet)\s+12\s+{rows}\s", out)) == 2
+
+
+def test_serving_benchmark_percentiles_and_row():
+    module = _load("serving")
+    stats = module.percentiles([i / 1000 for i in range(1, 101)])  # 1 … 100 ms
+    assert stats == {"p50": pytest.approx(50.5), "p95": pytest.approx(95.0), "p99": pytest.approx(99.0)}
+    row = module.mlflow_row()  # the example patient as one pyfunc input row: JSON-safe, no identifier
+    assert row["age"] == 64 and "patient_id" not in row
+    assert all(v is None or not isinstance(v, float) or v == v for v in row.values())
