@@ -114,6 +114,27 @@ def test_bad_tokens_are_refused(db):
             assert store.authenticate(bad) is None, bad
 
 
+def test_verified_keys_are_remembered_without_the_secret_and_revocation_is_immediate(db, monkeypatch):
+    import response_model.service.keys as keys_module
+
+    url, _ = db
+    with KeyStore(url) as store, KeyStore(url) as other_process:
+        key_id, token = store.create("clinician", "ward-3 tablet")
+        secret = token.split("_", 2)[2]
+        checks = []
+        real_check = keys_module._check_secret
+        monkeypatch.setattr(keys_module, "_check_secret", lambda s, h: checks.append(s) or real_check(s, h))
+        assert store.authenticate(token).key_id == key_id
+        assert store.authenticate(token).key_id == key_id
+        assert len(checks) == 1  # the second request did not run PBKDF2 again
+        assert token not in repr(store._memo) and secret not in repr(store._memo)
+        assert all(secret.encode() not in v for v in store._memo.values())
+        wrong = ("A" if secret[0] != "A" else "B") + secret[1:]
+        assert store.authenticate(f"rm_{key_id}_{wrong}") is None  # a remembered key still checks the secret
+        other_process.revoke(key_id)  # e.g. `response-model keys revoke` while the service runs
+        assert store.authenticate(token) is None
+
+
 def test_tokens_are_not_recoverable_from_the_database(db):
     url, path = db
     with KeyStore(url) as store:
