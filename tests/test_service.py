@@ -205,6 +205,23 @@ def test_clinical_only_estimate(service):
     assert any("CTNNB1" in t["test"] for t in tests) or any("PIK3CA" in t["test"] for t in tests)
 
 
+def test_answers_are_exactly_the_documented_response_model(service):
+    """The answer is written without FastAPI's response-model pass: it must already be what that pass
+    would send — every field of PredictionResponse present, nothing else (no audit-only SHAP vectors)."""
+    from response_model.service.models import PredictionResponse
+
+    client, tokens, _ = service
+    bodies = [{"patient": patient()}, {"patient": patient(alterations=None)},
+              {"patient": patient(afp=35.0), "regimens": ["ramucirumab", "lenvatinib"]},
+              {"patient": {"age": 71, "sex": "female"}}]
+    for body in bodies:
+        response = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        out = response.json()
+        assert out == PredictionResponse.model_validate(out).model_dump(mode="json"), body
+        assert all("shap" not in r for r in out["regimens"])
+
+
 def test_validation_errors_have_the_cli_texts(service):
     client, tokens, _ = service
     response = client.post("/v1/predictions", json={"patient": patient(albumin=35)}, headers=auth(tokens["clinician"]))
