@@ -33,6 +33,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, RepeatedStratifiedKFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from response_model.modeling.metrics import BINARY_METRICS, binary_metrics, c_index, interval, subgroup_metrics
 
@@ -197,6 +198,12 @@ def cross_validate(
         except ImportError:  # pragma: no cover - tqdm is a dependency
             bar = None
     def run_fold(k: int, train: np.ndarray, test: np.ndarray) -> list[tuple[str, np.ndarray, dict, float]]:
+        # one BLAS thread per fit: these problems are small, and BLAS threads competing with the
+        # parallel folds (or with anything else on the machine) made a logistic fit 4x slower
+        with threadpool_limits(limits=1, user_api="blas"):
+            return _fold(k, train, test)
+
+    def _fold(k: int, train: np.ndarray, test: np.ndarray) -> list[tuple[str, np.ndarray, dict, float]]:
         X_train, y_train, X_test, y_test = X.iloc[train], y.iloc[train], X.iloc[test], y.iloc[test]
         out = []
         for name in names:

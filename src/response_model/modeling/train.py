@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from response_model import plots, tracking
 from response_model.config import config_dir, load_yaml, resolve_config_path
@@ -242,7 +243,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
     parent_metrics: dict[str, float] = {}
     enabled = [o for o in OUTCOMES if config["outcomes"].get(o, {}).get("enabled", False)]
 
-    with _compute(config, dask_scheduler) as cluster, \
+    with _compute(config, dask_scheduler) as cluster, threadpool_limits(limits=1, user_api="blas"), \
             mlflow.start_run(run_name=config.get("name", "train"), tags=tracking.run_tags()) as run:
         if cluster is not None:
             mlflow.set_tag("compute.dask_scheduler", cluster.address)
