@@ -39,7 +39,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from response_model.modeling.bundle import OUTCOMES
 from response_model.schema import PatientRecord, cancer_types, field_ranges
-from response_model.service.app import CLINICAL_ROLES, AuthError, request_errors
+from response_model.service.app import CLINICAL_ROLES, AuthError, _raw_patient_id, request_errors
 from response_model.service.audit import input_digest
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
@@ -408,7 +408,7 @@ def _submit(request: Request, form: Form) -> HTMLResponse:
     if source == "json":
         body, json_errors = _body_from_json(form.get("patient_json"), chosen)
         errors += json_errors
-        raw_id = raw_id or _raw_id(body)
+        raw_id = raw_id or _raw_patient_id(body)
     if raw_id and isinstance(body, dict) and "patient_id" not in body:
         body["patient_id"] = raw_id
     if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
@@ -458,15 +458,6 @@ def _body_from_json(text: str, chosen: list[str]) -> tuple[Any, list[dict[str, A
             body["regimens"] = chosen
         return body, []
     return {"patient": value, "regimens": chosen}, []
-
-
-def _raw_id(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return None
-    raw = body.get("patient_id")
-    if not raw and isinstance(body.get("patient"), dict):
-        raw = body["patient"].get("patient_id")
-    return raw.strip() if isinstance(raw, str) and raw.strip() else None
 
 
 def _without_ids(text: str) -> str:
