@@ -84,7 +84,9 @@ def test_stored_json_is_sorted_compact_json_of_the_same_value(value):
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_stored_json_refuses_what_json_cannot_hold(bad):
-    for value in ({"values": {"a": 1.0, "b": bad}}, [1.0, bad], {"x": [{"y": bad}]}):
+    for value in ({"values": {"a": 1.0, "b": bad}}, [1.0, bad], {"x": [{"y": bad}]}, bad,
+                  {"top": [{"feature": "afp", "unit": None, "display": "850", "contribution": bad}]},
+                  {"features": [["a", "b"]], "values": [[0.5, "x", None, bad]]}):
         with pytest.raises(AuditError, match="NaN"):
             stored_json(value)
 
@@ -100,3 +102,59 @@ def test_records_written_either_way_verify(tmp_path, monkeypatch):
         assert trail.verify().ok
         first, second = trail.query(limit=10)
         assert first.outputs["p"] == second.outputs["p"] == 1e-05
+
+
+def test_compact_explanations_read_as_the_documented_layout_and_old_records_still_verify(tmp_path, monkeypatch):
+    from response_model.service.audit import compact_explanations, parse_filter, shap_features, start_export
+
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, "group-commit-test-key-0123456789")
+    linear = {"afp_log10": -0.25, "albumin": 0.125, "regimen_lenvatinib": 0.0}
+    gbm = {"wnt_activation": 1e-05, "albumin": -3.5}
+    documented = {  # explanations[regimen][outcome], as auditors read them
+        "lenvatinib": {"objective_response": {"top": [{"feature": "afp_log10"}], "scale": "log-odds",
+                                              "base_value": -0.5, "values": linear},
+                       "primary_resistance": {"top": [], "scale": "log-odds", "base_value": 0.25, "values": gbm}},
+        "sorafenib": {"objective_response": {"top": [], "scale": "log-odds", "base_value": -0.5,
+                                             "values": {**linear, "regimen_lenvatinib": 0.5}}},
+    }
+    compact = compact_explanations(documented)
+    assert len(compact["features"]) == 2  # one name list per model, not per regimen
+    estimate = {"probability": 0.25}
+    outputs = {"regimens": {"lenvatinib": {"rank": 1, "eligible": True, "objective_response": estimate,
+                                           "primary_resistance": estimate},
+                            "sorafenib": {"rank": 2, "eligible": True, "objective_response": estimate}}}
+    record = {"endpoint": "POST /v1/predictions", "status": "accepted", "http_status": 200, "model_name": "m",
+              "regimens": list(documented), "outputs": outputs}
+    with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:
+        trail.append({**record, "prediction_id": "old", "model_version": "1",
+                      "explanations": documented})  # written before the compact format
+        trail.append({**record, "prediction_id": "new", "model_version": "2", "explanations": compact})
+        assert trail.verify().ok
+        old, new = trail.get("old"), trail.get("new")
+        assert old.explanations == new.explanations == documented
+        assert list(new.explanations["lenvatinib"]["objective_response"]["values"]) == list(linear)  # model order
+        assert set(shap_features(trail, parse_filter(model_version="2"))) == set(linear) | set(gbm)
+        frame = start_export(trail, parse_filter()).frame()
+        shap = frame[[c for c in frame.columns if c.startswith("shap.")]]
+        assert len(frame) == 2 * 3 and shap.iloc[:3].equals(shap.iloc[3:].reset_index(drop=True))
+        assert frame.loc[frame["outcome"] == "primary_resistance", "shap.albumin"].tolist() == [-3.5, -3.5]
+        with trail.engine.begin() as conn:  # an edited SHAP value of a compact record breaks the chain
+            text = conn.execute(sa.text("SELECT explanations FROM audit_records WHERE seq = 2")).scalar()
+            conn.execute(sa.text("UPDATE audit_records SET explanations = :t WHERE seq = 2"),
+                         {"t": text.replace("-3.5", "-3.25")})
+        assert trail.verify().first_bad == 2
+
+
+def test_values_orjson_would_write_its_own_way_go_to_the_json_module():
+    import enum
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for value in ({"when": when}, {"nested": [{"when": when}]}, {"pair": (1.0, 1e-05)}):
+        assert stored_json(value) == canonical_json(value)
+    for value in ({"id": uuid.UUID(int=1)}, {"colour": Colour.RED}):  # refused by both, not written by orjson
+        with pytest.raises(TypeError):
+            stored_json(value)

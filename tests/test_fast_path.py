@@ -17,6 +17,7 @@ from response_model.modeling.compiled import CompiledModel, ReferenceModel, comp
 from response_model.pathways import load_pathways
 from response_model.schema import PatientRecord
 from response_model.service.app import LoadedModel, _audit_outputs, predict_many
+from response_model.service.audit import expand_explanations
 from response_model.service.models import EXAMPLE_PATIENT, PredictionRequest
 
 PATIENTS = [
@@ -68,7 +69,8 @@ def test_service_answers_carry_the_reference_numbers(loaded):
     answers = predict_many(loaded, requests)
     for i, answer in enumerate(answers):
         answer = copy.deepcopy(answer)
-        _, explanations = _audit_outputs(answer)  # every feature's SHAP value, as audited
+        _, stored = _audit_outputs(answer)  # every feature's SHAP value, as audited (compact form)
+        explanations = expand_explanations(stored)  # as the trail's readers see it
         expected = reference[reference["row"] == i].set_index("regimen")
         assert {it["regimen"] for it in answer["regimens"]} == set(expected.index)
         regimens = [it["regimen"] for it in answer["regimens"]]

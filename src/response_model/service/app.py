@@ -57,7 +57,7 @@ from response_model.modeling.predict import as_bundle, load_model
 from response_model.pathways import load_pathways
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
-from response_model.service.audit import AuditTrail, RawIdentifierError, input_digest
+from response_model.service.audit import AuditTrail, RawIdentifierError, compact_explanations, input_digest
 from response_model.service.auditor import router as auditor_router
 from response_model.service.guard import BodyGuard, replay
 from response_model.service.keys import KeyInfo, KeyStore, make_engine
@@ -457,7 +457,7 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
                     # every feature's SHAP value, unrounded (exactly the model's, as batch scoring writes
                     # them), for the audit trail only (not in the answer)
                     item["shap"][outcome] = {"scale": SHAP_SCALE, "base_value": float(base_value),
-                                             "values": dict(zip(names, values[k].tolist()))}
+                                             "names": names, "values": values[k].tolist()}
             items.append(item)
         eligible = sorted((it for it in items if it["eligible"]),
                           key=lambda it: -(it["objective_response"]["probability"] or -1.0))
@@ -519,7 +519,9 @@ def _top(record: PatientRecord, regimen: str, outcome: str, names: list[str], va
 def _audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
     """(outputs, explanations) of a response for its audit record; removes the full SHAP vectors
     from the response's regimens. ``explanations[regimen][outcome]`` holds the top contributions
-    shown (``top``), the base value and every feature's SHAP value (``values``) on ``scale``."""
+    shown (``top``), the base value and every feature's SHAP value (``values``) on ``scale``, in
+    the trail's compact form (:func:`response_model.service.audit.compact_explanations`: each model's
+    feature names once); the trail's readers see ``values`` as {feature: SHAP value}."""
     outputs = {"genomics": response["genomics"], "genomic_tests": response["genomic_tests"],
                "out_of_distribution_flagged": response["out_of_distribution"].get("flagged", False),
                "regimens": {}}
@@ -532,7 +534,7 @@ def _audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
         shap_values = it.pop("shap", {})
         explanations[it["regimen"]] = {outcome: {"top": top, **shap_values.get(outcome, {})}
                                        for outcome, top in it["explanations"].items()}
-    return outputs, explanations
+    return outputs, compact_explanations(explanations)
 
 
 # -- the app ------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ try:  # optional: a faster writer of the records' JSON fields (see stored_json)
     import orjson as _orjson
 except ImportError:  # pragma: no cover - the json module writes them
     _orjson = None
+_ORJSON_OPTIONS = 0 if _orjson is None else (  # sorted keys; anything not plain JSON goes to _not_plain
+    _orjson.OPT_SORT_KEYS | _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+    | _orjson.OPT_PASSTHROUGH_SUBCLASS)
 from sqlalchemy.engine import Connection, Engine
 
 from response_model.privacy import pseudonymise
@@ -113,46 +116,27 @@ def canonical_json(value: Any) -> str:
         raise AuditError(f"cannot write {exc}: NaN and infinity have no JSON form; use null") from exc
 
 
-def _plain_json(value: Any) -> bool:
-    """True when ``value`` holds only dicts with text keys, lists, text, ints, booleans, None and finite
-    floats (what orjson writes exactly as the json module would read it back)."""
-    stack = [value]
-    while stack:
-        value = stack.pop()
-        kind = type(value)
-        if kind is dict:
-            if not set(map(type, value)) <= {str}:
-                return False
-            values = value.values()
-            kinds = set(map(type, values))
-            if kinds <= {float, int}:  # e.g. every SHAP value of an explanation: one C-level pass
-                if float in kinds and not math.isfinite(math.fsum(v for v in values if type(v) is float)):
-                    return False
-                continue
-            stack.extend(values)
-        elif kind is list or kind is tuple:
-            stack.extend(value)
-        elif kind is float:
-            if not math.isfinite(value):
-                return False
-        elif not (kind is str or kind is int or kind is bool or value is None):
-            return False
-    return True
+def _not_plain(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not plain JSON")
 
 
 def stored_json(value: Any) -> str:
     """The stored text of a record's JSON field: sorted keys, no spaces, UTF-8; NaN and infinity refused.
 
-    orjson writes it when installed and ``value`` is plain JSON (:func:`_plain_json`) — about ten
-    times faster than the json module on an explanation's thousands of floats, which it writes in
-    their shortest round-trip form (``0.00001`` where json writes ``1e-05``: the same number) —
-    else :func:`canonical_json`. The record hash covers the stored text, so verification never
-    depends on which of the two wrote it.
+    orjson writes it when installed and ``value`` is plain JSON — dicts with text keys, lists, text,
+    ints, booleans, None and finite floats — about ten times faster than the json module on an
+    explanation's thousands of floats, which it writes in their shortest round-trip form
+    (``0.00001`` where json writes ``1e-05``: the same number); else :func:`canonical_json`. Plain
+    is checked by reading the text back: it must give ``value`` again (orjson writes NaN and infinity
+    as null, and has its own forms for datetimes, dataclasses, UUIDs and enums — all of which then
+    differ, or fail, and go to the json module). The record hash covers the stored text, so
+    verification never depends on which of the two wrote it.
     """
     if _orjson is not None:
         try:
-            if _plain_json(value):
-                return _orjson.dumps(value, option=_orjson.OPT_SORT_KEYS).decode("utf-8")
+            text = _orjson.dumps(value, option=_ORJSON_OPTIONS, default=_not_plain)
+            if _orjson.loads(text) == value:
+                return text.decode("utf-8")
         except (TypeError, ValueError, OverflowError):  # e.g. an int beyond 64 bits: the json module's turn
             pass
     return canonical_json(value)
@@ -269,11 +253,63 @@ class VerifyResult:
     head_hash: str | None = None
 
 
+EXPLANATIONS_FORMAT = "feature-lists/1"
+
+
+def compact_explanations(explanations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The stored form of ``explanations[regimen][outcome]`` = ``{"top", "scale", "base_value",
+    "values": {feature: SHAP value}}``: each model's feature names once, each explanation's values
+    as a list in that order (``"features"``: the index of its name list) — every SHAP value kept, at
+    full precision, in about two thirds of the text. :func:`expand_explanations` reverses it.
+
+    An explanation's ``values`` may also come as ``"names"`` (list) + ``"values"`` (list, same order).
+    """
+    lists: list[list[str]] = []
+    index: dict[tuple[str, ...], int] = {}
+    regimens: dict[str, dict[str, Any]] = {}
+    for regimen, outcomes in explanations.items():
+        regimens[regimen] = {}
+        for outcome, explanation in outcomes.items():
+            explanation = dict(explanation)
+            names = explanation.pop("names", None)
+            values = explanation.get("values")
+            if names is None and isinstance(values, Mapping):
+                names, values = list(values), list(values.values())
+            if names is not None:
+                key = tuple(names)
+                if key not in index:
+                    index[key] = len(lists)
+                    lists.append(list(names))
+                explanation["features"], explanation["values"] = index[key], list(values)
+            regimens[regimen][outcome] = explanation
+    return {"format": EXPLANATIONS_FORMAT, "features": lists, "regimens": regimens}
+
+
+def expand_explanations(stored: Any) -> Any:
+    """``explanations[regimen][outcome]`` with ``values`` as {feature: SHAP value}, from a record's
+    stored explanations: the compact form of :func:`compact_explanations`, or (records written
+    before it) already that layout, returned as it is."""
+    if not (isinstance(stored, dict) and stored.get("format") == EXPLANATIONS_FORMAT):
+        return stored
+    lists = stored.get("features") or []
+    expanded: dict[str, dict[str, Any]] = {}
+    for regimen, outcomes in (stored.get("regimens") or {}).items():
+        expanded[regimen] = {}
+        for outcome, explanation in outcomes.items():
+            explanation = dict(explanation)
+            j = explanation.pop("features", None)
+            if j is not None:
+                explanation["values"] = dict(zip(lists[j], explanation.get("values") or []))
+            expanded[regimen][outcome] = explanation
+    return expanded
+
+
 def _row_to_entry(row) -> AuditEntry:
     values = dict(row._mapping)
     for name in _JSON_FIELDS:
         text = values.get(name)  # absent: not selected (AuditTrail.select(explanations=False))
         values[name] = None if text is None else json.loads(text)
+    values["explanations"] = expand_explanations(values.get("explanations"))
     values["time"] = parse_time(values["time"])
     return AuditEntry(**values)
 
@@ -938,7 +974,7 @@ def shap_features(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | Non
             rows = conn.execute(sa.select(c.explanations).where(c.seq.in_(firsts[start:start + 500]))
                                 .order_by(c.seq))
             for row in rows:
-                for outcomes in json.loads(row.explanations).values():
+                for outcomes in expand_explanations(json.loads(row.explanations)).values():
                     for explanation in outcomes.values():
                         features.update(dict.fromkeys((explanation or {}).get("values") or {}))
     return list(features)
