@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,7 +37,8 @@ class EligibilityRule:
         given = getattr(record, self.field)
         if given is None:
             return f"{self.reason}; {self.field} is missing"
-        if self.holds(given):
+        value = float(given)  # one number: what ``holds`` computes, without building arrays
+        if not math.isnan(value) and _OPERATORS[self.op](value, self.value):
             return None
         return f"{self.reason}; {self.field} is {given:g} {self.unit}"
 

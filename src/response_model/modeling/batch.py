@@ -57,6 +57,8 @@ DEFAULT_PARTITION_ROWS = 5_000
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
 RANK_DECIMALS = 4  # the API shows probabilities rounded to 4 decimals and ranks on those
+# bundles handed to the workers of a forked LocalCluster by inheritance (see :func:`score_file`)
+_INHERITED: dict[str, ResponseModelBundle] = {}
 
 
 class BatchInputError(ValueError):
@@ -161,18 +163,21 @@ def score_partition(
     records: list[PatientRecord] = []
     kept: list[int] = []
     rejected: list[dict[str, Any]] = []
-    ids = frame["patient_id"] if "patient_id" in frame.columns else pd.Series([None] * len(frame))
-    for position, row in enumerate(frame.to_dict(orient="records")):
+    ids = [_id_text(v) for v in frame["patient_id"].tolist()] if "patient_id" in frame.columns else [None] * len(frame)
+    # the rows as dicts built column by column (what ``to_dict(orient="records")`` gives, without its
+    # per-row pandas work); each still goes through ``row_to_record``, the one record conversion
+    names = list(frame.columns)
+    for position, values in enumerate(zip(*(frame[name].tolist() for name in names))):
         try:
-            records.append(row_to_record(row))
+            records.append(row_to_record(dict(zip(names, values))))
             kept.append(position)
         except ValidationError as error:
-            rejected.append({"input_row": int(input_rows[position]), "patient_id": _id_text(ids.iloc[position]),
+            rejected.append({"input_row": int(input_rows[position]), "patient_id": ids[position],
                              "errors": "; ".join(str(e) for e in field_errors(error))})
     with _one_thread():
         table = score_table(bundle, records, explain)
     kept_rows = np.asarray(input_rows)[kept]
-    kept_ids = [_id_text(ids.iloc[k]) for k in kept]
+    kept_ids = [ids[k] for k in kept]
     positions = table.pop("row").to_numpy()
     table.insert(0, "input_row", kept_rows[positions].astype(np.int64) if len(positions) else np.array([], np.int64))
     table.insert(1, "patient_id", pd.Series([kept_ids[k] for k in positions], dtype=object))
@@ -181,6 +186,24 @@ def score_partition(
         table.insert(table.columns.get_loc("rank") + 1, "label", label)
     rejected_frame = pd.DataFrame(rejected, columns=["input_row", "patient_id", "errors"])
     return table, rejected_frame
+
+
+def _score_task(
+    bundle: ResponseModelBundle, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
+    arrow: bool,
+) -> tuple[pd.DataFrame | pa.Table, pd.DataFrame]:
+    """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
+    to send than a DataFrame of strings; turned into pandas here, as :func:`read_partitions` would),
+    and with ``arrow=True`` the output comes back as the Arrow table the Parquet writer takes, so the
+    client only writes it. ``bundle`` may be the key of a bundle the worker inherited by fork."""
+    if isinstance(bundle, str):
+        bundle = _INHERITED[bundle]
+    if isinstance(frame, pa.RecordBatch):
+        frame = frame.to_pandas()
+    table, rejected = score_partition(bundle, frame, input_rows, explain)
+    if arrow:
+        table = pa.Table.from_pandas(table, schema=_arrow_schema(table, {}), preserve_index=False)
+    return table, rejected
 
 
 def _id_text(value: Any) -> str | None:
@@ -231,10 +254,12 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
-def read_partitions(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS) -> Iterator[Partition]:
+def read_partitions(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS,
+                    arrow: bool = False) -> Iterator[Partition]:
     """Yield the partitions of a Parquet or CSV cohort file, ``partition_rows`` patients each.
 
-    CSV cells are read as text (a value that is not a number reaches the schema, which names it);
+    ``arrow=True``: a Parquet file's partitions as Arrow record batches (``to_pandas()`` gives the
+    DataFrame); CSV partitions are always DataFrames. CSV cells are read as text (a value that is not a number reaches the schema, which names it);
     empty cells are missing. Raises BatchInputError for an unreadable file or unexpected columns.
     """
     path = Path(path)
@@ -249,7 +274,7 @@ def read_partitions(path: str | Path, partition_rows: int = DEFAULT_PARTITION_RO
         columns = _check_columns(path, handle.schema_arrow.names)
         batches = handle.iter_batches(batch_size=partition_rows, columns=columns)
         for index, batch in enumerate(batches):
-            frame = batch.to_pandas()
+            frame = batch if arrow else batch.to_pandas()
             yield Partition(index, frame, np.arange(start, start + len(frame), dtype=np.int64))
             start += len(frame)
         return
@@ -318,12 +343,15 @@ class _Writer:
         """True once a table (possibly empty) has been written."""
         return self._parquet is not None or self._csv is not None
 
-    def write(self, table: pd.DataFrame) -> None:
+    def write(self, table: pd.DataFrame | pa.Table) -> None:
         if self.fmt == "parquet":
             if self._parquet is None:
-                self._schema = _arrow_schema(table, self.metadata)
+                self._schema = (table.schema.with_metadata({k: v for k, v in self.metadata.items() if v is not None})
+                                if isinstance(table, pa.Table) else _arrow_schema(table, self.metadata))
                 self._parquet = pq.ParquetWriter(self.path, self._schema, compression="zstd")
-            self._parquet.write_table(pa.Table.from_pandas(table, schema=self._schema, preserve_index=False))
+            if not isinstance(table, pa.Table):
+                table = pa.Table.from_pandas(table, schema=self._schema, preserve_index=False)
+            self._parquet.write_table(table)
         else:
             first = self._csv is None
             if first:
@@ -355,6 +383,12 @@ def rejected_path_for(output: str | Path) -> Path:
 # -- the driver ---------------------------------------------------------------------------------
 
 
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     """(client, cluster or None): a client of ``scheduler``, or of a new LocalCluster (closed by the caller)."""
     from distributed import Client, LocalCluster
@@ -367,8 +401,14 @@ def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    import dask
+
+    # where the platform has it, the worker processes are forked from this one: they start with the
+    # libraries already imported (≈ 0.3 s instead of ≈ 4 s for two spawned workers on this machine)
+    method = "fork" if processes and _can_fork() else None
+    with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                               dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
@@ -405,7 +445,7 @@ def score_file(
         partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows)
         total = n_read
     else:
-        partitions, rejected_upfront, n_read = read_partitions(input_path, partition_rows), None, 0
+        partitions, rejected_upfront, n_read = read_partitions(input_path, partition_rows, arrow=True), None, 0
         total = count_rows(input_path)
     rejected_path = rejected_path_for(output_path)
     rejected_path.unlink(missing_ok=True)
@@ -422,6 +462,13 @@ def score_file(
 
     own_client = client is None
     cluster = None
+    inherited = None
+    if own_client and not scheduler and processes and _can_fork():
+        # a LocalCluster forked from this process: its workers inherit the bundle with its models
+        # compiled and self-checked once here, instead of receiving a copy each and compiling it again
+        bundle.compile()
+        inherited = f"{id(bundle)}-{time.monotonic_ns()}"
+        _INHERITED[inherited] = bundle
     if own_client:
         client, cluster = _client(scheduler, n_workers, processes)
     bar = None
@@ -432,7 +479,7 @@ def score_file(
     try:
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
-        bundle_future = client.scatter(bundle, broadcast=True, hash=False)
+        bundle_future = inherited or client.scatter(bundle, broadcast=True, hash=False)
         result.startup_seconds = time.perf_counter() - started
         pending: deque = deque()
 
@@ -454,7 +501,8 @@ def score_file(
         for part in partitions:
             if not source:
                 result.n_read += len(part.frame)
-            future = client.submit(score_partition, bundle_future, part.frame, part.input_rows, explain, pure=False)
+            future = client.submit(_score_task, bundle_future, part.frame, part.input_rows, explain, fmt == "parquet",
+                                   pure=False)
             pending.append((len(part.frame), future))
             while len(pending) >= window:
                 collect(pending.popleft())
@@ -463,6 +511,8 @@ def score_file(
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(bundle, explain))
     finally:
+        if inherited:
+            _INHERITED.pop(inherited, None)
         writer.close()
         if bar is not None:
             bar.close()

@@ -261,8 +261,10 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         else:
             names = default if regimens is None else ([regimens] if isinstance(regimens, str) else list(regimens))
             wanted = [names] * len(records)
-        pairs = [(i, self._regimen(name)) for i, names in enumerate(wanted) for name in names]
-        reasons = [r.ineligibility(records[i]) for i, r in pairs]
+        known: dict[str, Regimen] = {}  # each name looked up (and checked) once, not once per record
+        pairs = [(i, known[name] if name in known else known.setdefault(name, self._regimen(name)))
+                 for i, names in enumerate(wanted) for name in names]
+        reasons = [r.ineligibility(records[i]) if r.eligibility else [] for i, r in pairs]
         columns: dict[str, list | np.ndarray] = {
             "row": [i for i, _ in pairs],
             "regimen": [r.name for _, r in pairs],
