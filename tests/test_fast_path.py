@@ -125,3 +125,31 @@ def test_the_pyfunc_predicts_the_reference_numbers(loaded):
     assert served["regimen"].tolist() == reference["regimen"].tolist()
     for outcome in OUTCOMES:
         np.testing.assert_allclose(served[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)
+
+
+def _explain_in_child(loaded, queue) -> None:
+    records = [PatientRecord.model_validate(EXAMPLE_PATIENT)]
+    _, _, explained = loaded.bundle.score_explain_rows(records)
+    queue.put(sorted(explained))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
+def test_background_explanations_work_in_a_forked_child(loaded):
+    """The explainers' threads do not survive a fork (batch scoring's workers): a child starts its own."""
+    import multiprocessing
+
+    records = [PatientRecord.model_validate(EXAMPLE_PATIENT)]
+    scores, X, explained = loaded.bundle.score_explain_rows(records)  # the parent's pool exists now
+    reference = loaded.bundle.explain_rows(scores["regimen_class"], X)
+    for key, (where, values, columns, base) in explained.items():
+        np.testing.assert_array_equal(values, reference[key][1])
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_explain_in_child, args=(loaded, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == sorted(explained)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()

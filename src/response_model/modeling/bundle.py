@@ -11,6 +11,7 @@ so loading needs the installed ``response_model`` package and its ``configs/``, 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 import weakref
@@ -56,16 +57,25 @@ _EXPLAINERS: Any = None
 
 
 def _explainers():
-    """The threads that compute one request's explanations side by side (:meth:`ResponseModelBundle.explain_rows`)."""
+    """The threads that compute one request's explanations side by side (:meth:`ResponseModelBundle.score_explain_rows`)."""
     global _EXPLAINERS
     with _COMPILE_LOCK:
         if _EXPLAINERS is None:
-            import os
             from concurrent.futures import ThreadPoolExecutor
 
             _EXPLAINERS = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
                                              thread_name_prefix="explain")
     return _EXPLAINERS
+
+
+def _forget_explainers() -> None:
+    """In a forked child: the parent's pool threads do not exist there; a new pool starts on first use."""
+    global _EXPLAINERS
+    _EXPLAINERS = None
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_explainers)
 
 
 def _model_columns(model: Any, available: Sequence[str]) -> list[str]:
@@ -243,6 +253,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
         per_record: bool = False,
         fast: bool = False,
+        _features_ready: Any = None,
     ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame]:
         """:meth:`score_with_features` without the pandas table: ({column: list or array}, features).
 
@@ -273,6 +284,8 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             "ineligible_reason": ["; ".join(why) if why else None for why in reasons],
         }
         X = self.features([records[i] for i, _ in pairs], columns["regimen"])
+        if _features_ready is not None:  # score_explain_rows: the explanations start now
+            _features_ready(columns["regimen_class"], X)
         classes = np.array(columns["regimen_class"], dtype=object)
         matrix = X.to_numpy()
         for outcome in OUTCOMES:
@@ -290,11 +303,30 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             columns[f"p_{outcome}"] = p
         return columns, X
 
+    def score_explain_rows(
+        self, records: Sequence[PatientRecord], regimens: Sequence[Sequence[str] | str | None] | None = None,
+        per_record: bool = False,
+    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame, dict[tuple[str, str], tuple]]:
+        """(scores, features, explanations): :meth:`score_rows` (compiled models) and :meth:`explain_rows`
+        of its rows — the explanations computed in the background while the probabilities are."""
+        started: dict[str, Any] = {}
+
+        def start(classes: Sequence[str], X: pd.DataFrame) -> None:
+            started["explained"] = self._start_explaining(classes, X)
+
+        scores, X = self.score_rows(records, regimens, per_record=per_record, fast=True, _features_ready=start)
+        return scores, X, started["explained"]()
+
     def explain_rows(
         self, regimen_classes: Sequence[str], X: pd.DataFrame
     ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str], float]]:
         """:meth:`explain_scored` with the compiled models and without pandas:
         {(regimen_class, outcome): (positions, contributions array, their columns, base_value)}."""
+        return self._start_explaining(regimen_classes, X, background=False)()
+
+    def _start_explaining(self, regimen_classes: Sequence[str], X: pd.DataFrame, background: bool = True):
+        """Start :meth:`explain_rows` (``background``: in the explainers' threads, side by side); returns
+        the function that waits for its result."""
         classes = np.asarray(regimen_classes, dtype=object)
         matrix = X.to_numpy()
         jobs = []
@@ -310,10 +342,16 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
                 jobs.append(((regimen_class, outcome), np.flatnonzero(mask), model, rows))
         # The models' explanations (LightGBM's TreeSHAP: most of a request's time) side by side: LightGBM
         # releases the GIL while it computes, so one request uses the idle cores of a quiet server
-        results = (_explainers().map(lambda job: job[2].explain(job[3]), jobs) if len(jobs) > 1
-                   else (model.explain(rows) for _, _, model, rows in jobs))
-        return {key: (where, values, columns, base_value)
-                for (key, where, _, _), (values, columns, base_value) in zip(jobs, results)}
+        if not background or not jobs:  # e.g. batch scoring, whose workers are parallel already
+            done = [model.explain(rows) for _, _, model, rows in jobs]
+            return lambda: {key: (where, *out) for (key, where, _, _), out in zip(jobs, done)}
+        pool = _explainers()
+        futures = [pool.submit(model.explain, rows) for _, _, model, rows in jobs]
+
+        def result() -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str], float]]:
+            return {key: (where, *future.result()) for (key, where, _, _), future in zip(jobs, futures)}
+
+        return result
 
     def explain_scored(
         self, scores: pd.DataFrame, X: pd.DataFrame, fast: bool = False

@@ -408,12 +408,13 @@ def _predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) ->
     default = [r.name for r in bundle.candidate_regimens()]
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else default for r in requests]
     # the models' compiled forms: the same numbers as their own predict_proba / explain, less overhead
-    scores, X = bundle.score_rows(records, wanted, per_record=True, fast=True)
+    # and the same explanation pass as batch scoring (response_model.modeling.batch), without pandas,
+    # computed while the probabilities are
+    scores, X, explained = bundle.score_explain_rows(records, wanted, per_record=True)
     matrix = X.to_numpy()
     contributions: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     columns: dict[tuple[str, str], list[str]] = {}
-    # the same explanation pass as batch scoring (response_model.modeling.batch), without pandas
-    for key, (where, values, names, base_value) in bundle.explain_rows(scores["regimen_class"], X).items():
+    for key, (where, values, names, base_value) in explained.items():
         columns[key] = names
         contributions[key] = (where, values, base_value)
     # what-if genomic tests for the eligible regimens of patients who were not sequenced: one pass
