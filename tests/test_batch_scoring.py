@@ -226,3 +226,21 @@ def test_unknown_columns_and_file_types_are_refused(tmp_path):
     path.write_text("age,colour\n60,blue\n")
     with pytest.raises(BatchInputError, match="unexpected column.*colour"):
         next(read_partitions(path))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
+def test_own_forked_cluster_writes_what_a_given_client_writes(smoke_model, cluster, cohort, tmp_path):
+    # score_file's own LocalCluster forks its worker processes, which inherit the compiled bundle
+    # instead of receiving it; the file must be the one the in-process cluster writes, byte for value
+    _, client = cluster
+    model = str(smoke_model["export_dir"])
+    given = score_file(model, cohort["bad_parquet"], tmp_path / "given.parquet", explain=True, client=client,
+                       partition_rows=8, progress=False)
+    own = score_file(model, cohort["bad_parquet"], tmp_path / "own.parquet", explain=True, n_workers=1,
+                     partition_rows=8, progress=False)
+    assert (own.n_scored, own.n_rejected, own.n_rows) == (given.n_scored, given.n_rejected, given.n_rows)
+    import pyarrow.parquet as pq
+
+    a, b = pq.read_table(given.output), pq.read_table(own.output)
+    assert a.schema.equals(b.schema, check_metadata=True) and a.equals(b)
+    assert pd.read_csv(own.rejected_path).equals(pd.read_csv(given.rejected_path))

@@ -192,7 +192,12 @@ def row_to_record(row: Mapping[str, Any]) -> PatientRecord:
     ``alterations`` may be a JSON list, the compact text ``GENE p.CHANGE; GENE KIND``, or a list.
     """
     data = {name: _clean(row[name]) for name in INPUT_FIELDS if name in row}
-    data = {name: value for name, value in data.items() if value is not None}
+    return clean_row_to_record({name: value for name, value in data.items() if value is not None})
+
+
+def clean_row_to_record(data: dict[str, Any]) -> PatientRecord:
+    """:func:`row_to_record` of a row already cleaned: input fields only, Python values, missing ones
+    left out (batch scoring cleans whole columns at once); raises ``ValidationError``."""
     alterations = data.get("alterations")
     if isinstance(alterations, str) and alterations.lstrip().startswith("["):
         try:

@@ -32,6 +32,7 @@ Rejected rows go to ``<output>.rejected.csv`` (``input_row``, ``patient_id``, ``
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -47,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from response_model.dataset import COHORT_COLUMNS, INPUT_FIELDS, row_to_record
+from response_model.dataset import COHORT_COLUMNS, INPUT_FIELDS, _clean, clean_row_to_record
 from response_model.modeling.bundle import OUTCOMES, ResponseModelBundle
 from response_model.schema import PatientRecord, field_errors
 
@@ -164,12 +165,14 @@ def score_partition(
     kept: list[int] = []
     rejected: list[dict[str, Any]] = []
     ids = [_id_text(v) for v in frame["patient_id"].tolist()] if "patient_id" in frame.columns else [None] * len(frame)
-    # the rows as dicts built column by column (what ``to_dict(orient="records")`` gives, without its
-    # per-row pandas work); each still goes through ``row_to_record``, the one record conversion
-    names = list(frame.columns)
-    for position, values in enumerate(zip(*(frame[name].tolist() for name in names))):
+    # the rows cleaned column by column (what ``row_to_record`` does to each value of
+    # ``to_dict(orient="records")``, without the per-row pandas and per-value work), then validated
+    # one by one by the same conversion (``clean_row_to_record``)
+    names = [name for name in INPUT_FIELDS if name in frame.columns]
+    columns = [_clean_column(frame[name]) for name in names]
+    for position, values in enumerate(zip(*columns)):
         try:
-            records.append(row_to_record(dict(zip(names, values))))
+            records.append(clean_row_to_record({n: v for n, v in zip(names, values) if v is not None}))
             kept.append(position)
         except ValidationError as error:
             rejected.append({"input_row": int(input_rows[position]), "patient_id": ids[position],
@@ -188,6 +191,16 @@ def score_partition(
     return table, rejected_frame
 
 
+def _clean_column(column: pd.Series) -> list[Any]:
+    """The values of ``column`` as ``row_to_record`` cleans them: Python scalars, None for missing."""
+    values = column.tolist()  # Python scalars for NumPy's numeric and boolean dtypes
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind == "f":
+        return [None if v != v else v for v in values]  # NaN -> None
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iub":
+        return values
+    return [_clean(v) for v in values]  # object and pandas' nullable dtypes (pd.NA) value by value
+
+
 def _score_task(
     bundle: ResponseModelBundle, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
     arrow: bool,
@@ -200,7 +213,13 @@ def _score_task(
         bundle = _INHERITED[bundle]
     if isinstance(frame, pa.RecordBatch):
         frame = frame.to_pandas()
-    table, rejected = score_partition(bundle, frame, input_rows, explain)
+    collecting = gc.isenabled()
+    gc.disable()  # the partition's many short-lived objects hold no cycles: no collector passes over them
+    try:
+        table, rejected = score_partition(bundle, frame, input_rows, explain)
+    finally:
+        if collecting:
+            gc.enable()
     if arrow:
         table = pa.Table.from_pandas(table, schema=_arrow_schema(table, {}), preserve_index=False)
     return table, rejected
