@@ -228,10 +228,9 @@ def test_unknown_columns_and_file_types_are_refused(tmp_path):
         next(read_partitions(path))
 
 
-@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
-def test_own_forked_cluster_writes_what_a_given_client_writes(smoke_model, cluster, cohort, tmp_path):
-    # score_file's own LocalCluster forks its worker processes, which inherit the compiled bundle
-    # instead of receiving it; the file must be the one the in-process cluster writes, byte for value
+def test_own_cluster_writes_what_a_given_client_writes(smoke_model, cluster, cohort, tmp_path):
+    # score_file's own LocalCluster (worker processes, Arrow batches in and Arrow tables out) must
+    # write the file the in-process cluster writes, value for value
     _, client = cluster
     model = str(smoke_model["export_dir"])
     given = score_file(model, cohort["bad_parquet"], tmp_path / "given.parquet", explain=True, client=client,

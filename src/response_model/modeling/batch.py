@@ -13,7 +13,13 @@ silently) and scores them with :func:`score_table`, which computes with the same
 the prediction service (``ResponseModelBundle.score_rows`` / ``explain_rows`` through
 :meth:`ResponseModelBundle.score_with_features` and :meth:`ResponseModelBundle.explain_scored` with
 ``fast=True``), so the numbers are the API's. The bundle is sent to
-every worker once (``Client.scatter(broadcast=True)``), not with every task.
+every worker once (``Client.scatter(broadcast=True)``), not with every task; a LocalCluster that
+``score_file`` starts itself forks its workers from the client where the platform can (they start in
+a fraction of a second and inherit the bundle with its models compiled and self-checked once) — off
+for now (``_FORK``): forked workers stalled with explanations after the client had run LightGBM's
+OpenMP threads.
+Parquet partitions travel as Arrow record batches and results for Parquet output come back as Arrow
+tables, so the client only reads and writes.
 
 Output: one row per patient × candidate regimen, in input order — ``input_row`` (0-based position
 of the patient among the data rows of the input), ``patient_id`` (as given in the input: the file
@@ -59,6 +65,9 @@ SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
 RANK_DECIMALS = 4  # the API shows probabilities rounded to 4 decimals and ranks on those
 # bundles handed to the workers of a forked LocalCluster by inheritance (see :func:`score_file`)
+# Off: forked workers were seen to stall with explanations after the client had run LightGBM with
+# several OpenMP threads (GNU OpenMP is not fork-safe), so workers are spawned (the default).
+_FORK = False
 _INHERITED: dict[str, ResponseModelBundle] = {}
 
 
@@ -424,7 +433,7 @@ def _client(scheduler: str | None, n_workers: int | None, processes: bool):
 
     # where the platform has it, the worker processes are forked from this one: they start with the
     # libraries already imported (≈ 0.3 s instead of ≈ 4 s for two spawned workers on this machine)
-    method = "fork" if processes and _can_fork() else None
+    method = "fork" if processes and _FORK and _can_fork() else None
     with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
                                dashboard_address=":0", silence_logs=logging.ERROR)
@@ -482,7 +491,7 @@ def score_file(
     own_client = client is None
     cluster = None
     inherited = None
-    if own_client and not scheduler and processes and _can_fork():
+    if own_client and not scheduler and processes and _FORK and _can_fork():
         # a LocalCluster forked from this process: its workers inherit the bundle with its models
         # compiled and self-checked once here, instead of receiving a copy each and compiling it again
         bundle.compile()
