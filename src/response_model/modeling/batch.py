@@ -13,11 +13,9 @@ silently) and scores them with :func:`score_table`, which computes with the same
 the prediction service (``ResponseModelBundle.score_rows`` / ``explain_rows`` through
 :meth:`ResponseModelBundle.score_with_features` and :meth:`ResponseModelBundle.explain_scored` with
 ``fast=True``), so the numbers are the API's. The bundle is sent to
-every worker once (``Client.scatter(broadcast=True)``), not with every task; a LocalCluster that
-``score_file`` starts itself forks its workers from the client where the platform can (they start in
-a fraction of a second and inherit the bundle with its models compiled and self-checked once) — off
-for now (``_FORK``): forked workers stalled with explanations after the client had run LightGBM's
-OpenMP threads.
+every worker once (``Client.scatter(broadcast=True)``), not with every task. Workers are spawned,
+not forked: forked workers were seen to stall with explanations after the client had run
+LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
 Parquet partitions travel as Arrow record batches and results for Parquet output come back as Arrow
 tables, so the client only reads and writes.
 
@@ -64,11 +62,6 @@ DEFAULT_PARTITION_ROWS = 5_000
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
 RANK_DECIMALS = 4  # the API shows probabilities rounded to 4 decimals and ranks on those
-# bundles handed to the workers of a forked LocalCluster by inheritance (see :func:`score_file`)
-# Off: forked workers were seen to stall with explanations after the client had run LightGBM with
-# several OpenMP threads (GNU OpenMP is not fork-safe), so workers are spawned (the default).
-_FORK = False
-_INHERITED: dict[str, ResponseModelBundle] = {}
 
 
 class BatchInputError(ValueError):
@@ -217,9 +210,7 @@ def _score_task(
     """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
     to send than a DataFrame of strings; turned into pandas here, as :func:`read_partitions` would),
     and with ``arrow=True`` the output comes back as the Arrow table the Parquet writer takes, so the
-    client only writes it. ``bundle`` may be the key of a bundle the worker inherited by fork."""
-    if isinstance(bundle, str):
-        bundle = _INHERITED[bundle]
+    client only writes it."""
     if isinstance(frame, pa.RecordBatch):
         frame = frame.to_pandas()
     collecting = gc.isenabled()
@@ -411,12 +402,6 @@ def rejected_path_for(output: str | Path) -> Path:
 # -- the driver ---------------------------------------------------------------------------------
 
 
-def _can_fork() -> bool:
-    import multiprocessing
-
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
 def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     """(client, cluster or None): a client of ``scheduler``, or of a new LocalCluster (closed by the caller)."""
     from distributed import Client, LocalCluster
@@ -429,14 +414,8 @@ def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
-    import dask
-
-    # where the platform has it, the worker processes are forked from this one: they start with the
-    # libraries already imported (≈ 0.3 s instead of ≈ 4 s for two spawned workers on this machine)
-    method = "fork" if processes and _FORK and _can_fork() else None
-    with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
@@ -490,13 +469,6 @@ def score_file(
 
     own_client = client is None
     cluster = None
-    inherited = None
-    if own_client and not scheduler and processes and _FORK and _can_fork():
-        # a LocalCluster forked from this process: its workers inherit the bundle with its models
-        # compiled and self-checked once here, instead of receiving a copy each and compiling it again
-        bundle.compile()
-        inherited = f"{id(bundle)}-{time.monotonic_ns()}"
-        _INHERITED[inherited] = bundle
     if own_client:
         client, cluster = _client(scheduler, n_workers, processes)
     bar = None
@@ -507,7 +479,7 @@ def score_file(
     try:
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
-        bundle_future = inherited or client.scatter(bundle, broadcast=True, hash=False)
+        bundle_future = client.scatter(bundle, broadcast=True, hash=False)
         result.startup_seconds = time.perf_counter() - started
         pending: deque = deque()
 
@@ -539,8 +511,6 @@ def score_file(
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(bundle, explain))
     finally:
-        if inherited:
-            _INHERITED.pop(inherited, None)
         writer.close()
         if bar is not None:
             bar.close()

@@ -40,9 +40,8 @@ import hashlib
 import io
 import json
 import logging
-import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping
 

@@ -398,7 +398,6 @@ def _submit(request: Request, form: Form) -> HTMLResponse:
                        message="The model is still loading; try again in a minute.")
 
     source = "json" if form.get("source") == "json" else "fields"
-    candidates = [r.name for r in loaded.bundle.candidate_regimens()]
     chosen = form.getlist("regimens")
     raw_id = form.get("patient_id").strip() or None
     patient, entered = patient_from_fields(form)
