@@ -457,3 +457,11 @@ def test_audit_record_holds_every_shap_value_and_the_base_value(registry, servic
     assert len(stored["values"]) > len(stored["top"]) and "base_value" in stored and stored["scale"]
     for shown in stored["top"]:
         assert stored["values"][shown["feature"]] == pytest.approx(shown["contribution"], abs=1e-5)
+
+
+def test_an_unknown_request_field_is_named_with_the_request_fields(service):
+    client, tokens, _ = service
+    r = client.post("/v1/predictions", json={"patient": patient(), "urgent": True}, headers=auth(tokens["clinician"]))
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"field": "urgent", "value": True,
+                                   "message": "urgent: unknown field; expected one of patient, regimens, patient_id"}]

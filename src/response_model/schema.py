@@ -561,10 +561,11 @@ class FieldError:
         return self.message
 
 
-def field_errors(error: ValidationError) -> list[FieldError]:
+def field_errors(error: ValidationError, known_fields: str = "the patient-record fields") -> list[FieldError]:
     """Return one :class:`FieldError` per problem in a pydantic ``ValidationError``.
 
-    Messages name the field, the value and what was expected.
+    Messages name the field, the value and what was expected; ``known_fields`` says which fields an
+    unknown one should have been (the patient record's, unless the error is another model's).
     """
     found = []
     for item in error.errors(include_url=False):
@@ -578,7 +579,7 @@ def field_errors(error: ValidationError) -> list[FieldError]:
         if item["type"] in {"missing"}:
             message = f"{path}: required field is missing"
         elif item["type"] == "extra_forbidden":
-            message = f"{path}: unknown field; expected one of the patient-record fields"
+            message = f"{path}: unknown field; expected one of {known_fields}"
         elif not _names_field(message, path):
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
             message = f"{path}: {shown} — {message}"

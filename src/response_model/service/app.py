@@ -288,7 +288,7 @@ def request_errors(body: Any) -> list[dict[str, Any]]:
     try:
         PredictionRequest.model_validate({**body, "patient": {"age": 60, "sex": "female"}})
     except ValidationError as error:
-        for e in field_errors(error):
+        for e in field_errors(error, ", ".join(PredictionRequest.model_fields)):
             errors.append({"field": e.field, "value": _jsonable(e.value), "message": e.message})
     return errors
 
