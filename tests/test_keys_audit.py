@@ -63,6 +63,24 @@ def filled_trail(url: str, n: int = 20) -> AuditTrail:
     return trail
 
 
+def run_threads(worker, n: int) -> list[BaseException]:
+    """Run ``worker(t)`` for t in range(n) in n threads at once; return what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            worker(t)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def execute(url: str, *statements: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
@@ -349,24 +367,15 @@ def test_concurrent_appends_keep_one_chain(db):
     url, _ = db
     AuditTrail(url).close()  # create the table once
     n_threads, per_thread = 8, 25
-    errors: list[BaseException] = []
     barrier = threading.Barrier(n_threads)
 
     def worker(t: int) -> None:
-        try:
-            with AuditTrail(url) as trail:  # one engine per thread, like separate worker processes
-                barrier.wait()
-                for i in range(per_thread):
-                    trail.append(record(t * 1000 + i))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        with AuditTrail(url) as trail:  # one engine per thread, like separate worker processes
+            barrier.wait()
+            for i in range(per_thread):
+                trail.append(record(t * 1000 + i))
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(worker, n_threads) == []
     with AuditTrail(url) as trail:
         result = trail.verify()
         assert (result.ok, result.n_records) == (True, n_threads * per_thread)
@@ -470,22 +479,13 @@ def test_postgresql_keys_and_concurrent_audit_chain(postgres_url):
         assert store.authenticate(token) is None
 
     AuditTrail(url).close()
-    errors: list[BaseException] = []
 
     def worker(t: int) -> None:
-        try:
-            with AuditTrail(url) as trail:
-                for i in range(25):
-                    trail.append(record(t * 1000 + i, time=datetime.now(timezone.utc)))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        with AuditTrail(url) as trail:
+            for i in range(25):
+                trail.append(record(t * 1000 + i, time=datetime.now(timezone.utc)))
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(worker, 8) == []
     with AuditTrail(url) as trail:
         assert (trail.verify().ok, trail.verify().n_records) == (True, 200)
         assert len(trail.query(regimen="sorafenib", limit=1000)) == 200

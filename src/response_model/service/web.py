@@ -332,14 +332,22 @@ def page(request: Request) -> HTMLResponse:
     return _page(request, key, status=200)
 
 
-@router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request) -> Response:
-    """Check the pasted API key; on success keep it in the session cookie and go to the form."""
+async def _checked_form(request: Request) -> Form | Response:
+    """The posted form of the sign-in and sign-out buttons, or the page refusing it (too large, bad CSRF token)."""
     form = await _read_form(request)
     if form is None:
         return _too_large(request)
     if not _csrf_ok(request, form):
         return _csrf_refused(request)
+    return form
+
+
+@router.post("/sign-in", response_class=HTMLResponse)
+async def sign_in(request: Request) -> Response:
+    """Check the pasted API key; on success keep it in the session cookie and go to the form."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
     token = form.get("api_key").strip()
     try:
         key = await run_in_threadpool(request.app.state.authenticate, request, ROLES, token)
@@ -358,11 +366,9 @@ async def sign_in(request: Request) -> Response:
 @router.post("/sign-out", response_class=HTMLResponse)
 async def sign_out(request: Request) -> Response:
     """Forget the session cookie."""
-    form = await _read_form(request)
-    if form is None:
-        return _too_large(request)
-    if not _csrf_ok(request, form):
-        return _csrf_refused(request)
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
     response = _redirect(request)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
