@@ -236,10 +236,26 @@ def test_own_cluster_writes_what_a_given_client_writes(smoke_model, cluster, coh
     given = score_file(model, cohort["bad_parquet"], tmp_path / "given.parquet", explain=True, client=client,
                        partition_rows=8, progress=False)
     own = score_file(model, cohort["bad_parquet"], tmp_path / "own.parquet", explain=True, n_workers=1,
-                     partition_rows=8, progress=False)
-    assert (own.n_scored, own.n_rejected, own.n_rows) == (given.n_scored, given.n_rejected, given.n_rows)
+                     partition_rows=8, processes=True, progress=False)
+    # by default a file of at most SMALL_INPUT_PARTITIONS partitions per worker is scored in threads
+    small = score_file(model, cohort["bad_parquet"], tmp_path / "small.parquet", explain=True, n_workers=1,
+                       partition_rows=1000, progress=False)
+    assert (given.cluster, own.cluster, small.cluster) == ("given", "local processes", "local threads")
     import pyarrow.parquet as pq
 
-    a, b = pq.read_table(given.output), pq.read_table(own.output)
-    assert a.schema.equals(b.schema, check_metadata=True) and a.equals(b)
-    assert pd.read_csv(own.rejected_path).equals(pd.read_csv(given.rejected_path))
+    for result in (own, small):
+        assert (result.n_scored, result.n_rejected, result.n_rows) == (given.n_scored, given.n_rejected, given.n_rows)
+        a, b = pq.read_table(given.output), pq.read_table(result.output)
+        assert a.schema.equals(b.schema, check_metadata=True) and a.equals(b)
+        assert pd.read_csv(result.rejected_path).equals(pd.read_csv(given.rejected_path))
+
+
+def test_ranks_round_as_python_does():
+    """The vectorised rounding that ranks use is Python's ``round`` to 4 decimals, ties included."""
+    from response_model.modeling.batch import _shown
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.random(100_000), np.arange(10_001) / 1e4 + 0.00005, np.arange(10_001) / 1e4,
+                        [0.0, 1.0, 0.00004, 0.99995, np.nan]])
+    expected = np.array([round(float(v), 4) if math.isfinite(v) else np.nan for v in p])
+    np.testing.assert_array_equal(_shown(p), expected)

@@ -153,3 +153,97 @@ def test_background_explanations_work_in_a_forked_child(loaded):
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
+
+
+# -- the factored evaluation (patients' features and trees once per patient) -----------------------
+
+
+def _cohort_records(n: int = 60):
+    from response_model.dataset import row_to_record
+    from response_model.sources.simulator import simulate_cohort
+
+    return [row_to_record(r) for r in simulate_cohort(n, 5).cohort.to_dict(orient="records")]
+
+
+def test_tree_groups_add_up_to_the_booster(loaded):
+    """Every tree lands in exactly one group, and the groups' raw scores and TreeSHAP values (put back in
+    their feature positions) add up to the whole booster's on real feature rows."""
+    from response_model.features import regimen_feature_names
+    from response_model.modeling.compiled import group_trees
+
+    bundle = loaded.bundle
+    records = _cohort_records()
+    _, X = bundle.score_with_features(records, fast=True)
+    for key, model in bundle.models.items():
+        booster = model.gbm_.booster_
+        matrix = np.ascontiguousarray(X.reindex(columns=[str(c) for c in model.gbm_features_]).to_numpy())
+        groups = group_trees(booster, regimen_feature_names(), max_groups=4)
+        assert 1 <= len(groups) <= 4
+        assert sum(g.booster.num_trees() for g in groups) == booster.num_trees(), key
+        row_positions = {k for k, n in enumerate(booster.feature_name()) if n in set(regimen_feature_names())}
+        assert not set(groups[0].row_features) or all(len(g.row_features) for g in groups), key
+        raw = sum(g.booster.predict(matrix[:, g.features], raw_score=True) for g in groups)
+        np.testing.assert_allclose(raw, booster.predict(matrix, raw_score=True), rtol=0, atol=1e-12)
+        contributions = np.zeros((len(matrix), matrix.shape[1] + 1))
+        for g in groups:
+            assert set(g.row_features) == set(g.features) & row_positions
+            values = g.booster.predict(matrix[:, g.features], pred_contrib=True)
+            contributions[:, g.features] += values[:, :-1]
+            contributions[:, -1] += values[:, -1]
+        np.testing.assert_allclose(contributions, booster.predict(matrix, pred_contrib=True), rtol=0, atol=1e-12)
+
+
+def test_grouping_rows_by_patient_changes_no_number(loaded):
+    """Scored as one patient per group (the batch and API path) or every row on its own, and with the
+    rows shuffled: the same probabilities and explanations, to 1e-12 of the models' own methods."""
+    bundle = loaded.bundle
+    records = _cohort_records()
+    scores, X = bundle.score_with_features(records, fast=True)
+    matrix = X.to_numpy()
+    classes = scores["regimen_class"].to_numpy()
+    rows = scores["row"].to_numpy()
+    shuffle = np.random.default_rng(0).permutation(len(matrix))
+    for key in bundle.models:
+        model = bundle.compiled(key)
+        mask = classes == key[0]
+        grouped, alone = model.probabilities(matrix[mask], rows[mask]), model.probabilities(matrix[mask])
+        np.testing.assert_allclose(grouped, alone, rtol=0, atol=1e-12)
+        shuffled = model.probabilities(matrix[shuffle][mask[shuffle]], rows[shuffle][mask[shuffle]])
+        np.testing.assert_allclose(np.sort(shuffled), np.sort(grouped), rtol=0, atol=1e-12)
+        reference = ReferenceModel(bundle.models[key], bundle.feature_names)
+        np.testing.assert_allclose(grouped, reference.probabilities(matrix[mask]), rtol=0, atol=1e-12)
+        values, _, base = model.explain(matrix[mask], rows[mask])
+        ref_values, _, ref_base = reference.explain(matrix[mask])
+        np.testing.assert_allclose(values, ref_values, rtol=0, atol=1e-12)
+        assert abs(base - ref_base) <= 1e-12
+
+
+def test_a_compiled_bundle_scores_like_its_bundle_without_mlflow(loaded, tmp_path):
+    """What batch scoring's workers get: the same numbers, and unpickled in a fresh interpreter
+    without importing MLflow or the training code."""
+    import pickle
+    import subprocess
+    import sys
+
+    bundle = loaded.bundle
+    compiled = bundle.compiled_bundle()
+    records = _cohort_records(20)
+    ours, _ = compiled.score_with_features(records, fast=True)
+    theirs, _ = bundle.score_with_features(records, fast=True)
+    assert ours.drop(columns=[c for c in ours if c.startswith("p_")]).equals(
+        theirs.drop(columns=[c for c in theirs if c.startswith("p_")]))
+    for outcome in OUTCOMES:
+        np.testing.assert_array_equal(ours[f"p_{outcome}"], theirs[f"p_{outcome}"])
+    with pytest.raises(TypeError, match="compiled models only"):
+        compiled.score_with_features(records, fast=False)
+    (tmp_path / "compiled.pkl").write_bytes(pickle.dumps(compiled))
+    script = (
+        "import pickle, sys\n"
+        f"bundle = pickle.loads(open({str(tmp_path / 'compiled.pkl')!r}, 'rb').read())\n"
+        "import response_model.modeling.batch\n"
+        "heavy = [m for m in ('mlflow', 'response_model.modeling.bundle', 'response_model.modeling.cv',\n"
+        "                     'response_model.modeling.estimators') if m in sys.modules]\n"
+        "print(type(bundle).__name__, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["CompiledBundle", "[]"], out.stdout + out.stderr

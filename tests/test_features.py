@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from response_model.features import build_feature_matrix, feature_names
@@ -48,3 +49,24 @@ def test_regimen_features_encode_class_targets_and_identity():
     assert unknown.filter(like="target_").isna().all()
     with pytest.raises(KeyError, match="not in the catalogue"):
         build_feature_matrix(records[:1], "aspirin")
+
+
+def test_factored_blocks_give_the_row_by_row_matrix():
+    """The scoring path's factored blocks (each patient and regimen once, gathered by index) give the
+    matrix built row by row, for patients repeated in any order and regimens of both classes."""
+    from response_model.dataset import row_to_record
+    from response_model.features import FeatureBlocks
+    from response_model.regimens import candidate_regimens
+    from response_model.sources.simulator import simulate_cohort
+
+    records = [row_to_record(r) for r in simulate_cohort(40, 2).cohort.to_dict(orient="records")]
+    names = [r.name for r in candidate_regimens()]
+    rng = np.random.default_rng(0)
+    patient_index = rng.integers(0, len(records), size=300)
+    regimen_index = rng.integers(0, len(names), size=300)
+    blocks = FeatureBlocks.of_pairs(records, patient_index, names, regimen_index)
+    by_row = pd.concat([build_feature_matrix([records[i]], [names[j]]) for i, j in zip(patient_index, regimen_index)],
+                       ignore_index=True)
+    pd.testing.assert_frame_equal(blocks.frame(), by_row)
+    pd.testing.assert_frame_equal(FeatureBlocks.of_pairs(records, np.arange(len(records))).frame(),
+                                  build_feature_matrix(records))

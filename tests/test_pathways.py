@@ -59,3 +59,21 @@ def test_every_pathway_cites_its_evidence_row():
     for pathway in load_pathways():
         assert "hcc-evidence.md" in pathway.source, pathway.name
         assert pathway.rules
+
+
+def test_pathway_flags_are_each_pathways_drivers():
+    """The one-pass flags the feature function uses say what each pathway's own ``drivers`` says."""
+    from response_model.dataset import row_to_record
+    from response_model.pathways import pathway_flags
+    from response_model.sources.simulator import simulate_cohort
+
+    pathways = load_pathways()
+    records = [row_to_record(r) for r in simulate_cohort(300, 11).cohort.to_dict(orient="records")]
+    genotyped = [r.alterations for r in records if r.alterations]
+    assert len(genotyped) > 100
+    switched_on = 0
+    for alterations in genotyped:
+        flags = pathway_flags(alterations)
+        assert flags == [bool(p.drivers(alterations)) for p in pathways]
+        switched_on += sum(flags)
+    assert switched_on > 50  # the check compared real positives, not only negatives

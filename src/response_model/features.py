@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
-from response_model.pathways import load_pathways
+from response_model.pathways import load_pathways, pathway_flags
 from response_model.regimens import TARGETS, candidate_regimens, get_regimen, regimen_classes
 from response_model.schema import (
     VIRAL_AETIOLOGIES,
@@ -109,8 +110,10 @@ def _patient_features(record: PatientRecord) -> list[float]:
     genotyped = record.alterations is not None
     values.append(float(genotyped))
     values.append(float(len(record.alterations)) if genotyped else math.nan)
-    for pathway in load_pathways():
-        values.append(float(bool(pathway.drivers(record.alterations))) if genotyped else math.nan)
+    if genotyped:
+        values += [float(on) for on in pathway_flags(record.alterations)]
+    else:
+        values += [math.nan] * len(load_pathways())
     return values
 
 
@@ -125,6 +128,43 @@ def _regimen_features(regimen_name: str | None) -> list[float]:
     return values
 
 
+@dataclass(frozen=True)
+class FeatureBlocks:
+    """The feature matrix in factored form: row k is ``patient[patient_index[k]]`` followed (when
+    there are regimens) by ``regimen[regimen_index[k]]`` — each patient's and each regimen's features
+    computed once, however many rows they appear in."""
+
+    patient: np.ndarray  # (patients, len(patient_feature_names())) float64
+    patient_index: np.ndarray  # one patient position per row
+    regimen: np.ndarray | None = None  # (regimens, len(regimen_feature_names())) float64
+    regimen_index: np.ndarray | None = None  # one regimen position per row
+
+    @classmethod
+    def of_pairs(cls, records: Sequence[PatientRecord], patient_index: np.ndarray,
+                 regimens: Sequence[str | None] | None = None,
+                 regimen_index: np.ndarray | None = None) -> FeatureBlocks:
+        """The blocks of rows (``records[patient_index[k]]``, ``regimens[regimen_index[k]]``)."""
+        patient = np.array([_patient_features(r) for r in records], dtype=np.float64).reshape(
+            len(records), len(patient_feature_names()))
+        if regimens is None:
+            return cls(patient, np.asarray(patient_index, dtype=np.intp))
+        regimen = np.array([_regimen_features(name) for name in regimens], dtype=np.float64).reshape(
+            len(regimens), len(regimen_feature_names()))
+        return cls(patient, np.asarray(patient_index, dtype=np.intp), regimen,
+                   np.asarray(regimen_index, dtype=np.intp))
+
+    def matrix(self) -> np.ndarray:
+        """The feature matrix (rows × :func:`feature_names`), float64, NaN = missing."""
+        if self.regimen is None:
+            return self.patient[self.patient_index]
+        return np.hstack([self.patient[self.patient_index], self.regimen[self.regimen_index]])
+
+    def frame(self) -> pd.DataFrame:
+        """:meth:`matrix` with its column names (:func:`feature_names`)."""
+        columns = _column_index(self.regimen is not None)
+        return pd.DataFrame(self.matrix(), columns=columns.copy())  # a copy: renaming one must not rename the cache
+
+
 def build_feature_matrix(
     records: Sequence[PatientRecord],
     regimens: Sequence[str | None] | str | None = None,
@@ -137,23 +177,18 @@ def build_feature_matrix(
     # a record repeated (one row per candidate regimen) and a regimen repeated are computed once,
     # then gathered by index (the same float64 values as building every row in Python)
     position: dict[int, int] = {}
-    unique: list[list[float]] = []
+    unique: list[PatientRecord] = []
     for record in records:
         if id(record) not in position:
             position[id(record)] = len(unique)
-            unique.append(_patient_features(record))
+            unique.append(record)
     which = np.fromiter((position[id(record)] for record in records), dtype=np.intp, count=len(records))
-    patient = np.array(unique, dtype=np.float64).reshape(len(unique), len(patient_feature_names()))
-    matrix = patient[which]
-    columns = _column_index(regimens is not None)
-    if regimens is not None:
-        per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
-        if len(per_row) != len(records):
-            raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
-        names = list(dict.fromkeys(per_row))
-        index = {name: k for k, name in enumerate(names)}
-        regimen = np.array([_regimen_features(name) for name in names], dtype=np.float64).reshape(
-            len(names), len(regimen_feature_names()))
-        matrix = np.hstack([matrix, regimen[np.fromiter((index[name] for name in per_row), dtype=np.intp,
-                                                        count=len(per_row))]])
-    return pd.DataFrame(matrix, columns=columns.copy())  # a copy: renaming one must not rename the cache
+    if regimens is None:
+        return FeatureBlocks.of_pairs(unique, which).frame()
+    per_row = [regimens] * len(records) if isinstance(regimens, str) else list(regimens)
+    if len(per_row) != len(records):
+        raise ValueError(f"{len(records)} records but {len(per_row)} regimens; expected one each")
+    names = list(dict.fromkeys(per_row))
+    index = {name: k for k, name in enumerate(names)}
+    regimen_index = np.fromiter((index[name] for name in per_row), dtype=np.intp, count=len(per_row))
+    return FeatureBlocks.of_pairs(unique, which, names, regimen_index).frame()

@@ -67,6 +67,27 @@ def load_pathways(name: str = "pathways.yaml") -> tuple[Pathway, ...]:
     return tuple(pathways)
 
 
+@lru_cache(maxsize=4)
+def _rules_by_gene(name: str = "pathways.yaml") -> dict[str, tuple[tuple[int, PathwayRule], ...]]:
+    by_gene: dict[str, list[tuple[int, PathwayRule]]] = {}
+    for k, pathway in enumerate(load_pathways(name)):
+        for rule in pathway.rules:
+            by_gene.setdefault(rule.gene, []).append((k, rule))
+    return {gene: tuple(rules) for gene, rules in by_gene.items()}
+
+
+def pathway_flags(alterations: Iterable[Alteration], name: str = "pathways.yaml") -> list[bool]:
+    """Return, per pathway in configuration order, whether one of ``alterations`` switches it on
+    (``bool(pathway.drivers(alterations))`` for each, in one pass trying only each gene's rules)."""
+    flags = [False] * len(load_pathways(name))
+    rules = _rules_by_gene(name)
+    for alteration in alterations:
+        for k, rule in rules.get(alteration.gene, ()):
+            if not flags[k] and rule.matches(alteration):
+                flags[k] = True
+    return flags
+
+
 def pathway_names() -> tuple[str, ...]:
     """Return the pathway feature names in configuration order."""
     return tuple(p.name for p in load_pathways())
@@ -76,4 +97,4 @@ def pathway_status(alterations: Sequence[Alteration] | None) -> dict[str, bool |
     """Return, per pathway, True if an alteration switches it on, False if not, None if not sequenced."""
     if alterations is None:
         return {p.name: None for p in load_pathways()}
-    return {p.name: bool(p.drivers(alterations)) for p in load_pathways()}
+    return dict(zip((p.name for p in load_pathways()), pathway_flags(alterations)))

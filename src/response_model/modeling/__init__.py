@@ -7,23 +7,26 @@
 * :mod:`~response_model.modeling.cv` — repeated stratified CV on shared folds, nested search.
 """
 
-from response_model.modeling.baselines import (
-    LogisticBaseline,
-    LorisRecipe,
-    Oracle,
-    RF16Recipe,
-    SingleMarkerRule,
-)
-from response_model.modeling.cv import CVResult, cross_validate, paired_difference
-from response_model.modeling.estimators import ResponseClassifier, StandardisedLogistic
-from response_model.modeling.metrics import (
-    auc_ci_delong,
-    binary_metrics,
-    c_index,
-    interval,
-    subgroup_columns,
-    subgroup_metrics,
-)
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): a module of this package (e.g. batch scoring's workers importing
+# ``modeling.scoring``) must not pay for the training code and its libraries.
+_EXPORTS = {
+    "LogisticBaseline": "baselines", "LorisRecipe": "baselines", "Oracle": "baselines",
+    "RF16Recipe": "baselines", "SingleMarkerRule": "baselines",
+    "CVResult": "cv", "cross_validate": "cv", "paired_difference": "cv",
+    "ResponseClassifier": "estimators", "StandardisedLogistic": "estimators",
+    "auc_ci_delong": "metrics", "binary_metrics": "metrics", "c_index": "metrics", "interval": "metrics",
+    "subgroup_columns": "metrics", "subgroup_metrics": "metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CVResult", "LogisticBaseline", "LorisRecipe", "Oracle", "RF16Recipe", "ResponseClassifier",

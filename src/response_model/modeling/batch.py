@@ -10,12 +10,13 @@ file system shared with a remote cluster; the workers only compute.
 Each task turns its rows into :class:`~response_model.schema.PatientRecord` (the one schema; a row
 that fails validation is reported with its row number and the field-level messages, never dropped
 silently) and scores them with :func:`score_table`, which computes with the same compiled models as
-the prediction service (``ResponseModelBundle.score_rows`` / ``explain_rows`` through
-:meth:`ResponseModelBundle.score_with_features` and :meth:`ResponseModelBundle.explain_scored` with
-``fast=True``), so the numbers are the API's. The bundle is sent to
-every worker once (``Client.scatter(broadcast=True)``), not with every task. Workers are spawned,
-not forked: forked workers were seen to stall with explanations after the client had run
-LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
+the prediction service (``score_rows`` / ``explain_rows`` of
+:class:`~response_model.modeling.scoring.BundleScoring` through ``score_with_features`` and
+``explain_scored`` with ``fast=True``), so the numbers are the API's. The workers get the bundle's
+:class:`~response_model.modeling.scoring.CompiledBundle` — compiled and self-checked once in the
+client, loaded without MLflow or the training code — once each (``Client.scatter(broadcast=True)``),
+not with every task. Workers are spawned, not forked: forked workers were seen to stall with
+explanations after the client had run LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
 Parquet partitions travel as Arrow record batches and results for Parquet output come back as Arrow
 tables, so the client only reads and writes.
 
@@ -53,12 +54,14 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from response_model.dataset import COHORT_COLUMNS, INPUT_FIELDS, _clean, clean_row_to_record
-from response_model.modeling.bundle import OUTCOMES, ResponseModelBundle
+from response_model.modeling.scoring import OUTCOMES, BundleScoring
 from response_model.schema import PatientRecord, field_errors
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITION_ROWS = 5_000
+#: Up to this many partitions per worker, an own cluster uses threads (see :func:`score_file`).
+SMALL_INPUT_PARTITIONS = 2
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
 RANK_DECIMALS = 4  # the API shows probabilities rounded to 4 decimals and ranks on those
@@ -81,6 +84,7 @@ class BatchResult:
     partitions: int = 0
     seconds: float = 0.0
     startup_seconds: float = 0.0  # of ``seconds``: loading the model, starting the cluster, sending it the model
+    cluster: str = ""  # "local processes", "local threads" or "given" (a client or a scheduler)
     rejected_preview: list[str] = field(default_factory=list)
 
     @property
@@ -97,7 +101,7 @@ def shap_column(outcome: str, feature: str) -> str:
     return f"{SHAP_PREFIX}{outcome}__{feature}"
 
 
-def shap_columns(bundle: ResponseModelBundle) -> list[str]:
+def shap_columns(bundle: BundleScoring) -> list[str]:
     """Every SHAP column of the output for ``bundle``: each outcome × (every feature in the bundle's
     order, then the base value). A feature a model's explanation does not cover stays null."""
     return [shap_column(o, f) for o in OUTCOMES for f in [*bundle.feature_names, BASE_VALUE]]
@@ -110,7 +114,8 @@ def _ranks(table: pd.DataFrame) -> pd.array:
     eligible = table["eligible"].to_numpy(dtype=bool)
     p = table["p_objective_response"].to_numpy(dtype=np.float64)
     # the API sorts on -(shown probability or -1.0): missing (and 0.0) come last, ties keep catalogue order
-    key = np.array([-(r if (r := round(float(v), RANK_DECIMALS) if math.isfinite(v) else None) else -1.0) for v in p])
+    key = -_shown(p)
+    key[~np.isfinite(key) | (key == 0.0)] = 1.0
     where = np.flatnonzero(eligible)
     if len(where):
         rows = table["row"].to_numpy()[where]
@@ -124,7 +129,18 @@ def _ranks(table: pd.DataFrame) -> pd.array:
     return out
 
 
-def score_table(bundle: ResponseModelBundle, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
+def _shown(p: np.ndarray) -> np.ndarray:
+    """``p`` rounded to :data:`RANK_DECIMALS` as Python's ``round`` does (correctly rounded): NumPy's
+    scaled rounding, with Python's for the values within a hair of a rounding tie, where they can differ."""
+    scale = 10.0 ** RANK_DECIMALS
+    shown = np.round(p, RANK_DECIMALS)
+    scaled = p * scale
+    near_tie = np.flatnonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)
+    shown[near_tie] = [round(float(v), RANK_DECIMALS) for v in p[near_tie]]
+    return shown
+
+
+def score_table(bundle: BundleScoring, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
     """Score ``records`` under every candidate regimen; return the long table (see the module docstring).
 
     ``row`` is the position of the record in ``records``. The service's scoring path: the models'
@@ -155,7 +171,7 @@ def _one_thread():
 
 
 def score_partition(
-    bundle: ResponseModelBundle, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
+    bundle: BundleScoring, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate and score one partition; return (output table, rejected rows).
 
@@ -200,11 +216,11 @@ def _clean_column(column: pd.Series) -> list[Any]:
         return [None if v != v else v for v in values]  # NaN -> None
     if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iub":
         return values
-    return [_clean(v) for v in values]  # object and pandas' nullable dtypes (pd.NA) value by value
+    return [v if type(v) is str else _clean(v) for v in values]  # object and nullable dtypes (pd.NA) value by value
 
 
 def _score_task(
-    bundle: ResponseModelBundle, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
+    bundle: BundleScoring, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
     arrow: bool,
 ) -> tuple[pd.DataFrame | pa.Table, pd.DataFrame]:
     """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
@@ -402,15 +418,25 @@ def rejected_path_for(output: str | Path) -> Path:
 # -- the driver ---------------------------------------------------------------------------------
 
 
+def _default_workers() -> int:
+    """Workers of an own LocalCluster: the CPU count, at most 4."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _import_scoring() -> None:
+    """Import what scoring a partition needs (LightGBM, for the compiled models' boosters)."""
+    import lightgbm  # noqa: F401
+
+
 def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     """(client, cluster or None): a client of ``scheduler``, or of a new LocalCluster (closed by the caller)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
-    import os
-
-    workers = n_workers or max(1, min(os.cpu_count() or 1, 4))
+    workers = n_workers or _default_workers()
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
@@ -430,7 +456,7 @@ def score_file(
     source: str | None = None,
     partition_rows: int = DEFAULT_PARTITION_ROWS,
     n_workers: int | None = None,
-    processes: bool = True,
+    processes: bool | None = None,
     progress: bool = True,
 ) -> BatchResult:
     """Score every patient of ``input_path`` with ``model`` on Dask; write ``output_path``; return counts.
@@ -438,7 +464,11 @@ def score_file(
     ``model``: a model URI / exported folder (loaded once in the client, then sent to each worker
     once) or an already loaded bundle or pyfunc. Dask: ``client`` (an existing
     ``distributed.Client``), else ``scheduler`` (``tcp://HOST:8786``), else a LocalCluster of
-    ``n_workers`` processes (default: the CPU count, at most 4; ``processes=False`` = threads).
+    ``n_workers`` workers (default: the CPU count, at most 4): processes, or threads of this process
+    with ``processes=False``; by default threads for an input of known size up to
+    :data:`SMALL_INPUT_PARTITIONS` partitions per worker (starting worker processes would take longer
+    than scoring it), processes otherwise. The cluster starts first, so that its workers import what
+    scoring needs while this process loads the model.
     ``source``: a source config for non-canonical tables (read whole; see :func:`source_partitions`).
     Rejected rows are written to ``<output>.rejected.csv`` when there are any (an old one is removed).
     """
@@ -447,13 +477,33 @@ def score_file(
     started = time.perf_counter()
     output_path = Path(output_path)
     fmt = output_format(output_path)
-    bundle = as_bundle(model if not isinstance(model, (str, Path)) else load_model(model))
     if source:
         partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows)
         total = n_read
     else:
         partitions, rejected_upfront, n_read = read_partitions(input_path, partition_rows, arrow=True), None, 0
         total = count_rows(input_path)
+    own_client = client is None
+    cluster = None
+    if own_client:
+        if processes is None:  # a small input is scored sooner than worker processes start
+            workers = n_workers or _default_workers()
+            processes = scheduler is not None or total is None or total > SMALL_INPUT_PARTITIONS * workers * partition_rows
+        client, cluster = _client(scheduler, n_workers, processes)
+    warming = []
+    if own_client and processes and not scheduler:
+        # the new worker processes import what scoring needs while this process loads the model
+        warming = [client.submit(_import_scoring, workers=[address], pure=False)
+                   for address in client.scheduler_info()["workers"]]
+    try:
+        bundle = as_bundle(model if not isinstance(model, (str, Path)) else load_model(model))
+        payload = bundle.compiled_bundle() if hasattr(bundle, "compiled_bundle") else bundle
+    except BaseException:
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        raise
     rejected_path = rejected_path_for(output_path)
     rejected_path.unlink(missing_ok=True)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -464,13 +514,11 @@ def score_file(
         "response_model.shap_scale": "the models' own explain() values, log-odds scale, as in the audit trail"
         if explain else None,
     })
-    result = BatchResult(output=output_path, rejected_path=None, n_read=n_read)
+    result = BatchResult(output=output_path, rejected_path=None, n_read=n_read,
+                         cluster="given" if not own_client or scheduler else
+                         "local processes" if processes else "local threads")
     rejected_frames = [rejected_upfront] if rejected_upfront is not None and len(rejected_upfront) else []
 
-    own_client = client is None
-    cluster = None
-    if own_client:
-        client, cluster = _client(scheduler, n_workers, processes)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -479,7 +527,8 @@ def score_file(
     try:
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
-        bundle_future = client.scatter(bundle, broadcast=True, hash=False)
+        bundle_future = client.scatter(payload, broadcast=True, hash=False)
+        del warming
         result.startup_seconds = time.perf_counter() - started
         pending: deque = deque()
 
@@ -530,6 +579,6 @@ def score_file(
     return result
 
 
-def _empty_output(bundle: ResponseModelBundle, explain: bool) -> pd.DataFrame:
+def _empty_output(bundle: BundleScoring, explain: bool) -> pd.DataFrame:
     table, _ = score_partition(bundle, pd.DataFrame(columns=["age", "sex"]), np.array([], np.int64), explain)
     return table

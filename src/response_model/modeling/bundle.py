@@ -10,11 +10,7 @@ so loading needs the installed ``response_model`` package and its ``configs/``, 
 
 from __future__ import annotations
 
-import math
-import os
-import threading
 import warnings
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -22,19 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from pydantic import ValidationError
 
-from response_model.dataset import INPUT_FIELDS, is_missing, record_to_row, row_to_record
-from response_model.features import build_feature_matrix, feature_names
-from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
+from response_model.dataset import INPUT_FIELDS, record_to_row, row_to_record
+from response_model.features import feature_names
+from response_model.modeling.scoring import OUTCOMES, BundleScoring, CompiledBundle, _model_columns
 from response_model.regimens import Regimen, load_catalogue
 from response_model.schema import PatientRecord, field_errors
 
-OUTCOMES: tuple[str, ...] = ("objective_response", "primary_resistance")
 SIMULATED_DATA_LABEL = "research use — trained on simulated data"
 DEFAULT_INTENDED_USE = (
     "Decision support for clinicians choosing a first systemic regimen in advanced hepatocellular "
@@ -49,44 +43,7 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 )
 ARTIFACT_NAME = "bundle"
 
-# Compiled forms of a loaded bundle's models (modeling.compiled), built on first use; kept outside the
-# bundle so that pickling a bundle never carries them.
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_COMPILE_LOCK = threading.Lock()
-_EXPLAINERS: Any = None
-
-
-def _explainers():
-    """The threads that compute one request's explanations side by side (:meth:`ResponseModelBundle.score_explain_rows`)."""
-    global _EXPLAINERS
-    with _COMPILE_LOCK:
-        if _EXPLAINERS is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _EXPLAINERS = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                             thread_name_prefix="explain")
-    return _EXPLAINERS
-
-
-def _forget_explainers() -> None:
-    """In a forked child: the parent's pool threads do not exist there; a new pool starts on first use."""
-    global _EXPLAINERS
-    _EXPLAINERS = None
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_forget_explainers)
-
-
-def _model_columns(model: Any, available: Sequence[str]) -> list[str]:
-    """Return the feature columns ``model`` was fitted on (all of ``available`` when it does not say)."""
-    names = getattr(model, "feature_names_in_", None)
-    if names is None:
-        return list(available)
-    return [str(name) for name in names]
-
-
-class ResponseModelBundle(mlflow.pyfunc.PythonModel):
+class ResponseModelBundle(BundleScoring, mlflow.pyfunc.PythonModel):
     """Every (regimen_class, outcome) model, the feature names, the catalogue snapshot and metadata.
 
     ``models``: {(regimen_class, outcome): fitted model}, outcome in :data:`OUTCOMES`.
@@ -140,248 +97,6 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             **dict(metadata or {}),
         }
 
-    # -- regimens ------------------------------------------------------------------------------
-
-    @property
-    def regimen_classes(self) -> tuple[str, ...]:
-        """The regimen classes with at least one model."""
-        return tuple(sorted({c for c, _ in self.models}))
-
-    def candidate_regimens(self) -> list[Regimen]:
-        """Return the catalogue's candidate regimens whose class this bundle can score, in catalogue order."""
-        return [r for r in self.catalogue.values() if r.is_candidate and r.regimen_class in self.regimen_classes]
-
-    def _regimen(self, name: str) -> Regimen:
-        if name not in self.catalogue:
-            raise ValueError(f"regimen {name!r} is not in the catalogue; expected one of {', '.join(self.catalogue)}")
-        regimen = self.catalogue[name]
-        if regimen.regimen_class not in self.regimen_classes:
-            raise ValueError(
-                f"regimen {name!r} is of class {regimen.regimen_class!r}, for which this model has no estimator; "
-                f"expected a regimen of {', '.join(self.regimen_classes)}"
-            )
-        return regimen
-
-    # -- features ------------------------------------------------------------------------------
-
-    def features(self, records: Sequence[PatientRecord], regimens: Sequence[str]) -> pd.DataFrame:
-        """Return the feature matrix of (record, regimen) pairs in the bundle's feature order."""
-        matrix = build_feature_matrix(list(records), list(regimens))
-        if tuple(matrix.columns) != self.feature_names:
-            absent = [c for c in self.feature_names if c not in matrix.columns]
-            if absent:
-                warnings.warn(
-                    f"the installed feature function lacks {len(absent)} feature(s) this model was trained "
-                    f"with, treated as missing: {', '.join(absent)}", UserWarning, stacklevel=2,
-                )
-            matrix = matrix.reindex(columns=list(self.feature_names))
-        return matrix
-
-    def _probabilities(self, key: tuple[str, str], X: pd.DataFrame) -> np.ndarray:
-        model = self.models.get(key)
-        if model is None or X.empty:
-            return np.full(len(X), math.nan)
-        columns = _model_columns(model, self.feature_names)
-        frame = X.reindex(columns=columns)
-        return np.asarray(model.predict_proba(frame), dtype=np.float64)[:, 1]
-
-    def compiled(self, key: tuple[str, str]) -> CompiledModel | ReferenceModel | None:
-        """The fast form of model ``key`` on NumPy rows of :attr:`feature_names` (None if no such model).
-
-        A :class:`~response_model.modeling.compiled.CompiledModel` when it reproduces the model's own
-        ``predict_proba`` and ``explain`` on probe rows (checked once, when first asked for), else a
-        :class:`~response_model.modeling.compiled.ReferenceModel` calling them: same answers, less overhead.
-        """
-        model = self.models.get(key)
-        if model is None:
-            return None
-        cache = _COMPILED.get(self)
-        if cache is None or key not in cache:
-            with _COMPILE_LOCK:
-                cache = _COMPILED.setdefault(self, {})
-                if key not in cache:
-                    cache[key] = compile_model(model, self.feature_names)
-        return cache[key]
-
-    def compile(self) -> None:
-        """Build (and self-check) every model's fast form now, e.g. at service start-up."""
-        for key in self.models:
-            self.compiled(key)
-
-    # -- scoring -------------------------------------------------------------------------------
-
-    def score(
-        self,
-        records: Sequence[PatientRecord],
-        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
-        per_record: bool = False,
-    ) -> pd.DataFrame:
-        """Return one row per record × regimen (see :data:`OUTPUT_COLUMNS`).
-
-        ``regimens``: None = every candidate regimen the bundle can score; a list of names = those
-        for every record; with ``per_record=True`` one entry per record (a name, a list of names,
-        or None for all candidates). Ineligible regimens are scored too and flagged.
-        """
-        return self.score_with_features(records, regimens, per_record)[0]
-
-    def score_with_features(
-        self,
-        records: Sequence[PatientRecord],
-        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
-        per_record: bool = False,
-        fast: bool = False,
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Return :meth:`score`'s table and the feature matrix it scored (one row per table row),
-        so that explanations reuse the matrix instead of building it again.
-
-        ``fast=True`` computes the probabilities with the models' compiled forms (:meth:`compiled`):
-        the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``)."""
-        columns, X = self.score_rows(records, regimens, per_record, fast)
-        out = pd.DataFrame({
-            "row": np.asarray(columns["row"], dtype=np.int64),
-            "regimen": pd.Series(columns["regimen"], dtype=object),
-            "regimen_class": pd.Series(columns["regimen_class"], dtype=object),
-            "eligible": np.asarray(columns["eligible"], dtype=bool),
-            "ineligible_reason": pd.Series(columns["ineligible_reason"], dtype=object),
-            **{f"p_{outcome}": columns[f"p_{outcome}"] for outcome in OUTCOMES},
-        })
-        return out, X
-
-    def score_rows(
-        self,
-        records: Sequence[PatientRecord],
-        regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
-        per_record: bool = False,
-        fast: bool = False,
-        _features_ready: Any = None,
-    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame]:
-        """:meth:`score_with_features` without the pandas table: ({column: list or array}, features).
-
-        The columns are those of :data:`OUTPUT_COLUMNS` (probabilities as float arrays, NaN where a
-        class has no model), one entry per scored record × regimen."""
-        records = list(records)
-        default = [r.name for r in self.candidate_regimens()]
-        if per_record:
-            if regimens is None or len(regimens) != len(records):
-                raise ValueError("per_record=True needs one regimen entry per record")
-            wanted = [
-                default if entry is None or (not isinstance(entry, str) and is_missing(entry))
-                else [entry] if isinstance(entry, str) else list(entry)
-                for entry in regimens
-            ]
-        else:
-            names = default if regimens is None else ([regimens] if isinstance(regimens, str) else list(regimens))
-            wanted = [names] * len(records)
-        known: dict[str, Regimen] = {}  # each name looked up (and checked) once, not once per record
-        pairs = [(i, known[name] if name in known else known.setdefault(name, self._regimen(name)))
-                 for i, names in enumerate(wanted) for name in names]
-        reasons = [r.ineligibility(records[i]) if r.eligibility else [] for i, r in pairs]
-        columns: dict[str, list | np.ndarray] = {
-            "row": [i for i, _ in pairs],
-            "regimen": [r.name for _, r in pairs],
-            "regimen_class": [r.regimen_class for _, r in pairs],
-            "eligible": [not why for why in reasons],
-            "ineligible_reason": ["; ".join(why) if why else None for why in reasons],
-        }
-        X = self.features([records[i] for i, _ in pairs], columns["regimen"])
-        if _features_ready is not None:  # score_explain_rows: the explanations start now
-            _features_ready(columns["regimen_class"], X)
-        classes = np.array(columns["regimen_class"], dtype=object)
-        matrix = X.to_numpy()
-        for outcome in OUTCOMES:
-            p = np.full(len(pairs), math.nan)
-            for regimen_class in self.regimen_classes:
-                mask = classes == regimen_class
-                if not mask.any():
-                    continue
-                if fast:
-                    model = self.compiled((regimen_class, outcome))
-                    if model is not None:
-                        p[mask] = model.probabilities(matrix[mask])
-                else:
-                    p[mask] = self._probabilities((regimen_class, outcome), X.loc[mask].reset_index(drop=True))
-            columns[f"p_{outcome}"] = p
-        return columns, X
-
-    def score_explain_rows(
-        self, records: Sequence[PatientRecord], regimens: Sequence[Sequence[str] | str | None] | None = None,
-        per_record: bool = False,
-    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame, dict[tuple[str, str], tuple]]:
-        """(scores, features, explanations): :meth:`score_rows` (compiled models) and :meth:`explain_rows`
-        of its rows — the explanations computed in the background while the probabilities are."""
-        started: dict[str, Any] = {}
-
-        def start(classes: Sequence[str], X: pd.DataFrame) -> None:
-            started["explained"] = self._start_explaining(classes, X)
-
-        scores, X = self.score_rows(records, regimens, per_record=per_record, fast=True, _features_ready=start)
-        return scores, X, started["explained"]()
-
-    def explain_rows(
-        self, regimen_classes: Sequence[str], X: pd.DataFrame
-    ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str], float]]:
-        """:meth:`explain_scored` with the compiled models and without pandas:
-        {(regimen_class, outcome): (positions, contributions array, their columns, base_value)}."""
-        return self._start_explaining(regimen_classes, X, background=False)()
-
-    def _start_explaining(self, regimen_classes: Sequence[str], X: pd.DataFrame, background: bool = True):
-        """Start :meth:`explain_rows` (``background``: in the explainers' threads, side by side); returns
-        the function that waits for its result."""
-        classes = np.asarray(regimen_classes, dtype=object)
-        matrix = X.to_numpy()
-        jobs = []
-        for regimen_class in self.regimen_classes:
-            mask = classes == regimen_class
-            if not mask.any():
-                continue
-            rows = matrix[mask]
-            for outcome in OUTCOMES:
-                model = self.compiled((regimen_class, outcome))
-                if model is None or not model.explains:
-                    continue
-                jobs.append(((regimen_class, outcome), np.flatnonzero(mask), model, rows))
-        # The models' explanations (LightGBM's TreeSHAP: most of a request's time) side by side: LightGBM
-        # releases the GIL while it computes, so one request uses the idle cores of a quiet server
-        if not background or not jobs:  # e.g. batch scoring, whose workers are parallel already
-            done = [model.explain(rows) for _, _, model, rows in jobs]
-            return lambda: {key: (where, *out) for (key, where, _, _), out in zip(jobs, done)}
-        pool = _explainers()
-        futures = [pool.submit(model.explain, rows) for _, _, model, rows in jobs]
-
-        def result() -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list[str], float]]:
-            return {key: (where, *future.result()) for (key, where, _, _), future in zip(jobs, futures)}
-
-        return result
-
-    def explain_scored(
-        self, scores: pd.DataFrame, X: pd.DataFrame, fast: bool = False
-    ) -> dict[tuple[str, str], tuple[np.ndarray, pd.DataFrame, float]]:
-        """Explain the rows :meth:`score_with_features` scored, one pass per regimen class × outcome.
-
-        Returns {(regimen_class, outcome): (positions, contributions, base_value)}: ``positions``
-        are the rows of ``scores`` / ``X`` of that class (ascending), ``contributions`` the model's
-        own ``explain`` output for them (one row each, in that order), ``base_value`` its base value.
-        Models without ``explain`` are left out. The service and batch scoring both call this.
-        ``fast=True`` uses the models' compiled forms (:meth:`compiled`; same numbers, less overhead).
-        """
-        if fast:
-            return {key: (where, pd.DataFrame(values, columns=columns, index=X.index[where]), base_value)
-                    for key, (where, values, columns, base_value)
-                    in self.explain_rows(scores["regimen_class"], X).items()}
-        explained = {}
-        for regimen_class in self.regimen_classes:
-            mask = (scores["regimen_class"] == regimen_class).to_numpy()
-            if not mask.any():
-                continue
-            for outcome in OUTCOMES:
-                model = self.models.get((regimen_class, outcome))
-                if model is None or not callable(getattr(model, "explain", None)):
-                    continue
-                X_class = X.loc[mask].reindex(columns=_model_columns(model, self.feature_names))
-                contributions, base_value = model.explain(X_class)
-                explained[(regimen_class, outcome)] = (np.flatnonzero(mask), contributions, base_value)
-        return explained
-
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score rows of patient-record columns (plus an optional ``regimen`` column).
 
@@ -428,6 +143,11 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             if model is not None and callable(getattr(model, "explain", None)):
                 explained[outcome] = model.explain(X.reindex(columns=_model_columns(model, self.feature_names)))
         return explained
+
+    def compiled_bundle(self) -> CompiledBundle:
+        """What scoring needs of this bundle, without MLflow or the training code (batch scoring's
+        workers load this; same numbers)."""
+        return CompiledBundle.of(self)
 
     # -- MLflow ----------------------------------------------------------------------------------
 
