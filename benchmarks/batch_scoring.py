@@ -7,7 +7,9 @@ Run by hand from the repository root (long at 10^6: use ``nice`` on a shared mac
 
 What is timed, per cohort size and with / without explanations: ``response-model score``'s library
 call (:func:`response_model.modeling.batch.score_file`) end to end — a new LocalCluster of
-``--workers`` worker processes started, the input Parquet (or CSV) file read in partitions, every
+``--workers`` workers started (worker processes; threads of this process for an input of at most two
+partitions per worker, as ``score`` does by default: column ``cluster``), the model compiled and sent
+to them, the input Parquet (or CSV) file read in partitions, every
 row validated into a PatientRecord, features built, every candidate regimen scored (and explained),
 ranks computed, the output Parquet file written. Reported: patient-regimen scores (output rows)
 per second, and the peak resident memory of the whole process tree (this process, the nannies and
@@ -17,7 +19,10 @@ The physical limit beside it: the bare LightGBM boosters of the bundle predictin
 matrix that is already built (``Booster.predict`` on a NumPy array; the better of one thread and all cores, measured just before
 each run), and with explanations their own ``pred_contrib``: patient-regimen rows per second, where
 each row needs both outcome models of its regimen class. (The bundle's models are ensembles — a logistic part
-plus LightGBM — so the end-to-end path also does the logistic part; the limit leaves it out.)
+plus LightGBM — so the end-to-end path also does the logistic part; the limit leaves it out. The
+end-to-end path evaluates the same trees, grouped: the trees that split on no regimen feature once per
+patient, the others once per patient and value of their regimen features — see
+``modeling/compiled.group_trees`` — so its tree work is a fraction of the limit's row-by-row work.)
 Target: end to end at least half of that limit; peak memory bounded by the partition size, not by
 the cohort size.
 
@@ -250,11 +255,13 @@ def main() -> int:
                 result = score_file(bundle, path, out, explain=explain, n_workers=args.workers,
                                     partition_rows=args.partition_rows, progress=False)
             rate = result.scores_per_second
-            rows.append({"patients": n, "explain": explain, "rows": result.n_rows, "seconds": result.seconds,
+            rows.append({"patients": n, "explain": explain, "cluster": result.cluster.replace("local ", ""),
+                         "rows": result.n_rows, "seconds": result.seconds,
                          "startup_s": result.startup_seconds, "scores_per_s": rate, "limit_per_s": limit,
                          "share_of_limit": rate / limit, "peak_tree_MB": memory.peak_mb,
                          "output_MB": out.stat().st_size / 2**20, "load": os.getloadavg()[0]})
-            print(f"  n={n:>9,} explain={explain!s:<5} {result.seconds:8.1f} s (start-up {result.startup_seconds:.1f} s) "
+            print(f"  n={n:>9,} explain={explain!s:<5} {result.cluster:<15} {result.seconds:8.1f} s "
+                  f"(start-up {result.startup_seconds:.1f} s) "
                   f"{rate:10,.0f} scores/s  limit {limit:10,.0f}  peak {memory.peak_mb:7.0f} MB  "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
             out.unlink()
@@ -271,7 +278,7 @@ def main() -> int:
                               zip(seconds, seconds.iloc[1:], part["patients"], part["patients"].iloc[1:])]
             table.loc[part.index, column] = k
     print()
-    print(f"batch scoring end to end ({args.workers} worker processes, partitions of {args.partition_rows} patients, "
+    print(f"batch scoring end to end ({args.workers} workers, partitions of {args.partition_rows} patients, "
           f"{'CSV' if args.csv else 'Parquet'} in, Parquet out) vs the bare boosters")
     shown = table.assign(**{c: table[c].map("{:.2f}".format)
                             for c in ("share_of_limit", "growth_k", "growth_k_after_startup", "load")})
