@@ -12,6 +12,7 @@ import copy
 import numpy as np
 import pytest
 
+from response_model.features import FeatureBlocks
 from response_model.modeling.bundle import OUTCOMES, example_input
 from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
 from response_model.pathways import load_pathways
@@ -194,13 +195,18 @@ def test_tree_groups_add_up_to_the_booster(loaded):
 
 
 def test_grouping_rows_by_patient_changes_no_number(loaded):
-    """Scored as one patient per group (the batch and API path) or every row on its own, and with the
-    rows shuffled: the same probabilities and explanations, to 1e-12 of the models' own methods."""
+    """Scored as one patient per group (the API path), from feature blocks (the batch path), or every
+    row on its own, and with the rows shuffled: the same probabilities and explanations, to 1e-12 of
+    the models' own methods."""
     bundle = loaded.bundle
     records = _cohort_records()
     scores, X = bundle.score_with_features(records, fast=True)
     matrix = X.to_numpy()
     classes = scores["regimen_class"].to_numpy()
+    names = [r.name for r in bundle.candidate_regimens()]
+    blocks = FeatureBlocks.of_pairs(records, scores["row"].to_numpy(), names,
+                                    np.tile(np.arange(len(names)), len(records)))
+    np.testing.assert_array_equal(blocks.matrix(), matrix)
     rows = scores["row"].to_numpy()
     shuffle = np.random.default_rng(0).permutation(len(matrix))
     for key in bundle.models:
@@ -208,6 +214,8 @@ def test_grouping_rows_by_patient_changes_no_number(loaded):
         mask = classes == key[0]
         grouped, alone = model.probabilities(matrix[mask], rows[mask]), model.probabilities(matrix[mask])
         np.testing.assert_allclose(grouped, alone, rtol=0, atol=1e-12)
+        # batch scoring without explanations reads the feature blocks, never building the matrix: bit for bit
+        np.testing.assert_array_equal(model.probabilities(blocks.subset(mask)), grouped)
         shuffled = model.probabilities(matrix[shuffle][mask[shuffle]], rows[shuffle][mask[shuffle]])
         np.testing.assert_allclose(np.sort(shuffled), np.sort(grouped), rtol=0, atol=1e-12)
         reference = ReferenceModel(bundle.models[key], bundle.feature_names)

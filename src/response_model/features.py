@@ -153,6 +153,26 @@ class FeatureBlocks:
         return cls(patient, np.asarray(patient_index, dtype=np.intp), regimen,
                    np.asarray(regimen_index, dtype=np.intp))
 
+    def __len__(self) -> int:
+        return len(self.patient_index)
+
+    def subset(self, rows: np.ndarray) -> FeatureBlocks:
+        """The blocks of the rows ``rows`` (positions or a boolean mask) only."""
+        return FeatureBlocks(self.patient, self.patient_index[rows], self.regimen,
+                             None if self.regimen_index is None else self.regimen_index[rows])
+
+    def take(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """``matrix()[np.ix_(rows, columns)]`` without building the whole matrix (columns: positions
+        in :func:`feature_names` order)."""
+        columns = np.asarray(columns, dtype=np.intp)
+        width = self.patient.shape[1]
+        out = np.empty((len(rows), len(columns)))
+        of_patient = columns < width
+        out[:, of_patient] = self.patient[np.ix_(self.patient_index[rows], columns[of_patient])]
+        if not of_patient.all():
+            out[:, ~of_patient] = self.regimen[np.ix_(self.regimen_index[rows], columns[~of_patient] - width)]
+        return out
+
     def matrix(self) -> np.ndarray:
         """The feature matrix (rows × :func:`feature_names`), float64, NaN = missing."""
         if self.regimen is None:

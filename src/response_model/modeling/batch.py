@@ -144,10 +144,10 @@ def score_table(bundle: BundleScoring, records: Sequence[PatientRecord], explain
     """Score ``records`` under every candidate regimen; return the long table (see the module docstring).
 
     ``row`` is the position of the record in ``records``. The service's scoring path: the models'
-    compiled forms (``fast=True`` of :meth:`ResponseModelBundle.score_with_features` and
-    :meth:`ResponseModelBundle.explain_scored`; the same numbers as the models' own methods).
+    compiled forms (``fast=True`` of :meth:`~response_model.modeling.scoring.BundleScoring.score_with_features`
+    and ``explain_scored``; the same numbers as the models' own methods).
     """
-    scores, X = bundle.score_with_features(list(records), fast=True)
+    scores, X = bundle.score_with_features(list(records), fast=True, matrix=explain)
     scores = scores.reset_index(drop=True)
     scores["rank"] = _ranks(scores)
     if explain:

@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from response_model.features import FeatureBlocks
+
 log = logging.getLogger(__name__)
 
 #: Largest absolute difference from the model's own methods accepted at the self-check.
@@ -60,7 +62,9 @@ class ReferenceModel:
         self.columns = list(self.feature_names) if names is None else [str(n) for n in names]
         self.explains = callable(getattr(model, "explain", None))
 
-    def _frame(self, X: np.ndarray) -> pd.DataFrame:
+    def _frame(self, X: np.ndarray | FeatureBlocks) -> pd.DataFrame:
+        if isinstance(X, FeatureBlocks):
+            X = X.matrix()
         return pd.DataFrame(X, columns=self.feature_names).reindex(columns=self.columns)
 
     def probabilities(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -168,10 +172,13 @@ def _first_and_inverse(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndar
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Where a matrix's rows repeat: one row per patient (``first_patient``) and each row's patient;
-    one row per distinct pattern of row features (``first_pattern``) and each row's pattern."""
+class _Rows:
+    """The rows to evaluate and where they repeat: ``take(rows, columns)`` gives their values; one row
+    per patient (``first_patient``) and each row's patient; one row per distinct pattern of row
+    features (``first_pattern``) and each row's pattern."""
 
+    n: int
+    take: Any
     first_patient: np.ndarray
     patient_of_row: np.ndarray
     first_pattern: np.ndarray
@@ -191,6 +198,7 @@ class CompiledModel:
     def __init__(self, model: Any, feature_names: Sequence[str], row_features: Collection[str] = ()) -> None:
         self.row_columns = np.array([k for k, name in enumerate(feature_names) if name in set(row_features)],
                                     dtype=np.intp)
+        self.n_features = len(feature_names)
         position = {name: i for i, name in enumerate(feature_names)}
         names_in = [str(n) for n in model.feature_names_in_]
         missing = [n for n in names_in if n not in position]
@@ -251,9 +259,10 @@ class CompiledModel:
 
     # -- the logistic part ------------------------------------------------------------------------
 
-    def _standardised(self, X: np.ndarray) -> np.ndarray:
+    def _standardised(self, rows: _Rows, which: np.ndarray) -> np.ndarray:
+        """The standardised logistic-part inputs of the rows ``which``."""
         lin = self.linear
-        values = X[:, lin["index"]]  # fancy indexing copies
+        values = rows.take(which, lin["index"])
         for j, low, high in lin["clips"]:  # pandas Series.clip: NaN stays NaN
             column = values[:, j]
             if low is not None:
@@ -271,7 +280,7 @@ class CompiledModel:
             values /= lin["scale"]
         return values
 
-    def _decision(self, X: np.ndarray, layout: _Layout) -> np.ndarray:
+    def _decision(self, layout: _Rows) -> np.ndarray:
         """The logistic part's decision function: the patient columns' terms once per patient, the
         row columns' terms once per pattern of row features, added (the learner's own
         ``decision_function`` of every row, up to the order of the additions)."""
@@ -279,19 +288,19 @@ class CompiledModel:
         row = lin["row_terms"]
         # row by row sums (not a matrix product, whose rounding can depend on how many rows there
         # are): a patient's numbers do not depend on which patients share its partition
-        z_patient = self._standardised(X[layout.first_patient])
+        z_patient = self._standardised(layout, layout.first_patient)
         decision = (z_patient[:, ~row] * lin["coef"][~row]).sum(axis=1)[layout.patient_of_row]
         if row.any():
-            z_pattern = self._standardised(X[layout.first_pattern])
+            z_pattern = self._standardised(layout, layout.first_pattern)
             decision = decision + (z_pattern[:, row] * lin["coef"][row]).sum(axis=1)[layout.pattern_of_row]
         return decision + lin["intercept"]
 
-    def _terms(self, X: np.ndarray, layout: _Layout) -> np.ndarray:
+    def _terms(self, layout: _Rows) -> np.ndarray:
         """:meth:`_linear_terms` of every row, computed as :meth:`_decision` is."""
-        terms = self._linear_terms(self._standardised(X[layout.first_patient]))[layout.patient_of_row]
+        terms = self._linear_terms(self._standardised(layout, layout.first_patient))[layout.patient_of_row]
         row = self.linear["row_columns"]
         if row.any():
-            pattern_terms = self._linear_terms(self._standardised(X[layout.first_pattern]))
+            pattern_terms = self._linear_terms(self._standardised(layout, layout.first_pattern))
             terms[:, row] = pattern_terms[layout.pattern_of_row][:, row]
         return terms
 
@@ -307,23 +316,23 @@ class CompiledModel:
 
     # -- the LightGBM part ----------------------------------------------------------------------------
 
-    def _gbm(self, X: np.ndarray, layout: _Layout, **kwargs: Any) -> np.ndarray:
+    def _gbm(self, layout: _Rows, **kwargs: Any) -> np.ndarray:
         """The booster's output, ``predict(**kwargs)``, as the sum of its tree groups' (:func:`group_trees`),
         each evaluated once per patient and distinct value of the row features its trees split on."""
         index = self.gbm["index"]
         contributions = kwargs.get("pred_contrib", False)
-        out = np.zeros((len(X), len(index) + 1)) if contributions else np.zeros(len(X))
+        out = np.zeros((layout.n, len(index) + 1)) if contributions else np.zeros(layout.n)
         n_patients = len(layout.first_patient)
         for group in self.gbm["groups"]:
             if len(group.row_features):
                 # the distinct values of this group's row features among the distinct row patterns
-                _, value_of_pattern = _distinct_rows(X[np.ix_(layout.first_pattern, index[group.row_features])])
+                _, value_of_pattern = _distinct_rows(layout.take(layout.first_pattern, index[group.row_features]))
                 n_values = int(value_of_pattern.max()) + 1 if len(value_of_pattern) else 1
                 first, inverse = _first_and_inverse(
                     layout.patient_of_row * n_values + value_of_pattern[layout.pattern_of_row], n_patients * n_values)
             else:
                 first, inverse = layout.first_patient, layout.patient_of_row
-            values = group.booster.predict(X[np.ix_(first, index[group.features])], num_threads=1, **kwargs)
+            values = group.booster.predict(layout.take(first, index[group.features]), num_threads=1, **kwargs)
             if contributions:
                 out[:, group.features] += values[inverse, :-1]
                 out[:, -1] += values[inverse, -1]
@@ -331,32 +340,43 @@ class CompiledModel:
                 out += values[inverse]
         return out
 
-    def _layout(self, X: np.ndarray, groups: np.ndarray | None) -> _Layout:
+    def _rows(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None) -> _Rows:
+        if isinstance(X, FeatureBlocks):  # the patients and regimens are known: nothing to find out
+            first_patient, patient_of_row = _first_and_inverse(X.patient_index, len(X.patient))
+            if X.regimen is None:
+                first_pattern, pattern_of_row = np.zeros(min(len(X), 1), np.intp), np.zeros(len(X), np.intp)
+            else:
+                first_pattern, pattern_of_row = _first_and_inverse(X.regimen_index, len(X.regimen))
+            return _Rows(len(X), X.take, first_patient, patient_of_row, first_pattern, pattern_of_row)
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         _, first_patient, patient_of_row = np.unique(groups, return_index=True, return_inverse=True)
         if len(self.row_columns):
             first_pattern, pattern_of_row = _distinct_rows(X[:, self.row_columns])
         else:
             first_pattern, pattern_of_row = np.zeros(min(len(X), 1), np.intp), np.zeros(len(X), np.intp)
-        return _Layout(first_patient, patient_of_row.ravel(), first_pattern, pattern_of_row)
+        return _Rows(len(X), lambda rows, columns: X[np.ix_(rows, columns)], first_patient, patient_of_row.ravel(),
+                     first_pattern, pattern_of_row)
 
     # -- the interface --------------------------------------------------------------------------------
 
-    def log_odds(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    def log_odds(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None = None) -> np.ndarray:
         """The whole model's log-odds before calibration, per row (``groups``: see :meth:`probabilities`)."""
         f = np.zeros(len(X))
-        layout = self._layout(X, groups)
+        layout = self._rows(X, groups)
         if self.linear is not None:
-            f += self.w * self._decision(X, layout)
+            f += self.w * self._decision(layout)
         if self.gbm is not None:
-            f += (1.0 - self.w) * self._gbm(X, layout, raw_score=True)
+            f += (1.0 - self.w) * self._gbm(layout, raw_score=True)
         return f
 
-    def probabilities(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-        """Probability of the outcome per row of ``X`` (columns: the bundle's feature names).
+    def probabilities(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None = None) -> np.ndarray:
+        """Probability of the outcome per row of ``X``: a matrix whose columns are the bundle's feature
+        names, or the :class:`~response_model.features.FeatureBlocks` of its rows (when the bundle's
+        features are :func:`~response_model.features.feature_names`, in that order).
 
-        ``groups`` (optional, one integer per row): rows with the same value have the same patient
-        features (they differ only in :attr:`row_columns`); the answer is the same with or without it.
+        ``groups`` (optional, one integer per row of a matrix): rows with the same value have the same
+        patient features (they differ only in :attr:`row_columns`); the answer is the same with or
+        without it, and blocks say it themselves.
         """
         if len(X) == 0:
             return np.empty(0)
@@ -366,20 +386,20 @@ class CompiledModel:
             f = a + b * f
         return expit(f)
 
-    def explain(self, X: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, list[str], float]:
+    def explain(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, list[str], float]:
         """(contributions, column names, base value): the whole model's additive log-odds terms
-        (``groups``: see :meth:`probabilities`)."""
+        (``X``, ``groups``: see :meth:`probabilities`)."""
         total = np.zeros((len(X), len(self.columns)))
         base = 0.0
-        layout = self._layout(X, groups)
+        layout = self._rows(X, groups)
         if self.linear is not None:
-            total[:, self.linear["positions"]] += self.w * self._terms(X, layout)
+            total[:, self.linear["positions"]] += self.w * self._terms(layout)
             base += self.w * self.linear["intercept"]
         if self.gbm is not None:
             # the expected raw score is the same for every row; with no rows, read it off an all-missing one
-            missing = np.full((1, X.shape[1]), np.nan)
-            raw = self._gbm(X, layout, pred_contrib=True) if len(X) else \
-                self._gbm(missing, self._layout(missing, None), pred_contrib=True)
+            raw = self._gbm(layout, pred_contrib=True) if len(X) else \
+                self._gbm(self._rows(np.full((1, self.n_features), np.nan), None), pred_contrib=True)
             total[:, self.gbm["positions"]] += (1.0 - self.w) * raw[: len(X), :-1]
             base += (1.0 - self.w) * float(raw[0, -1])
         return total, list(self.columns), base

@@ -22,16 +22,8 @@ import numpy as np
 import pandas as pd
 
 from response_model.dataset import is_missing
-from response_model.features import (
-    FeatureBlocks,
-    build_feature_matrix,
-    regimen_feature_names,
-)
-from response_model.modeling.compiled import (
-    CompiledModel,
-    ReferenceModel,
-    compile_model,
-)
+from response_model.features import FeatureBlocks, build_feature_matrix, feature_names, regimen_feature_names
+from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
 from response_model.regimens import Regimen
 from response_model.schema import PatientRecord
 
@@ -175,13 +167,15 @@ class BundleScoring:
         regimens: Sequence[str] | Sequence[Sequence[str] | str | None] | None = None,
         per_record: bool = False,
         fast: bool = False,
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        matrix: bool = True,
+    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """Return :meth:`score`'s table and the feature matrix it scored (one row per table row),
         so that explanations reuse the matrix instead of building it again.
 
         ``fast=True`` computes the probabilities with the models' compiled forms (:meth:`compiled`):
-        the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``)."""
-        columns, X = self.score_rows(records, regimens, per_record, fast)
+        the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``).
+        ``matrix=False``: no feature matrix is built when the compiled models do not need it (None)."""
+        columns, X = self.score_rows(records, regimens, per_record, fast, matrix=matrix)
         out = pd.DataFrame({
             "row": np.asarray(columns["row"], dtype=np.int64),
             "regimen": pd.Series(columns["regimen"], dtype=object),
@@ -199,7 +193,8 @@ class BundleScoring:
         per_record: bool = False,
         fast: bool = False,
         _features_ready: Any = None,
-    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame]:
+        matrix: bool = True,
+    ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame | None]:
         """:meth:`score_with_features` without the pandas table: ({column: list or array}, features).
 
         The columns are those of :data:`OUTPUT_COLUMNS` (probabilities as float arrays, NaN where a
@@ -242,10 +237,14 @@ class BundleScoring:
             "eligible": eligible.tolist(),
             "ineligible_reason": reason.tolist(),
         }
-        X = self._in_bundle_order(FeatureBlocks.of_pairs(records, patient_index, names, regimen_index).frame())
+        blocks = FeatureBlocks.of_pairs(records, patient_index, names, regimen_index)
+        # the compiled models read the blocks (each patient's features once) unless the bundle's
+        # features differ from the installed feature function's
+        blocks_in_order = self.feature_names == feature_names()
+        X = self._in_bundle_order(blocks.frame()) if matrix or not (fast and blocks_in_order) else None
         if _features_ready is not None:  # score_explain_rows: the explanations start now
             _features_ready(columns["regimen_class"], X, patient_index)
-        matrix = X.to_numpy()
+        values = None if X is None else X.to_numpy()
         for outcome in OUTCOMES:
             p = np.full(len(patient_index), math.nan)
             for regimen_class in self.regimen_classes:
@@ -254,8 +253,10 @@ class BundleScoring:
                     continue
                 if fast:
                     model = self.compiled((regimen_class, outcome))
-                    if model is not None:
-                        p[mask] = model.probabilities(matrix[mask], patient_index[mask])
+                    if model is not None and model.exact_copy and blocks_in_order:
+                        p[mask] = model.probabilities(blocks.subset(mask))
+                    elif model is not None:
+                        p[mask] = model.probabilities(values[mask], patient_index[mask])
                 else:
                     p[mask] = self._probabilities((regimen_class, outcome), X.loc[mask].reset_index(drop=True))
             columns[f"p_{outcome}"] = p
