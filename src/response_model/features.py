@@ -49,10 +49,6 @@ ORDINAL_FIELDS = {
 CHILD_PUGH_ORDINAL = {"A": 1.0, "B": 2.0, "C": 3.0}
 
 
-def _flag(value: bool | None) -> float:
-    return math.nan if value is None else float(value)
-
-
 def _cancer_type_column(name: str) -> str:
     return "cancer_type_" + "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
@@ -90,31 +86,51 @@ def _column_index(with_regimen: bool) -> pd.Index:
     return pd.Index(feature_names(with_regimen), dtype=object)
 
 
-def _patient_features(record: PatientRecord) -> list[float]:
-    values = [math.nan if (v := getattr(record, name)) is None else float(v) for name in NUMERIC_FIELDS]
-    values.append(math.nan if record.afp is None else math.log10(record.afp + 1.0))
-    values.append(math.nan if record.albi_score is None else record.albi_score)
-    values.append(math.nan if record.albi_grade is None else float(record.albi_grade))
-    values.append(math.nan if record.child_pugh_score is None else float(record.child_pugh_score))
-    values.append(CHILD_PUGH_ORDINAL.get(record.child_pugh_class.value if record.child_pugh_class else "", math.nan))
-    values.append(float(record.sex is Sex.male))
-    values += [_flag(getattr(record, name)) for name in BINARY_FIELDS]
+def _patient_block(records: Sequence[PatientRecord]) -> np.ndarray:
+    """The patient features of ``records``, one row each, in :func:`patient_feature_names` order;
+    float64, NaN = missing. Built column by column (one pass over the records per field)."""
+    nan = math.nan
+    out = np.empty((len(records), len(patient_feature_names())))
+    columns = iter(range(out.shape[1]))
+
+    def put(values: Sequence[float]) -> None:
+        out[:, next(columns)] = values
+
+    def field(name: str) -> list:
+        return [getattr(record, name) for record in records]
+
+    for name in NUMERIC_FIELDS:
+        put([nan if v is None else v for v in field(name)])
+    put([nan if v is None else math.log10(v + 1.0) for v in field("afp")])
+    put([nan if v is None else v for v in field("albi_score")])
+    put([nan if v is None else v for v in field("albi_grade")])
+    put([nan if v is None else v for v in field("child_pugh_score")])
+    put([CHILD_PUGH_ORDINAL.get(v.value if v else "", nan) for v in field("child_pugh_class")])
+    put([v is Sex.male for v in field("sex")])
+    for name in BINARY_FIELDS:
+        put([nan if v is None else v for v in field(name)])
     for name, levels in ORDINAL_FIELDS.items():
-        value = getattr(record, name)
-        values.append(math.nan if value is None else float(levels.index(value)))
-    values.append(math.nan if record.msi_status is None else float(record.msi_status is MSIStatus.MSI_H))
-    known_aetiology = record.aetiology not in (None, Aetiology.unknown)
-    values.append(float(record.aetiology in VIRAL_AETIOLOGIES) if known_aetiology else math.nan)
-    values += [math.nan if record.aetiology is None else float(record.aetiology is a) for a in Aetiology]
-    values += [float(record.cancer_type == c) for c in cancer_types()]
-    genotyped = record.alterations is not None
-    values.append(float(genotyped))
-    values.append(float(len(record.alterations)) if genotyped else math.nan)
-    if genotyped:
-        values += [float(on) for on in pathway_flags(record.alterations)]
-    else:
-        values += [math.nan] * len(load_pathways())
-    return values
+        level = {value: float(k) for k, value in enumerate(levels)}
+        put([nan if v is None else level[v] for v in field(name)])
+    put([nan if v is None else v is MSIStatus.MSI_H for v in field("msi_status")])
+    aetiology = field("aetiology")
+    put([nan if v in (None, Aetiology.unknown) else v in VIRAL_AETIOLOGIES for v in aetiology])
+    for a in Aetiology:
+        put([nan if v is None else v is a for v in aetiology])
+    cancer_type = field("cancer_type")
+    for c in cancer_types():
+        put([v == c for v in cancer_type])
+    alterations = field("alterations")
+    put([v is not None for v in alterations])
+    put([nan if v is None else len(v) for v in alterations])
+    n_pathways = len(load_pathways())
+    flags = np.array([[nan] * n_pathways if v is None else pathway_flags(v) for v in alterations],
+                     dtype=np.float64).reshape(len(records), n_pathways)
+    for k in range(n_pathways):
+        put(flags[:, k])
+    if next(columns, None) is not None:
+        raise RuntimeError("patient feature columns left unfilled")
+    return out
 
 
 def _regimen_features(regimen_name: str | None) -> list[float]:
@@ -144,8 +160,7 @@ class FeatureBlocks:
                  regimens: Sequence[str | None] | None = None,
                  regimen_index: np.ndarray | None = None) -> FeatureBlocks:
         """The blocks of rows (``records[patient_index[k]]``, ``regimens[regimen_index[k]]``)."""
-        patient = np.array([_patient_features(r) for r in records], dtype=np.float64).reshape(
-            len(records), len(patient_feature_names()))
+        patient = _patient_block(records)
         if regimens is None:
             return cls(patient, np.asarray(patient_index, dtype=np.intp))
         regimen = np.array([_regimen_features(name) for name in regimens], dtype=np.float64).reshape(
