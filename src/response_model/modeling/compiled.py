@@ -5,20 +5,22 @@ and ``explain`` spend almost all their time in pandas and scikit-learn input val
 arithmetic (about 25 ms and 60 ms per call on this machine, against well under 1 ms of work).
 :func:`compile_model` turns a fitted :class:`~response_model.modeling.estimators.ResponseClassifier`
 into a :class:`CompiledModel` that performs the same floating-point operations (up to the order of
-additions) on a NumPy matrix whose columns are the bundle's feature names:
+additions) on a NumPy matrix whose columns are the bundle's feature names, or on the
+:class:`~response_model.features.FeatureBlocks` of its rows (batch scoring: each patient's features
+once, never the whole matrix):
 
 * logistic part — the same clipping, median imputation with missing indicators (the fitted
   ``SimpleImputer``'s ``statistics_`` and ``indicator_.features_``), standardisation (the fitted
   ``StandardScaler``'s ``mean_`` and ``scale_``), then the fitted learner's coefficients and
   intercept; the patient columns' terms once per patient, the regimen columns' once per regimen;
-* LightGBM part — the fitted booster's own trees (``Booster.predict`` on the NumPy columns, one
-  thread: a request is too small to gain from more, and threads contend on a loaded machine), split
-  into two boosters by :func:`split_booster`: the trees that split only on patient features and the
-  trees that split on a regimen feature. A patient is scored under a dozen regimens, and two thirds of
-  the trees never look at the regimen: given ``groups`` (the rows that share one patient's features)
-  those trees are evaluated once per patient and their output is shared by the patient's rows. The
-  sum of the two boosters is the booster's raw score (and TreeSHAP values, being per tree, add up the
-  same way), up to the order of the floating-point additions;
+* LightGBM part — the fitted booster's own trees (``Booster.predict``, one thread: a request is too
+  small to gain from more, and threads contend on a loaded machine), regrouped by :func:`group_trees`
+  into a few Boosters of their own: the trees that split on no regimen feature, and the trees that
+  split on one same set of regimen features. A patient is scored under a dozen regimens and two thirds
+  of the trees never look at the regimen, the others at one or two of its features: each group is
+  evaluated once per patient and distinct value of its regimen features, and its output is shared by
+  the patient's rows. The groups' raw scores (and TreeSHAP values, being per tree) add up to the
+  booster's, up to the order of the floating-point additions;
 * the weighting, the optional recalibration and the whole-model additive explanation as in
   ``ResponseClassifier.predict_proba`` and ``ResponseClassifier.explain``.
 
