@@ -430,17 +430,43 @@ def _import_scoring() -> None:
     import lightgbm  # noqa: F401
 
 
+class _Threads:
+    """What :func:`score_file` asks of a Dask client, done by threads of this process: for a small
+    input, which these score before a cluster would have started (and LightGBM releases the GIL)."""
+
+    def __init__(self, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+
+    def nthreads(self) -> dict[str, int]:
+        return {"this process": self._threads}
+
+    def scatter(self, value: Any, **_: Any) -> Any:
+        return value
+
+    def submit(self, function: Any, *args: Any, pure: bool = False) -> Any:
+        return self._pool.submit(function, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _client(scheduler: str | None, n_workers: int | None, processes: bool):
-    """(client, cluster or None): a client of ``scheduler``, or of a new LocalCluster (closed by the caller)."""
+    """(client, cluster or None): a client of ``scheduler``, a client of a new LocalCluster of worker
+    processes, or this process's threads (``processes=False``); the caller closes them."""
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     workers = n_workers or _default_workers()
+    if not processes:
+        return _Threads(workers), None
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
@@ -463,12 +489,12 @@ def score_file(
 
     ``model``: a model URI / exported folder (loaded once in the client, then sent to each worker
     once) or an already loaded bundle or pyfunc. Dask: ``client`` (an existing
-    ``distributed.Client``), else ``scheduler`` (``tcp://HOST:8786``), else a LocalCluster of
-    ``n_workers`` workers (default: the CPU count, at most 4): processes, or threads of this process
-    with ``processes=False``; by default threads for an input of known size up to
-    :data:`SMALL_INPUT_PARTITIONS` partitions per worker (starting worker processes would take longer
-    than scoring it), processes otherwise. The cluster starts first, so that its workers import what
-    scoring needs while this process loads the model.
+    ``distributed.Client``), else ``scheduler`` (``tcp://HOST:8786``), else ``n_workers`` workers
+    (default: the CPU count, at most 4): a LocalCluster of worker processes, or with
+    ``processes=False`` threads of this process (no cluster). By default threads for an input of known
+    size up to :data:`SMALL_INPUT_PARTITIONS` partitions per worker (they score it before worker
+    processes would have started), processes otherwise. The cluster starts first, so that its
+    workers import what scoring needs while this process loads the model.
     ``source``: a source config for non-canonical tables (read whole; see :func:`source_partitions`).
     Rejected rows are written to ``<output>.rejected.csv`` when there are any (an old one is removed).
     """

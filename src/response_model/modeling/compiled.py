@@ -458,9 +458,11 @@ def compile_model(model: Any, feature_names: Sequence[str],
         return reference
     try:
         compiled = CompiledModel(model, feature_names, row_features)
+        # the probe rows each on its own, then grouped as a patient's rows are: one check
         probes = probe_rows(len(feature_names))
-        problem = _agrees(compiled, reference, probes) or _agrees(
-            compiled, reference, *grouped_probe_rows(probes, compiled.row_columns))
+        grouped, groups = grouped_probe_rows(probes, compiled.row_columns)
+        problem = _agrees(compiled, reference, np.vstack([probes, grouped]),
+                          np.concatenate([np.arange(len(probes)), len(probes) + groups]))
     except Exception as error:  # noqa: BLE001 - any surprise: the model's own methods serve
         problem = f"{type(error).__name__}: {error}"
     if problem is not None:
