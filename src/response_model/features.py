@@ -183,9 +183,11 @@ class FeatureBlocks:
         width = self.patient.shape[1]
         out = np.empty((len(rows), len(columns)))
         of_patient = columns < width
-        out[:, of_patient] = self.patient[np.ix_(self.patient_index[rows], columns[of_patient])]
+        # np.take row- then column-wise: quicker than indexing with np.ix_
+        out[:, of_patient] = np.take(np.take(self.patient, self.patient_index[rows], axis=0), columns[of_patient], axis=1)
         if not of_patient.all():
-            out[:, ~of_patient] = self.regimen[np.ix_(self.regimen_index[rows], columns[~of_patient] - width)]
+            out[:, ~of_patient] = np.take(np.take(self.regimen, self.regimen_index[rows], axis=0),
+                                          columns[~of_patient] - width, axis=1)
         return out
 
     def matrix(self) -> np.ndarray:
