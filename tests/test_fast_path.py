@@ -115,6 +115,19 @@ def test_a_compiled_form_that_disagrees_is_not_used(loaded):
     model.predict_proba = lambda X: own(X) + np.array([-1e-9, 1e-9])  # the model's own answer moved
     assert isinstance(compile_model(model, bundle.feature_names), ReferenceModel)
     assert isinstance(compile_model(bundle.models[key], bundle.feature_names), CompiledModel)
+    # batch scoring with such a model among the compiled ones (the model's own methods, on the
+    # feature blocks it is given instead of a matrix) still scores, with the model's own numbers
+    from response_model.modeling.scoring import CompiledBundle
+
+    compiled = CompiledBundle({**{k: bundle.compiled(k) for k in bundle.models},
+                               key: ReferenceModel(bundle.models[key], bundle.feature_names)},
+                              bundle.feature_names, bundle.catalogue, bundle.metadata)
+    records = [PatientRecord.model_validate(p) for p in PATIENTS]
+    scores, X = compiled.score_with_features(records, fast=True, matrix=False)
+    assert X is None
+    reference = bundle.score(records)
+    for outcome in OUTCOMES:
+        np.testing.assert_allclose(scores[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)
 
 
 def test_the_pyfunc_predicts_the_reference_numbers(loaded):

@@ -253,7 +253,7 @@ class BundleScoring:
                     continue
                 if fast:
                     model = self.compiled((regimen_class, outcome))
-                    if model is not None and model.exact_copy and blocks_in_order:
+                    if model is not None and blocks_in_order:
                         p[mask] = model.probabilities(blocks.subset(mask))
                     elif model is not None:
                         p[mask] = model.probabilities(values[mask], patient_index[mask])
