@@ -69,13 +69,16 @@ script, ``--sizes 10000 100000 1000000`` (load 0.6 before, up to 3.0 with other 
    1,000,000  yes      processes   529.1 (2.2)         24,569    16,281   1.51   2,546           0.98
 
 (10,000 rows: a later run of the same code, after the threads without a cluster; the other rows
-of that run gave 0.48 at 100,000 without and 1.90 at 100,000 with explanations.) One partition now
+of that run gave 0.48 at 100,000 without and 1.90 at 100,000 with explanations.) Then with two
+workers up to 30 partitions in threads (``use_threads``): 100,000 patients in 12.1 s, 107,532
+scores/s against 187,118 (0.57), peak 595 MB; with explanations 43.0 s, 30,256 against 18,925
+(1.60), peak 1,310 MB. In alternating runs threads took 10.3–13.4 s and processes 13.2–15.5 s. One partition now
 costs ≈ 0.7 s alone and ≈ 0.9–1.1 s beside the other worker: validating the records ≈ 0.17 s,
 the tree groups ≈ 0.18 s, the patient features ≈ 0.06 s, gathering, the logistic part, ranks and
 the output table the rest. With explanations the end-to-end path is faster than the bare boosters'
 ``pred_contrib`` (1.5–1.9×): the trees that do not use the regimen are explained once per patient.
-Without explanations the target is met from about 10^5 patients (0.45–0.56 at 10^5 from run to
-run on this shared machine, 0.66 at 10^6); at 10^4 it is not (0.36–0.43): the limit is 0.65 s
+Without explanations the target is met from about 10^5 patients (0.47–0.57 at 10^5 in threads
+from run to run on this shared machine, 0.66 at 10^6); at 10^4 it is not (0.36–0.43): the limit is 0.65 s
 there, and compiling the models (0.3 s) plus validating 10,000 records, which holds Python's
 lock, take longer than that in threads, while worker processes take ≈ 2 s to start. Growth is
 linear after start-up and peak memory flat with cohort size in each mode.

@@ -237,7 +237,7 @@ def test_own_cluster_writes_what_a_given_client_writes(smoke_model, cluster, coh
                        partition_rows=8, progress=False)
     own = score_file(model, cohort["bad_parquet"], tmp_path / "own.parquet", explain=True, n_workers=1,
                      partition_rows=8, processes=True, progress=False)
-    # by default a file of at most SMALL_INPUT_PARTITIONS partitions per worker is scored in threads
+    # by default a file this small is scored by threads of this process (use_threads)
     small = score_file(model, cohort["bad_parquet"], tmp_path / "small.parquet", explain=True, n_workers=1,
                        partition_rows=1000, progress=False)
     assert (given.cluster, own.cluster, small.cluster) == ("given", "local processes", "local threads")
@@ -259,3 +259,14 @@ def test_ranks_round_as_python_does():
                         [0.0, 1.0, 0.00004, 0.99995, np.nan]])
     expected = np.array([round(float(v), 4) if math.isfinite(v) else np.nan for v in p])
     np.testing.assert_array_equal(_shown(p), expected)
+
+
+def test_threads_or_processes_by_size():
+    """An own cluster is threads while they are expected to finish sooner than worker processes start."""
+    from response_model.modeling.batch import use_threads
+
+    assert use_threads(10_000, 5000, 2) and use_threads(150_000, 5000, 2)
+    assert not use_threads(1_000_000, 5000, 2)
+    assert use_threads(1_000_000, 5000, 1)  # one worker: a process would only add its start-up
+    assert use_threads(40_000, 5000, 4) and not use_threads(100_000, 5000, 4)
+    assert not use_threads(None, 5000, 2)  # a CSV of unknown size
