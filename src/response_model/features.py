@@ -184,7 +184,8 @@ class FeatureBlocks:
         out = np.empty((len(rows), len(columns)))
         of_patient = columns < width
         # np.take row- then column-wise: quicker than indexing with np.ix_
-        out[:, of_patient] = np.take(np.take(self.patient, self.patient_index[rows], axis=0), columns[of_patient], axis=1)
+        out[:, of_patient] = np.take(np.take(self.patient, self.patient_index[rows], axis=0),
+                                     columns[of_patient], axis=1)
         if not of_patient.all():
             out[:, ~of_patient] = np.take(np.take(self.regimen, self.regimen_index[rows], axis=0),
                                           columns[~of_patient] - width, axis=1)

@@ -42,6 +42,7 @@ import logging
 import math
 import time
 from collections import deque
+from contextlib import ExitStack
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -526,48 +527,47 @@ def score_file(
     else:
         partitions, rejected_upfront, n_read = read_partitions(input_path, partition_rows, arrow=True), None, 0
         total = count_rows(input_path)
-    own_client = client is None
-    cluster = None
-    if own_client:
-        if processes is None:  # a small input is scored sooner than worker processes start
-            workers = n_workers or _default_workers()
-            processes = scheduler is not None or not use_threads(total, partition_rows, workers)
-        client, cluster = _client(scheduler, n_workers, processes)
-    warming = []
-    if own_client and processes and not scheduler:
-        # the new worker processes import what scoring needs while this process loads the model
-        warming = [client.submit(_import_scoring, workers=[address], pure=False)
-                   for address in client.scheduler_info()["workers"]]
-    try:
+    # closed in reverse order on the way out, also on errors: the writer, the bar, the client, the cluster
+    with ExitStack() as cleanup:
+        own_client = client is None
+        if own_client:
+            if processes is None:  # a small input is scored sooner than worker processes start
+                workers = n_workers or _default_workers()
+                processes = scheduler is not None or not use_threads(total, partition_rows, workers)
+            client, cluster = _client(scheduler, n_workers, processes)
+            if cluster is not None:
+                cleanup.callback(cluster.close)
+            cleanup.callback(client.close)
+        warming = []
+        if own_client and processes and not scheduler:
+            # the new worker processes import what scoring needs while this process loads the model
+            warming = [client.submit(_import_scoring, workers=[address], pure=False)
+                       for address in client.scheduler_info()["workers"]]
         bundle = as_bundle(model if not isinstance(model, (str, Path)) else load_model(model))
         payload = bundle.compiled_bundle() if hasattr(bundle, "compiled_bundle") else bundle
-    except BaseException:
-        if own_client:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        raise
-    rejected_path = rejected_path_for(output_path)
-    rejected_path.unlink(missing_ok=True)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = bundle.metadata
-    writer = _Writer(output_path, fmt, {
-        "response_model.model_name": meta.get("model_name"), "response_model.model_version": meta.get("model_version"),
-        "response_model.model_uri": meta.get("model_uri"), "response_model.label": meta.get("label"),
-        "response_model.shap_scale": "the models' own explain() values, log-odds scale, as in the audit trail"
-        if explain else None,
-    })
-    result = BatchResult(output=output_path, rejected_path=None, n_read=n_read,
-                         cluster="given" if not own_client or scheduler else
-                         "local processes" if processes else "local threads")
-    rejected_frames = [rejected_upfront] if rejected_upfront is not None and len(rejected_upfront) else []
+        rejected_path = rejected_path_for(output_path)
+        rejected_path.unlink(missing_ok=True)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        meta = bundle.metadata
+        writer = _Writer(output_path, fmt, {
+            "response_model.model_name": meta.get("model_name"),
+            "response_model.model_version": meta.get("model_version"),
+            "response_model.model_uri": meta.get("model_uri"), "response_model.label": meta.get("label"),
+            "response_model.shap_scale": "the models' own explain() values, log-odds scale, as in the audit trail"
+            if explain else None,
+        })
+        cleanup.callback(writer.close)
+        result = BatchResult(output=output_path, rejected_path=None, n_read=n_read,
+                             cluster="given" if not own_client or scheduler else
+                             "local processes" if processes else "local threads")
+        rejected_frames = [rejected_upfront] if rejected_upfront is not None and len(rejected_upfront) else []
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="scoring", unit="patient", smoothing=0.1)
-    try:
+            bar = tqdm(total=total, desc="scoring", unit="patient", smoothing=0.1)
+            cleanup.callback(bar.close)
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
         bundle_future = client.scatter(payload, broadcast=True, hash=False)
@@ -602,14 +602,6 @@ def score_file(
             collect(pending.popleft())
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(bundle, explain))
-    finally:
-        writer.close()
-        if bar is not None:
-            bar.close()
-        if own_client:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     if rejected_frames:
         rejected = pd.concat(rejected_frames, ignore_index=True).sort_values("input_row", kind="stable")
         rejected.to_csv(rejected_path, index=False)

@@ -88,9 +88,7 @@ def _distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     contiguous = np.ascontiguousarray(values)
     keys = contiguous.view(np.dtype((np.void, contiguous.dtype.itemsize * contiguous.shape[1]))).ravel()
     codes, distinct = pd.factorize(keys)
-    first = np.empty(len(distinct), dtype=np.intp)
-    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write of each code is its first row
-    return first, codes
+    return _first_and_inverse(codes, len(distinct))
 
 
 def _tree_features(block: str) -> set[int]:
@@ -243,7 +241,7 @@ class CompiledModel:
                 "positions": np.array([column_position[c] for c in columns], dtype=np.intp),
                 # which of the linear columns, and which standardised columns (the columns, then
                 # their missing indicators), come from row features
-                "row_columns": np.array([position[c] in set(self.row_columns.tolist()) for c in columns], dtype=bool),
+                "row_columns": np.isin([position[c] for c in columns], self.row_columns),
             }
             lin = self.linear
             lin["row_terms"] = lin["row_columns"] if lin["indicator"] is None else np.concatenate(
@@ -345,17 +343,14 @@ class CompiledModel:
     def _rows(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None) -> _Rows:
         if isinstance(X, FeatureBlocks):  # the patients and regimens are known: nothing to find out
             first_patient, patient_of_row = _first_and_inverse(X.patient_index, len(X.patient))
-            if X.regimen is None:
-                first_pattern, pattern_of_row = np.zeros(min(len(X), 1), np.intp), np.zeros(len(X), np.intp)
-            else:
-                first_pattern, pattern_of_row = _first_and_inverse(X.regimen_index, len(X.regimen))
-            return _Rows(len(X), X.take, first_patient, patient_of_row, first_pattern, pattern_of_row)
+            patterns = (np.zeros(len(X), np.intp), 1) if X.regimen is None else (X.regimen_index, len(X.regimen))
+            return _Rows(len(X), X.take, first_patient, patient_of_row, *_first_and_inverse(*patterns))
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         _, first_patient, patient_of_row = np.unique(groups, return_index=True, return_inverse=True)
         if len(self.row_columns):
             first_pattern, pattern_of_row = _distinct_rows(X[:, self.row_columns])
         else:
-            first_pattern, pattern_of_row = np.zeros(min(len(X), 1), np.intp), np.zeros(len(X), np.intp)
+            first_pattern, pattern_of_row = _first_and_inverse(np.zeros(len(X), np.intp), 1)
         return _Rows(len(X), lambda rows, columns: X[np.ix_(rows, columns)], first_patient, patient_of_row.ravel(),
                      first_pattern, pattern_of_row)
 

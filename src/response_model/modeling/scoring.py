@@ -1,5 +1,5 @@
-"""Scoring patient records with a bundle's models: the part of :class:`~response_model.modeling.bundle.ResponseModelBundle`
-that needs no MLflow.
+"""Scoring patient records with a bundle's models: the part of
+:class:`~response_model.modeling.bundle.ResponseModelBundle` that needs no MLflow.
 
 :class:`BundleScoring` holds the scoring and explaining methods; ``ResponseModelBundle`` (the MLflow
 pyfunc) inherits them. :class:`CompiledBundle` carries only what scoring needs — the feature names,
