@@ -1,9 +1,11 @@
 """The patient record: computed scores and every rejection with its message."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
-from response_model import clinical
+from response_model import clinical, schema
 from response_model.schema import Alteration, AlterationKind, PatientRecord, field_errors, infer_kind
 
 BASE = {"age": 64, "sex": "male"}
@@ -158,8 +160,17 @@ def test_every_problem_in_a_record_is_reported_at_once():
     assert len(found) == 3
 
 
-@pytest.mark.parametrize("field, value", [("age", True), ("albumin", False), ("lesion_count", True)])
+@pytest.mark.parametrize("field", sorted(schema._NUMERIC_FIELDS))
+@pytest.mark.parametrize("value", [True, False])
 def test_a_yes_no_value_in_a_numeric_field_is_named_as_such(field, value):
     record = {"age": 60, "sex": "male", field: value}
     with pytest.raises(ValidationError, match=rf"{field}: {str(value).lower()} is a yes/no value; expected a number"):
         PatientRecord(**record)
+
+
+@pytest.mark.parametrize("field", sorted(schema.field_ranges()))
+def test_every_ranged_field_refuses_a_value_above_its_range(field):
+    above = int(schema.field_ranges()[field].max) + 1  # an integer: also valid input for the integer fields
+    shown = re.escape(f"{above:g}")
+    with pytest.raises(ValidationError, match=rf"{field}: {shown} is outside the plausible range"):
+        PatientRecord(**{"age": 60, "sex": "male", field: above})

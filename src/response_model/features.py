@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -97,7 +98,7 @@ def _patient_block(records: Sequence[PatientRecord]) -> np.ndarray:
         out[:, next(columns)] = values
 
     def field(name: str) -> list:
-        return [getattr(record, name) for record in records]
+        return list(map(attrgetter(name), records))
 
     for name in NUMERIC_FIELDS:
         put([nan if v is None else v for v in field(name)])

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     computed_field,
     field_validator,
     model_validator,
@@ -204,6 +205,11 @@ def cancer_types() -> tuple[str, ...]:
     return tuple(load_yaml("vocabulary.yaml")["cancer_types"])
 
 
+@lru_cache(maxsize=1)
+def _cancer_types_by_lower() -> dict[str, str]:
+    return {name.lower(): name for name in cancer_types()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Somatic alterations
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +324,16 @@ class Alteration(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
+_ENUM_OF_FIELD: dict[str, type[StrEnum]] = {
+    "sex": Sex, "aetiology": Aetiology, "ascites": Ascites, "encephalopathy": Encephalopathy,
+    "child_pugh_class": ChildPughClass, "bclc_stage": BCLCStage, "alcohol_use": Exposure,
+    "smoking": Exposure, "msi_status": MSIStatus,
+}
+# The numeric fields: those with a plausible range (configs/ranges.yaml) and the ECOG grade (0–4 by its
+# own constraint); checked against the annotations below the class, so a new one cannot be left out.
+_NUMBER_FIELDS: tuple[str, ...] = (*field_ranges(), "ecog")
+
+
 def _unit(unit: str) -> dict[str, Any]:
     return {"json_schema_extra": {"unit": unit}}
 
@@ -394,47 +410,34 @@ class PatientRecord(BaseModel):
 
     # -- field checks -------------------------------------------------------------------------
 
-    @field_validator("sex", "aetiology", "ascites", "encephalopathy", "child_pugh_class", "bclc_stage",
-                     "alcohol_use", "smoking", "msi_status", mode="before")
+    @field_validator(*_ENUM_OF_FIELD, mode="before")
     @classmethod
     def _enum_spelling(cls, value: Any, info: ValidationInfo) -> Any:
-        enum = {
-            "sex": Sex, "aetiology": Aetiology, "ascites": Ascites, "encephalopathy": Encephalopathy,
-            "child_pugh_class": ChildPughClass, "bclc_stage": BCLCStage, "alcohol_use": Exposure,
-            "smoking": Exposure, "msi_status": MSIStatus,
-        }[info.field_name]
-        return _canonical_enum(info.field_name, value, enum)
+        return _canonical_enum(info.field_name, value, _ENUM_OF_FIELD[info.field_name])
 
     @field_validator("cancer_type")
     @classmethod
     def _known_cancer_type(cls, value: str) -> str:
-        by_lower = {name.lower(): name for name in cancer_types()}
-        if value.strip().lower() in by_lower:
-            return by_lower[value.strip().lower()]
+        found = _cancer_types_by_lower().get(value.strip().lower())
+        if found is not None:
+            return found
         raise _reject(
             "cancer_type",
             f"cancer_type: {value!r} is not a known cancer type; expected one of {', '.join(cancer_types())}",
         )
 
-    @field_validator("*", mode="before")
+    @field_validator(*_NUMBER_FIELDS, mode="wrap")
     @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _plausible_number(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         # pydantic would read true/false as 1/0 in a numeric field and the range check would then
         # report "1 is outside …": say what is really wrong
-        if isinstance(value, bool) and info.field_name in _NUMERIC_FIELDS:
+        if isinstance(value, bool):
             raise _reject("number_type", f"{info.field_name}: {str(value).lower()} is a yes/no value; "
                                          f"expected a number{_unit_text(info.field_name)}")
-        return value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _plausible(cls, value: Any, info: ValidationInfo) -> Any:
+        value = handler(value)
         spec = field_ranges().get(info.field_name)
-        if spec is None or value is None:
-            return value
-        message = spec.error(float(value))
-        if message is not None:
-            raise _reject("implausible_value", message)
+        if spec is not None and value is not None and not spec.min <= value <= spec.max:
+            raise _reject("implausible_value", spec.error(float(value)))
         return value
 
     @field_validator("alterations", mode="before")
@@ -535,12 +538,17 @@ class PatientRecord(BaseModel):
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 _NUMERIC_FIELDS = frozenset(name for name, f in PatientRecord.model_fields.items()
                             if set(typing.get_args(f.annotation) or (f.annotation,)) - {type(None)} <= {int, float})
+if _NUMERIC_FIELDS != set(_NUMBER_FIELDS):
+    raise RuntimeError(f"numeric fields {sorted(_NUMERIC_FIELDS ^ set(_NUMBER_FIELDS))} lack or have a "
+                       "plausible range in configs/ranges.yaml; expected one for each numeric field but ecog")
 
 
 def _unit_text(field: str) -> str:
     extra = PatientRecord.model_fields[field].json_schema_extra
     unit = extra.get("unit") if isinstance(extra, dict) else None
     return f" in {unit}" if unit else ""
+
+
 DERIVED_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_computed_fields)
 
 

@@ -241,7 +241,8 @@ def _score_task(
         if collecting:
             gc.enable()
     if arrow:
-        table = pa.Table.from_pandas(table, schema=_arrow_schema(table, {}), preserve_index=False)
+        # nthreads=1: Arrow's own conversion threads would only compete with the other partitions'
+        table = pa.Table.from_pandas(table, schema=_arrow_schema(table, {}), preserve_index=False, nthreads=1)
     return table, rejected
 
 
@@ -475,13 +476,13 @@ def use_threads(patients: int | None, partition_rows: int, workers: int) -> bool
 def _client(scheduler: str | None, n_workers: int | None, processes: bool):
     """(client, cluster or None): a client of ``scheduler``, a client of a new LocalCluster of worker
     processes, or this process's threads (``processes=False``); the caller closes them."""
+    if not processes and not scheduler:  # without importing Dask's distributed (≈ 0.15 s)
+        return _Threads(n_workers or _default_workers()), None
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     workers = n_workers or _default_workers()
-    if not processes:
-        return _Threads(workers), None
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
