@@ -100,16 +100,17 @@ def _patient_block(records: Sequence[PatientRecord]) -> np.ndarray:
     def field(name: str) -> list:
         return list(map(attrgetter(name), records))
 
+    # a float array takes None as NaN and booleans as 0 / 1: such lists go in as they are
     for name in NUMERIC_FIELDS:
-        put([nan if v is None else v for v in field(name)])
+        put(field(name))
     put([nan if v is None else math.log10(v + 1.0) for v in field("afp")])
-    put([nan if v is None else v for v in field("albi_score")])
-    put([nan if v is None else v for v in field("albi_grade")])
-    put([nan if v is None else v for v in field("child_pugh_score")])
+    put(field("albi_score"))
+    put(field("albi_grade"))
+    put(field("child_pugh_score"))
     put([CHILD_PUGH_ORDINAL.get(v.value if v else "", nan) for v in field("child_pugh_class")])
     put([v is Sex.male for v in field("sex")])
     for name in BINARY_FIELDS:
-        put([nan if v is None else v for v in field(name)])
+        put(field(name))
     for name, levels in ORDINAL_FIELDS.items():
         level = {value: float(k) for k, value in enumerate(levels)}
         put([nan if v is None else level[v] for v in field(name)])

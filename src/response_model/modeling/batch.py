@@ -205,7 +205,7 @@ def score_partition(
     kept_ids = [ids[k] for k in kept]
     positions = table.pop("row").to_numpy()
     table.insert(0, "input_row", kept_rows[positions].astype(np.int64) if len(positions) else np.array([], np.int64))
-    table.insert(1, "patient_id", pd.Series([kept_ids[k] for k in positions], dtype=object))
+    table.insert(1, "patient_id", np.array(kept_ids, dtype=object)[positions])
     label = bundle.metadata.get("label")
     if label:
         table.insert(table.columns.get_loc("rank") + 1, "label", label)
@@ -215,12 +215,16 @@ def score_partition(
 
 def _clean_column(column: pd.Series) -> list[Any]:
     """The values of ``column`` as ``row_to_record`` cleans them: Python scalars, None for missing."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype) and dtype.kind in "iub":
+        return column.to_numpy(dtype=object, na_value=None).tolist()  # Int64, boolean: pd.NA -> None
     values = column.tolist()  # Python scalars for NumPy's numeric and boolean dtypes
-    if isinstance(column.dtype, np.dtype) and column.dtype.kind == "f":
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
         return [None if v != v else v for v in values]  # NaN -> None
-    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iub":
+    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
         return values
-    return [v if type(v) is str else _clean(v) for v in values]  # object and nullable dtypes (pd.NA) value by value
+    # object and other dtypes value by value
+    return [v if v is None or type(v) is str else _clean(v) for v in values]
 
 
 def _score_task(

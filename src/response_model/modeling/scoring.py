@@ -175,16 +175,10 @@ class BundleScoring:
         ``fast=True`` computes the probabilities with the models' compiled forms (:meth:`compiled`):
         the same numbers as the models' own ``predict_proba`` (the reference path, ``fast=False``).
         ``matrix=False``: no feature matrix is built when the compiled models do not need it (None)."""
-        columns, X = self.score_rows(records, regimens, per_record, fast, matrix=matrix)
-        out = pd.DataFrame({
-            "row": np.asarray(columns["row"], dtype=np.int64),
-            "regimen": pd.Series(columns["regimen"], dtype=object),
-            "regimen_class": pd.Series(columns["regimen_class"], dtype=object),
-            "eligible": np.asarray(columns["eligible"], dtype=bool),
-            "ineligible_reason": pd.Series(columns["ineligible_reason"], dtype=object),
-            **{f"p_{outcome}": columns[f"p_{outcome}"] for outcome in OUTCOMES},
-        })
-        return out, X
+        columns, X = self.score_rows(records, regimens, per_record, fast, matrix=matrix, as_lists=False)
+        columns["row"] = columns["row"].astype(np.int64, copy=False)
+        return pd.DataFrame(columns, columns=["row", "regimen", "regimen_class", "eligible", "ineligible_reason",
+                                              *(f"p_{outcome}" for outcome in OUTCOMES)]), X
 
     def score_rows(
         self,
@@ -194,11 +188,13 @@ class BundleScoring:
         fast: bool = False,
         _features_ready: Any = None,
         matrix: bool = True,
+        as_lists: bool = True,
     ) -> tuple[dict[str, list | np.ndarray], pd.DataFrame | None]:
         """:meth:`score_with_features` without the pandas table: ({column: list or array}, features).
 
         The columns are those of :data:`OUTPUT_COLUMNS` (probabilities as float arrays, NaN where a
-        class has no model), one entry per scored record × regimen."""
+        class has no model), one entry per scored record × regimen; the others as lists of Python
+        values, or with ``as_lists=False`` as NumPy arrays (``row`` intp, ``eligible`` bool, others object)."""
         records = list(records)
         default = [r.name for r in self.candidate_regimens()]
         if per_record:
@@ -231,12 +227,11 @@ class BundleScoring:
                 reason[rows] = ["; ".join(w) if w else None for w in why]
         classes = np.array([r.regimen_class for r in chosen], dtype=object)[regimen_index]
         columns: dict[str, list | np.ndarray] = {
-            "row": patient_index.tolist(),
-            "regimen": np.array(names, dtype=object)[regimen_index].tolist(),
-            "regimen_class": classes.tolist(),
-            "eligible": eligible.tolist(),
-            "ineligible_reason": reason.tolist(),
+            "row": patient_index, "regimen": np.array(names, dtype=object)[regimen_index],
+            "regimen_class": classes, "eligible": eligible, "ineligible_reason": reason,
         }
+        if as_lists:  # Python values, as JSON answers take them
+            columns = {name: values.tolist() for name, values in columns.items()}
         blocks = FeatureBlocks.of_pairs(records, patient_index, names, regimen_index)
         # the compiled models read the blocks (each patient's features once) unless the bundle's
         # features differ from the installed feature function's
