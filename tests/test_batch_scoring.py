@@ -270,3 +270,15 @@ def test_threads_or_processes_by_size():
     assert use_threads(1_000_000, 5000, 1)  # one worker: a process would only add its start-up
     assert use_threads(40_000, 5000, 4) and not use_threads(100_000, 5000, 4)
     assert not use_threads(None, 5000, 2)  # a CSV of unknown size
+
+
+def test_a_csv_files_rows_are_bounded_from_above(cohort, tmp_path, monkeypatch):
+    from response_model.modeling import batch
+
+    frame = pd.read_csv(cohort["csv"])
+    assert batch.rows_at_most(cohort["csv"]) >= len(frame)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('age,sex,patient_id\n60,male,"A\nB"\n70,female,C')  # a break inside quotes, none at the end
+    assert batch.rows_at_most(quoted) == 3 and len(pd.read_csv(quoted)) == 2
+    monkeypatch.setattr(batch, "CSV_COUNTED_UP_TO_BYTES", 10)
+    assert batch.rows_at_most(quoted) is None
