@@ -7,9 +7,9 @@ Run by hand from the repository root (long at 10^6: use ``nice`` on a shared mac
 
 What is timed, per cohort size and with / without explanations: ``response-model score``'s library
 call (:func:`response_model.modeling.batch.score_file`) end to end — a new LocalCluster of
-``--workers`` workers started (worker processes; threads of this process for an input of at most two
-partitions per worker, as ``score`` does by default: column ``cluster``), the model compiled and sent
-to them, the input Parquet (or CSV) file read in partitions, every
+``--workers`` workers started (worker processes, or threads of this process when
+``modeling.batch.use_threads`` expects them to be sooner, as ``score`` does by default: column
+``cluster``), the model compiled and sent to them, the input Parquet (or CSV) file read in partitions, every
 row validated into a PatientRecord, features built, every candidate regimen scored (and explained),
 ranks computed, the output Parquet file written. Reported: patient-regimen scores (output rows)
 per second, and the peak resident memory of the whole process tree (this process, the nannies and
@@ -70,18 +70,33 @@ script, ``--sizes 10000 100000 1000000`` (load 0.6 before, up to 3.0 with other 
 
 (10,000 rows: a later run of the same code, after the threads without a cluster; the other rows
 of that run gave 0.48 at 100,000 without and 1.90 at 100,000 with explanations.) Then with two
-workers up to 30 partitions in threads (``use_threads``): 100,000 patients in 12.1 s, 107,532
-scores/s against 187,118 (0.57), peak 595 MB; with explanations 43.0 s, 30,256 against 18,925
-(1.60), peak 1,310 MB. In alternating runs threads took 10.3–13.4 s and processes 13.2–15.5 s. One partition now
-costs ≈ 0.7 s alone and ≈ 0.9–1.1 s beside the other worker: validating the records ≈ 0.17 s,
-the tree groups ≈ 0.18 s, the patient features ≈ 0.06 s, gathering, the logistic part, ranks and
-the output table the rest. With explanations the end-to-end path is faster than the bare boosters'
-``pred_contrib`` (1.5–1.9×): the trees that do not use the regimen are explained once per patient.
-Without explanations the target is met from about 10^5 patients (0.47–0.57 at 10^5 in threads
-from run to run on this shared machine, 0.66 at 10^6); at 10^4 it is not (0.36–0.43): the limit is 0.65 s
-there, and compiling the models (0.3 s) plus validating 10,000 records, which holds Python's
-lock, take longer than that in threads, while worker processes take ≈ 2 s to start. Growth is
-linear after start-up and peak memory flat with cohort size in each mode.
+workers up to 30 partitions in threads (``use_threads``): 100,000 patients in 12.1 s (0.57); in
+alternating runs threads took 10.3–13.4 s and processes 13.2–15.5 s. At 10,000 patients the target
+was still missed (0.36–0.43): compiling the models (0.3 s) and validating the records, which holds
+Python's lock, took longer than the limit's 0.65 s.
+
+After the third round (commits b5a5d71..: one validator per numeric field instead of two on every
+field, no Dask import for threads, explain's sums in an array (compiling 0.3 → 0.1 s), arrays
+instead of lists into the output table, nullable columns cleaned by pandas; a CSV file's rows
+bounded by counting its lines, so that a small CSV is scored by threads too), the same command with
+``--explain-sizes 10000 100000`` (load 0.8 before, up to 2.7)::
+
+    patients  explain  cluster    seconds (start-up)  scores/s  limit/s  share  peak MB (tree)  k after start-up
+      10,000  no       threads       1.0 (0.1)        127,962   216,233   0.59     537           -
+     100,000  no       threads       8.8 (0.0)        147,310   218,859   0.67     585           0.98
+   1,000,000  no       processes    92.5 (2.2)        140,556   199,942   0.70   1,317           1.01
+      10,000  yes      threads       4.3 (0.0)         30,034    19,142   1.57   1,221           -
+     100,000  yes      threads      35.9 (0.0)         36,199    18,930   1.91   1,452           0.92
+
+At 10,000 patients five more runs gave 0.50–0.54 (the limit's 0.6 s is close to the fixed costs);
+with ``--csv`` 0.51 at 10,000 and 0.61 at 100,000. One partition of 5,000 patients costs ≈ 0.50 s
+alone: validating the records ≈ 0.12 s, the tree groups ≈ 0.16 s (without Python's lock), the
+patient features ≈ 0.04 s, gathering, the logistic part, ranks and the output table the rest; two
+threads do about 1.1 partitions' worth at a time, as validation and features hold Python's lock.
+With explanations the end-to-end path is faster than the bare boosters' ``pred_contrib``: the
+trees that do not use the regimen are explained once per patient. Growth is linear after start-up
+and peak memory flat with cohort size in each mode (threads ≈ 0.55 GB, processes ≈ 1.3 GB without
+explanations).
 """
 
 from __future__ import annotations
