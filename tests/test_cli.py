@@ -21,6 +21,17 @@ def test_every_command_has_help(command):
     assert "Usage:" in result.output
 
 
+def test_the_command_lists_every_subcommand_and_imports_the_audit_ones_only_when_named():
+    import subprocess
+    import sys
+
+    result = CliRunner().invoke(main, ["--help"])
+    assert all(f"  {name} " in result.output for name in SUBCOMMANDS), result.output
+    # Dask worker processes re-import the console script: SQLAlchemy (keys, audit) only when asked for
+    check = "import sys, response_model.cli; assert 'sqlalchemy' not in sys.modules, 'imported'"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).returncode == 0
+
+
 def test_regimens_lists_the_catalogue():
     result = CliRunner().invoke(main, ["regimens"])
     assert result.exit_code == 0
