@@ -388,7 +388,5 @@ def _serve_champion(model_uri: str, host: str, port: int) -> None:
     run_service(model_uri, host=host, port=port)
 
 
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -331,7 +331,7 @@ _ENUM_OF_FIELD: dict[str, type[StrEnum]] = {
 }
 # The numeric fields: those with a plausible range (configs/ranges.yaml) and the ECOG grade (0–4 by its
 # own constraint); checked against the annotations below the class, so a new one cannot be left out.
-_NUMBER_FIELDS: tuple[str, ...] = (*field_ranges(), "ecog")
+_DECLARED_NUMERIC_FIELDS: tuple[str, ...] = (*field_ranges(), "ecog")
 
 
 def _unit(unit: str) -> dict[str, Any]:
@@ -426,7 +426,7 @@ class PatientRecord(BaseModel):
             f"cancer_type: {value!r} is not a known cancer type; expected one of {', '.join(cancer_types())}",
         )
 
-    @field_validator(*_NUMBER_FIELDS, mode="wrap")
+    @field_validator(*_DECLARED_NUMERIC_FIELDS, mode="wrap")
     @classmethod
     def _plausible_number(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         # pydantic would read true/false as 1/0 in a numeric field and the range check would then
@@ -538,9 +538,9 @@ class PatientRecord(BaseModel):
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 _NUMERIC_FIELDS = frozenset(name for name, f in PatientRecord.model_fields.items()
                             if set(typing.get_args(f.annotation) or (f.annotation,)) - {type(None)} <= {int, float})
-if _NUMERIC_FIELDS != set(_NUMBER_FIELDS):
-    raise RuntimeError(f"numeric fields {sorted(_NUMERIC_FIELDS ^ set(_NUMBER_FIELDS))} lack or have a "
-                       "plausible range in configs/ranges.yaml; expected one for each numeric field but ecog")
+if _NUMERIC_FIELDS != set(_DECLARED_NUMERIC_FIELDS):
+    raise RuntimeError(f"fields {sorted(_NUMERIC_FIELDS ^ set(_DECLARED_NUMERIC_FIELDS))} lack or have a plausible "
+                       "range in configs/ranges.yaml; expected one for each numeric field but ecog")
 
 
 def _unit_text(field: str) -> str:

@@ -306,8 +306,10 @@ def rows_at_most(path: str | Path) -> int | None:
     most :data:`CSV_COUNTED_UP_TO_BYTES`, its line breaks (never fewer than the data rows: the header's
     makes up for a last line without one, and a break inside quotes counts too); else None."""
     rows = count_rows(path)
-    if rows is not None or str(path).lower().endswith(".gz") or Path(path).stat().st_size > CSV_COUNTED_UP_TO_BYTES:
+    if rows is not None or str(path).lower().endswith(".gz"):
         return rows
+    if Path(path).stat().st_size > CSV_COUNTED_UP_TO_BYTES:
+        return None
     breaks = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(2**20):
