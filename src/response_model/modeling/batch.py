@@ -484,7 +484,7 @@ class _Threads:
 def use_threads(patients: int | None, partition_rows: int, workers: int) -> bool:
     """Whether an own cluster for ``patients`` (None: unknown) should be threads of this process
     rather than worker processes. Threads start at once but share Python's lock (validation and
-    features hold it, LightGBM does not), so two threads do the work of about 1.5 workers; worker
+    features hold it, LightGBM does not), so two threads do the work of only 1.1-1.5 workers; worker
     processes take about 2 s to start (importing LightGBM and scikit-learn). Hence: one worker,
     always threads; two, threads up to :data:`TWO_THREADS_UP_TO_PARTITIONS` partitions; more, threads
     only up to :data:`SMALL_INPUT_PARTITIONS` partitions per worker; unknown size, processes."""
@@ -496,16 +496,16 @@ def use_threads(patients: int | None, partition_rows: int, workers: int) -> bool
     return partitions <= max(SMALL_INPUT_PARTITIONS * workers, TWO_THREADS_UP_TO_PARTITIONS if workers == 2 else 0)
 
 
-def _client(scheduler: str | None, n_workers: int | None, processes: bool):
-    """(client, cluster or None): a client of ``scheduler``, a client of a new LocalCluster of worker
-    processes, or this process's threads (``processes=False``); the caller closes them."""
+def _client(scheduler: str | None, workers: int, processes: bool):
+    """(client, cluster or None): a client of ``scheduler``, a client of a new LocalCluster of
+    ``workers`` worker processes, or ``workers`` threads of this process (``processes=False``); the
+    caller closes them."""
     if not processes and not scheduler:  # without importing Dask's distributed (≈ 0.15 s)
-        return _Threads(n_workers or _default_workers()), None
+        return _Threads(workers), None
     from distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
-    workers = n_workers or _default_workers()
     # its start-up chatter and "worker still alive … killing" at shutdown are not ours to show
     logging.getLogger("distributed").setLevel(logging.ERROR)
     # ":0": the scheduler's HTTP server (always started) on a free port, not 8787 with a warning when taken
@@ -555,11 +555,11 @@ def score_file(
     with ExitStack() as cleanup:
         own_client = client is None
         if own_client:
+            workers = n_workers or _default_workers()
             if processes is None:  # a small input is scored sooner than worker processes start
-                workers = n_workers or _default_workers()
                 size = total if total is not None else rows_at_most(input_path)
                 processes = scheduler is not None or not use_threads(size, partition_rows, workers)
-            client, cluster = _client(scheduler, n_workers, processes)
+            client, cluster = _client(scheduler, workers, processes)
             if cluster is not None:
                 cleanup.callback(cluster.close)
             cleanup.callback(client.close)

@@ -25,7 +25,13 @@ from pydantic import ValidationError
 
 from response_model.dataset import INPUT_FIELDS, record_to_row, row_to_record
 from response_model.features import feature_names
-from response_model.modeling.scoring import OUTCOMES, BundleScoring, CompiledBundle, _model_columns
+from response_model.modeling.scoring import (  # noqa: F401 (OUTPUT_COLUMNS: part of this module's interface)
+    OUTCOMES,
+    OUTPUT_COLUMNS,
+    BundleScoring,
+    CompiledBundle,
+    _model_columns,
+)
 from response_model.regimens import Regimen, load_catalogue
 from response_model.schema import PatientRecord, field_errors
 
@@ -37,10 +43,6 @@ DEFAULT_INTENDED_USE = (
 )
 #: Columns the pyfunc accepts: every patient-record field except the identifier, plus ``regimen``.
 MODEL_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in INPUT_FIELDS if c != "patient_id") + ("regimen",)
-OUTPUT_COLUMNS: tuple[str, ...] = (
-    "row", "regimen", "regimen_class", "eligible", "ineligible_reason",
-    "p_objective_response", "p_primary_resistance",
-)
 ARTIFACT_NAME = "bundle"
 
 class ResponseModelBundle(BundleScoring, mlflow.pyfunc.PythonModel):

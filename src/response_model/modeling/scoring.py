@@ -28,6 +28,10 @@ from response_model.regimens import Regimen
 from response_model.schema import PatientRecord
 
 OUTCOMES: tuple[str, ...] = ("objective_response", "primary_resistance")
+#: Columns of :meth:`BundleScoring.score`'s table, in order.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "row", "regimen", "regimen_class", "eligible", "ineligible_reason", *(f"p_{outcome}" for outcome in OUTCOMES),
+)
 
 # Compiled forms of a loaded bundle's models (modeling.compiled), built on first use; kept outside the
 # bundle so that pickling a bundle never carries them.
@@ -177,8 +181,7 @@ class BundleScoring:
         ``matrix=False``: no feature matrix is built when the compiled models do not need it (None)."""
         columns, X = self.score_rows(records, regimens, per_record, fast, matrix=matrix, as_lists=False)
         columns["row"] = columns["row"].astype(np.int64, copy=False)
-        return pd.DataFrame(columns, columns=["row", "regimen", "regimen_class", "eligible", "ineligible_reason",
-                                              *(f"p_{outcome}" for outcome in OUTCOMES)]), X
+        return pd.DataFrame(columns, columns=list(OUTPUT_COLUMNS)), X
 
     def score_rows(
         self,
