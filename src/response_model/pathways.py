@@ -98,3 +98,20 @@ def pathway_status(alterations: Sequence[Alteration] | None) -> dict[str, bool |
     if alterations is None:
         return {p.name: None for p in load_pathways()}
     return dict(zip((p.name for p in load_pathways()), pathway_flags(alterations)))
+
+
+def representative_alteration(pathway: Pathway) -> Alteration:
+    """An alteration that switches ``pathway`` on and no other pathway (for what-if estimates of a
+    patient never sequenced): the first rule's gene and kind, at the first position it lists."""
+    for rule in pathway.rules:
+        for kind in sorted(rule.kinds):
+            change = None
+            if rule.protein_changes:
+                change = sorted(rule.protein_changes)[0]
+            elif rule.positions:
+                change = f"p.A{rule.positions[0][0]}V"
+            alteration = Alteration(gene=rule.gene, kind=kind, protein_change=change)
+            flags = pathway_flags([alteration])
+            if flags[[p.name for p in load_pathways()].index(pathway.name)] and sum(flags) == 1:
+                return alteration
+    raise ValueError(f"pathway {pathway.name!r}: no rule gives an alteration that switches on this pathway alone")

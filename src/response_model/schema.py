@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -601,3 +601,5 @@ def _names_field(message: str, path: str) -> bool:
 
 
 Outcome = Literal["objective_response", "primary_resistance"]
+#: The outcomes every model predicts, in order.
+OUTCOMES: tuple[str, ...] = get_args(Outcome)

@@ -9,13 +9,10 @@ file system shared with a remote cluster; the workers only compute.
 
 Each task turns its rows into :class:`~response_model.schema.PatientRecord` (the one schema; a row
 that fails validation is reported with its row number and the field-level messages, never dropped
-silently) and scores them with :func:`score_table`, which computes with the same compiled models as
-the prediction service (``score_rows`` / ``explain_rows`` of
-:class:`~response_model.modeling.scoring.BundleScoring` through ``score_with_features`` and
-``explain_scored`` with ``fast=True``), so the numbers are the API's. The workers get the bundle's
-:class:`~response_model.modeling.scoring.CompiledBundle` — compiled and self-checked once in the
-client, loaded without MLflow or the training code — once each (``Client.scatter(broadcast=True)``),
-not with every task. Workers are spawned, not forked: forked workers were seen to stall with
+silently) and scores them with the bundle's
+:class:`~response_model.modeling.predictor.Predictor`, as the prediction service does, so the
+numbers are the API's. The workers get the Predictor — loaded without MLflow or the training
+code — once each (``Client.scatter(broadcast=True)``), not with every task. Workers are spawned, not forked: forked workers were seen to stall with
 explanations after the client had run LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
 Parquet partitions travel as Arrow record batches and results for Parquet output come back as Arrow
 tables, so the client only reads and writes.
@@ -24,9 +21,7 @@ Output: one row per patient × candidate regimen, in input order — ``input_row
 of the patient among the data rows of the input), ``patient_id`` (as given in the input: the file
 goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_class``,
 ``eligible``, ``ineligible_reason``, ``p_objective_response``, ``p_primary_resistance``, ``rank``
-(1 = highest probability of objective response among the patient's eligible regimens, ranked on
-the probability rounded to 4 decimals as the API shows it, ties in catalogue order; null when
-ineligible) and, for models trained on simulated data, ``label``. With ``explain=True`` every
+(as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible) and, for models trained on simulated data, ``label``. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
 ``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. Parquet output is one file written row group by row group; the model name,
@@ -42,8 +37,8 @@ import logging
 import math
 import time
 from collections import deque
-from contextlib import ExitStack
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +49,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from response_model.dataset import COHORT_COLUMNS, INPUT_FIELDS, _clean, clean_row_to_record
-from response_model.modeling.scoring import OUTCOMES, BundleScoring
-from response_model.schema import PatientRecord, field_errors
+from response_model.dataset import (
+    COHORT_COLUMNS,
+    INPUT_FIELDS,
+    _clean,
+    clean_row_to_record,
+)
+from response_model.modeling.predictor import Predictor
+from response_model.schema import OUTCOMES, PatientRecord, field_errors
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ TWO_THREADS_UP_TO_PARTITIONS = 30
 CSV_COUNTED_UP_TO_BYTES = 64 * 2**20
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
-RANK_DECIMALS = 4  # the API shows probabilities rounded to 4 decimals and ranks on those
 
 
 class BatchInputError(ValueError):
@@ -108,77 +107,34 @@ def shap_column(outcome: str, feature: str) -> str:
     return f"{SHAP_PREFIX}{outcome}__{feature}"
 
 
-def shap_columns(bundle: BundleScoring) -> list[str]:
-    """Every SHAP column of the output for ``bundle``: each outcome × (every feature in the bundle's
+def shap_columns(predictor: Predictor) -> list[str]:
+    """Every SHAP column of the output for ``predictor``: each outcome × (every feature in the bundle's
     order, then the base value). A feature a model's explanation does not cover stays null."""
-    return [shap_column(o, f) for o in OUTCOMES for f in [*bundle.feature_names, BASE_VALUE]]
+    return [shap_column(o, f) for o in OUTCOMES for f in [*predictor.feature_names, BASE_VALUE]]
 
 
-def _ranks(table: pd.DataFrame) -> pd.array:
-    """Rank of each eligible row within its patient: highest rounded p_objective_response first, as the API."""
-    n = len(table)
-    ranks = np.zeros(n, dtype=np.int64)
-    eligible = table["eligible"].to_numpy(dtype=bool)
-    p = table["p_objective_response"].to_numpy(dtype=np.float64)
-    # the API sorts on -(shown probability or -1.0): missing (and 0.0) come last, ties keep catalogue order
-    key = -_shown(p)
-    key[~np.isfinite(key) | (key == 0.0)] = 1.0
-    where = np.flatnonzero(eligible)
-    if len(where):
-        rows = table["row"].to_numpy()[where]
-        order = where[np.lexsort((key[where], rows))]  # stable: equal keys keep table (catalogue) order
-        sorted_rows = table["row"].to_numpy()[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_rows)) + 1]
-        counts = np.diff(np.r_[starts, len(order)])
-        ranks[order] = np.arange(len(order)) - np.repeat(starts, counts) + 1
-    out = pd.array(ranks, dtype="Int64")
-    out[~eligible] = pd.NA
-    return out
-
-
-def _shown(p: np.ndarray) -> np.ndarray:
-    """``p`` rounded to :data:`RANK_DECIMALS` as Python's ``round`` does (correctly rounded): NumPy's
-    scaled rounding, with Python's for the values within a hair of a rounding tie, where they can differ."""
-    scale = 10.0 ** RANK_DECIMALS
-    shown = np.round(p, RANK_DECIMALS)
-    scaled = p * scale
-    near_tie = np.flatnonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)
-    shown[near_tie] = [round(float(v), RANK_DECIMALS) for v in p[near_tie]]
-    return shown
-
-
-def score_table(bundle: BundleScoring, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
-    """Score ``records`` under every candidate regimen; return the long table (see the module docstring).
-
-    ``row`` is the position of the record in ``records``. The service's scoring path: the models'
-    compiled forms (``fast=True`` of :meth:`~response_model.modeling.scoring.BundleScoring.score_with_features`
-    and ``explain_scored``; the same numbers as the models' own methods).
-    """
-    scores, X = bundle.score_with_features(list(records), fast=True, matrix=explain)
-    scores = scores.reset_index(drop=True)
-    scores["rank"] = _ranks(scores)
+def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
+    """Score ``records`` under every candidate regimen; return the long table (see the module docstring;
+    ``row`` is the position of the record in ``records``)."""
+    predictions = predictor.predict(list(records), explain=explain)
+    scores = predictions.table()
+    rank = pd.array(predictions.rank, dtype="Int64")
+    rank[~predictions.eligible] = pd.NA
+    scores["rank"] = rank
     if explain:
-        columns = shap_columns(bundle)
+        columns = shap_columns(predictor)
         values = np.full((len(scores), len(columns)), np.nan)
         position = {name: j for j, name in enumerate(columns)}
-        for (_, outcome), (where, contributions, base_value) in bundle.explain_scored(scores, X, fast=True).items():
-            targets = [position[shap_column(outcome, str(f))] for f in contributions.columns]
-            values[np.ix_(where, targets)] = contributions.to_numpy(dtype=np.float64)
-            values[where, position[shap_column(outcome, BASE_VALUE)]] = base_value
+        for (_, outcome), explained in predictions.explanations.items():
+            targets = [position[shap_column(outcome, str(f))] for f in explained.names]
+            values[np.ix_(explained.rows, targets)] = explained.values
+            values[explained.rows, position[shap_column(outcome, BASE_VALUE)]] = explained.base_value
         scores = pd.concat([scores, pd.DataFrame(values, columns=columns)], axis=1)
     return scores
 
 
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    # one OpenMP thread per Dask worker thread: Dask provides the parallelism, LightGBM's own
-    # threads would only compete with it
-    return threadpool_limits(limits=1, user_api="openmp")
-
-
 def score_partition(
-    bundle: BundleScoring, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
+    predictor: Predictor, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate and score one partition; return (output table, rejected rows).
 
@@ -202,14 +158,13 @@ def score_partition(
         except ValidationError as error:
             rejected.append({"input_row": int(input_rows[position]), "patient_id": ids[position],
                              "errors": "; ".join(str(e) for e in field_errors(error))})
-    with _one_thread():
-        table = score_table(bundle, records, explain)
+    table = score_table(predictor, records, explain)
     kept_rows = np.asarray(input_rows)[kept]
     kept_ids = [ids[k] for k in kept]
     positions = table.pop("row").to_numpy()
     table.insert(0, "input_row", kept_rows[positions].astype(np.int64) if len(positions) else np.array([], np.int64))
     table.insert(1, "patient_id", np.array(kept_ids, dtype=object)[positions])
-    label = bundle.metadata.get("label")
+    label = predictor.metadata.get("label")
     if label:
         table.insert(table.columns.get_loc("rank") + 1, "label", label)
     rejected_frame = pd.DataFrame(rejected, columns=["input_row", "patient_id", "errors"])
@@ -231,7 +186,7 @@ def _clean_column(column: pd.Series) -> list[Any]:
 
 
 def _score_task(
-    bundle: BundleScoring, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
+    predictor: Predictor, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
     arrow: bool,
 ) -> tuple[pd.DataFrame | pa.Table, pd.DataFrame]:
     """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
@@ -243,7 +198,7 @@ def _score_task(
     collecting = gc.isenabled()
     gc.disable()  # the partition's many short-lived objects hold no cycles: no collector passes over them
     try:
-        table, rejected = score_partition(bundle, frame, input_rows, explain)
+        table, rejected = score_partition(predictor, frame, input_rows, explain)
     finally:
         if collecting:
             gc.enable()
@@ -569,7 +524,7 @@ def score_file(
             warming = [client.submit(_import_scoring, workers=[address], pure=False)
                        for address in client.scheduler_info()["workers"]]
         bundle = as_bundle(model if not isinstance(model, (str, Path)) else load_model(model))
-        payload = bundle.compiled_bundle() if hasattr(bundle, "compiled_bundle") else bundle
+        predictor = bundle.predictor()
         rejected_path = rejected_path_for(output_path)
         rejected_path.unlink(missing_ok=True)
         output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -595,7 +550,7 @@ def score_file(
             cleanup.callback(bar.close)
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
-        bundle_future = client.scatter(payload, broadcast=True, hash=False)
+        predictor_future = client.scatter(predictor, broadcast=True, hash=False)
         del warming
         result.startup_seconds = time.perf_counter() - started
         pending: deque = deque()
@@ -618,7 +573,7 @@ def score_file(
         for part in partitions:
             if not source:
                 result.n_read += len(part.frame)
-            future = client.submit(_score_task, bundle_future, part.frame, part.input_rows, explain, fmt == "parquet",
+            future = client.submit(_score_task, predictor_future, part.frame, part.input_rows, explain, fmt == "parquet",
                                    pure=False)
             pending.append((len(part.frame), future))
             while len(pending) >= window:
@@ -626,7 +581,7 @@ def score_file(
         while pending:
             collect(pending.popleft())
         if not writer.started:  # no valid row at all: still a file with the output's columns
-            writer.write(_empty_output(bundle, explain))
+            writer.write(_empty_output(predictor, explain))
     if rejected_frames:
         rejected = pd.concat(rejected_frames, ignore_index=True).sort_values("input_row", kind="stable")
         rejected.to_csv(rejected_path, index=False)
@@ -639,6 +594,6 @@ def score_file(
     return result
 
 
-def _empty_output(bundle: BundleScoring, explain: bool) -> pd.DataFrame:
-    table, _ = score_partition(bundle, pd.DataFrame(columns=["age", "sex"]), np.array([], np.int64), explain)
+def _empty_output(predictor: Predictor, explain: bool) -> pd.DataFrame:
+    table, _ = score_partition(predictor, pd.DataFrame(columns=["age", "sex"]), np.array([], np.int64), explain)
     return table

@@ -1,11 +1,14 @@
 """The deployable unit: one MLflow pyfunc holding every regimen-class × outcome model.
 
-A :class:`ResponseModelBundle` scores patient records under every candidate regimen (or the one
-given). Records become features through :func:`response_model.features.build_feature_matrix`
-only — the same function training uses. The fitted models are any objects with
-``predict_proba(X)`` (column 1 = probability of the outcome) and ``explain(X) -> (contributions,
-base_value)``; they are pickled (cloudpickle) with the bundle as the pyfunc's ``python_model``,
-so loading needs the installed ``response_model`` package and its ``configs/``, nothing else.
+A :class:`ResponseModelBundle` holds the fitted models, how each is evaluated (its evaluator,
+decided and checked against the model's own methods when the bundle is built:
+:func:`~response_model.modeling.predictor.compile_evaluators`), the feature names, the catalogue
+and the metadata. :meth:`ResponseModelBundle.predictor` is the one way to score with it
+(:class:`~response_model.modeling.predictor.Predictor`); records become features through
+:mod:`response_model.features` only — the same functions training uses. The fitted models are any
+objects with ``predict_proba(X)`` (column 1 = probability of the outcome) and ``explain(X) ->
+(contributions, base_value)``; they are pickled (cloudpickle) with the bundle as the pyfunc's
+``python_model``, so loading needs the installed ``response_model`` package and its ``configs/``.
 """
 
 from __future__ import annotations
@@ -25,15 +28,9 @@ from pydantic import ValidationError
 
 from response_model.dataset import INPUT_FIELDS, record_to_row, row_to_record
 from response_model.features import feature_names
-from response_model.modeling.scoring import (  # noqa: F401 (OUTPUT_COLUMNS: part of this module's interface)
-    OUTCOMES,
-    OUTPUT_COLUMNS,
-    BundleScoring,
-    CompiledBundle,
-    _model_columns,
-)
+from response_model.modeling.predictor import Predictor, compile_evaluators
 from response_model.regimens import Regimen, load_catalogue
-from response_model.schema import PatientRecord, field_errors
+from response_model.schema import OUTCOMES, PatientRecord, field_errors
 
 SIMULATED_DATA_LABEL = "research use — trained on simulated data"
 DEFAULT_INTENDED_USE = (
@@ -45,10 +42,11 @@ DEFAULT_INTENDED_USE = (
 MODEL_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in INPUT_FIELDS if c != "patient_id") + ("regimen",)
 ARTIFACT_NAME = "bundle"
 
-class ResponseModelBundle(BundleScoring, mlflow.pyfunc.PythonModel):
+class ResponseModelBundle(mlflow.pyfunc.PythonModel):
     """Every (regimen_class, outcome) model, the feature names, the catalogue snapshot and metadata.
 
-    ``models``: {(regimen_class, outcome): fitted model}, outcome in :data:`OUTCOMES`.
+    ``models``: {(regimen_class, outcome): fitted model}, outcome in :data:`~response_model.schema.OUTCOMES`;
+    ``evaluators``: how each is evaluated (compiled here, once).
     ``metadata``: training_date, data_digest, metrics (summary), intended_use, label (the
     research-use label when ``simulated``), model_name / model_version (filled when loaded from
     the registry or an exported folder), plus anything given in ``metadata``.
@@ -98,13 +96,33 @@ class ResponseModelBundle(BundleScoring, mlflow.pyfunc.PythonModel):
             "model_version": None,
             **dict(metadata or {}),
         }
+        self.evaluators = compile_evaluators(self.models, self.feature_names)
+
+    @property
+    def regimen_classes(self) -> tuple[str, ...]:
+        """The regimen classes with at least one model."""
+        return tuple(sorted({c for c, _ in self.models}))
+
+    def candidate_regimens(self) -> list[Regimen]:
+        """The catalogue's candidate regimens whose class this bundle can score, in catalogue order."""
+        return self.predictor().candidate_regimens()
+
+    def predictor(self) -> Predictor:
+        """The :class:`~response_model.modeling.predictor.Predictor` of this bundle (made once, on first use)."""
+        predictor = self.__dict__.get("_predictor")
+        if predictor is None:
+            predictor = self.__dict__["_predictor"] = Predictor.of(self)
+        return predictor
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_predictor"}  # rebuilt on first use
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Score rows of patient-record columns (plus an optional ``regimen`` column).
 
         Absent record columns are missing values (warned about, naming them); ``alterations`` is
-        the JSON text of the cohort table. Returns the long table of :meth:`score` with ``row`` =
-        position of the input row. Raises ``ValueError`` naming every invalid row.
+        the JSON text of the cohort table. Returns :meth:`Predictions.table` (``row`` = position of
+        the input row). Raises ``ValueError`` naming every invalid row.
         """
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         absent = [c for c in MODEL_INPUT_COLUMNS if c != "regimen" and c not in frame.columns]
@@ -121,35 +139,10 @@ class ResponseModelBundle(BundleScoring, mlflow.pyfunc.PythonModel):
                 problems.append(f"row {position}: " + "; ".join(str(e) for e in field_errors(error)))
         if problems:
             raise ValueError("invalid input row(s): " + " | ".join(problems))
-        regimens = frame["regimen"].tolist() if "regimen" in frame.columns else None
-        # the compiled models (the same numbers as score(), the reference path, with less overhead)
-        return self.score_with_features(records, regimens, per_record=regimens is not None, fast=True)[0]
-
-    # -- explanation ---------------------------------------------------------------------------
-
-    def explain(
-        self, records: Sequence[PatientRecord] | PatientRecord, regimen: str
-    ) -> dict[str, tuple[pd.DataFrame, float]]:
-        """Return {outcome: (contributions, base_value)} of the models of ``regimen``'s class.
-
-        Contributions are the models' own ``explain`` output (one row per record, one column per
-        feature the model uses; for ResponseClassifier exact contributions of the whole model on
-        its log-odds scale before calibration: logistic terms + LightGBM TreeSHAP).
-        """
-        records = [records] if isinstance(records, PatientRecord) else list(records)
-        chosen = self._regimen(regimen)
-        X = self.features(records, [regimen] * len(records))
-        explained = {}
-        for outcome in OUTCOMES:
-            model = self.models.get((chosen.regimen_class, outcome))
-            if model is not None and callable(getattr(model, "explain", None)):
-                explained[outcome] = model.explain(X.reindex(columns=_model_columns(model, self.feature_names)))
-        return explained
-
-    def compiled_bundle(self) -> CompiledBundle:
-        """What scoring needs of this bundle, without MLflow or the training code (batch scoring's
-        workers load this; same numbers)."""
-        return CompiledBundle.of(self)
+        regimens = None
+        if "regimen" in frame.columns:
+            regimens = [None if not isinstance(r, str) else [r] for r in frame["regimen"].tolist()]
+        return self.predictor().predict(records, regimens).table()
 
     # -- MLflow ----------------------------------------------------------------------------------
 

@@ -1,16 +1,13 @@
-"""Loading a bundle (registry alias or version, run, exported folder) and scoring patient records."""
+"""Loading a bundle (registry alias or version, run, exported folder)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 
 from response_model.modeling.bundle import ResponseModelBundle
-from response_model.schema import PatientRecord
 
 
 def load_model(uri: str | Path) -> mlflow.pyfunc.PyFuncModel:
@@ -46,15 +43,3 @@ def as_bundle(model: Any) -> ResponseModelBundle:
     if not isinstance(inner, ResponseModelBundle):
         raise TypeError(f"{type(model).__name__} does not hold a ResponseModelBundle")
     return inner
-
-
-def score_records(
-    model: Any, records: Sequence[PatientRecord] | PatientRecord, regimens: Sequence[str] | str | None = None
-) -> pd.DataFrame:
-    """Return one row per record × regimen (all candidates when ``regimens`` is None).
-
-    Columns: row (position of the record), regimen, regimen_class, eligible, ineligible_reason,
-    p_objective_response, p_primary_resistance.
-    """
-    records = [records] if isinstance(records, PatientRecord) else list(records)
-    return as_bundle(model).score(records, regimens)

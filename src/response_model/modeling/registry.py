@@ -303,9 +303,9 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None}
     if not pairs:
         return result
-    scores = bundle.score([rec for rec, _ in pairs], [out.regimen for _, out in pairs], per_record=True)
-    p_response = scores["p_objective_response"].to_numpy(dtype=float)
-    p_resistance = scores["p_primary_resistance"].to_numpy(dtype=float)
+    predictions = bundle.predictor().predict([rec for rec, _ in pairs], [[out.regimen] for _, out in pairs])
+    p_response = predictions.probability["objective_response"]
+    p_resistance = predictions.probability["primary_resistance"]
     result["response"] = _outcome_metrics([out.objective_response for _, out in pairs], p_response)
     resistance = _outcome_metrics([out.primary_resistance for _, out in pairs], p_resistance)
     if resistance is not None:

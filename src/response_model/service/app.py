@@ -30,18 +30,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from response_model import tracking
 from response_model.config import load_yaml
 from response_model.modeling.bundle import ResponseModelBundle
+from response_model.modeling.interpret import finite
 from response_model.modeling.predict import as_bundle, load_model
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.schema import PatientRecord, field_errors
-from response_model.service.answers import (
-    LIMITATIONS,
-    _audit_outputs,
-    _finite,
-    predict_many,
-)
+from response_model.service.answers import LIMITATIONS, audit_outputs, predict_many
 from response_model.service.audit import (
     AuditTrail,
     RawIdentifierError,
@@ -88,13 +83,9 @@ class LoadedModel:
     def load(cls, uri: str) -> LoadedModel:
         model = load_model(uri)
         bundle = as_bundle(model)
-        bundle.compile()  # the models' fast forms, self-checked now rather than on the first request
+        bundle.predictor()  # made once per loaded bundle, before the first request
         meta = bundle.metadata
         return cls(bundle, uri, meta.get("model_name"), meta.get("model_version"))
-
-    def margin(self, regimen_class: str, outcome: str) -> float | None:
-        metrics = self.bundle.metadata.get("metrics") or {}
-        return _finite(metrics.get(tracking.metric_key(outcome, regimen_class, "ece_upper")))
 
     def names(self) -> dict[str, str | None]:
         return {"model_name": self.name, "model_version": self.version, "model_uri": self.uri}
@@ -506,7 +497,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
             response = predict_many(loaded, [body])[0]
         except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
             return 500, _server_failure(base, error)
-        outputs, explanations = _audit_outputs(response)
+        outputs, explanations = audit_outputs(response)
         try:
             audit([{**base, "status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                     "regimens": [it["regimen"] for it in response["regimens"]], "outputs": outputs,
@@ -573,7 +564,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
             return _server_error({**base, "input_digest": input_digest(body.model_dump(mode="json"))}, error)
         for (index, _), response in zip(valid, predictions):
-            outputs, explanations = _audit_outputs(response)
+            outputs, explanations = audit_outputs(response)
             records[index].update({"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                                    "regimens": [it["regimen"] for it in response["regimens"]],
                                    "outputs": {"index": index, **outputs}, "explanations": explanations})
@@ -614,7 +605,7 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     def model_info(key: KeyInfo = Depends(role("clinician", "auditor", "admin"))):
         loaded = holder.require()
         meta = loaded.bundle.metadata
-        metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if _finite(v) is not None}
+        metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if finite(v) is not None}
         return {"model_name": loaded.name, "model_version": loaded.version, "model_uri": loaded.uri,
                 "training_date": meta.get("training_date"), "data_digest": meta.get("data_digest"),
                 "metrics": metrics, "intended_use": meta.get("intended_use"), "limitations": LIMITATIONS,
