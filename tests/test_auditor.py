@@ -22,6 +22,8 @@ from response_model.service.audit import EXPORT_COLUMNS, SHAP_PREFIX, AuditTrail
 from response_model.service.keys import DB_URL_ENV, KeyStore
 from response_model.service.models import EXAMPLE_PATIENT
 
+import reference
+
 RAW_IDS = [f"MRN-AUDITOR-TEST-{i:04d}" for i in range(6)]
 ONE_REGIMEN = "atezolizumab_bevacizumab"
 OTHER_CLASS_REGIMEN = "lenvatinib"
@@ -149,7 +151,7 @@ def test_record_has_every_shap_value_and_base_value_of_the_model(service, bundle
         assert set(record["explanations"]) == set(made["regimens"][pid])
         person = PatientRecord.model_validate(made["patients"][pid])
         for regimen, outcomes in record["explanations"].items():
-            recomputed = bundle.explain(person, regimen)
+            recomputed = reference.explain(bundle, person, regimen)
             assert set(outcomes) == set(recomputed)
             for outcome, stored in outcomes.items():
                 frame, base = recomputed[outcome]
@@ -163,7 +165,7 @@ def test_record_has_every_shap_value_and_base_value_of_the_model(service, bundle
                 assert stored["scale"] and len(stored["top"]) <= 5
             probability = record["outputs"]["regimens"][regimen]["objective_response"]["probability"]
             assert probability == pytest.approx(
-                float(bundle.score([person], [regimen])["p_objective_response"].iloc[0]), abs=1e-4)
+                float(reference.scores(bundle, [person], [regimen])["p_objective_response"].iloc[0]), abs=1e-4)
 
 
 def test_unknown_malformed_and_tampered_records(service):
@@ -331,7 +333,7 @@ def test_export_csv_and_parquet_are_flat_tables_with_the_documented_columns(serv
             assert np.allclose(values, list(stored["values"].values()))
             others = [c for c in parquet.columns if c.startswith(SHAP_PREFIX) and c[5:] not in stored["values"]]
             assert row[others].isna().all()  # not an input of this model: empty, not 0
-            frame, base = bundle.explain(person, regimen)[outcome]
+            frame, base = reference.explain(bundle, person, regimen)[outcome]
             assert row["base_value"] + np.nansum(values) == pytest.approx(base + frame.iloc[0].sum(), abs=1e-6)
             assert row["explanation_scale"] == stored["scale"]
 

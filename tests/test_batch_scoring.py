@@ -252,7 +252,7 @@ def test_own_cluster_writes_what_a_given_client_writes(smoke_model, cluster, coh
 
 def test_ranks_round_as_python_does():
     """The vectorised rounding that ranks use is Python's ``round`` to 4 decimals, ties included."""
-    from response_model.modeling.batch import _shown
+    from response_model.modeling.interpret import shown as _shown
 
     rng = np.random.default_rng(0)
     p = np.concatenate([rng.random(100_000), np.arange(10_001) / 1e4 + 0.00005, np.arange(10_001) / 1e4,

@@ -21,12 +21,15 @@ from mlflow import MlflowClient
 
 from response_model.dataset import parse_cohort, row_to_record
 from response_model.features import build_feature_matrix
-from response_model.modeling.bundle import OUTPUT_COLUMNS, ResponseModelBundle, example_input, log_bundle, save_bundle
-from response_model.modeling.predict import as_bundle, load_model, score_records
+from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle, save_bundle
+from response_model.modeling.predictor import OUTPUT_COLUMNS
+from response_model.modeling.predict import as_bundle, load_model
 from response_model.modeling.registry import CHAMPION, evaluate, export, promote, register
 from response_model.regimens import get_regimen
 from response_model.sources.simulator import simulate_cohort
 from response_model.tracking import configure_tracking, log_config, log_dataset, metric_key
+
+import reference
 
 NAME = "hcc-response"
 CLASSES = ("checkpoint_inhibitor", "tki_antiangiogenic")
@@ -145,10 +148,10 @@ def test_registry_roundtrip_predicts_exactly(store, bundle, patients):
     assert as_bundle(champion).metadata["model_version"] == "1"
     assert as_bundle(champion).metadata["label"] == "research use — trained on simulated data"
     records = [row_to_record(row) for row in patients.head(5).to_dict(orient="records")]
-    pd.testing.assert_frame_equal(score_records(champion, records, ["lenvatinib", "nivolumab"]),
-                                  score_records(bundle, records, ["lenvatinib", "nivolumab"]), check_exact=True)
+    pd.testing.assert_frame_equal(reference.scores(champion, records, ["lenvatinib", "nivolumab"]),
+                                  reference.scores(bundle, records, ["lenvatinib", "nivolumab"]), check_exact=True)
 
-    explained = as_bundle(champion).explain(records, "atezolizumab_bevacizumab")
+    explained = reference.explain(champion, records, "atezolizumab_bevacizumab")
     assert set(explained) == set(OUTCOMES)
     contributions, base = explained["objective_response"]
     assert contributions.shape[0] == 5 and np.isfinite(base)
@@ -319,7 +322,7 @@ def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
     version = register(run.info.run_id, NAME)
     loaded = load_model(f"models:/{NAME}/{version}")
     pd.testing.assert_frame_equal(loaded.predict(patients), expected, check_exact=True)
-    contributions, base = as_bundle(loaded).explain(row_to_record(patients.iloc[0].to_dict()), "lenvatinib")["objective_response"]
+    contributions, base = reference.explain(loaded, row_to_record(patients.iloc[0].to_dict()), "lenvatinib")["objective_response"]
     assert contributions.shape == (1, len(models[("tki_antiangiogenic", "objective_response")].gbm_features_))
     assert as_bundle(loaded).metadata["label"] is None
 

@@ -20,6 +20,8 @@ import pytest
 
 from response_model.privacy import PSEUDONYM_KEY_ENV
 
+import reference
+
 CONFIG = Path(__file__).parent / "data" / "train_smoke.yaml"
 TOLERANCE = 1e-9
 NOT_COMPARED = {"training_seconds"}  # wall-clock time
@@ -49,7 +51,7 @@ def _metrics_by_run(run_id: str) -> dict[str, dict[str, float]]:
 def test_dask_training_has_the_local_runs_metrics_and_tracking(smoke_model, cluster, monkeypatch):
     from distributed import get_task_stream
 
-    from response_model.modeling.predict import as_bundle, load_model
+    from response_model.modeling.predict import load_model
     from response_model.modeling.train import train
     from response_model.sources.simulator import simulate_cohort
 
@@ -87,8 +89,8 @@ def test_dask_training_has_the_local_runs_metrics_and_tracking(smoke_model, clus
     from response_model.dataset import row_to_record
 
     patients = [row_to_record(row) for row in records.to_dict(orient="records")]
-    here = as_bundle(load_model(str(smoke_model["export_dir"]))).score(patients)
-    there = result.bundle.score(patients)
+    here = reference.scores(load_model(str(smoke_model["export_dir"])), patients)
+    there = reference.scores(result.bundle, patients)
     for column in ("p_objective_response", "p_primary_resistance"):
         np.testing.assert_allclose(there[column], here[column], rtol=0, atol=TOLERANCE)
 

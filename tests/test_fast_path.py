@@ -1,8 +1,8 @@
-"""The service's fast path (compiled models, NumPy what-if tests) gives the reference path's numbers.
+"""The fast path (the bundle's compiled evaluators) gives the reference path's numbers.
 
-Reference: ``ResponseModelBundle.score`` (the models' own ``predict_proba`` on DataFrames) and the
-models' own ``explain``. Checked on the smoke model for several kinds of patient: genotyped,
-never sequenced, almost empty, values beyond the clipping bounds, and ramucirumab-ineligible.
+Reference: :meth:`Predictor.reference` (the models' own ``predict_proba`` and ``explain`` on
+DataFrames). Checked on the smoke model for several kinds of patient: genotyped, never sequenced,
+almost empty, values beyond the clipping bounds, and ramucirumab-ineligible.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import copy
 import numpy as np
 import pytest
 
-from response_model.features import FeatureBlocks
+from response_model.features import FeatureBlocks, build_feature_matrix
 from response_model.modeling.bundle import OUTCOMES, example_input
 from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
+from response_model.modeling.predictor import Predictor
 from response_model.pathways import load_pathways
 from response_model.schema import PatientRecord
-from response_model.service.app import LoadedModel, _audit_outputs, predict_many
+from response_model.service.answers import audit_outputs, predict_many
+from response_model.service.app import LoadedModel
 from response_model.service.audit import expand_explanations
 from response_model.service.models import EXAMPLE_PATIENT, PredictionRequest
 
@@ -36,46 +38,53 @@ def loaded(smoke_model):
     return LoadedModel.load(str(smoke_model["export_dir"]))
 
 
+def _features(bundle, records, regimens):
+    """The feature matrix of (record, regimen) rows in the bundle's column order."""
+    return build_feature_matrix(records, regimens).reindex(columns=list(bundle.feature_names))
+
+
 def test_the_models_compile_and_are_served_compiled(loaded):
     bundle = loaded.bundle
     for key in bundle.models:
-        assert isinstance(bundle.compiled(key), CompiledModel), key
+        assert isinstance(bundle.predictor().evaluators[key], CompiledModel), key
 
 
 def test_fast_scores_and_explanations_equal_the_reference(loaded):
     bundle = loaded.bundle
     records = [PatientRecord.model_validate(p) for p in PATIENTS]
-    reference = bundle.score(records)
-    fast, X = bundle.score_with_features(records, fast=True)
+    reference = Predictor.reference(bundle).predict(records).table()
+    predictions = bundle.predictor().predict(records, explain=True)
+    fast = predictions.table()
     for column in ("row", "regimen", "regimen_class", "eligible", "ineligible_reason"):
         assert fast[column].tolist() == reference[column].tolist()
     for outcome in OUTCOMES:
         np.testing.assert_allclose(fast[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)
-    explained = bundle.explain_scored(fast, X, fast=True)
+    explained = predictions.explanations
     assert set(explained) == set(bundle.models)
-    for (regimen_class, outcome), (where, contributions, base_value) in explained.items():
+    X = predictions.features.frame().reindex(columns=list(bundle.feature_names))
+    for (regimen_class, outcome), explanation in explained.items():
         model = bundle.models[(regimen_class, outcome)]
-        rows = X.iloc[where].reindex(columns=[str(c) for c in model.feature_names_in_])
+        rows = X.iloc[explanation.rows].reindex(columns=[str(c) for c in model.feature_names_in_])
         own, own_base = model.explain(rows)
-        assert list(contributions.columns) == list(own.columns)
-        np.testing.assert_allclose(contributions.to_numpy(), own.to_numpy(), rtol=0, atol=1e-12)
-        assert base_value == pytest.approx(own_base, abs=1e-12)
+        assert explanation.names == [str(c) for c in own.columns]
+        np.testing.assert_allclose(explanation.values, own.to_numpy(), rtol=0, atol=1e-12)
+        assert explanation.base_value == pytest.approx(own_base, abs=1e-12)
 
 
 def test_service_answers_carry_the_reference_numbers(loaded):
     bundle = loaded.bundle
     requests = [PredictionRequest.model_validate({"patient": p}) for p in PATIENTS]
     records = [r.patient for r in requests]
-    reference = bundle.score(records)
+    reference = Predictor.reference(bundle).predict(records).table()
     answers = predict_many(loaded, requests)
     for i, answer in enumerate(answers):
         answer = copy.deepcopy(answer)
-        _, stored = _audit_outputs(answer)  # every feature's SHAP value, as audited (compact form)
+        _, stored = audit_outputs(answer)  # every feature's SHAP value, as audited (compact form)
         explanations = expand_explanations(stored)  # as the trail's readers see it
         expected = reference[reference["row"] == i].set_index("regimen")
         assert {it["regimen"] for it in answer["regimens"]} == set(expected.index)
         regimens = [it["regimen"] for it in answer["regimens"]]
-        X = bundle.features([records[i]] * len(regimens), regimens)
+        X = _features(bundle, [records[i]] * len(regimens), regimens)
         own_explanations = {}  # the models' own explain, one call per class × outcome
         for key, model in bundle.models.items():
             rows = [k for k, r in enumerate(regimens) if bundle.catalogue[r].regimen_class == key[0]]
@@ -96,14 +105,15 @@ def test_service_answers_carry_the_reference_numbers(loaded):
                 assert set(shown) <= set(largest.index[:len(shown) + 2])  # the top five (ties aside)
         if records[i].alterations is None:  # what-if tests: the reference path on edited feature rows
             test = answer["genomic_tests"][0]
-            X = bundle.features([records[i]], [test["regimen"]])
+            X = _features(bundle, [records[i]], [test["regimen"]])
             pathways = [p.name for p in load_pathways() if p.name in X.columns]
             X["genotyped"] = 1.0
             X[pathways] = 0.0
             X["n_alterations"] = 1.0
             X[test["pathway"]] = 1.0
             regimen_class = bundle.catalogue[test["regimen"]].regimen_class
-            p1 = bundle._probabilities((regimen_class, "objective_response"), X)[0]
+            model = ReferenceModel(bundle.models[(regimen_class, "objective_response")], bundle.feature_names)
+            p1 = model.probabilities(X.to_numpy())[0]
             assert test["p_if_altered"] == round(float(p1), 4)
 
 
@@ -115,27 +125,25 @@ def test_a_compiled_form_that_disagrees_is_not_used(loaded):
     model.predict_proba = lambda X: own(X) + np.array([-1e-9, 1e-9])  # the model's own answer moved
     assert isinstance(compile_model(model, bundle.feature_names), ReferenceModel)
     assert isinstance(compile_model(bundle.models[key], bundle.feature_names), CompiledModel)
-    # batch scoring with such a model among the compiled ones (the model's own methods, on the
+    # a predictor with such a model among the compiled ones (the model's own methods, on the
     # feature blocks it is given instead of a matrix) still scores, with the model's own numbers
-    from response_model.modeling.scoring import CompiledBundle
-
-    compiled = CompiledBundle({**{k: bundle.compiled(k) for k in bundle.models},
-                               key: ReferenceModel(bundle.models[key], bundle.feature_names)},
-                              bundle.feature_names, bundle.catalogue, bundle.metadata)
+    evaluators = {**bundle.predictor().evaluators, key: ReferenceModel(bundle.models[key], bundle.feature_names)}
+    predictor = Predictor(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata)
     records = [PatientRecord.model_validate(p) for p in PATIENTS]
-    scores, X = compiled.score_with_features(records, fast=True, matrix=False)
-    assert X is None
-    reference = bundle.score(records)
+    predictions = predictor.predict(records)
+    assert isinstance(predictions.features, FeatureBlocks)  # no feature matrix was built
+    scores = predictions.table()
+    reference = Predictor.reference(bundle).predict(records).table()
     for outcome in OUTCOMES:
         np.testing.assert_allclose(scores[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)
 
 
 def test_the_pyfunc_predicts_the_reference_numbers(loaded):
-    """``predict`` (what ``mlflow models serve`` and batch scoring run) uses the compiled models too."""
+    """``predict`` (what ``mlflow models serve`` runs) uses the compiled models too."""
     bundle = loaded.bundle
     records = [PatientRecord.model_validate(p) for p in PATIENTS]
     served = bundle.predict(None, example_input(records, n=len(records)))
-    reference = bundle.score(records)
+    reference = Predictor.reference(bundle).predict(records).table()
     assert served["regimen"].tolist() == reference["regimen"].tolist()
     for outcome in OUTCOMES:
         np.testing.assert_allclose(served[f"p_{outcome}"], reference[f"p_{outcome}"], rtol=0, atol=1e-12)
@@ -143,20 +151,16 @@ def test_the_pyfunc_predicts_the_reference_numbers(loaded):
 
 def _explain_in_child(loaded, queue) -> None:
     records = [PatientRecord.model_validate(EXAMPLE_PATIENT)]
-    _, _, explained = loaded.bundle.score_explain_rows(records)
-    queue.put(sorted(explained))
+    queue.put(sorted(loaded.bundle.predictor().predict(records, explain=True).explanations))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork (POSIX)")
-def test_background_explanations_work_in_a_forked_child(loaded):
-    """The explainers' threads do not survive a fork (batch scoring's workers): a child starts its own."""
+def test_explanations_work_in_a_forked_child(loaded):
+    """A forked child (e.g. a batch worker) explains with the parent's predictor after the parent has."""
     import multiprocessing
 
     records = [PatientRecord.model_validate(EXAMPLE_PATIENT)]
-    scores, X, explained = loaded.bundle.score_explain_rows(records)  # the parent's pool exists now
-    reference = loaded.bundle.explain_rows(scores["regimen_class"], X)
-    for key, (where, values, columns, base) in explained.items():
-        np.testing.assert_array_equal(values, reference[key][1])
+    explained = loaded.bundle.predictor().predict(records, explain=True).explanations
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_explain_in_child, args=(loaded, queue))
@@ -187,7 +191,7 @@ def test_tree_groups_add_up_to_the_booster(loaded):
 
     bundle = loaded.bundle
     records = _cohort_records()
-    _, X = bundle.score_with_features(records, fast=True)
+    X = bundle.predictor().predict(records).features.frame()
     for key, model in bundle.models.items():
         booster = model.gbm_.booster_
         matrix = np.ascontiguousarray(X.reindex(columns=[str(c) for c in model.gbm_features_]).to_numpy())
@@ -213,17 +217,15 @@ def test_grouping_rows_by_patient_changes_no_number(loaded):
     the models' own methods."""
     bundle = loaded.bundle
     records = _cohort_records()
-    scores, X = bundle.score_with_features(records, fast=True)
-    matrix = X.to_numpy()
-    classes = scores["regimen_class"].to_numpy()
-    names = [r.name for r in bundle.candidate_regimens()]
-    blocks = FeatureBlocks.of_pairs(records, scores["row"].to_numpy(), names,
-                                    np.tile(np.arange(len(names)), len(records)))
+    predictions = bundle.predictor().predict(records)
+    matrix = _features(bundle, [records[i] for i in predictions.patient], list(predictions.regimen)).to_numpy()
+    classes = predictions.regimen_class
+    blocks = predictions.features
     np.testing.assert_array_equal(blocks.matrix(), matrix)
-    rows = scores["row"].to_numpy()
+    rows = predictions.patient
     shuffle = np.random.default_rng(0).permutation(len(matrix))
     for key in bundle.models:
-        model = bundle.compiled(key)
+        model = bundle.predictor().evaluators[key]
         mask = classes == key[0]
         grouped, alone = model.probabilities(matrix[mask], rows[mask]), model.probabilities(matrix[mask])
         np.testing.assert_allclose(grouped, alone, rtol=0, atol=1e-12)
@@ -239,7 +241,7 @@ def test_grouping_rows_by_patient_changes_no_number(loaded):
         assert abs(base - ref_base) <= 1e-12
 
 
-def test_a_compiled_bundle_scores_like_its_bundle_without_mlflow(loaded, tmp_path):
+def test_a_predictor_scores_like_its_bundle_without_mlflow(loaded, tmp_path):
     """What batch scoring's workers get: the same numbers, and unpickled in a fresh interpreter
     without importing MLflow or the training code."""
     import pickle
@@ -247,24 +249,22 @@ def test_a_compiled_bundle_scores_like_its_bundle_without_mlflow(loaded, tmp_pat
     import sys
 
     bundle = loaded.bundle
-    compiled = bundle.compiled_bundle()
+    predictor = pickle.loads(pickle.dumps(bundle.predictor()))
     records = _cohort_records(20)
-    ours, _ = compiled.score_with_features(records, fast=True)
-    theirs, _ = bundle.score_with_features(records, fast=True)
+    ours = predictor.predict(records).table()
+    theirs = bundle.predictor().predict(records).table()
     assert ours.drop(columns=[c for c in ours if c.startswith("p_")]).equals(
         theirs.drop(columns=[c for c in theirs if c.startswith("p_")]))
     for outcome in OUTCOMES:
         np.testing.assert_array_equal(ours[f"p_{outcome}"], theirs[f"p_{outcome}"])
-    with pytest.raises(TypeError, match="compiled models only"):
-        compiled.score_with_features(records, fast=False)
-    (tmp_path / "compiled.pkl").write_bytes(pickle.dumps(compiled))
+    (tmp_path / "predictor.pkl").write_bytes(pickle.dumps(bundle.predictor()))
     script = (
         "import pickle, sys\n"
-        f"bundle = pickle.loads(open({str(tmp_path / 'compiled.pkl')!r}, 'rb').read())\n"
+        f"predictor = pickle.loads(open({str(tmp_path / 'predictor.pkl')!r}, 'rb').read())\n"
         "import response_model.modeling.batch\n"
         "heavy = [m for m in ('mlflow', 'response_model.modeling.bundle', 'response_model.modeling.cv',\n"
         "                     'response_model.modeling.estimators') if m in sys.modules]\n"
-        "print(type(bundle).__name__, heavy)\n"
+        "print(type(predictor).__name__, heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.split() == ["CompiledBundle", "[]"], out.stdout + out.stderr
+    assert out.stdout.split() == ["Predictor", "[]"], out.stdout + out.stderr

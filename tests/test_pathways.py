@@ -77,3 +77,13 @@ def test_pathway_flags_are_each_pathways_drivers():
         assert flags == [bool(p.drivers(alterations)) for p in pathways]
         switched_on += sum(flags)
     assert switched_on > 50  # the check compared real positives, not only negatives
+
+
+def test_each_pathway_has_an_alteration_that_switches_it_on_alone():
+    """The what-if genomic tests score a never-sequenced patient as if one pathway were altered."""
+    from response_model.pathways import pathway_flags, representative_alteration
+
+    pathways = load_pathways()
+    for k, pathway in enumerate(pathways):
+        flags = pathway_flags([representative_alteration(pathway)])
+        assert flags == [j == k for j in range(len(pathways))], pathway.name

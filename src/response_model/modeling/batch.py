@@ -63,11 +63,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTITION_ROWS = 5_000
 #: Up to this many partitions per worker, an own cluster is threads of this process (see :func:`use_threads`).
 SMALL_INPUT_PARTITIONS = 2
-#: With two workers, threads up to this many partitions: measured on 2 cores, 20 partitions took
-#: 10.3-13.4 s in threads against 13.2-15.5 s in processes, 200 took 117 s against 108 s.
+#: With two workers, threads up to this many partitions: below it, two threads finish sooner than two
+#: worker processes start and work (``benchmarks/batch_scoring.py``; docs/performance.md).
 TWO_THREADS_UP_TO_PARTITIONS = 30
-#: A CSV file's rows are bounded by counting its line breaks up to this size (≈ 200,000 simulated
-#: patients, counted in ≈ 0.04 s), so that :func:`use_threads` can choose for it too.
+#: A CSV file's rows are bounded by counting its line breaks up to this size (a count that takes a
+#: small fraction of scoring the file), so that :func:`use_threads` can choose for it too.
 CSV_COUNTED_UP_TO_BYTES = 64 * 2**20
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
@@ -439,8 +439,8 @@ class _Threads:
 def use_threads(patients: int | None, partition_rows: int, workers: int) -> bool:
     """Whether an own cluster for ``patients`` (None: unknown) should be threads of this process
     rather than worker processes. Threads start at once but share Python's lock (validation and
-    features hold it, LightGBM does not), so two threads do the work of only 1.1-1.5 workers; worker
-    processes take about 2 s to start (importing LightGBM and scikit-learn). Hence: one worker,
+    features hold it, LightGBM does not), so two threads do the work of fewer than two workers; worker
+    processes take seconds to start (importing LightGBM and scikit-learn). Hence: one worker,
     always threads; two, threads up to :data:`TWO_THREADS_UP_TO_PARTITIONS` partitions; more, threads
     only up to :data:`SMALL_INPUT_PARTITIONS` partitions per worker; unknown size, processes."""
     if patients is None:

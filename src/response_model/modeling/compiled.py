@@ -1,34 +1,33 @@
-"""Fast, exact evaluation of a bundle's fitted models on NumPy feature matrices (the serving path).
+"""Fast, exact evaluation of a bundle's fitted models on NumPy feature rows: the bundle's evaluators.
 
 A prediction request scores a dozen rows; for so few rows the fitted models' own ``predict_proba``
 and ``explain`` spend almost all their time in pandas and scikit-learn input validation, not in
-arithmetic (about 25 ms and 60 ms per call on this machine, against well under 1 ms of work).
-:func:`compile_model` turns a fitted :class:`~response_model.modeling.estimators.ResponseClassifier`
-into a :class:`CompiledModel` that performs the same floating-point operations (up to the order of
-additions) on a NumPy matrix whose columns are the bundle's feature names, or on the
-:class:`~response_model.features.FeatureBlocks` of its rows (batch scoring: each patient's features
-once, never the whole matrix):
+arithmetic. :func:`compile_model` turns a fitted
+:class:`~response_model.modeling.estimators.ResponseClassifier` into a :class:`CompiledModel` that
+performs the same floating-point operations (up to the order of additions) on a NumPy matrix whose
+columns are the bundle's feature names, or on the :class:`~response_model.features.FeatureBlocks` of
+its rows (each patient's features once, never the whole matrix):
 
 * logistic part — the same clipping, median imputation with missing indicators (the fitted
   ``SimpleImputer``'s ``statistics_`` and ``indicator_.features_``), standardisation (the fitted
   ``StandardScaler``'s ``mean_`` and ``scale_``), then the fitted learner's coefficients and
   intercept; the patient columns' terms once per patient, the regimen columns' once per regimen;
-* LightGBM part — the fitted booster's own trees (``Booster.predict``, one thread: a request is too
-  small to gain from more, and threads contend on a loaded machine), regrouped by :func:`group_trees`
-  into a few Boosters of their own: the trees that split on no regimen feature, and the trees that
-  split on one same set of regimen features. A patient is scored under a dozen regimens and two thirds
-  of the trees never look at the regimen, the others at one or two of its features: each group is
-  evaluated once per patient and distinct value of its regimen features, and its output is shared by
-  the patient's rows. The groups' raw scores (and TreeSHAP values, being per tree) add up to the
-  booster's, up to the order of the floating-point additions;
+* LightGBM part — the fitted booster's own trees (``Booster.predict``, one thread: a call scores
+  too few rows to gain from more), regrouped by :func:`group_trees` into a few Boosters of their
+  own: the trees that split on no regimen feature, and the trees that split on one same set of
+  regimen features. A patient is scored under a dozen regimens and most trees never look at the
+  regimen, so each group is evaluated once per patient and distinct value of its regimen features,
+  and its output is shared by the patient's rows. The groups' raw scores (and TreeSHAP values, being
+  per tree) add up to the booster's, up to the order of the floating-point additions;
 * the weighting, the optional recalibration and the whole-model additive explanation as in
   ``ResponseClassifier.predict_proba`` and ``ResponseClassifier.explain``.
 
 Nothing is trusted on faith: each compiled model is checked against the model's own
 ``predict_proba`` and ``explain`` on probe rows (missing values, clipped values, zeros, extremes)
-when it is built, and any model that is not a ResponseClassifier of the expected shape — or that
-disagrees by more than :data:`TOLERANCE` — is served by :class:`ReferenceModel`, which calls the
-model's own methods. The features themselves always come from ``response_model.features``.
+when it is built — when the bundle is built, before it is logged — and any model that is not a
+ResponseClassifier of the expected shape, or that disagrees by more than :data:`TOLERANCE`, is
+evaluated by :class:`ReferenceModel`, which calls the model's own methods. Both have the interface
+of :class:`~response_model.modeling.predictor.Evaluator`.
 """
 
 from __future__ import annotations
@@ -185,6 +184,51 @@ class _Rows:
     pattern_of_row: np.ndarray
 
 
+def _checked_imputer(impute: Any) -> np.ndarray:
+    """The median imputer's statistics; ValueError when it is of another kind than compiled here."""
+    statistics = np.asarray(impute.statistics_, dtype=np.float64)
+    if np.isnan(statistics).any() or getattr(impute, "strategy", None) != "median":
+        raise ValueError("imputer with empty features or another strategy")
+    if not (getattr(impute, "missing_values", None) is np.nan or
+            (isinstance(impute.missing_values, float) and math.isnan(impute.missing_values))):
+        raise ValueError("imputer missing_values is not NaN")
+    return statistics
+
+
+def _linear_part(linear: Any, position: dict[str, int], column_position: dict[str, int],
+                 row_columns: np.ndarray) -> dict[str, Any]:
+    """The fitted logistic pipeline's parameters, as :class:`CompiledModel` applies them."""
+    if list(linear.pipeline_.named_steps) != ["impute", "scale", "lr"]:
+        raise ValueError("unexpected logistic pipeline steps")
+    steps = linear.pipeline_.named_steps
+    impute, scale, learner = steps["impute"], steps["scale"], steps["lr"]
+    statistics = _checked_imputer(impute)
+    columns = [str(c) for c in linear.columns_]
+    clips = []
+    for name, bound in (linear.clip or {}).items():
+        if name in columns:
+            low, high = (None, bound) if np.isscalar(bound) else tuple(bound)
+            clips.append((columns.index(name), low, high))
+    indicator = None if impute.indicator_ is None else np.asarray(impute.indicator_.features_, dtype=np.intp)
+    # which of the linear columns, and which standardised columns (the columns, then their missing
+    # indicators), come from row features
+    from_rows = np.isin([position[c] for c in columns], row_columns)
+    return {
+        "index": np.array([position[c] for c in columns], dtype=np.intp),
+        "clips": clips,
+        "statistics": statistics,
+        "indicator": indicator,
+        "mean": None if scale.mean_ is None or not scale.with_mean else np.asarray(scale.mean_),
+        "scale": None if scale.scale_ is None or not scale.with_std else np.asarray(scale.scale_),
+        "coef": np.asarray(learner.coef_[0], dtype=np.float64),
+        "intercept": float(learner.intercept_[0]),
+        "n": len(columns),
+        "positions": np.array([column_position[c] for c in columns], dtype=np.intp),
+        "row_columns": from_rows,
+        "row_terms": from_rows if indicator is None else np.concatenate([from_rows, from_rows[indicator]]),
+    }
+
+
 class CompiledModel:
     """A fitted ResponseClassifier evaluated with NumPy (see the module docstring).
 
@@ -208,44 +252,8 @@ class CompiledModel:
         self.calibrator = None if model.calibrator_ is None else tuple(float(v) for v in model.calibrator_)
         self.columns = [str(c) for c in model.explained_features_]
         column_position = {name: k for k, name in enumerate(self.columns)}
-        self.linear = None
-        if model.linear_ is not None:
-            linear = model.linear_
-            steps = linear.pipeline_.named_steps
-            impute, scale, learner = steps["impute"], steps["scale"], steps["lr"]
-            if list(linear.pipeline_.named_steps) != ["impute", "scale", "lr"]:
-                raise ValueError("unexpected logistic pipeline steps")
-            statistics = np.asarray(impute.statistics_, dtype=np.float64)
-            if np.isnan(statistics).any() or getattr(impute, "strategy", None) != "median":
-                raise ValueError("imputer with empty features or another strategy")
-            if not (getattr(impute, "missing_values", None) is np.nan or
-                    (isinstance(impute.missing_values, float) and math.isnan(impute.missing_values))):
-                raise ValueError("imputer missing_values is not NaN")
-            indicator = impute.indicator_
-            columns = [str(c) for c in linear.columns_]
-            clips = []
-            for name, bound in (linear.clip or {}).items():
-                if name in columns:
-                    low, high = (None, bound) if np.isscalar(bound) else tuple(bound)
-                    clips.append((columns.index(name), low, high))
-            self.linear = {
-                "index": np.array([position[c] for c in columns], dtype=np.intp),
-                "clips": clips,
-                "statistics": statistics,
-                "indicator": None if indicator is None else np.asarray(indicator.features_, dtype=np.intp),
-                "mean": None if scale.mean_ is None or not scale.with_mean else np.asarray(scale.mean_),
-                "scale": None if scale.scale_ is None or not scale.with_std else np.asarray(scale.scale_),
-                "coef": np.asarray(learner.coef_[0], dtype=np.float64),
-                "intercept": float(learner.intercept_[0]),
-                "n": len(columns),
-                "positions": np.array([column_position[c] for c in columns], dtype=np.intp),
-                # which of the linear columns, and which standardised columns (the columns, then
-                # their missing indicators), come from row features
-                "row_columns": np.isin([position[c] for c in columns], self.row_columns),
-            }
-            lin = self.linear
-            lin["row_terms"] = lin["row_columns"] if lin["indicator"] is None else np.concatenate(
-                [lin["row_columns"], lin["row_columns"][lin["indicator"]]])
+        self.linear = None if model.linear_ is None else _linear_part(
+            model.linear_, position, column_position, self.row_columns)
         self.gbm = None
         if model.gbm_ is not None:
             gbm_columns = [str(c) for c in model.gbm_features_]

@@ -1,19 +1,15 @@
 """The project's response/resistance learner: a standardised logistic regression and a small,
 regularised, monotone-constrained LightGBM, averaged on the log-odds scale, optionally recalibrated.
 
-Why an ensemble (research on the real Chowell 2022 checkpoint-inhibitor cohort, 5×5 repeated
-stratified CV, random_state 0): LightGBM with library defaults reached AUC 0.684 with calibration
-slope 0.33 (badly over-fitted); the refitted LORIS logistic recipe 0.712 (slope 0.85); the average
-0.5·LR(C=0.1, clipped TMB≤50, NLR≤25, age≤85, + FCNA + cancer type) + 0.5·LightGBM(num_leaves 4,
-min_child_samples 50, learning_rate 0.03, 200 trees, subsample 0.8, colsample 0.7, reg_lambda 5,
-monotone TMB+, albumin+, NLR−, prior therapy−) reached 0.732 with slope 1.09.
+Why an ensemble: on the real checkpoint-inhibitor cohort, LightGBM alone over-fits badly (its
+calibration slope is far below 1) and the logistic recipe alone under-fits; the average of a
+regularised logistic regression and a small monotone LightGBM beats both, with a calibration
+slope near 1 (``benchmarks/real_icb.py``; the figures are in docs/performance.md).
 
 The two parts are combined as a weighted average of their log-odds (not of their probabilities),
 so that the whole model's log-odds before calibration is a sum of exact per-feature terms
 (:meth:`ResponseClassifier.explain`): the logistic part's ``coef_j · z_j`` and the LightGBM part's
-TreeSHAP values (LightGBM's own ``pred_contrib``). On the real cohort (``benchmarks/real_icb.py``,
-same folds) the log-odds average gives AUC 0.732 (ΔAUC vs LORIS +0.020), calibration slope 1.07;
-the earlier probability average gave 0.732 (+0.021), slope 1.09.
+TreeSHAP values (LightGBM's own ``pred_contrib``).
 
 All fitted state (clipping is stateless; imputer medians, scaler moments, LR and tree weights,
 the optional calibrator) is learned inside :meth:`ResponseClassifier.fit`, so cross-validating the
