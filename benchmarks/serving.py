@@ -2,7 +2,8 @@
 
 Run by hand from the repository root (a few minutes; ``--quick`` trains the small test config)::
 
-    python benchmarks/serving.py [--quick] [--model-uri URI] [--requests 300] [--duration 30] [--clients 8]
+    python benchmarks/serving.py [--quick] [--model-uri URI] [--requests 300] [--duration 30]
+        [--rounds 6] [--clients 8] [--startups 3] [--no-pin]
 
 1. A model: trained with ``configs/train/default.yaml`` (``--quick``: ``tests/data/train_smoke.yaml``)
    and registered in a private MLflow store in a temporary folder — or, with ``--model-uri``
@@ -14,11 +15,23 @@ Run by hand from the repository root (a few minutes; ``--quick`` trains the smal
    SQLite WAL, ``synchronous=FULL`` — before the answer) and MLflow's (``mlflow models serve
    --env-manager local``: the bundle's pyfunc ``predict``, which scores every regimen and returns the
    probabilities only). Default uvicorn settings for both (one worker).
-3. Real HTTP clients (httpx, keep-alive): a warm-up, then ``--requests`` one-patient requests to each
-   server one at a time, interleaved (ours, theirs, ours, …) so that both see the same machine load —
-   p50 / p95 / p99 latency; then ``--clients`` concurrent clients for ``--duration`` seconds against
-   each server in turn — throughput. Every non-200 answer or transport error counts as an error.
-4. Our audit trail is verified at the end (hash chain intact, one record per request we sent).
+3. Pinning: with at least two CPUs both servers run on one CPU and this process — the load
+   generator — on another (``os.sched_setaffinity``; the servers' children inherit it), so that the
+   clients do not take the measured server's CPU. ``--no-pin`` leaves scheduling to the OS. Other
+   processes on the machine are not kept off either CPU. The output says which pinning was used.
+4. Start-up, each server alone: ours started and waited for until ``/readyz`` answers, then
+   MLflow's until ``/ping`` answers (the other one stopped or idle), ``--startups`` times in
+   alternating order; the last start of each stays up for the rest. Median and range are reported.
+5. Real HTTP clients (httpx, keep-alive), one server loaded at a time (both stay up): a warm-up,
+   then ``--requests`` one-patient requests to each server one at a time, interleaved (ours,
+   theirs, theirs, ours, …) — p50 / p95 / p99 latency; then ``--clients`` concurrent clients in
+   ``--rounds`` rounds of one window per server (``--duration`` / ``--rounds`` seconds each; the
+   order alternates: ours first, then theirs first, …) so that a change of the machine's load hits
+   both. Reported: per-server throughput over all its windows, the median and range of the
+   per-round ratio ours / theirs, and the CPU the server and the load generator used during its
+   windows (a load generator near 100 % of its CPU means the clients, not the server, set the
+   pace). Every non-200 answer or transport error counts as an error.
+6. Our audit trail is verified at the end (hash chain intact, one record per request we sent).
 
 Prints a side-by-side table and whether each target is met: our p50 no higher than theirs, our
 throughput at least theirs, zero errors. The machine's load average is printed too: the numbers
@@ -28,9 +41,11 @@ are only comparable within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PSEUDONYM_KEY = "serving-benchmark-pseudonym-key-0123456789"
 NAME = "hcc-serving-benchmark"
+OURS, THEIRS = "ours", "mlflow"
 
 
 def free_port() -> int:
@@ -92,14 +109,44 @@ def prepare_model(folder: Path, model_uri: str | None, quick: bool) -> str:
             os.environ["MLFLOW_TRACKING_URI"] = source_uri
 
 
-class Server:
-    """A server subprocess; output goes to a log file (its tail is printed if it fails)."""
+def plan_pinning(enabled: bool) -> tuple[set[int] | None, set[int] | None, str]:
+    """(CPUs of the servers, CPUs of the load generator, a description); ``None`` means not pinned."""
+    if not enabled:
+        return None, None, "none (--no-pin): servers and load generator share every CPU"
+    if not hasattr(os, "sched_setaffinity"):
+        return None, None, "none (no os.sched_setaffinity on this platform)"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, f"none (only CPU {cpus[0]} available): servers and load generator share it"
+    text = (f"servers on CPU {cpus[0]}, load generator on CPU {cpus[1]} (os.sched_setaffinity; "
+            f"{len(cpus)} CPUs available; other processes of the machine not kept off)")
+    return {cpus[0]}, {cpus[1]}, text
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], cwd: Path, ready_url: str) -> None:
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None):
+    """This thread on ``cpus`` for the block (a process started in it inherits them), then as before."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class Server:
+    """A server subprocess (its own process group, optionally pinned); output goes to a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], cwd: Path, ready_url: str,
+                 cpus: set[int] | None = None) -> None:
         self.name, self.ready_url = name, ready_url
         self.log = cwd / f"{name}.log"
-        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=self.log.open("w"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with pinned(cpus):  # the child and its own children inherit the CPUs
+            self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=self.log.open("a"),
+                                            stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 300.0) -> float:
         """Seconds until the readiness URL answers 200; raises if the process dies or time runs out."""
@@ -114,20 +161,77 @@ class Server:
                     return time.perf_counter() - started
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.tail()}")
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds so far of the server and its live descendants (``mlflow``'s uvicorn)."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.process.pid)
+            for process in [root, *root.children(recursive=True)]:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+        return total
+
     def stop(self) -> None:
+        """SIGTERM to the server's process group (``mlflow models serve`` runs uvicorn as a child)."""
         if self.process.poll() is None:
-            self.process.terminate()
             try:
+                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            except ProcessLookupError:
+                pass
+        try:  # children outliving the parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Spec:
+    """How to start one server on a given port, and the path that answers 200 when it is ready."""
+
+    def __init__(self, name: str, command: Callable[[int], list[str]], ready_path: str) -> None:
+        self.name, self.command, self.ready_path = name, command, ready_path
+
+
+def alternating(names: list[str], rounds: int) -> list[list[str]]:
+    """The order of each round: as given, reversed, as given, … (A B, B A, A B, …)."""
+    return [list(names) if r % 2 == 0 else list(names)[::-1] for r in range(rounds)]
+
+
+def time_startups(specs: list[Spec], env: dict[str, str], folder: Path, cpus: set[int] | None,
+                  rounds: int) -> tuple[dict[str, Server], dict[str, list[float]]]:
+    """Start each server alone (the other stopped, or idle in the last round), ``rounds`` times in
+    alternating order; returns the servers of the last round (left up) and every start-up time."""
+    by_name = {spec.name: spec for spec in specs}
+    times: dict[str, list[float]] = {spec.name: [] for spec in specs}
+    servers: dict[str, Server] = {}
+    try:
+        for r, order in enumerate(alternating(list(by_name), rounds)):
+            for name in order:
+                spec, port = by_name[name], free_port()
+                servers[name] = Server(name, spec.command(port), env, folder,
+                                       f"http://127.0.0.1:{port}{spec.ready_path}", cpus)
+                times[name].append(servers[name].wait_ready())
+                print(f"  start-up {r + 1}/{rounds}: {name} ready after {times[name][-1]:.1f} s", flush=True)
+                if r < rounds - 1:
+                    servers.pop(name).stop()
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers, times
 
 
 class Target:
@@ -195,13 +299,13 @@ def latency(targets: list[Target], n: int, warmup: int) -> dict[str, dict[str, f
             client.close()
 
 
-def throughput(target: Target, clients: int, duration: float) -> dict[str, float]:
-    """``clients`` threads, each with its own keep-alive client, for ``duration`` s: answers per second."""
+def window(target: Target, server: Server, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads, each with its own keep-alive client, against one server for ``seconds``:
+    its answers' latencies, the wall time, and the CPU seconds of the server and of this process."""
     import httpx
 
     done: list[float] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + duration
 
     def worker() -> None:
         mine = []
@@ -213,14 +317,57 @@ def throughput(target: Target, clients: int, duration: float) -> dict[str, float
         with lock:
             done.extend(mine)
 
-    started = time.perf_counter()
+    server_cpu, own_cpu, started = server.cpu_seconds(), time.process_time(), time.perf_counter()
+    stop_at = started + seconds
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-    return {"rps": len(done) / wall, "n": len(done), **{f"loaded_{k}": v for k, v in percentiles(done).items()}}
+    return {"latencies": done, "wall": time.perf_counter() - started,
+            "server_cpu": server.cpu_seconds() - server_cpu, "generator_cpu": time.process_time() - own_cpu}
+
+
+def rate(w: dict[str, Any]) -> float:
+    """Answers per second of one window."""
+    return len(w["latencies"]) / w["wall"]
+
+
+def alternating_throughput(targets: dict[str, Target], servers: dict[str, Server], clients: int,
+                           rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
+    """``rounds`` rounds of one ``seconds`` window per server, the order alternating; one server loaded
+    at a time. A 1 s window per server first warms up the clients' connections (not counted)."""
+    for name, target in targets.items():
+        window(target, servers[name], clients, 1.0)
+    windows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for r, order in enumerate(alternating(list(targets), rounds)):
+        for name in order:
+            windows[name].append(window(targets[name], servers[name], clients, seconds))
+        rates = {name: rate(windows[name][-1]) for name in targets}
+        print(f"  round {r + 1}/{rounds} ({' then '.join(order)}): "
+              + ", ".join(f"{name} {value:.1f} req/s" for name, value in rates.items())
+              + f", ratio {ratio(rates[OURS], rates[THEIRS]):.2f}", flush=True)
+    return windows
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def summarise(windows: list[dict[str, Any]]) -> dict[str, float]:
+    """One server's windows together: answers per second, loaded percentiles, CPU shares of one CPU."""
+    wall = sum(w["wall"] for w in windows)
+    latencies = [v for w in windows for v in w["latencies"]]
+    return {"rps": len(latencies) / wall, "n": len(latencies), "wall": wall,
+            "server_cpu": sum(w["server_cpu"] for w in windows) / wall,
+            "generator_cpu": sum(w["generator_cpu"] for w in windows) / wall,
+            **{f"loaded_{k}": v for k, v in percentiles(latencies).items()}}
+
+
+def round_ratios(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median, min and max over rounds of throughput ours / theirs (each round: one window of each)."""
+    values = [ratio(rate(a), rate(b)) for a, b in zip(ours, theirs)]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def mlflow_row() -> dict[str, Any]:
@@ -240,103 +387,167 @@ def table(rows: list[tuple[str, str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="train the small test config (fast check)")
     parser.add_argument("--model-uri", default=None, help="use this model instead of training one")
     parser.add_argument("--requests", type=int, default=300, help="sequential one-patient requests per server")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up requests per server")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of concurrent load per server")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of concurrent load per server, split into --rounds windows")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of one load window per server")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--startups", type=int, default=3, help="start-ups timed per server, alternating")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load generator to CPUs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, stores)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.startups < 1 or args.duration <= 0:
+        parser.error("--rounds and --startups must be at least 1, --duration positive")
+    return args
 
-    import httpx  # noqa: F401 - fail early if the client library is missing
 
-    from response_model.service.audit import AuditTrail
-    from response_model.service.keys import KeyStore
+def server_specs(uri: str, db_url: str) -> list[Spec]:
+    """Our service and ``mlflow models serve``, both loading ``uri`` (one uvicorn worker each)."""
+    ours = Spec(OURS, lambda port: [str(BIN / "response-model"), "serve", "--model-uri", uri,
+                                    "--host", "127.0.0.1", "--port", str(port), "--db", db_url], "/readyz")
+    theirs = Spec(THEIRS, lambda port: [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
+                                        "local", "--host", "127.0.0.1", "--port", str(port)], "/ping")
+    return [ours, theirs]
+
+
+def make_targets(servers: dict[str, Server], token: str) -> dict[str, Target]:
+    """The one-patient request of each server; ours must answer regimens with explanations."""
     from response_model.service.models import EXAMPLE_PATIENT
 
+    def ours_ok(answer: dict[str, Any]) -> bool:
+        return bool(answer.get("regimens")) and all(r["explanations"] for r in answer["regimens"] if r["eligible"])
+
+    def base(name: str) -> str:
+        return servers[name].ready_url.rsplit("/", 1)[0]
+
+    return {OURS: Target(OURS, f"{base(OURS)}/v1/predictions", {"patient": EXAMPLE_PATIENT},
+                         {"Authorization": f"Bearer {token}"}, ours_ok),
+            THEIRS: Target(THEIRS, f"{base(THEIRS)}/invocations", {"dataframe_records": [mlflow_row()]})}
+
+
+def describe_answers(targets: dict[str, Target]) -> None:
+    import httpx
+
+    ours, theirs = targets[OURS], targets[THEIRS]
+    n_regimens = len(httpx.post(ours.url, json=ours.body, headers=ours.headers, timeout=60).json().get("regimens", []))
+    n_rows = len(httpx.post(theirs.url, json=theirs.body, timeout=60).json().get("predictions", []))
+    print(f"ours answers {n_regimens} regimens × 2 outcomes with explanations; "
+          f"mlflow answers {n_rows} rows of probabilities", flush=True)
+
+
+def spread(values: list[float], unit: str) -> str:
+    """``median unit`` and, for several values, ``(min–max, n×)``."""
+    text = f"{statistics.median(values):.1f} {unit}"
+    return text if len(values) == 1 else f"{text} ({min(values):.1f}–{max(values):.1f}, {len(values)}×)"
+
+
+def report_rows(args, startups, lat, load, ratios, audit) -> list[tuple[str, str, str, str, str]]:
+    """The side-by-side table's rows: metric, ours, theirs, target, met."""
+    def ms(v: float) -> str:
+        return f"{v:.1f} ms"
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    ours, theirs = load[OURS], load[THEIRS]
+    rows = [("metric", "ours (every regimen, explanations, audit)", "mlflow models serve (probabilities)",
+             "target", "met"),
+            ("start-up alone, median (range)", spread(startups[OURS], "s"), spread(startups[THEIRS], "s"), "", "")]
+    for q in ("p50", "p95", "p99"):
+        first = q == "p50"
+        rows.append((f"latency {q}, one patient", ms(lat[OURS][q]), ms(lat[THEIRS][q]),
+                     "ours ≤ theirs" if first else "", yes(lat[OURS]["p50"] <= lat[THEIRS]["p50"]) if first else ""))
+    windows = f"{args.rounds} × {args.duration / args.rounds:.0f} s alternating"
+    rows.append((f"throughput, {args.clients} clients, {windows}",
+                 f"{ours['rps']:.1f} req/s", f"{theirs['rps']:.1f} req/s", "ours ≥ theirs",
+                 yes(ours["rps"] >= theirs["rps"])))
+    per_round = f"median {ratios['median']:.2f} ({ratios['min']:.2f}–{ratios['max']:.2f}, {ratios['n']} rounds)"
+    rows.append(("  ratio ours / theirs per round", per_round, "", "", ""))
+    for q in ("p50", "p99"):
+        rows.append((f"  latency {q} under that load", ms(ours[f"loaded_{q}"]), ms(theirs[f"loaded_{q}"]), "", ""))
+    rows.append(("  CPU in its windows: server / load gen.", f"{ours['server_cpu']:.0%} / {ours['generator_cpu']:.0%}",
+                 f"{theirs['server_cpu']:.0%} / {theirs['generator_cpu']:.0%}", "(of one CPU)", ""))
+    t_ours, t_theirs = audit["targets"][OURS], audit["targets"][THEIRS]
+    rows.append(("requests / errors", f"{t_ours.sent} / {t_ours.errors}", f"{t_theirs.sent} / {t_theirs.errors}",
+                 "0 errors", yes(t_ours.errors == 0 and t_theirs.errors == 0)))
+    rows.append(("audit records / chain", f"{audit['records']} / {'intact' if audit['verified'] else 'BROKEN'}", "none",
+                 "one per request", yes(audit["ok"])))
+    return rows
+
+
+def check_audit(db_url: str, targets: dict[str, Target]) -> dict[str, Any]:
+    from response_model.service.audit import AuditTrail
+
+    with AuditTrail(db_url, create=False) as trail:
+        verified, n_records = trail.verify(), trail.count()
+    return {"targets": targets, "records": n_records, "verified": verified.ok,
+            "ok": verified.ok and n_records >= targets[OURS].sent}
+
+
+def measure(args, servers: dict[str, Server], targets: dict[str, Target]) -> tuple[dict, dict, dict]:
+    """Latency (interleaved) then throughput (alternating windows): percentiles, summaries, ratios."""
+    print(f"latency: {args.warmup} warm-up + {args.requests} requests per server, interleaved …", flush=True)
+    lat = latency(list(targets.values()), args.requests, args.warmup)
+    seconds = args.duration / args.rounds
+    print(f"throughput: {args.clients} clients, {args.rounds} rounds × ({seconds:.1f} s per server), "
+          f"alternating order …", flush=True)
+    windows = alternating_throughput(targets, servers, args.clients, args.rounds, seconds)
+    load = {name: summarise(ws) for name, ws in windows.items()}
+    return lat, load, round_ratios(windows[OURS], windows[THEIRS])
+
+
+def run(args, folder: Path, servers: dict[str, Server]) -> int:
+    """Everything after the temporary folder exists; ``servers`` is filled in so the caller stops them."""
+    from response_model.service.keys import KeyStore
+
+    os.environ["RESPONSE_MODEL_PSEUDONYM_KEY"] = PSEUDONYM_KEY
+    uri = prepare_model(folder, args.model_uri, args.quick)
+    db_url = f"sqlite:///{folder}/service.db"
+    with KeyStore(db_url) as store:
+        token = store.create("clinician", "serving benchmark").token
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+           "RESPONSE_MODEL_PSEUDONYM_KEY": PSEUDONYM_KEY, "RESPONSE_MODEL_ALIAS_CHECK_SECONDS": "0",
+           "PYTHONUNBUFFERED": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow runs `uvicorn` from PATH
+    server_cpus, generator_cpus, pinning = plan_pinning(not args.no_pin)
+    if generator_cpus:
+        os.sched_setaffinity(0, generator_cpus)  # this thread; the client threads started later inherit it
+    print(f"pinning: {pinning}", flush=True)
+    print(f"start-up: each server alone, {args.startups}× in alternating order …", flush=True)
+    started, startups = time_startups(server_specs(uri, db_url), env, folder, server_cpus, args.startups)
+    servers.update(started)
+    targets = make_targets(servers, token)
+    describe_answers(targets)
+    lat, load, ratios = measure(args, servers, targets)
+    load_average = os.getloadavg()
+    audit = check_audit(db_url, targets)
+    print(f"\nmodel {uri} (private store in {folder}); load average {load_average[0]:.2f} "
+          f"{load_average[1]:.2f} {load_average[2]:.2f} on {os.cpu_count()} CPUs; pinning: {pinning}")
+    print(table(report_rows(args, startups, lat, load, ratios, audit)))
+    for target in targets.values():
+        if target.first_error:
+            print(f"first error from {target.name}: {target.first_error}")
+    met = (lat[OURS]["p50"] <= lat[THEIRS]["p50"] and load[OURS]["rps"] >= load[THEIRS]["rps"]
+           and all(t.errors == 0 for t in targets.values()) and audit["ok"])
+    print(f"\ntargets {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import httpx  # noqa: F401 - fail early if the client library is missing
+
     folder = Path(tempfile.mkdtemp(prefix="serving-benchmark-"))
-    servers: list[Server] = []
+    servers: dict[str, Server] = {}
     try:
-        os.environ["RESPONSE_MODEL_PSEUDONYM_KEY"] = PSEUDONYM_KEY
-        uri = prepare_model(folder, args.model_uri, args.quick)
-        db_url = f"sqlite:///{folder}/service.db"
-        with KeyStore(db_url) as store:
-            token = store.create("clinician", "serving benchmark").token
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
-               "RESPONSE_MODEL_PSEUDONYM_KEY": PSEUDONYM_KEY, "RESPONSE_MODEL_ALIAS_CHECK_SECONDS": "0",
-               "PYTHONUNBUFFERED": "1",
-               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow runs `uvicorn` from PATH
-        ours_port, theirs_port = free_port(), free_port()
-        servers.append(Server("ours", [str(BIN / "response-model"), "serve", "--model-uri", uri, "--host", "127.0.0.1",
-                                       "--port", str(ours_port), "--db", db_url],
-                              env, folder, f"http://127.0.0.1:{ours_port}/readyz"))
-        servers.append(Server("mlflow", [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-                                         "--host", "127.0.0.1", "--port", str(theirs_port)],
-                              env, folder, f"http://127.0.0.1:{theirs_port}/ping"))
-        for server in servers:
-            print(f"{server.name}: ready after {server.wait_ready():.1f} s", flush=True)
-
-        def ours_ok(answer: dict[str, Any]) -> bool:
-            return bool(answer.get("regimens")) and all(r["explanations"] for r in answer["regimens"] if r["eligible"])
-
-        ours = Target("ours", f"http://127.0.0.1:{ours_port}/v1/predictions", {"patient": EXAMPLE_PATIENT},
-                      {"Authorization": f"Bearer {token}"}, ours_ok)
-        theirs = Target("mlflow", f"http://127.0.0.1:{theirs_port}/invocations", {"dataframe_records": [mlflow_row()]})
-        import httpx
-
-        first = httpx.post(ours.url, json=ours.body, headers=ours.headers, timeout=60).json()
-        n_regimens = len(first.get("regimens", []))
-        print(f"ours answers {n_regimens} regimens × 2 outcomes with explanations; "
-              f"mlflow answers {len(httpx.post(theirs.url, json=theirs.body, timeout=60).json().get('predictions', []))} "
-              f"rows of probabilities", flush=True)
-
-        print(f"latency: {args.warmup} warm-up + {args.requests} requests per server, interleaved …", flush=True)
-        lat = latency([ours, theirs], args.requests, args.warmup)
-        load: dict[str, dict[str, float]] = {}
-        for target in (ours, theirs):
-            print(f"throughput: {args.clients} clients × {args.duration:.0f} s against {target.name} …", flush=True)
-            load[target.name] = throughput(target, args.clients, args.duration)
-        load_average = os.getloadavg()
-
-        with AuditTrail(db_url, create=False) as trail:
-            verified, n_records = trail.verify(), trail.count()
-        audited_ok = verified.ok and n_records >= ours.sent
-
-        def ms(v: float) -> str:
-            return f"{v:.1f} ms"
-
-        rows = [("metric", "ours (every regimen, explanations, audit)", "mlflow models serve (probabilities)",
-                 "target", "met")]
-        for q in ("p50", "p95", "p99"):
-            rows.append((f"latency {q}, one patient", ms(lat["ours"][q]), ms(lat["mlflow"][q]),
-                         "ours ≤ theirs" if q == "p50" else "", ("yes" if lat["ours"]["p50"] <= lat["mlflow"]["p50"]
-                                                                 else "NO") if q == "p50" else ""))
-        rows.append((f"throughput, {args.clients} clients × {args.duration:.0f} s", f"{load['ours']['rps']:.1f} req/s",
-                     f"{load['mlflow']['rps']:.1f} req/s", "ours ≥ theirs",
-                     "yes" if load["ours"]["rps"] >= load["mlflow"]["rps"] else "NO"))
-        for q in ("p50", "p99"):
-            rows.append((f"latency {q} under that load", ms(load["ours"][f"loaded_{q}"]),
-                         ms(load["mlflow"][f"loaded_{q}"]), "", ""))
-        rows.append(("requests / errors", f"{ours.sent} / {ours.errors}", f"{theirs.sent} / {theirs.errors}",
-                     "0 errors", "yes" if ours.errors == 0 and theirs.errors == 0 else "NO"))
-        rows.append(("audit records / chain", f"{n_records} / {'intact' if verified.ok else 'BROKEN'}", "none",
-                     "one per request", "yes" if audited_ok else "NO"))
-        print()
-        print(f"model {uri} (private store in {folder}); load average {load_average[0]:.2f} "
-              f"{load_average[1]:.2f} {load_average[2]:.2f} on {os.cpu_count()} CPUs")
-        print(table(rows))
-        for target in (ours, theirs):
-            if target.first_error:
-                print(f"first error from {target.name}: {target.first_error}")
-        met = (lat["ours"]["p50"] <= lat["mlflow"]["p50"] and load["ours"]["rps"] >= load["mlflow"]["rps"]
-               and ours.errors == 0 and theirs.errors == 0 and audited_ok)
-        print(f"\ntargets {'met' if met else 'NOT met'}")
-        return 0 if met else 1
+        return run(args, folder, servers)
     finally:
-        for server in servers:
+        for server in servers.values():
             server.stop()
         if args.keep:
             print(f"kept {folder}")

@@ -1,6 +1,7 @@
 """The hand-run benchmarks (benchmarks/*.py) still run end to end, on tiny sizes."""
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -68,3 +69,30 @@ def test_serving_benchmark_percentiles_and_row():
     row = module.mlflow_row()  # the example patient as one pyfunc input row: JSON-safe, no identifier
     assert row["age"] == 64 and "patient_id" not in row
     assert all(v is None or not isinstance(v, float) or v == v for v in row.values())
+
+
+def test_serving_benchmark_alternates_and_summarises_windows():
+    module = _load("serving")
+    assert module.alternating(["ours", "mlflow"], 4) == [["ours", "mlflow"], ["mlflow", "ours"]] * 2
+
+    def window(n: int, wall: float) -> dict:
+        return {"latencies": [0.01] * n, "wall": wall, "server_cpu": wall * 0.9, "generator_cpu": wall * 0.3}
+
+    ours, theirs = [window(10, 1.0), window(30, 1.0), window(20, 2.0)], [window(20, 1.0)] * 3
+    ratios = module.round_ratios(ours, theirs)  # per round: 0.5, 1.5, 0.5
+    assert ratios == {"median": pytest.approx(0.5), "min": pytest.approx(0.5), "max": pytest.approx(1.5), "n": 3}
+    summary = module.summarise(ours)
+    assert summary["rps"] == pytest.approx(60 / 4.0) and summary["n"] == 60
+    assert summary["server_cpu"] == pytest.approx(0.9) and summary["generator_cpu"] == pytest.approx(0.3)
+    assert module.spread([3.0, 1.0, 2.0], "s") == "2.0 s (1.0–3.0, 3×)" and module.spread([1.25], "s") == "1.2 s"
+
+
+def test_serving_benchmark_pinning_plan():
+    module = _load("serving")
+    servers, generator, text = module.plan_pinning(False)
+    assert servers is None and generator is None and "--no-pin" in text
+    servers, generator, text = module.plan_pinning(True)
+    if len(getattr(os, "sched_getaffinity", lambda _: [])(0)) >= 2:
+        assert len(servers) == 1 and len(generator) == 1 and not servers & generator and "CPU" in text
+    else:
+        assert servers is None and generator is None and text.startswith("none")
