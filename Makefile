@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test
+.PHONY: run test lint
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,3 +18,7 @@ run: $(STAMP)
 ## test: the whole test suite
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+## lint: ruff with the project's configuration (pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,4 +1,4 @@
-"""Benchmark (issue 6 §4): batch scoring end to end against the physical limit of the same machine.
+"""Benchmark: batch scoring end to end against the physical limit of the same machine.
 
 Run by hand from the repository root (long at 10^6: use ``nice`` on a shared machine)::
 
@@ -9,7 +9,7 @@ What is timed, per cohort size and with / without explanations: ``response-model
 call (:func:`response_model.modeling.batch.score_file`) end to end — a new LocalCluster of
 ``--workers`` workers started (worker processes, or threads of this process when
 ``modeling.batch.use_threads`` expects them to be sooner, as ``score`` does by default: column
-``cluster``), the model compiled and sent to them, the input Parquet (or CSV) file read in partitions, every
+``cluster``), the bundle's Predictor sent to them, the input Parquet (or CSV) file read in partitions, every
 row validated into a PatientRecord, features built, every candidate regimen scored (and explained),
 ranks computed, the output Parquet file written. Reported: patient-regimen scores (output rows)
 per second, and the peak resident memory of the whole process tree (this process, the nannies and
@@ -32,71 +32,7 @@ cost per row does not depend on whether rows repeat). Model: ``--model-uri``, el
 here once (not timed) with ``tests/data/train_smoke.yaml`` made realistic: 300 trees of 4 leaves
 (the default configuration's leaves; its search chooses 200 or 300 trees).
 
-Measured 2026-11-27 on the shared 2-core machine (load average 4–7 from other work; the limit
-itself moved between 74,000 and 219,000 rows/s with the load), 13 regimens per patient::
-
-    patients  explain  seconds (start-up)  scores/s  limit/s  share  peak MB (tree)  k after start-up
-      10,000  no          11.1 (5.6)        11,752    74,199   0.16   1,356           -
-     100,000  no          43.6 (4.6)        29,843   219,253   0.14   1,453           0.85
-   1,000,000  no         595.4 (5.0)        21,834   113,319   0.19   1,609           1.18
-      10,000  yes         37.8 (6.5)         3,438     8,703   0.40   1,747           -
-     100,000  yes        387.7 (6.1)         3,353    14,738   0.23   1,883           1.09
-
-After the 2026-11-27 speed-ups (rows cleaned column by column, no cyclic GC during a partition,
-regimens looked up once per partition, Arrow batches to and from the workers; commits ae35093..),
-same command with ``--sizes 10000 100000 --explain-sizes 10000``, a quiet moment (load 1.0–1.6)::
-
-    patients  explain  seconds (start-up)  scores/s  limit/s  share  share after start-up  peak MB (tree)
-      10,000  no           7.4 (4.6)        17,598   220,953   0.08   0.21                  1,393
-     100,000  no          21.3 (4.2)        61,082   220,964   0.28   0.34                  1,524
-      10,000  yes         16.2 (4.2)         8,034    19,174   0.42   0.56                  1,950
-
-Still short of 0.5 without explanations then: a partition of 5,000 patients (65,000 rows) cost
-≈ 1.7 s in one worker against ≈ 0.65 s of its boosters, and spawning the two workers ≈ 4 s per run.
-
-After the second round of 2026-11-27 (commits 2c8b601..: each patient's work once, not once per
-regimen — tree groups, logistic terms, feature blocks never gathered into the full matrix; workers
-sent a compiled bundle that loads without MLflow and importing LightGBM while the model compiles; a
-file of at most two partitions per worker scored by threads of this process), model folder of this
-script, ``--sizes 10000 100000 1000000`` (load 0.6 before, up to 3.0 with other work)::
-
-    patients  explain  cluster    seconds (start-up)  scores/s  limit/s  share  peak MB (tree)  k after start-up
-      10,000  no       threads       1.7 (0.4)         74,398   208,796   0.36     542           -
-     100,000  no       processes    13.7 (2.0)         94,715   209,616   0.45   1,290           0.89
-   1,000,000  no       processes   107.9 (2.5)        120,524   183,918   0.66   1,370           0.95
-      10,000  yes      threads       5.5 (0.0)         23,598    14,118   1.67   1,184           -
-     100,000  yes      processes    57.3 (2.6)         22,685    12,604   1.80   2,602           0.95
-   1,000,000  yes      processes   529.1 (2.2)         24,569    16,281   1.51   2,546           0.98
-
-(10,000 rows: a later run of the same code, after the threads without a cluster; the other rows
-of that run gave 0.48 at 100,000 without and 1.90 at 100,000 with explanations.) Then with two
-workers up to 30 partitions in threads (``use_threads``): 100,000 patients in 12.1 s (0.57); in
-alternating runs threads took 10.3–13.4 s and processes 13.2–15.5 s. At 10,000 patients the target
-was still missed (0.36–0.43): compiling the models (0.3 s) and validating the records, which holds
-Python's lock, took longer than the limit's 0.65 s.
-
-After the third round (commits b5a5d71..: one validator per numeric field instead of two on every
-field, no Dask import for threads, explain's sums in an array (compiling 0.3 → 0.1 s), arrays
-instead of lists into the output table, nullable columns cleaned by pandas; a CSV file's rows
-bounded by counting its lines, so that a small CSV is scored by threads too), the same command with
-``--explain-sizes 10000 100000`` (load 0.8 before, up to 2.7)::
-
-    patients  explain  cluster    seconds (start-up)  scores/s  limit/s  share  peak MB (tree)  k after start-up
-      10,000  no       threads       1.0 (0.1)        127,962   216,233   0.59     537           -
-     100,000  no       threads       8.8 (0.0)        147,310   218,859   0.67     585           0.98
-   1,000,000  no       processes    92.5 (2.2)        140,556   199,942   0.70   1,317           1.01
-      10,000  yes      threads       4.3 (0.0)         30,034    19,142   1.57   1,221           -
-     100,000  yes      threads      35.9 (0.0)         36,199    18,930   1.91   1,452           0.92
-
-At 10,000 patients five more runs gave 0.50–0.54 (the limit's 0.6 s is close to the fixed costs);
-with ``--csv`` 0.51 at 10,000 and 0.61 at 100,000. One partition of 5,000 patients costs ≈ 0.50 s
-alone: validating the records ≈ 0.12 s, the tree groups ≈ 0.16 s (without Python's lock), the
-patient features ≈ 0.04 s, gathering, the logistic part, ranks and the output table the rest; two
-threads do about 1.1 partitions' worth at a time, as validation and features hold Python's lock.
-With explanations the end-to-end path is faster than the bare boosters' ``pred_contrib``: the
-trees that do not use the regimen are explained once per patient. Growth is linear after start-up
-and peak memory flat with cohort size in each mode (threads ≈ 0.55 GB, processes ≈ 1.3 GB without
-explanations).
+Earlier measurements, and what each speed-up changed, are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -219,11 +155,12 @@ def physical_limit(bundle, records, explain: bool, threads: int, min_seconds: fl
 
 
 def _booster_rate(bundle, records, explain: bool, threads: int, min_seconds: float) -> float:
-    scores, X = bundle.score_with_features(records)
+    predictions = bundle.predictor().predict(records)
+    X = predictions.features.frame()
     total = 0.0
     for (regimen_class, outcome), model in bundle.models.items():
         booster = model.gbm_.booster_
-        mask = (scores["regimen_class"] == regimen_class).to_numpy()
+        mask = predictions.regimen_class == regimen_class
         matrix = np.ascontiguousarray(X.loc[mask, list(model.gbm_features_)].to_numpy(np.float64))
         booster.predict(matrix[:100], num_threads=threads, pred_contrib=explain)  # warm-up
         runs, started = 0, time.perf_counter()
@@ -234,7 +171,7 @@ def _booster_rate(bundle, records, explain: bool, threads: int, min_seconds: flo
             if took >= min_seconds:
                 break
         total += took / runs
-    return len(scores) / total
+    return len(predictions) / total
 
 
 def main() -> int:
