@@ -107,7 +107,7 @@ def stored_json(value: Any) -> str:
     """The stored text of a record's JSON field: sorted keys, no spaces, UTF-8; NaN and infinity refused.
 
     orjson writes it when installed and ``value`` is plain JSON — dicts with text keys, lists, text,
-    ints, booleans, None and finite floats — about ten times faster than the json module on an
+    ints, booleans, None and finite floats — because it is faster than the json module on an
     explanation's thousands of floats, which it writes in their shortest round-trip form
     (``0.00001`` where json writes ``1e-05``: the same number); else :func:`canonical_json`. Plain
     is checked by reading the text back: it must give ``value`` again (orjson writes NaN and infinity
@@ -193,7 +193,7 @@ def compact_explanations(explanations: Mapping[str, Mapping[str, Any]]) -> dict[
     """The stored form of ``explanations[regimen][outcome]`` = ``{"top", "scale", "base_value",
     "values": {feature: SHAP value}}``: each model's feature names once, each explanation's values
     as a list in that order (``"features"``: the index of its name list) — every SHAP value kept, at
-    full precision, in about two thirds of the text. :func:`expand_explanations` reverses it.
+    full precision, in less text. :func:`expand_explanations` reverses it.
 
     An explanation's ``values`` may also come as ``"names"`` (list) + ``"values"`` (list, same order).
     Returns ``{"format": EXPLANATIONS_FORMAT, "features": [name lists], "regimens": {…}}``.

@@ -415,8 +415,8 @@ class Export:
         return pa.Table.from_pandas(empty, schema=schema, preserve_index=False).schema
 
     def _csv(self):
-        # pyarrow's writer (several times faster than DataFrame.to_csv on the wide float columns):
-        # shortest round-trip float text, empty for missing, true/false, quotes only where needed
+        # pyarrow's writer rather than DataFrame.to_csv, which is slower on the wide float columns;
+        # it writes shortest round-trip float text, empty for missing, true/false, quotes only where needed
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
