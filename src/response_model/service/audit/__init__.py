@@ -1,9 +1,9 @@
 """The audit trail: an append-only, tamper-evident record of every prediction request.
 
-- :mod:`.chain`: what a record holds, its canonical JSON, its hash and the hash chain; the checks
-  that keep the raw patient id out of the trail.
+- :mod:`.chain`: what a record holds, its canonical JSON, its hash and the rules of the hash chain;
+  the checks that keep the raw patient id out of the trail.
 - :mod:`.store`: the ``audit_records`` table and :class:`AuditTrail` (appends with group commit,
-  verify, get, count).
+  verify, get, check_record, count).
 - :mod:`.readers`: filters, paging and the flat CSV/Parquet export for auditors.
 
 This package re-exports the names that the rest of the project imports from

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -181,6 +182,52 @@ def chain_break(row: Any, expected_seq: int, prev_hash: str) -> str | None:
     if record_hash(seq, row.prev_hash, content) != row.hash:
         return "hash mismatch: the record's content, sequence number or hash was changed"
     return None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of ``AuditTrail.verify``.
+
+    ``first_bad`` is the sequence number of the first bad record and ``reason`` says why (both None
+    when ``ok``); ``n_records`` counts the records read; ``head_hash`` is the hash of the last record
+    (keep it elsewhere to detect later truncation or a rewritten chain).
+    """
+
+    ok: bool
+    n_records: int
+    first_bad: int | None = None
+    reason: str | None = None
+    head_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """``AuditTrail.check_record``: the record's hash recomputes (``hash_intact``), its
+    ``prev_hash`` is the previous record's hash, and the next record (None: there is none yet)
+    points back to it."""
+
+    seq: int
+    hash_intact: bool
+    linked_to_previous: bool
+    linked_to_next: bool | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the hash recomputes and both links hold (a missing next record is no fault)."""
+        return self.hash_intact and self.linked_to_previous and self.linked_to_next is not False
+
+
+def record_check(row: Any, before: Any | None, after: Any | None) -> RecordCheck:
+    """The :class:`RecordCheck` of one stored record ``row`` from it and its neighbours as stored
+    (``before``/``after``: records ``seq − 1`` and ``seq + 1``, None where there is none; rows as
+    for :func:`chain_break`): its hash recomputes, and it links to both."""
+    seq = int(row.seq)
+    content = {name: getattr(row, name) for name in CONTENT_FIELDS}
+    content["http_status"] = int(content["http_status"])
+    intact = record_hash(seq, row.prev_hash, content) == row.hash
+    expected_prev = GENESIS_HASH if seq == 1 else (before.hash if before is not None else None)
+    return RecordCheck(seq=seq, hash_intact=intact, linked_to_previous=row.prev_hash == expected_prev,
+                       linked_to_next=None if after is None else after.prev_hash == row.hash)
 
 
 # ---------------------------------------------------------------------------------------------------

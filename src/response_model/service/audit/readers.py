@@ -169,20 +169,10 @@ def parse_filter(from_: str | None = None, to: str | None = None, model_version:
     return TrailFilter(times.get("from"), times.get("to"), model_version, regimen, status)
 
 
-def query_records(
-    trail: AuditTrail,
-    from_: datetime | str | None = None,
-    to: datetime | str | None = None,
-    model_version: str | None = None,
-    regimen: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    *,
-    status: str | None = None,
-    after_seq: int | None = None,
-    through_seq: int | None = None,
-    kind: str | None = None,
-) -> list[AuditEntry]:
+def query_records(trail: AuditTrail, from_: datetime | str | None = None, to: datetime | str | None = None,
+                  model_version: str | None = None, regimen: str | None = None, limit: int = 100, offset: int = 0,
+                  *, status: str | None = None, after_seq: int | None = None, through_seq: int | None = None,
+                  kind: str | None = None) -> list[AuditEntry]:
     """``AuditTrail.query``: the records with ``from_ <= time < to`` (aware datetimes or ISO text)
     and the other conditions, oldest first, as a list of at most ``limit`` entries after ``offset``.
 
@@ -415,6 +405,7 @@ class Export:
         return pa.Table.from_pandas(empty, schema=schema, preserve_index=False).schema
 
     def _csv(self):
+        """The CSV file's bytes, one block per chunk of records (the header with the first)."""
         # pyarrow's writer rather than DataFrame.to_csv, which is slower on the wide float columns;
         # it writes shortest round-trip float text, empty for missing, true/false, quotes only where needed
         import pyarrow as pa
@@ -434,6 +425,7 @@ class Export:
             yield sink.getvalue()
 
     def _parquet(self):
+        """The Parquet file's bytes, as written: one row group per chunk of records (zstd)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -457,6 +449,7 @@ _BOOL_COLUMNS = {"out_of_distribution_flagged", "eligible"}
 
 
 def _arrow_types():
+    """The Arrow type of each typed fixed column (name → type); the others are text, ``shap.*`` float64."""
     import pyarrow as pa
 
     types = {name: pa.int64() for name in _INT_COLUMNS}
@@ -467,13 +460,15 @@ def _arrow_types():
 
 
 def _utc_timestamps(values):
+    """The stored UTC times (text in TIME_FORMAT) as pandas' UTC timestamps."""
     import pandas as pd
 
     return pd.to_datetime(values, format="%Y-%m-%dT%H:%M:%S.%fZ", utc=True)
 
 
 def _typed(frame):
-    """Fixed dtypes, so that every chunk has the same columns and types."""
+    """``frame`` with fixed dtypes (converted in place and returned), so that every chunk has the
+    same columns and types."""
     for name in frame.columns:
         if name in ("seq", "http_status"):
             frame[name] = frame[name].astype("int64")

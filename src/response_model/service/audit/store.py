@@ -33,8 +33,11 @@ from response_model.service.audit.chain import (
     CONTENT_FIELDS,
     GENESIS_HASH,
     AuditError,
+    RecordCheck,
+    VerifyResult,
     chain_break,
     expand_explanations,
+    record_check,
     record_hash,
     stored_content,
 )
@@ -120,39 +123,6 @@ class AuditEntry:
         return out
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    """Outcome of :meth:`AuditTrail.verify`.
-
-    ``first_bad`` is the sequence number of the first bad record and ``reason`` says why (both None
-    when ``ok``); ``n_records`` counts the records read; ``head_hash`` is the hash of the last record
-    (keep it elsewhere to detect later truncation or a rewritten chain).
-    """
-
-    ok: bool
-    n_records: int
-    first_bad: int | None = None
-    reason: str | None = None
-    head_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class RecordCheck:
-    """:meth:`AuditTrail.check_record`: the record's hash recomputes (``hash_intact``), its
-    ``prev_hash`` is the previous record's hash, and the next record (None: there is none yet)
-    points back to it."""
-
-    seq: int
-    hash_intact: bool
-    linked_to_previous: bool
-    linked_to_next: bool | None
-
-    @property
-    def ok(self) -> bool:
-        """True when the hash recomputes and both links hold (a missing next record is no fault)."""
-        return self.hash_intact and self.linked_to_previous and self.linked_to_next is not False
-
-
 def _row_to_entry(row) -> AuditEntry:
     """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded."""
     values = dict(row._mapping)
@@ -213,7 +183,7 @@ class AuditTrail:
 
     @property
     def url(self) -> str:
-        """The database URL, without its password (for messages)."""
+        """The engine's URL with any password hidden (safe to print)."""
         return describe_url(self.engine)
 
     # -- writing ------------------------------------------------------------------------------------
@@ -396,14 +366,7 @@ class AuditTrail:
         row = rows.get(int(seq))
         if row is None:
             raise AuditError(f"no audit record {seq}")
-        content = {name: getattr(row, name) for name in CONTENT_FIELDS}
-        content["http_status"] = int(content["http_status"])
-        intact = record_hash(int(seq), row.prev_hash, content) == row.hash
-        before = rows.get(int(seq) - 1)
-        expected_prev = GENESIS_HASH if int(seq) == 1 else (before.hash if before is not None else None)
-        after = rows.get(int(seq) + 1)
-        return RecordCheck(seq=int(seq), hash_intact=intact, linked_to_previous=row.prev_hash == expected_prev,
-                           linked_to_next=None if after is None else after.prev_hash == row.hash)
+        return record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1))
 
     def count(self) -> int:
         """The number of records."""
