@@ -259,7 +259,7 @@ def shap_features(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | Non
     """Every feature with a SHAP value in the records ``flt`` selects, in model order.
 
     The feature set is fixed per model and regimen class, so only the first record of each model
-    name × version × regimen is parsed; :func:`export_frames` checks every other record against it.
+    name × version × regimen is parsed; :meth:`Export.frames` checks every other record against it.
     """
     c = audit_records.c
     query = _filtered(sa.select(c.seq, c.model_name, c.model_version, c.regimens), flt, None, through_seq,
@@ -326,21 +326,29 @@ def _export_rows(entry: AuditEntry, shap_index: Mapping[str, int],
             if values or explanation.get("base_value") is not None:
                 row["explanation_scale"] = explanation.get("scale")
                 row["base_value"] = explanation.get("base_value")
-            positions = None
-            if values:
-                order = tuple(values)
-                positions = layouts.get(order)
-                if positions is None:
-                    missing = [f for f in order if f not in shap_index]
-                    if missing:
-                        raise AuditError(
-                            f"audit record {entry.seq} has a SHAP value for {missing[0]!r}, which the first record "
-                            f"of model {entry.model_name} version {entry.model_version} lacks; export with a "
-                            "narrower filter (one model version)")
-                    positions = layouts[order] = np.array([shap_index[f] for f in order], dtype=np.intp)
+            positions = _shap_positions(entry, tuple(values), shap_index, layouts) if values else None
             rows.append((row, positions, None if positions is None else
                          np.array(list(values.values()), dtype=np.float64)))  # None → NaN
     return rows
+
+
+def _shap_positions(entry: AuditEntry, order: tuple[str, ...], shap_index: Mapping[str, int],
+                    layouts: dict[tuple[str, ...], Any]) -> Any:
+    """The positions among the SHAP columns of the features in ``order`` (a numpy int array, cached
+    in ``layouts``). Raises AuditError for a feature that has no column: the columns come from the
+    first record of each model × version × regimen (:func:`shap_features`)."""
+    import numpy as np
+
+    positions = layouts.get(order)
+    if positions is None:
+        missing = [f for f in order if f not in shap_index]
+        if missing:
+            raise AuditError(
+                f"audit record {entry.seq} has a SHAP value for {missing[0]!r}, which the first record "
+                f"of model {entry.model_name} version {entry.model_version} lacks; export with a "
+                "narrower filter (one model version)")
+        positions = layouts[order] = np.array([shap_index[f] for f in order], dtype=np.intp)
+    return positions
 
 
 @dataclass
