@@ -92,7 +92,7 @@ def test_stored_json_refuses_what_json_cannot_hold(bad):
 
 
 def test_records_written_either_way_verify(tmp_path, monkeypatch):
-    import response_model.service.audit as audit
+    import response_model.service.audit.chain as audit
 
     monkeypatch.setenv(PSEUDONYM_KEY_ENV, "group-commit-test-key-0123456789")
     with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:

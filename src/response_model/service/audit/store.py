@@ -1,0 +1,458 @@
+"""The audit trail's store: the ``audit_records`` table and :class:`AuditTrail`, which appends to it,
+verifies the chain and reads records back.
+
+Appends are serialised: on SQLite in a ``BEGIN IMMEDIATE`` transaction (the database's write lock
+is taken before the last hash is read), on PostgreSQL under ``LOCK TABLE … IN EXCLUSIVE MODE``
+(readers are not blocked). ``seq`` is the primary key, so on any other database two appends that
+raced would collide there, and the loser retries. :meth:`AuditTrail.append` returns only after the
+transaction has committed: with SQLite's ``synchronous=FULL`` (and PostgreSQL's default
+``synchronous_commit=on``) the record is then on disk. Records that threads of this process append
+at the same time are written together (:class:`_GroupCommit`), so that many requests share one
+durable commit.
+
+What a record holds and how it is hashed: :mod:`response_model.service.audit.chain`. Filters, pages
+and exports for auditors: :mod:`response_model.service.audit.readers` (:meth:`AuditTrail.select`,
+:meth:`AuditTrail.query` and :meth:`AuditTrail.count_matching` hand over to it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from response_model.service.audit.chain import (
+    _JSON_FIELDS,
+    CONTENT_FIELDS,
+    GENESIS_HASH,
+    AuditError,
+    RecordCheck,
+    VerifyResult,
+    chain_break,
+    expand_explanations,
+    record_check,
+    record_hash,
+    stored_content,
+)
+from response_model.service.keys import (
+    TIME_FORMAT,
+    KeyStoreError,
+    describe_url,
+    make_engine,
+    parse_time,
+    require_table,
+    utc_now_text,
+)
+
+if TYPE_CHECKING:
+    from response_model.service.audit.readers import TrailFilter
+
+log = logging.getLogger(__package__)  # one logger for the whole audit package
+
+_APPEND_RETRIES = 20
+
+metadata = sa.MetaData()
+
+audit_records = sa.Table(
+    "audit_records",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("time", sa.String(32), nullable=False, index=True),  # UTC, TIME_FORMAT: text order = time order
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("role", sa.String(16), nullable=True),
+    sa.Column("endpoint", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=True),
+    sa.Column("model_version", sa.String(64), nullable=True, index=True),
+    sa.Column("input_digest", sa.String(64), nullable=True),
+    sa.Column("patient_pseudonym", sa.String(64), nullable=True),
+    sa.Column("prediction_id", sa.String(64), nullable=True, index=True),
+    sa.Column("regimens", sa.Text, nullable=True),  # canonical JSON list of regimen ids
+    sa.Column("outputs", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("explanations", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("detail", sa.Text, nullable=True),  # canonical JSON
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# What the chain checks read of each record: its links and every field the hash covers.
+_CHAIN_COLUMNS = [audit_records.c.seq, audit_records.c.prev_hash, audit_records.c.hash] + [
+    audit_records.c[name] for name in CONTENT_FIELDS
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One stored record, with its JSON fields parsed."""
+
+    seq: int
+    time: datetime
+    key_id: str | None
+    role: str | None
+    endpoint: str
+    status: str
+    http_status: int
+    model_name: str | None
+    model_version: str | None
+    input_digest: str | None
+    patient_pseudonym: str | None
+    prediction_id: str | None
+    regimens: list[str] | None
+    outputs: Any
+    explanations: Any
+    detail: Any
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (time as UTC ISO text)."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["time"] = self.time.strftime(TIME_FORMAT)
+        return out
+
+
+def _row_to_entry(row) -> AuditEntry:
+    """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded."""
+    values = dict(row._mapping)
+    for name in _JSON_FIELDS:
+        text = values.get(name)  # absent: not selected (AuditTrail.select(explanations=False))
+        values[name] = None if text is None else json.loads(text)
+    values["explanations"] = expand_explanations(values.get("explanations"))
+    values["time"] = parse_time(values["time"])
+    return AuditEntry(**values)
+
+
+class _Row:
+    """Adapter so that freshly inserted values go through the same conversion as fetched rows."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._mapping = {c.name: values[c.name] for c in audit_records.columns}
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class AuditTrail:
+    """The audit trail in a SQL database. ``url``: SQLAlchemy URL or engine (default: ``default_db_url()``).
+
+    ``pseudonym_key`` defaults to ``$RESPONSE_MODEL_PSEUDONYM_KEY`` (read at each append).
+    ``create=False`` opens an existing trail only (raises AuditError if there is none).
+    """
+
+    def __init__(
+        self,
+        url: str | Engine | None = None,
+        *,
+        pseudonym_key: bytes | str | None = None,
+        create: bool = True,
+    ) -> None:
+        self._owns_engine = not isinstance(url, Engine)
+        self.engine: Engine = url if isinstance(url, Engine) else make_engine(url)
+        self._pseudonym_key = pseudonym_key
+        self._group = _GroupCommit(self._append_durably)
+        if create:
+            metadata.create_all(self.engine, tables=[audit_records])
+        else:
+            try:
+                require_table(self.engine, audit_records, "audit trail")
+            except KeyStoreError as exc:
+                raise AuditError(str(exc)) from None
+
+    def close(self) -> None:
+        """Release the database connections (only if this trail created the engine)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> AuditTrail:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The engine's URL with any password hidden (safe to print)."""
+        return describe_url(self.engine)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _content(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored content of a caller's record (see :func:`~.chain.stored_content`), with this
+        trail's pseudonymisation key."""
+        return stored_content(record, self._pseudonym_key)
+
+    def check(self, record: Mapping[str, Any]) -> None:
+        """Raise what :meth:`append` would raise for ``record`` (AuditError, RawIdentifierError,
+        PseudonymKeyError); write nothing. Returns None."""
+        self._content(record)
+
+    def _lock(self, conn: Connection) -> None:
+        """Take the table's write lock in ``conn``'s transaction, where the database needs it."""
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"LOCK TABLE {audit_records.name} IN EXCLUSIVE MODE")
+        # SQLite: the transaction began with BEGIN IMMEDIATE, which holds the write lock already.
+        # Elsewhere: the primary key on seq turns a race into an IntegrityError, and we retry.
+
+    def append(self, record: Mapping[str, Any]) -> AuditEntry:
+        """Append one record; returns it as stored once it is committed (durable).
+
+        ``record`` keys: ``endpoint`` and ``status`` (``accepted``/``rejected``) and ``http_status``
+        are required; optional ``time`` (aware datetime or ISO text; default now, taken under the
+        lock so that times follow the sequence), ``key_id``, ``role``, ``model_name``,
+        ``model_version``, ``input_digest`` or ``request_body`` (digested, not stored),
+        ``patient_id`` (raw; stored only as its pseudonym), ``prediction_id``, ``regimens`` (list of
+        ids), ``outputs``, ``explanations``, ``detail`` (JSON values; ``detail`` for a rejection's
+        reasons, e.g. field-level validation messages — never identifiers: a string equal to the raw
+        patient id anywhere in these fields is refused). Other keys are refused.
+        Raises AuditError for a bad record and PseudonymKeyError if a patient id is given but no
+        pseudonymisation key is configured.
+        """
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Iterable[Mapping[str, Any]], *, entries: bool = True) -> list[AuditEntry] | None:
+        """Append several records in one transaction (one durable commit), e.g. a batch request's rows.
+
+        Returns them as stored (``entries=False``: None, saving the parsing of their JSON fields).
+
+        Group commit: records that threads of this process append at the same time are written by
+        one of them in a single transaction, in arrival order (each call's records stay together),
+        and every call returns only once the transaction holding its records has committed —
+        one disk flush for many requests instead of one each, and no waiting on the database lock.
+        """
+        contents = [self._content(record) for record in records]  # checked in the caller's thread
+        if not contents:
+            return [] if entries else None
+        rows = self._group.submit(contents)
+        return [_row_to_entry(_Row(values)) for values in rows] if entries else None
+
+    def _append_durably(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append ``contents`` in one transaction, retrying when another writer took the same seq;
+        returns the stored rows (see :meth:`_append_contents`)."""
+        for attempt in range(_APPEND_RETRIES):
+            try:
+                return self._append_contents(contents)
+            except sa.exc.IntegrityError:
+                if attempt == _APPEND_RETRIES - 1:
+                    raise
+                log.debug("audit append raced another writer; retrying")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_contents(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chain ``contents`` onto the newest record and insert them under the write lock; returns
+        the rows as inserted (every column: seq, time, prev_hash and hash filled in), once committed."""
+        rows = []
+        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+            self._lock(conn)
+            last = conn.execute(
+                sa.select(audit_records.c.seq, audit_records.c.hash)
+                .order_by(audit_records.c.seq.desc()).limit(1)
+            ).first()
+            seq, prev_hash = (0, GENESIS_HASH) if last is None else (int(last.seq), last.hash)
+            now = utc_now_text()
+            for content in contents:
+                seq += 1
+                values = dict(content)
+                if values["time"] is None:
+                    values["time"] = now
+                values["seq"], values["prev_hash"] = seq, prev_hash
+                values["hash"] = prev_hash = record_hash(seq, values["prev_hash"], values)
+                rows.append(values)
+            conn.execute(audit_records.insert(), rows)
+        # leaving conn.begin() committed: with synchronous=FULL the records are on disk now
+        return rows
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def verify(self, *, batch_size: int = 1_000) -> VerifyResult:
+        """Recompute the chain from the first record; stop at the first bad one and say why.
+
+        Returns a :class:`VerifyResult` (the records read, the first bad one and why, the head hash).
+        ``batch_size``: records read per query.
+        """
+        n, prev_hash = 0, GENESIS_HASH
+        # One read transaction: a single snapshot on SQLite (WAL); on PostgreSQL (read committed)
+        # records appended meanwhile may be included, which cannot break a chain read in seq order.
+        with self.engine.connect() as conn, conn.begin():
+            for row in _chain_rows(conn, batch_size):
+                n += 1
+                reason = chain_break(row, n, prev_hash)
+                if reason is not None:
+                    return VerifyResult(False, n, int(row.seq), reason)
+                prev_hash = row.hash
+        return VerifyResult(True, n, None, None, None if n == 0 else prev_hash)
+
+    def get(self, prediction_id: str) -> AuditEntry | None:
+        """The record of a prediction (the earliest, if the id was used twice), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(audit_records).where(audit_records.c.prediction_id == prediction_id)
+                .order_by(audit_records.c.seq).limit(1)
+            ).first()
+        return None if row is None else _row_to_entry(row)
+
+    def query(
+        self,
+        from_: datetime | str | None = None,
+        to: datetime | str | None = None,
+        model_version: str | None = None,
+        regimen: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        status: str | None = None,
+        after_seq: int | None = None,
+        through_seq: int | None = None,
+        kind: str | None = None,
+    ) -> list[AuditEntry]:
+        """Records with ``from_ <= time < to`` (aware datetimes or ISO text), oldest first.
+
+        Optionally only one model version, records covering one regimen id, or one status;
+        ``limit`` (at most 1,000) and ``offset`` page through the result. Keywords for cursor
+        paging: only records with ``seq > after_seq`` and ``seq <= through_seq``; ``kind``
+        ``"prediction"`` (prediction requests: endpoint ``POST …``) or ``"access"`` (everything
+        else, e.g. auditors reading the trail); None = both. See :func:`~.readers.query_records`.
+        """
+        from response_model.service.audit import readers  # readers imports this module
+
+        return readers.query_records(self, from_, to, model_version, regimen, limit, offset, status=status,
+                                     after_seq=after_seq, through_seq=through_seq, kind=kind)
+
+    def select(self, flt: TrailFilter, *, after_seq: int | None = None, through_seq: int | None = None,
+               kind: str | None = None, limit: int = 100, offset: int = 0,
+               explanations: bool = True) -> list[AuditEntry]:
+        """The records ``flt`` selects with ``after_seq < seq <= through_seq`` and of ``kind``
+        (see :meth:`query`), oldest first, at most ``limit`` (≤ 1,000) after skipping ``offset``.
+        ``explanations=False`` leaves out the largest field (every SHAP value; ``None`` in the entries).
+        See :func:`~.readers.select_records`."""
+        from response_model.service.audit import readers  # readers imports this module
+
+        return readers.select_records(self, flt, after_seq=after_seq, through_seq=through_seq, kind=kind,
+                                      limit=limit, offset=offset, explanations=explanations)
+
+    def count_matching(self, flt: TrailFilter, *, through_seq: int | None = None,
+                       kind: str | None = "prediction") -> int:
+        """The number of records that ``flt`` (and ``kind``, ``seq <= through_seq``) selects."""
+        from response_model.service.audit import readers  # readers imports this module
+
+        return readers.count_records(self, flt, through_seq=through_seq, kind=kind)
+
+    def head_seq(self) -> int:
+        """The sequence number of the newest record (0 for an empty trail)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))).scalar_one())
+
+    def check_record(self, seq: int) -> RecordCheck:
+        """Cheap integrity check of one record: its own hash and its links to both neighbours.
+
+        Returns a :class:`RecordCheck`; raises AuditError if there is no record ``seq``. Reads records
+        ``seq − 1``, ``seq`` and ``seq + 1`` only. It cannot see an edit elsewhere in the chain;
+        :meth:`verify` (``response-model audit verify``) recomputes the whole chain.
+        """
+        with self.engine.connect() as conn:
+            rows = {int(r.seq): r for r in conn.execute(
+                sa.select(*_CHAIN_COLUMNS).where(audit_records.c.seq.between(int(seq) - 1, int(seq) + 1)))}
+        row = rows.get(int(seq))
+        if row is None:
+            raise AuditError(f"no audit record {seq}")
+        return record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1))
+
+    def count(self) -> int:
+        """The number of records."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar_one())
+
+
+def _chain_rows(conn: Connection, batch_size: int) -> Iterator[Any]:
+    """Every record's links and hashed fields (:data:`_CHAIN_COLUMNS`), in seq order, read in
+    batches of ``batch_size`` with a cursor on seq."""
+    last_seq = 0
+    while True:
+        chunk = conn.execute(
+            sa.select(*_CHAIN_COLUMNS).where(audit_records.c.seq > last_seq)
+            .order_by(audit_records.c.seq).limit(batch_size)
+        ).all()
+        if not chunk:
+            return
+        yield from chunk
+        last_seq = int(chunk[-1].seq)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Group commit
+
+
+class _Ticket:
+    """One caller's records waiting for a group commit."""
+
+    __slots__ = ("contents", "done", "lead", "entries", "error")
+
+    def __init__(self, contents: list[dict[str, Any]]) -> None:
+        self.contents = contents
+        self.done = threading.Event()
+        self.lead = False
+        self.entries: list[dict[str, Any]] | None = None
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit: the first caller writes every waiting caller's records in one
+    transaction; callers arriving meanwhile wait, and the first of them writes the next group."""
+
+    def __init__(self, write) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._writing = False
+
+    def submit(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write ``contents`` (with a group); returns the stored rows once they are committed."""
+        ticket = _Ticket(contents)
+        with self._lock:
+            self._waiting.append(ticket)
+            if not self._writing:
+                self._writing = ticket.lead = True
+        if not ticket.lead:
+            ticket.done.wait()
+        if ticket.lead:  # the first caller, or promoted by the previous writer
+            self._write_group()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.entries
+
+    def _write_group(self) -> None:
+        """Write every waiting ticket's records in one call of ``write``; hand each ticket its rows
+        (or the error), then promote the next waiting caller to writer. Returns None."""
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        try:
+            entries = self._write([content for ticket in group for content in ticket.contents])
+        except BaseException as error:  # every caller of the group learns that its records are not stored
+            for ticket in group:
+                ticket.error = error
+        else:
+            start = 0
+            for ticket in group:
+                ticket.entries = entries[start:start + len(ticket.contents)]
+                start += len(ticket.contents)
+        finally:
+            with self._lock:
+                if self._waiting:  # hand over: the first waiting caller writes the next group
+                    self._waiting[0].lead = True
+                    self._waiting[0].done.set()
+                else:
+                    self._writing = False
+            for ticket in group:
+                ticket.lead = False
+                ticket.done.set()
