@@ -117,7 +117,6 @@ class Artifacts:
     def path(self, run_id: str, artifact: str) -> Path | None:
         """Return the local copy of ``artifact`` of ``run_id``, or None when the run did not log it."""
         import mlflow
-
         from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
         prefix = artifact.rpartition("/")[0]

@@ -12,7 +12,7 @@ import re
 import typing
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -131,7 +131,7 @@ def _canonical_enum(field: str, value: Any, enum: type[StrEnum]) -> Any:
     return _SYNONYMS.get(field, {}).get(lowered, value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _enum_values(enum: type[StrEnum]) -> dict[str, str]:
     """{lower-cased value: value} of ``enum``'s members (the first member wins, as a loop over them would)."""
     values: dict[str, str] = {}
@@ -538,7 +538,7 @@ class PatientRecord(BaseModel):
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 _NUMERIC_FIELDS = frozenset(name for name, f in PatientRecord.model_fields.items()
                             if set(typing.get_args(f.annotation) or (f.annotation,)) - {type(None)} <= {int, float})
-if _NUMERIC_FIELDS != set(_DECLARED_NUMERIC_FIELDS):
+if set(_DECLARED_NUMERIC_FIELDS) != _NUMERIC_FIELDS:
     raise RuntimeError(f"fields {sorted(_NUMERIC_FIELDS ^ set(_DECLARED_NUMERIC_FIELDS))} lack or have a plausible "
                        "range in configs/ranges.yaml; expected one for each numeric field but ecog")
 

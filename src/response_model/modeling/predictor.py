@@ -144,7 +144,7 @@ class Predictor:
         self.catalogue = dict(catalogue)
         self.metadata = dict(metadata)
         self.regimen_classes = tuple(sorted({c for c, _ in self.evaluators}))
-        self._installed_order = self.feature_names == feature_names_of_installed()
+        self._installed_order = self.feature_names == feature_names(with_regimen=True)
 
     @classmethod
     def of(cls, bundle: Any) -> Predictor:
@@ -179,8 +179,8 @@ class Predictor:
                 explain: bool = False) -> Predictions:
         """Score every record under its regimens; return :class:`Predictions`.
 
-        ``regimens``: None = every candidate regimen for every record; else one entry per record, a
-        list of regimen names or None (every candidate). Ineligible regimens are scored too, and
+        ``regimens``: None = every candidate regimen for every record; else one entry per record: a
+        list of regimen names, one name, or None (every candidate). Ineligible regimens are scored too, and
         flagged. With ``explain`` every model's contributions for its rows are computed as well.
         """
         records = list(records)
@@ -246,11 +246,6 @@ class Predictor:
                 values, names, base = evaluator.explain(*_subset(rows, mask, patient))
                 explained[(regimen_class, outcome)] = Explanation(np.flatnonzero(mask), values, names, base)
         return explained
-
-
-def feature_names_of_installed() -> tuple[str, ...]:
-    """The installed feature function's columns (patient and regimen features), in order."""
-    return feature_names(with_regimen=True)
 
 
 def _subset(rows: FeatureBlocks | np.ndarray, mask: np.ndarray, patient: np.ndarray) -> tuple[Any, Any]:
