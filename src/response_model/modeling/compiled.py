@@ -385,11 +385,15 @@ class CompiledModel:
         """
         if len(X) == 0:
             return np.empty(0)
-        f = self.log_odds(X, groups)
+        return self.probability_of(self.log_odds(X, groups))
+
+    def probability_of(self, log_odds: np.ndarray) -> np.ndarray:
+        """Probability of the outcome for whole-model log-odds before calibration (e.g. an explanation's
+        base value + the sum of its contributions)."""
         if self.calibrator is not None:
             a, b = self.calibrator
-            f = a + b * f
-        return expit(f)
+            log_odds = a + b * log_odds
+        return expit(log_odds)
 
     def explain(self, X: np.ndarray | FeatureBlocks, groups: np.ndarray | None = None,
                 ) -> tuple[np.ndarray, list[str], float]:

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from response_model.features import FeatureBlocks, feature_names, regimen_feature_names
+from response_model.features import FeatureBlocks, regimen_feature_names
+from response_model.features import feature_names as installed_feature_names
 from response_model.modeling.compiled import ReferenceModel, compile_model
 from response_model.modeling.interpret import ranks
 from response_model.regimens import Regimen
@@ -43,7 +44,11 @@ ModelKey = tuple[str, str]  # (regimen_class, outcome)
 
 
 class Evaluator(Protocol):
-    """How one fitted model is evaluated on feature rows (the bundle's feature columns)."""
+    """How one fitted model is evaluated on feature rows (the bundle's feature columns).
+
+    An evaluator that can also turn whole-model log-odds into probabilities (``probability_of``, as
+    :class:`~response_model.modeling.compiled.CompiledModel` does) gets its probabilities from its
+    explanation when both are asked for, so its trees are evaluated once."""
 
     explains: bool
 
@@ -103,7 +108,7 @@ class Predictions:
 
     def feature_row(self, row: int) -> dict[str, float]:
         """The features of prediction row ``row``, by name."""
-        names = feature_names()
+        names = installed_feature_names()
         values = self.features.take(np.array([row]), np.arange(len(names)))[0]
         return dict(zip(names, values.tolist()))
 
@@ -144,7 +149,7 @@ class Predictor:
         self.catalogue = dict(catalogue)
         self.metadata = dict(metadata)
         self.regimen_classes = tuple(sorted({c for c, _ in self.evaluators}))
-        self._installed_order = self.feature_names == feature_names(with_regimen=True)
+        self._installed_order = self.feature_names == installed_feature_names(with_regimen=True)
 
     @classmethod
     def of(cls, bundle: Any) -> Predictor:
@@ -191,8 +196,9 @@ class Predictor:
         blocks = FeatureBlocks.of_pairs(records, patient, names, which)
         with _one_openmp_thread():
             rows = self._rows(blocks)
-            probability = {outcome: self._probabilities(outcome, rows, classes, patient) for outcome in OUTCOMES}
             explained = self._explanations(rows, classes, patient) if explain else {}
+            probability = {outcome: self._probabilities(outcome, rows, classes, patient, explained)
+                           for outcome in OUTCOMES}
         return Predictions(patient, np.array(names, dtype=object)[which], classes, eligible, reason, probability,
                            ranks(patient, eligible, probability["objective_response"]), blocks, explained)
 
@@ -228,12 +234,20 @@ class Predictor:
         return frame.reindex(columns=list(self.feature_names)).to_numpy()
 
     def _probabilities(self, outcome: str, rows: FeatureBlocks | np.ndarray, classes: np.ndarray,
-                       patient: np.ndarray) -> np.ndarray:
+                       patient: np.ndarray, explained: Mapping[ModelKey, Explanation]) -> np.ndarray:
+        """Probability of ``outcome`` per row; from the explanation where one was computed and the
+        evaluator maps log-odds to probabilities (the contributions add up to the log-odds exactly),
+        so that the trees are not evaluated twice."""
         p = np.full(len(classes), math.nan)
         for regimen_class in self.regimen_classes:
             mask = classes == regimen_class
             evaluator = self.evaluators.get((regimen_class, outcome))
-            if evaluator is not None and mask.any():
+            explanation = explained.get((regimen_class, outcome))
+            if evaluator is None or not mask.any():
+                continue
+            if explanation is not None and hasattr(evaluator, "probability_of"):
+                p[mask] = evaluator.probability_of(explanation.base_value + explanation.values.sum(axis=1))
+            else:
                 p[mask] = evaluator.probabilities(*_subset(rows, mask, patient))
         return p
 
