@@ -16,12 +16,14 @@ import os
 import secrets
 from pathlib import Path
 
+from response_model.errors import ResponseModelError
+
 PSEUDONYM_KEY_ENV = "RESPONSE_MODEL_PSEUDONYM_KEY"
 PSEUDONYM_LENGTH = 16  # hex digits kept
 MIN_KEY_BYTES = 16
 
 
-class PseudonymKeyError(RuntimeError):
+class PseudonymKeyError(ResponseModelError, RuntimeError):
     """The pseudonymisation key is missing or too short."""
 
 
