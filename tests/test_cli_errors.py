@@ -36,8 +36,10 @@ def registry_with_v1(smoke_model, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "wanted"), [
-    (["export", "--model-uri", "models:/hcc-smoke/2", "--out", "v2"], "hcc-smoke has no version 2 (registered versions: 1)"),
-    (["export", "--model-uri", "models:/never-trained/1", "--out", "x"], "no model named 'never-trained' is registered"),
+    (["export", "--model-uri", "models:/hcc-smoke/2", "--out", "v2"],
+     "hcc-smoke has no version 2 (registered versions: 1)"),
+    (["export", "--model-uri", "models:/never-trained/1", "--out", "x"],
+     "no model named 'never-trained' is registered"),
     (["promote", "--name", "hcc-smoke", "--version", "2", "--config", str(SMOKE)], "hcc-smoke has no version 2"),
     (["promote", "--name", "never-trained", "--version", "1", "--config", str(SMOKE)], "run `make run`"),
     (["report", "--model-uri", "models:/hcc-smoke@champion", "--out", "r.html"],

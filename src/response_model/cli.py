@@ -9,7 +9,12 @@ from pathlib import Path
 import click
 
 from response_model import __version__
-from response_model.errors import EXIT_CODES_HELP, EXIT_MODEL, EXIT_USAGE, ResponseModelError
+from response_model.errors import (
+    EXIT_CODES_HELP,
+    EXIT_MODEL,
+    EXIT_USAGE,
+    ResponseModelError,
+)
 
 log = logging.getLogger("response_model")
 
@@ -394,10 +399,18 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
     from response_model import tracking
     from response_model.modeling import registry
     from response_model.modeling.train import train as run_training
+    from response_model.privacy import (
+        PSEUDONYM_KEY_ENV,
+        ensure_local_key,
+        local_key_file,
+    )
     from response_model.sources import load_source
     from response_model.sources.simulator import simulate_cohort, write_simulation
     from response_model.validate import validation_report
 
+    if ensure_local_key():  # the one key every later command run from this folder finds (privacy.pseudonym_key)
+        log.warning("created a local pseudonymisation key in %s; every command run from this folder uses it "
+                    "(set %s in production, from a secret store)", local_key_file(), PSEUDONYM_KEY_ENV)
     log.info("step 1/5: simulate %d patients (seed %d) into %s", n, seed, out_dir)
     written = write_simulation(simulate_cohort(n, seed), out_dir)
     log.info("step 2/5: validate %s", written["cohort"])
@@ -421,18 +434,12 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
         _serve_champion(f"models:/{result.registered_name}@champion", host, port)
 
 
-LOCAL_PSEUDONYM_KEY_FILE = Path(".response-model/pseudonym.key")
-
-
 def _serve_champion(model_uri: str, host: str, port: int) -> None:
-    """Step 5 of ``run``: a local pseudonymisation key, a clinician API key (printed once), then serve."""
-    from response_model.privacy import ensure_local_key
+    """Step 5 of ``run``: a clinician API key (printed once), then serve (the pseudonymisation key was
+    made sure of at the start of ``run``)."""
     from response_model.service.app import serve as run_service
     from response_model.service.keys import KeyStore
 
-    if ensure_local_key(LOCAL_PSEUDONYM_KEY_FILE):
-        log.warning("created a local pseudonymisation key in %s (set %s in production, from a secret store)",
-                    LOCAL_PSEUDONYM_KEY_FILE, "RESPONSE_MODEL_PSEUDONYM_KEY")
     with KeyStore() as store:
         created = store.create("clinician", "response-model run (local)")
     base = f"http://{host}:{port}"
