@@ -57,10 +57,19 @@ def load_source(config: str | Path, path: str | Path) -> LoadedCohort:
     elif kind == "canonical":
         from response_model.dataset import parse_cohort, read_cohort
 
-        parsed = parse_cohort(read_cohort(_canonical_file(config, Path(path))))
+        parsed = _numbered(parse_cohort(read_cohort(_canonical_file(config, Path(path)))))
     else:  # pragma: no cover - load_source_config refuses other formats
         raise ValueError(f"{config}: format {kind!r} is not one of table, cbioportal, canonical")
     return LoadedCohort(source=str(config), path=Path(path), parsed=parsed)
+
+
+def _numbered(parsed: ParsedCohort) -> ParsedCohort:
+    """Number the rejected rows of a Parquet file 1-based (first data row = 1), as a Parquet file read
+    through a table source is (``line`` = row index + 1); CSV sources give the file line (header = 1)."""
+    from dataclasses import replace
+
+    parsed.rejected = [replace(e, line=e.row + 1) if e.line is None else e for e in parsed.rejected]
+    return parsed
 
 
 def _canonical_file(config: str | Path, path: Path) -> Path:

@@ -63,6 +63,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 # Cell texts read as missing (compared after stripping, case-insensitively), unless the spec
 # gives its own `missing_values`.
 DEFAULT_MISSING = ("", "na", "n/a", "nan", "null", "#n/a", "-")
+# Texts of an alterations cell meaning "sequenced, nothing found" (default of `columns.alterations.none_found`):
+# the words the clinician page's alterations box accepts (service/web.py NOTHING_FOUND); an empty cell is
+# "not sequenced" in both. In the canonical table and the API: [] = sequenced, nothing found; null = not sequenced.
+DEFAULT_NONE_FOUND = ("none", "[]", "none found")
 # Texts of a per-gene column meaning "tested, no alteration" (default of `gene_columns.*.wildtype`).
 DEFAULT_WILDTYPE = ("wt", "wildtype", "wild-type", "wild type", "neg", "negative", "0", "no", "none")
 
@@ -181,7 +185,7 @@ class ColumnMapping:
     scale: float | None = None
     template: str | None = None
     separator: str = ";"
-    none_found: frozenset[str] = frozenset({"none"})
+    none_found: frozenset[str] = frozenset(DEFAULT_NONE_FOUND)
 
     def convert(self, raw: Any, decimal: str) -> Any:
         """Return the canonical value of a non-missing cell; raises _CellError."""
@@ -415,7 +419,7 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
         scale=float(scale) if scale is not None else None,
         template=str(template) if template is not None else None,
         separator=str(entry.get("separator", ";")),
-        none_found=frozenset(str(word).lower() for word in entry.get("none_found", ["none"])),
+        none_found=frozenset(str(word).lower() for word in entry.get("none_found", DEFAULT_NONE_FOUND)),
     )
 
 
