@@ -25,8 +25,42 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # known-harmless notices of MLflow's embedded store ("Creating initial MLflow database tables...")
+    quiet_known_warnings()
+
+
+#: MLflow messages every normal run prints and that say nothing about the run (logger → message start)
+_KNOWN_HARMLESS_LOGS = {
+    # log_bundle logs our own pyfunc class: the bundle is meant to be pickled (see modeling/bundle.py)
+    "mlflow.pyfunc": ("Passing a Python object as `python_model` causes it to be serialized using CloudPickle",),
+}
+#: Python warnings every normal run prints: message regex
+_KNOWN_HARMLESS_WARNINGS = (
+    # tracking.log_dataset passes a local path; MLflow picks LocalArtifactDatasetSource, which is right
+    r"The specified dataset source can be interpreted in multiple ways",
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the specific, known-harmless MLflow notices and warnings of a normal run (and MLflow's
+    "Creating initial MLflow database tables..." INFO lines); every other warning still shows."""
+    import warnings
+
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    for name, starts in _KNOWN_HARMLESS_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+    for message in _KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 class _LazyGroup(click.Group):
@@ -50,9 +84,15 @@ class _LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        """Run the command; an error the user can fix ends it with one line on stderr and its exit code."""
+        """Run the command; an error the user can fix ends it with one line on stderr and its exit code.
+
+        Log lines go through tqdm while it runs, so that they are not written into a progress bar's line."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        _configure_logging(bool(ctx.params.get("verbose")))  # before the redirect, which wraps its handler
         try:
-            return super().invoke(ctx)
+            with logging_redirect_tqdm():
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as error:  # noqa: BLE001 - translated when known, re-raised otherwise
