@@ -107,3 +107,9 @@ def test_the_schema_has_a_field_for_every_top_level_key_of_the_default_config():
     import yaml
 
     assert set(yaml.safe_load(DEFAULT.read_text())) <= set(TrainingConfig.model_fields)
+
+
+def test_a_misspelt_baseline_parameter_is_refused(tmp_path):
+    path = _edited(tmp_path, SMOKE, "logistic: {C: 1.0}", "logistic: {c: 1.0}")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) c in baselines.logistic \(did you mean 'C'\?\)"):
+        load_training_config(path)

@@ -88,8 +88,9 @@ def _description(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
 
 def suggestion(key: str, valid: list[str] | tuple[str, ...]) -> str:
     """Return `` (did you mean 'x'?)`` for the valid key nearest to ``key``, or an empty string."""
-    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    by_lower = {str(name).lower(): name for name in valid}
+    close = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -246,30 +247,30 @@ class Rule(Strict):
     threshold: float
 
 
-class RF16(Strict):
-    n_estimators: int = Field(500, ge=1)
-    min_samples_leaf: int = Field(20, ge=1)
-    max_features: str | float = "sqrt"
-    max_depth: int | None = None
-    random_state: int = 0
-    n_jobs: int = 1
-
-
-class LogisticParams(Strict):
-    C: float = Field(1.0, gt=0)
-    max_iter: int = Field(2000, ge=1)
-
-
-class LorisParams(Strict):
-    C: float = Field(1.0, gt=0)
+#: baseline key → its class in response_model.modeling.baselines (the keys are its constructor's parameters)
+BASELINE_CLASSES = {"logistic": "LogisticBaseline", "loris": "LorisRecipe", "rf16": "RF16Recipe"}
 
 
 class Baselines(Strict):
-    logistic: LogisticParams | None = None
-    loris: LorisParams | None = None
-    rf16: RF16 | None = Field(None, description="accepted; not yet fitted by `train` (RF16Recipe exists)")
+    logistic: dict[str, Any] | None = None
+    loris: dict[str, Any] | None = None
+    rf16: dict[str, Any] | None = Field(None, description="accepted; not fitted by `train` today (RF16Recipe exists)")
     rules: list[Rule] = Field(default_factory=list)
     oracle: bool = False
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> Baselines:
+        from response_model.modeling import baselines
+
+        for key, name in BASELINE_CLASSES.items():
+            params = getattr(self, key) or {}
+            allowed = set(inspect.signature(getattr(baselines, name).__init__).parameters) - {"self"}
+            unknown = [k for k in params if k not in allowed]
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)} in baselines.{key}"
+                                 f"{suggestion(unknown[0], sorted(allowed))}; expected parameters of {name}: "
+                                 f"{', '.join(sorted(allowed))}")
+        return self
 
 
 GateRule = float | tuple[float, float] | dict[Literal["min", "max"], float]
