@@ -42,6 +42,8 @@ def registry_with_v1(smoke_model, monkeypatch):
      "no model named 'never-trained' is registered"),
     (["promote", "--name", "hcc-smoke", "--version", "2", "--config", str(SMOKE)], "hcc-smoke has no version 2"),
     (["promote", "--name", "never-trained", "--version", "1", "--config", str(SMOKE)], "run `make run`"),
+    (["score", "--model-uri", "models:/hcc-smoke/7", "--input", str(SMOKE), "--output", "s.parquet"],
+     "hcc-smoke has no version 7 (registered versions: 1)"),
     (["report", "--model-uri", "models:/hcc-smoke@champion", "--out", "r.html"],
      "promote one with `response-model promote --name hcc-smoke --version 1`"),
 ])
