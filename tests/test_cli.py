@@ -47,7 +47,7 @@ def test_validate_and_ingest_refuse_a_table_with_a_bad_row(tmp_path):
     result = runner.invoke(main, ["validate", "--source", "sources/canonical.yaml", str(path)])
     assert result.exit_code == 1
     assert "rows read: 2" in result.output and "rows rejected: 1" in result.output
-    assert "row 1: albumin: 31 is outside the plausible range" in result.output
+    assert "line 2: albumin: 31 is outside the plausible range" in result.output  # 1-based, as table sources
     out = tmp_path / "out.parquet"
     result = runner.invoke(main, ["ingest", "--source", "sources/canonical.yaml", str(path), "--out", str(out)])
     assert result.exit_code == 1 and not out.exists()

@@ -9,6 +9,12 @@ from pathlib import Path
 import click
 
 from response_model import __version__
+from response_model.errors import (
+    EXIT_CODES_HELP,
+    EXIT_MODEL,
+    EXIT_USAGE,
+    ResponseModelError,
+)
 
 log = logging.getLogger("response_model")
 
@@ -19,6 +25,42 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    quiet_known_warnings()
+
+
+#: MLflow messages every normal run prints and that say nothing about the run (logger → message start)
+_KNOWN_HARMLESS_LOGS = {
+    # log_bundle logs our own pyfunc class: the bundle is meant to be pickled (see modeling/bundle.py)
+    "mlflow.pyfunc": ("Passing a Python object as `python_model` causes it to be serialized using CloudPickle",),
+}
+#: Python warnings every normal run prints: message regex
+_KNOWN_HARMLESS_WARNINGS = (
+    # tracking.log_dataset passes a local path; MLflow picks LocalArtifactDatasetSource, which is right
+    r"The specified dataset source can be interpreted in multiple ways",
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the specific, known-harmless MLflow notices and warnings of a normal run (and MLflow's
+    "Creating initial MLflow database tables..." INFO lines); every other warning still shows."""
+    import warnings
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    for name, starts in _KNOWN_HARMLESS_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+    for message in _KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 class _LazyGroup(click.Group):
@@ -41,8 +83,61 @@ class _LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attribute)
         return super().get_command(ctx, name)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; an error the user can fix ends it with one line on stderr and its exit code.
 
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+        Log lines go through tqdm while it runs, so that they are not written into a progress bar's line."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        _configure_logging(bool(ctx.params.get("verbose")))  # before the redirect, which wraps its handler
+        try:
+            with logging_redirect_tqdm():
+                return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - translated when known, re-raised otherwise
+            code = _exit_code(error)
+            if code is None:
+                raise
+            raise CommandError(str(error), code) from error
+
+
+class CommandError(click.ClickException):
+    """One line on stderr (``error: …``) and the exit code of :mod:`response_model.errors`."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(" ".join(message.split()) or "failed")
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+def _exit_code(error: Exception) -> int | None:
+    """Return the exit code of an error the user can fix (see :mod:`response_model.errors`), None for a bug.
+
+    Besides this package's own errors: a missing file (2), and the errors of modules already imported by
+    the command — batch input (2), report and service start-up without a model (3), and MLflow's
+    "not found" (3)."""
+    if isinstance(error, ResponseModelError):
+        return error.exit_code
+    if isinstance(error, FileNotFoundError):
+        return EXIT_USAGE
+    named = {("response_model.modeling.batch", "BatchInputError"): EXIT_USAGE,
+             ("response_model.report", "ReportError"): EXIT_MODEL,
+             ("response_model.service.app", "ModelUnavailableError"): EXIT_MODEL}
+    for (module, name), code in named.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return code
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    if mlflow_exceptions is not None and isinstance(error, mlflow_exceptions.MlflowException) \
+            and getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return EXIT_MODEL
+    return None
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP,
              lazy={"keys": "response_model.service.commands:keys_group",
                    "audit": "response_model.service.commands:audit_group"})
 @click.version_option(__version__, prog_name="response-model")
@@ -74,13 +169,9 @@ def simulate(n: int, seed: int, out_dir: Path, fmt: str, config: str) -> None:
 
 
 def _load(source: str, path: Path):
-    from response_model.sources import SourceFormatError, load_source
+    from response_model.sources import load_source
 
-    try:
-        return load_source(source, path)
-    except (SourceFormatError, FileNotFoundError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    return load_source(source, path)
 
 
 @main.command()
@@ -141,13 +232,8 @@ def regimens() -> None:
 def train(config_path: str, data_path: Path | None, no_register: bool, dask_scheduler: str | None) -> None:
     """Train, evaluate (repeated CV against the baselines) and register the response and resistance models."""
     from response_model.modeling.train import train as run_training
-    from response_model.sources import SourceFormatError
 
-    try:
-        result = run_training(config_path, data_path, register=not no_register, dask_scheduler=dask_scheduler)
-    except (SourceFormatError, FileNotFoundError, ValueError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    result = run_training(config_path, data_path, register=not no_register, dask_scheduler=dask_scheduler)
     _print_training(result)
 
 
@@ -163,9 +249,9 @@ def _print_training(result) -> None:
 
 
 def _gate(config_path: str) -> tuple[dict, dict | None]:
-    from response_model.config import load_yaml
+    from response_model.settings import gate_of, load_training_config
 
-    gate = dict(load_yaml(config_path)["gate"])
+    gate = gate_of(load_training_config(config_path), config_path)
     compare = gate.pop("not_worse_than_champion", True)
     return gate, ({"metrics": ["auc"]} if compare else {"metrics": []})
 
@@ -186,6 +272,7 @@ def promote(name: str, version: str, config_path: str, source: str | None, path:
 
     tracking.configure_tracking()
     gate, evaluation = _gate(config_path)
+    registry.require_model(f"models:/{name}/{version}")
     if source and path:
         loaded = _load(source, path)
         candidate = registry.evaluate(f"models:/{name}/{version}", loaded.parsed)
@@ -204,18 +291,29 @@ def promote(name: str, version: str, config_path: str, source: str | None, path:
 @click.option("--source", required=True, help="Source configuration (YAML) of the labelled cohort.")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def evaluate(model_uri: str, source: str, path: Path) -> None:
-    """Score a labelled cohort the model never saw; print one JSON object of metrics."""
+    """Score a labelled cohort the model never saw; print one JSON object of metrics.
+
+    Per outcome: AUC, AUPRC, Brier, calibration slope (resistance: also the c-index against PFS), the
+    labelled n and events, 95 % intervals (percentile bootstrap over patients, 1,000 resamples, seeded);
+    the same per regimen class under by_regimen_class."""
     import json
 
     from response_model import tracking
     from response_model.modeling import registry
+    from response_model.modeling.metrics import evaluation_details
+    from response_model.modeling.predict import as_bundle, load_model
 
     tracking.configure_tracking()
     loaded = _load(source, path)
     if not loaded.parsed.ok:
         click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) not scored; see `response-model "
                    "validate`", err=True)
-    click.echo(json.dumps(registry.evaluate(model_uri, loaded.parsed)))
+    registry.require_model(model_uri)
+    model = load_model(model_uri)
+    result = registry.evaluate(model, loaded.parsed)
+    # new keys after the existing ones (kept as they are): labelled n, bootstrap intervals, per regimen class
+    result.update({k: v for k, v in evaluation_details(as_bundle(model), loaded.parsed).items() if k not in result})
+    click.echo(json.dumps(result))
 
 
 @main.command()
@@ -232,28 +330,28 @@ def export(model_uri: str, out_dir: Path) -> None:
 
 
 @main.command()
-@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
+@click.option("--model-uri", required=True,
+              help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="HTML file to write, e.g. reports/hcc-response-v3.html.")
 @click.option("--no-log", is_flag=True, help="Do not log the report to the model's MLflow run.")
 def report(model_uri: str, out_file: Path, no_log: bool) -> None:
     """Write the validation report and model card (self-contained HTML) and log it to the model's run."""
     from response_model import tracking
-    from response_model.report import REPORT_ARTIFACT, ReportError, write_report
+    from response_model.modeling.registry import require_model
+    from response_model.report import REPORT_ARTIFACT, write_report
 
     tracking.configure_tracking()
-    try:
-        path, run_id = write_report(model_uri, out_file, log=not no_log)
-    except ReportError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    require_model(model_uri)
+    path, run_id = write_report(model_uri, out_file, log=not no_log)
     click.echo(f"wrote {path}")
     if not no_log:
         click.echo(f"logged to run {run_id} as {REPORT_ARTIFACT}")
 
 
 @main.command()
-@click.option("--model-uri", required=True, help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
+@click.option("--model-uri", required=True,
+              help="models:/NAME@champion, models:/NAME/V, runs:/… or an exported folder.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Cohort file: Parquet or CSV with the patient-record columns of the canonical table (any size).")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -265,7 +363,8 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
               help="Patients per Dask task; peak memory grows with it, not with the cohort.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes of the local cluster (default: CPU count, at most 4).")
-@click.option("--allow-rejected", is_flag=True, help="Exit 0 even when some rows were rejected (they are still reported).")
+@click.option("--allow-rejected", is_flag=True,
+              help="Exit 0 even when some rows were rejected (they are still reported).")
 def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, scheduler: str | None,
           source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool) -> None:
     """Score a cohort file with Dask: probabilities, eligibility and rank per regimen, optionally SHAP values.
@@ -273,22 +372,20 @@ def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, sc
     Invalid rows are written with their row number and reasons to OUTPUT.rejected.csv; the command
     then exits 1 (0 with --allow-rejected). Exits 2 if the input cannot be read."""
     from response_model import tracking
-    from response_model.modeling.batch import BatchInputError, score_file
-    from response_model.sources import SourceFormatError
+    from response_model.modeling.batch import score_file
+    from response_model.modeling.registry import require_model
 
     tracking.configure_tracking()
-    try:
-        result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
-                            partition_rows=partition_rows, n_workers=workers)
-    except (BatchInputError, SourceFormatError, FileNotFoundError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    require_model(model_uri)
+    result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
+                        partition_rows=partition_rows, n_workers=workers)
     click.echo(f"scored {result.n_scored} of {result.n_read} patients: {result.n_rows} rows in {output_path} "
                f"({result.seconds:.1f} s, {result.scores_per_second:.0f} patient-regimen scores/s)")
     if result.n_rejected:
         for line in result.rejected_preview:
             click.echo(f"  rejected {line}", err=True)
-        click.echo(f"{result.n_rejected} row(s) rejected; every one with its reasons in {result.rejected_path}", err=True)
+        click.echo(f"{result.n_rejected} row(s) rejected; every one with its reasons in {result.rejected_path}",
+                   err=True)
         sys.exit(0 if allow_rejected else 1)
 
 
@@ -317,7 +414,23 @@ def serve(model_uri: str | None, host: str, port: int, db_url: str | None, fallb
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if fallback_model_dir is None:
+        _require_servable(model_uri)
     run_service(model_uri, host=host, port=port, db_url=db_url, fallback_model_dir=fallback_model_dir)
+
+
+def _require_servable(model_uri: str | None) -> None:
+    """Stop before starting the server when the store answers that the model does not exist (exit 3);
+    an unreachable store is left to the service, which says so."""
+    from mlflow.exceptions import MlflowException
+
+    from response_model.modeling.registry import require_model
+    from response_model.service.app import default_model_uri
+
+    try:
+        require_model(model_uri or default_model_uri())
+    except MlflowException as error:
+        log.debug("cannot check the model before serving: %s", error)
 
 
 @main.command()
@@ -337,10 +450,18 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
     from response_model import tracking
     from response_model.modeling import registry
     from response_model.modeling.train import train as run_training
+    from response_model.privacy import (
+        PSEUDONYM_KEY_ENV,
+        ensure_local_key,
+        local_key_file,
+    )
     from response_model.sources import load_source
     from response_model.sources.simulator import simulate_cohort, write_simulation
     from response_model.validate import validation_report
 
+    if ensure_local_key():  # the one key every later command run from this folder finds (privacy.pseudonym_key)
+        log.warning("created a local pseudonymisation key in %s; every command run from this folder uses it "
+                    "(set %s in production, from a secret store)", local_key_file(), PSEUDONYM_KEY_ENV)
     log.info("step 1/5: simulate %d patients (seed %d) into %s", n, seed, out_dir)
     written = write_simulation(simulate_cohort(n, seed), out_dir)
     log.info("step 2/5: validate %s", written["cohort"])
@@ -364,18 +485,12 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
         _serve_champion(f"models:/{result.registered_name}@champion", host, port)
 
 
-LOCAL_PSEUDONYM_KEY_FILE = Path(".response-model/pseudonym.key")
-
-
 def _serve_champion(model_uri: str, host: str, port: int) -> None:
-    """Step 5 of ``run``: a local pseudonymisation key, a clinician API key (printed once), then serve."""
-    from response_model.privacy import ensure_local_key
+    """Step 5 of ``run``: a clinician API key (printed once), then serve (the pseudonymisation key was
+    made sure of at the start of ``run``)."""
     from response_model.service.app import serve as run_service
     from response_model.service.keys import KeyStore
 
-    if ensure_local_key(LOCAL_PSEUDONYM_KEY_FILE):
-        log.warning("created a local pseudonymisation key in %s (set %s in production, from a secret store)",
-                    LOCAL_PSEUDONYM_KEY_FILE, "RESPONSE_MODEL_PSEUDONYM_KEY")
     with KeyStore() as store:
         created = store.create("clinician", "response-model run (local)")
     base = f"http://{host}:{port}"

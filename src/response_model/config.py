@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from response_model.errors import ConfigError
+
 CONFIG_DIR_ENV = "RESPONSE_MODEL_CONFIG_DIR"
 
 
@@ -40,13 +42,30 @@ def resolve_config_path(name: str | os.PathLike[str]) -> Path:
     for candidate in (config_dir() / path, config_dir().parent / path):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"configuration file {str(name)!r} not found (also looked in {config_dir()})")
+    raise ConfigFileNotFoundError(f"configuration file {str(name)!r} not found (also looked in {config_dir()})")
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A configuration file that is neither at the path given nor under ``configs/``."""
 
 
 @lru_cache(maxsize=64)
 def _load_cached(path: str, mtime: float) -> Any:
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        try:
+            return yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(_yaml_message(path, error)) from None
+
+
+def _yaml_message(path: str, error: yaml.YAMLError) -> str:
+    """Return one line naming the file, the line and column (1-based) and what YAML expected there."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: malformed YAML: {problem}" + (f" ({context})" if context else "") + \
+        "; fix the file (indentation, a missing ':' or closing bracket, an unquoted ':' in a value)"
 
 
 def load_yaml(name: str | os.PathLike[str]) -> Any:

@@ -28,6 +28,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from response_model.errors import ModelNotFoundError
 from response_model.modeling.bundle import ARTIFACT_NAME
 from response_model.modeling.metrics import binary_metrics, c_index
 
@@ -44,7 +45,8 @@ _RUN_METRIC = re.compile(r"^(response|resistance)\.[^.]+\.(?P<metric>[^.]+)$")
 
 
 def register(run_id: str, name: str, artifact_path: str = ARTIFACT_NAME) -> str:
-    """Register the bundle logged by run ``run_id`` (under ``artifact_path``) as a new version of ``name``; return it."""
+    """Register the bundle logged by run ``run_id`` (under ``artifact_path``) as a new version of ``name``;
+    return it."""
     # MLflow 3 keeps a logged model's files with the LoggedModel, not under the run's artifacts;
     # register_model resolves runs:/ID/NAME to that model (and keeps the run id on the version)
     # but logs a warning saying so, which is expected here and only alarms CLI users.
@@ -82,6 +84,57 @@ def resolve_version(model_uri: str, client: MlflowClient | None = None) -> tuple
     if version is None or not str(version).isdigit():
         return None  # models:/<model_id> (a LoggedModel, not a registered version)
     return name, str(version)
+
+
+FIRST_MODEL_HINT = "run `make run`, or `response-model train` then `response-model promote`"
+URI_FORMS = ("models:/NAME@champion, models:/NAME/VERSION, runs:/RUN_ID/bundle or a folder written by "
+             "`response-model export`")
+
+
+def _not_found(error: MlflowException) -> bool:
+    return getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _require_registered(model_uri: str, client: MlflowClient) -> None:
+    name, version, alias = parse_model_uri(model_uri)
+    store = mlflow.get_registry_uri()
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as error:
+        if not _not_found(error):
+            raise
+        raise ModelNotFoundError(f"{model_uri}: no model named {name!r} is registered in the MLflow store {store}; "
+                                 f"{FIRST_MODEL_HINT}") from None
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    listed = ", ".join(map(str, versions)) or "none"
+    if alias is not None and alias not in dict(registered.aliases or {}):
+        newest = versions[-1] if versions else "N"
+        raise ModelNotFoundError(
+            f"{model_uri}: {name} has no version with the alias {alias!r} (registered versions: {listed}); "
+            f"promote one with `response-model promote --name {name} --version {newest}`, or name a version "
+            f"(models:/{name}/{newest})")
+    if alias is None and version is not None and version.isdigit() and int(version) not in versions:
+        raise ModelNotFoundError(f"{model_uri}: {name} has no version {version} (registered versions: {listed}); "
+                                 f"name one of those, or {FIRST_MODEL_HINT}")
+
+
+def require_model(model_uri: str | Path) -> None:
+    """Raise :class:`ModelNotFoundError`, saying what exists and what to do, when ``model_uri`` names no model:
+    a registered name, version or alias that does not exist, or a folder without an MLmodel file.
+
+    Other URIs (``runs:/``, remote stores) are left to MLflow; an unreachable store raises MLflow's error."""
+    text = str(model_uri)
+    if text.startswith("models:/"):
+        name, version, _ = parse_model_uri(text)
+        if version is not None and not version.isdigit():
+            return  # models:/<model_id>: a LoggedModel, not a registered version
+        _require_registered(text, MlflowClient())
+    elif "://" not in text and not text.startswith(("runs:/", "models:/")):
+        folder = Path(text)
+        if not folder.exists():
+            raise ModelNotFoundError(f"{text}: no such model folder; expected {URI_FORMS}")
+        if folder.is_dir() and not (folder / "MLmodel").is_file():
+            raise ModelNotFoundError(f"{text}: not a model folder (no MLmodel file); expected {URI_FORMS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +274,7 @@ def promote(
     """
     client = MlflowClient()
     version = str(version)
+    require_model(f"models:/{name}/{version}")
     evaluation = dict(evaluation or {})
     _, candidate_metrics = _run_metrics(client, name, version)
     passed, reasons = check_gate(candidate_metrics, gate)
@@ -296,6 +350,8 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     from response_model.modeling.predict import as_bundle, load_model
 
     parsed = getattr(parsed_cohort, "parsed", parsed_cohort)
+    if isinstance(model_uri, (str, Path)):
+        require_model(model_uri)
     model = load_model(model_uri) if isinstance(model_uri, (str, Path)) else model_uri
     bundle = as_bundle(model)
     scorable = {r.name for r in bundle.catalogue.values() if r.regimen_class in bundle.regimen_classes}
@@ -312,7 +368,8 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
         time = np.array([math.nan if out.pfs_months is None else out.pfs_months for _, out in pairs])
         event = np.array([math.nan if out.pfs_event is None else out.pfs_event for _, out in pairs], dtype=float)
         keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(p_resistance))
-        resistance["c_index"] = _json_number(c_index(p_resistance[keep], time[keep], event[keep])) if keep.any() else None
+        resistance["c_index"] = (_json_number(c_index(p_resistance[keep], time[keep], event[keep]))
+                                 if keep.any() else None)
     result["resistance"] = resistance
     return result
 
@@ -343,6 +400,7 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; expected a new folder")
+    require_model(model_uri)
     resolved = resolve_version(model_uri)
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))

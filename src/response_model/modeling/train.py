@@ -23,9 +23,10 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from response_model import plots, tracking
-from response_model.config import config_dir, load_yaml, resolve_config_path
+from response_model.config import config_dir, resolve_config_path
 from response_model.dataset import ParsedCohort, parse_cohort
 from response_model.describe import table_one
+from response_model.errors import ConfigError, InputError
 from response_model.features import build_feature_matrix, feature_names
 from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
@@ -34,6 +35,7 @@ from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
 from response_model.regimens import load_catalogue
+from response_model.settings import load_training_config
 from response_model.sources import load_source
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,9 @@ def load_training_data(config: dict[str, Any], data_path: str | Path | None = No
     else:
         from response_model.sources.simulator import simulate_cohort
 
+        if not spec.get("simulate"):
+            raise ConfigError(f"{config.get('name', 'training configuration')}: data.path is null and there is no "
+                              "data.simulate: {n: ..., seed: ...}; give --data PATH, data.path or data.simulate")
         n, seed = int(spec["simulate"]["n"]), int(spec["simulate"]["seed"])
         log.info("simulating a training cohort of %d patients (seed %d)", n, seed)
         simulation = simulate_cohort(n, seed)
@@ -95,7 +100,7 @@ def load_training_data(config: dict[str, Any], data_path: str | Path | None = No
         source = f"simulated://n={n},seed={seed}"
     if not parsed.ok:
         first = "; ".join(str(row) for row in parsed.rejected[:3])
-        raise ValueError(f"{len(parsed.rejected)} invalid row(s) in the training cohort ({source}); first: {first}. "
+        raise InputError(f"{len(parsed.rejected)} invalid row(s) in the training cohort ({source}); first: {first}. "
                          "Run `response-model validate` for the full report")
     frame = parsed.frame()
     features = build_feature_matrix(parsed.records, [o.regimen for o in parsed.outcomes])
@@ -228,7 +233,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
     large LightGBM fits run on that Dask cluster (:mod:`response_model.modeling.distributed`);
     tracking stays in this process, and the metrics are those of a local run."""
     started = time.perf_counter()
-    config = load_yaml(config_path)
+    config = load_training_config(config_path)  # refuses unknown keys, naming the file and the nearest valid key
     tracking.configure_tracking()
     data = load_training_data(config, data_path)
     X_all = data.features
@@ -296,7 +301,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                 for metric, value in result.summary().loc[PROJECT].drop("n").dropna().items():
                     parent_metrics[tracking.metric_key(outcome, regimen_class, metric)] = float(value)
         if not fitted:
-            raise ValueError("no model could be trained: no regimen class had patients with both outcomes")
+            raise InputError("no model could be trained: no regimen class had patients with both outcomes")
         tracking.log_metrics(parent_metrics)
         bundle = ResponseModelBundle(
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,

@@ -36,11 +36,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from response_model.dataset import (
     COHORT_COLUMNS,
@@ -51,6 +51,7 @@ from response_model.dataset import (
     TreatmentOutcome,
     parse_cohort,
 )
+from response_model.errors import ConfigError
 from response_model.privacy import pseudonym_key, pseudonymise
 from response_model.schema import INPUT_FIELDS, FieldError, PatientRecord, field_errors
 from response_model.sources import SourceFormatError
@@ -62,20 +63,19 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 # Cell texts read as missing (compared after stripping, case-insensitively), unless the spec
 # gives its own `missing_values`.
 DEFAULT_MISSING = ("", "na", "n/a", "nan", "null", "#n/a", "-")
+# Texts of an alterations cell meaning "sequenced, nothing found" (default of `columns.alterations.none_found`):
+# the words the clinician page's alterations box accepts (service/web.py NOTHING_FOUND); an empty cell is
+# "not sequenced" in both. In the canonical table and the API: [] = sequenced, nothing found; null = not sequenced.
+DEFAULT_NONE_FOUND = ("none", "[]", "none found")
 # Texts of a per-gene column meaning "tested, no alteration" (default of `gene_columns.*.wildtype`).
 DEFAULT_WILDTYPE = ("wt", "wildtype", "wild-type", "wild type", "neg", "negative", "0", "no", "none")
 
-_TOP_LEVEL_KEYS = {
-    "format", "description", "source", "delimiter", "encoding", "decimal", "sheet", "header_row",
-    "missing_values", "columns", "constants", "ignore", "id_column", "pseudonymise", "gene_columns",
-}
-_COLUMN_KEYS = {"column", "values", "scale", "format", "separator", "none_found"}
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
-class SourceSpecError(ValueError):
+class SourceSpecError(ConfigError):
     """A table source configuration that cannot be used: names the key at fault."""
 
 
@@ -185,7 +185,7 @@ class ColumnMapping:
     scale: float | None = None
     template: str | None = None
     separator: str = ";"
-    none_found: frozenset[str] = frozenset({"none"})
+    none_found: frozenset[str] = frozenset(DEFAULT_NONE_FOUND)
 
     def convert(self, raw: Any, decimal: str) -> Any:
         """Return the canonical value of a non-missing cell; raises _CellError."""
@@ -266,64 +266,116 @@ class TableSpec:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TableSpec:
         """Return the spec of a parsed YAML mapping; raises SourceSpecError naming the bad key."""
+        return TableSourceConfig.parse(spec).to_spec()
+
+
+# The source configuration's schema: keys and their types (pydantic, unknown keys refused with the
+# nearest valid one); TableSourceConfig.to_spec() then checks what depends on the canonical fields.
+
+
+def _shorthand(entry: Any) -> Any:
+    """``age: Age`` is short for ``age: {column: Age}``."""
+    return {"column": str(entry)} if isinstance(entry, (str, int)) and not isinstance(entry, bool) else entry
+
+
+class _ColumnEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str | int
+    values: dict[Any, Any] | None = None
+    scale: Any = None
+    format: str | None = None
+    separator: str | None = None
+    none_found: list[str] | None = None
+
+
+class _GeneEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str | int
+    wildtype: list[str | int] | None = None
+    separator: str | None = None
+
+
+class TableSourceConfig(BaseModel):
+    """``format: table``: a CSV / Parquet / XLSX table and how its columns map to canonical fields
+    (documented at the top of ``configs/sources/example_hospital.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["table"] = "table"
+    description: str | None = None
+    source: str | None = None
+    delimiter: str | None = None
+    encoding: str = "utf-8-sig"
+    decimal: Literal[".", ","] = "."
+    sheet: str | int | None = None
+    header_row: int = Field(1, ge=1, strict=True)
+    missing_values: list[str | int | float] | None = None
+    columns: dict[str, Annotated[_ColumnEntry, BeforeValidator(_shorthand)]] = Field(default_factory=dict)
+    constants: dict[str, Any] | None = None
+    ignore: list[str | int] | None = None
+    id_column: str | int | None = None
+    pseudonymise: bool | None = None
+    gene_columns: dict[str, Annotated[_GeneEntry, BeforeValidator(_shorthand)]] | None = None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, delimiter: str | None) -> str | None:
+        if delimiter is not None:
+            delimiter = "\t" if delimiter.lower() in ("tab", "\\t") else delimiter
+            if len(delimiter) != 1:
+                raise ValueError(f"delimiter {delimiter!r}; expected one character (or 'tab')")
+        return delimiter
+
+    @classmethod
+    def parse(cls, spec: Any) -> TableSourceConfig:
+        """Return ``spec`` validated; raises SourceSpecError naming every key at fault."""
+        from response_model.settings import describe_errors
+
         if not isinstance(spec, Mapping):
             raise SourceSpecError(f"table spec: expected a mapping, got {type(spec).__name__}")
-        unknown = set(spec) - _TOP_LEVEL_KEYS
-        if unknown:
-            raise SourceSpecError(
-                f"table spec: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                f"expected some of {', '.join(sorted(_TOP_LEVEL_KEYS))}"
-            )
-        if spec.get("format", "table") != "table":
-            raise SourceSpecError(f"table spec: format {spec.get('format')!r}; expected 'table'")
-        raw_columns = dict(spec.get("columns") or {})
-        id_column = spec.get("id_column")
-        if id_column is not None:
-            if "patient_id" in raw_columns:
+        try:
+            return cls.model_validate(dict(spec))
+        except ValidationError as error:
+            raise SourceSpecError("table spec: " + "; ".join(describe_errors(error, cls))) from None
+
+    def _raw_columns(self) -> dict[str, Any]:
+        raw = {name: entry.model_dump(exclude_unset=True) for name, entry in self.columns.items()}
+        if self.id_column is not None:
+            if "patient_id" in raw:
                 raise SourceSpecError("table spec: give either id_column or columns.patient_id, not both")
-            raw_columns = {"patient_id": {"column": str(id_column)}, **raw_columns}
-        columns = {name: _column_mapping(name, entry) for name, entry in raw_columns.items()}
-        constants = _constants(spec.get("constants") or {}, columns)
-        for required in ("age", "sex"):
-            if required not in columns and required not in constants:
-                raise SourceSpecError(f"table spec: {required} must be mapped under columns (it is required)")
-        if "patient_id" in columns and "pseudonymise" not in spec:
+            raw = {"patient_id": {"column": str(self.id_column)}, **raw}
+        return raw
+
+    def _check_identifiers(self, columns: Mapping[str, ColumnMapping]) -> None:
+        if "patient_id" in columns and self.pseudonymise is None:
             raise SourceSpecError(
                 "table spec: patient_id is read from a column; say `pseudonymise: true` (hospital identifiers, "
                 "replaced by keyed hashes) or `pseudonymise: false` (identifiers that are already pseudonymous)"
             )
-        pseudonymised = bool(spec.get("pseudonymise", False))
-        if pseudonymised and "patient_id" not in columns:
+        if self.pseudonymise and "patient_id" not in columns:
             raise SourceSpecError("table spec: pseudonymise is true but no id_column (or columns.patient_id) is given")
-        if pseudonymised and columns["patient_id"].template is not None:
+        if self.pseudonymise and columns["patient_id"].template is not None:
             raise SourceSpecError("table spec: columns.patient_id.format cannot be combined with pseudonymise: true")
-        genes = tuple(_gene_column(gene, entry) for gene, entry in (spec.get("gene_columns") or {}).items())
+
+    def to_spec(self) -> TableSpec:
+        """Return the TableSpec; raises SourceSpecError for mappings the canonical fields do not allow."""
+        columns = {name: _column_mapping(name, entry) for name, entry in self._raw_columns().items()}
+        constants = _constants(self.constants or {}, columns)
+        for required in ("age", "sex"):
+            if required not in columns and required not in constants:
+                raise SourceSpecError(f"table spec: {required} must be mapped under columns (it is required)")
+        self._check_identifiers(columns)
+        genes = tuple(_gene_column(gene, entry.model_dump(exclude_unset=True))
+                      for gene, entry in (self.gene_columns or {}).items())
         if genes and "alterations" in constants:
             raise SourceSpecError("table spec: alterations cannot be both a constant and read from gene_columns")
-        delimiter = spec.get("delimiter")
-        if delimiter is not None:
-            delimiter = "\t" if str(delimiter).lower() in ("tab", "\\t") else str(delimiter)
-            if len(delimiter) != 1:
-                raise SourceSpecError(f"table spec: delimiter {delimiter!r}; expected one character (or 'tab')")
-        decimal = str(spec.get("decimal", "."))
-        if decimal not in (".", ","):
-            raise SourceSpecError(f"table spec: decimal {decimal!r}; expected '.' or ','")
-        header_row = spec.get("header_row", 1)
-        if not isinstance(header_row, int) or header_row < 1:
-            raise SourceSpecError(f"table spec: header_row {header_row!r}; expected a line number ≥ 1")
-        missing = spec.get("missing_values")
-        return cls(
-            columns=columns,
-            constants=constants,
-            ignore=frozenset(str(name).strip() for name in spec.get("ignore") or ()),
-            gene_columns=genes,
-            delimiter=delimiter,
-            encoding=str(spec.get("encoding", "utf-8-sig")),
-            decimal=decimal,
-            sheet=spec.get("sheet"),
-            header_row=header_row,
+        missing = self.missing_values
+        return TableSpec(
+            columns=columns, constants=constants,
+            ignore=frozenset(str(name).strip() for name in self.ignore or ()),
+            gene_columns=genes, delimiter=self.delimiter, encoding=self.encoding, decimal=self.decimal,
+            sheet=self.sheet, header_row=self.header_row,
             missing=frozenset(DEFAULT_MISSING if missing is None else (str(m).strip().lower() for m in missing)),
-            pseudonymise=pseudonymised,
+            pseudonymise=bool(self.pseudonymise),
         )
 
 
@@ -337,9 +389,6 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
         entry = {"column": entry}
     if not isinstance(entry, Mapping) or "column" not in entry:
         raise SourceSpecError(f"{where}: expected a column name or {{column: NAME, ...}}")
-    unknown = set(entry) - _COLUMN_KEYS
-    if unknown:
-        raise SourceSpecError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; expected {sorted(_COLUMN_KEYS)}")
     dtype = COLUMN_DTYPES[name]
     values = labels = None
     if entry.get("values") is not None:
@@ -370,7 +419,7 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
         scale=float(scale) if scale is not None else None,
         template=str(template) if template is not None else None,
         separator=str(entry.get("separator", ";")),
-        none_found=frozenset(str(word).lower() for word in entry.get("none_found", ["none"])),
+        none_found=frozenset(str(word).lower() for word in entry.get("none_found", DEFAULT_NONE_FOUND)),
     )
 
 
@@ -554,7 +603,8 @@ def _read_xlsx(path: Path, spec: TableSpec) -> RawTable:
             rows = [(number, list(cells)) for number, cells in
                     enumerate(sheet.iter_rows(min_row=1, values_only=True), start=1)]
         except Exception as error:
-            raise SourceFormatError(path, f"cannot read sheet {sheet.title!r} ({type(error).__name__}: {error})") from None
+            raise SourceFormatError(path, f"cannot read sheet {sheet.title!r} ({type(error).__name__}: {error})") \
+                from None
     finally:
         workbook.close()
     return _collect(path, rows, spec.header_row)
@@ -706,7 +756,8 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
     return row, errors
 
 
-def map_table(table: RawTable, spec: TableSpec, path: Path) -> tuple[pd.DataFrame, dict[int, list[FieldError]], list[str]]:
+def map_table(table: RawTable, spec: TableSpec,
+              path: Path) -> tuple[pd.DataFrame, dict[int, list[FieldError]], list[str]]:
     """Return the canonical-field frame of ``table``, the cell errors per row position and table warnings."""
     index, warnings = _check_header(table, spec, path)
     key = pseudonym_key() if spec.pseudonymise else None
