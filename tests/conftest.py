@@ -20,6 +20,16 @@ def require_service(env_var: str, what: str) -> str:
     return value
 
 
+@pytest.fixture(autouse=True)
+def _no_local_pseudonym_key_file(tmp_path_factory, monkeypatch):
+    """Every test starts without a local key file: a ``.response-model/pseudonym.key`` that ``make run``
+    left in the checkout must not stand in for the key a test sets, or removes on purpose."""
+    from response_model.privacy import PSEUDONYM_KEY_FILE_ENV
+
+    if PSEUDONYM_KEY_FILE_ENV not in os.environ:
+        monkeypatch.setenv(PSEUDONYM_KEY_FILE_ENV, str(tmp_path_factory.getbasetemp() / "no-such" / "pseudonym.key"))
+
+
 @pytest.fixture(scope="session")
 def simulated_small():
     """A simulated cohort of 2,000 patients (seed 7): ``SimulatedCohort`` with ``cohort`` and ``truth``."""

@@ -300,20 +300,12 @@ def evaluate(model_uri: str, source: str, path: Path) -> None:
 
     from response_model import tracking
     from response_model.modeling import registry
-    from response_model.modeling.metrics import evaluation_details
-    from response_model.modeling.predict import as_bundle, load_model
-
     tracking.configure_tracking()
     loaded = _load(source, path)
     if not loaded.parsed.ok:
         click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) not scored; see `response-model "
                    "validate`", err=True)
-    registry.require_model(model_uri)
-    model = load_model(model_uri)
-    result = registry.evaluate(model, loaded.parsed)
-    # new keys after the existing ones (kept as they are): labelled n, bootstrap intervals, per regimen class
-    result.update({k: v for k, v in evaluation_details(as_bundle(model), loaded.parsed).items() if k not in result})
-    click.echo(json.dumps(result))
+    click.echo(json.dumps(registry.evaluate(model_uri, loaded.parsed)))
 
 
 @main.command()

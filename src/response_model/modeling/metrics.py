@@ -343,25 +343,3 @@ def held_out_details(outcomes: Mapping[str, tuple], classes: Sequence[str | None
             entry[name] = _outcome_details(*(np.asarray(a, dtype=float)[rows] for a in arrays))
         result["by_regimen_class"][regimen_class] = entry
     return result
-
-
-def evaluation_details(bundle: Any, parsed_cohort: Any) -> dict[str, Any]:
-    """Score a labelled cohort under each patient's given regimen (the patients ``registry.evaluate``
-    scores) and return :func:`held_out_details` of it."""
-    parsed = getattr(parsed_cohort, "parsed", parsed_cohort)
-    regimen_class = {r.name: r.regimen_class for r in bundle.catalogue.values()
-                     if r.regimen_class in bundle.regimen_classes}
-    pairs = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen in regimen_class]
-    if not pairs:
-        return held_out_details({"response": ([], []), "resistance": ([], [], [], [])}, [])
-
-    def column(name: str) -> np.ndarray:
-        return np.array([math.nan if getattr(out, name) is None else float(getattr(out, name)) for _, out in pairs])
-
-    scores = bundle.score([rec for rec, _ in pairs], [out.regimen for _, out in pairs], per_record=True)
-    p_response = scores["p_objective_response"].to_numpy(dtype=float)
-    p_resistance = scores["p_primary_resistance"].to_numpy(dtype=float)
-    return held_out_details(
-        {"response": (column("objective_response"), p_response),
-         "resistance": (column("primary_resistance"), p_resistance, column("pfs_months"), column("pfs_event"))},
-        [regimen_class[out.regimen] for _, out in pairs])

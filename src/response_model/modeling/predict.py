@@ -1,4 +1,4 @@
-"""Loading a bundle (registry alias or version, run, exported folder)."""
+"""Loading a bundle: from a registry alias or version, a run or an exported folder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
 
 from response_model.modeling.bundle import ResponseModelBundle
 
@@ -17,8 +18,6 @@ def load_model(uri: str | Path) -> mlflow.pyfunc.PyFuncModel:
     ``metadata`` then names the registered model and version (when known: registry URIs, and
     folders written by :func:`response_model.modeling.registry.export`).
     """
-    from response_model.modeling.registry import resolve_version
-
     text = str(uri)
     is_folder = Path(text).is_dir() and "://" not in text and not text.startswith("models:/")
     model = mlflow.pyfunc.load_model(str(Path(text).resolve()) if is_folder else text)
@@ -43,3 +42,29 @@ def as_bundle(model: Any) -> ResponseModelBundle:
     if not isinstance(inner, ResponseModelBundle):
         raise TypeError(f"{type(model).__name__} does not hold a ResponseModelBundle")
     return inner
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Return (name, version, alias) of a ``models:/NAME/V`` or ``models:/NAME@alias`` URI."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r} is not a registry URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    rest = model_uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, None, alias
+    name, _, version = rest.rpartition("/")
+    if not name:
+        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return name, version, None
+
+
+def resolve_version(model_uri: str, client: MlflowClient | None = None) -> tuple[str, str] | None:
+    """Return (name, version) of a registry URI (aliases resolved), or None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, version, alias = parse_model_uri(model_uri)
+    if alias is not None:
+        version = (client or MlflowClient()).get_model_version_by_alias(name, alias).version
+    if version is None or not str(version).isdigit():
+        return None  # models:/<model_id> (a LoggedModel, not a registered version)
+    return name, str(version)

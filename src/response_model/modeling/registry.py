@@ -30,7 +30,8 @@ from mlflow.exceptions import MlflowException
 
 from response_model.errors import ModelNotFoundError
 from response_model.modeling.bundle import ARTIFACT_NAME
-from response_model.modeling.metrics import binary_metrics, c_index
+from response_model.modeling.metrics import binary_metrics, c_index, held_out_details
+from response_model.modeling.predict import as_bundle, load_model, parse_model_uri, resolve_version
 
 CHAMPION = "champion"
 LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss"})
@@ -58,32 +59,6 @@ def register(run_id: str, name: str, artifact_path: str = ARTIFACT_NAME) -> str:
     finally:
         resolver_log.setLevel(level)
     return str(version.version)
-
-
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """Return (name, version, alias) of a ``models:/NAME/V`` or ``models:/NAME@alias`` URI."""
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"{model_uri!r} is not a registry URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
-    rest = model_uri[len("models:/"):].strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, None, alias
-    name, _, version = rest.rpartition("/")
-    if not name:
-        raise ValueError(f"{model_uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    return name, version, None
-
-
-def resolve_version(model_uri: str, client: MlflowClient | None = None) -> tuple[str, str] | None:
-    """Return (name, version) of a registry URI (aliases resolved), or None for other URIs."""
-    if not model_uri.startswith("models:/"):
-        return None
-    name, version, alias = parse_model_uri(model_uri)
-    if alias is not None:
-        version = (client or MlflowClient()).get_model_version_by_alias(name, alias).version
-    if version is None or not str(version).isdigit():
-        return None  # models:/<model_id> (a LoggedModel, not a registered version)
-    return name, str(version)
 
 
 FIRST_MODEL_HINT = "run `make run`, or `response-model train` then `response-model promote`"
@@ -342,36 +317,41 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     """Score a labelled cohort under each patient's given regimen; return the JSON-ready result.
 
     ``{"n": patients scored, "response": {"auc", "auprc", "brier", "calibration_slope"} | None,
-    "resistance": {"auc", "auprc", "brier", "calibration_slope", "c_index"} | None}``; an outcome the
-    cohort cannot label (no labels, or one class only) is None. ``model_uri``: any URI or folder
-    :func:`response_model.modeling.predict.load_model` accepts, or an already loaded model.
-    ``parsed_cohort``: a :class:`~response_model.dataset.ParsedCohort` (or a ``LoadedCohort``).
+    "resistance": {"auc", "auprc", "brier", "calibration_slope", "c_index"} | None}``, then the keys of
+    :func:`~response_model.modeling.metrics.held_out_details` (labelled n, 95 % bootstrap intervals, per
+    regimen class); an outcome the cohort cannot label (no labels, or one class only) is None.
+    ``model_uri``: any URI or folder :func:`response_model.modeling.predict.load_model` accepts, or an
+    already loaded model. ``parsed_cohort``: a :class:`~response_model.dataset.ParsedCohort` (or a
+    ``LoadedCohort``).
     """
-    from response_model.modeling.predict import as_bundle, load_model
-
     parsed = getattr(parsed_cohort, "parsed", parsed_cohort)
     if isinstance(model_uri, (str, Path)):
         require_model(model_uri)
     model = load_model(model_uri) if isinstance(model_uri, (str, Path)) else model_uri
-    bundle = as_bundle(model)
-    scorable = {r.name for r in bundle.catalogue.values() if r.regimen_class in bundle.regimen_classes}
+    predictor = as_bundle(model).predictor()
+    scorable = {r.name for r in predictor.catalogue.values() if r.regimen_class in predictor.regimen_classes}
     pairs = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen in scorable]
     result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None}
     if not pairs:
-        return result
-    predictions = bundle.predictor().predict([rec for rec, _ in pairs], [[out.regimen] for _, out in pairs])
+        return {**result, **held_out_details({"response": ([], []), "resistance": ([], [], [], [])}, [])}
+    predictions = predictor.predict([rec for rec, _ in pairs], [[out.regimen] for _, out in pairs])
     p_response = predictions.probability["objective_response"]
     p_resistance = predictions.probability["primary_resistance"]
+    outcomes = {name: np.array([math.nan if getattr(out, name) is None else float(getattr(out, name))
+                                for _, out in pairs])
+                for name in ("objective_response", "primary_resistance", "pfs_months", "pfs_event")}
     result["response"] = _outcome_metrics([out.objective_response for _, out in pairs], p_response)
     resistance = _outcome_metrics([out.primary_resistance for _, out in pairs], p_resistance)
     if resistance is not None:
-        time = np.array([math.nan if out.pfs_months is None else out.pfs_months for _, out in pairs])
-        event = np.array([math.nan if out.pfs_event is None else out.pfs_event for _, out in pairs], dtype=float)
+        time, event = outcomes["pfs_months"], outcomes["pfs_event"]
         keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(p_resistance))
         resistance["c_index"] = (_json_number(c_index(p_resistance[keep], time[keep], event[keep]))
                                  if keep.any() else None)
     result["resistance"] = resistance
-    return result
+    return {**result, **held_out_details(
+        {"response": (outcomes["objective_response"], p_response),
+         "resistance": (outcomes["primary_resistance"], p_resistance, outcomes["pfs_months"], outcomes["pfs_event"])},
+        list(predictions.regimen_class))}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,13 +35,13 @@ from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
 from response_model.regimens import load_catalogue
+from response_model.schema import OUTCOMES
 from response_model.settings import load_training_config
 from response_model.sources import load_source
 
 log = logging.getLogger(__name__)
 
 PROJECT = "project"
-OUTCOMES = ("objective_response", "primary_resistance")
 
 
 @dataclass
