@@ -17,8 +17,9 @@ from response_model.modeling.bundle import OUTCOMES, example_input
 from response_model.modeling.compiled import CompiledModel, ReferenceModel, compile_model
 from response_model.pathways import load_pathways
 from response_model.schema import PatientRecord
-from response_model.service.app import LoadedModel, _audit_outputs, predict_many
+from response_model.service.answers import _audit_outputs, predict_many
 from response_model.service.audit import expand_explanations
+from response_model.service.holder import LoadedModel
 from response_model.service.models import EXAMPLE_PATIENT, PredictionRequest
 
 PATIENTS = [
