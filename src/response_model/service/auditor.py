@@ -19,7 +19,7 @@ or exported): who read what (the prediction id, or the filter and the number of 
 including refused attempts (401, 403, 404, 422). One chain means one verification
 (``response-model audit verify``) covers both, and an access entry cannot be removed without
 breaking the chain any more than a prediction can. The cost is that every read is a small write
-(one append under the trail's write lock, a few milliseconds), so the trail needs a writable database.
+(one append under the trail's write lock), so the trail needs a writable database.
 A prediction id typed in the path that is not a well-formed id is not stored (it might be a patient's
 record number typed in the wrong place): the access record says only that it was malformed.
 """

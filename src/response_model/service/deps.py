@@ -25,7 +25,7 @@ from response_model.service.auth import (
     authenticate,
     bearer_token,
 )
-from response_model.service.holder import LoadedModel
+from response_model.service.holder import LoadedModel, ModelHolder
 from response_model.service.keys import KeyInfo, KeyStore
 from response_model.service.recording import record_access
 from response_model.service.state import ServiceState, Settings
@@ -65,6 +65,11 @@ async def audit_trail(state: ServiceDep) -> AuditTrail:
     return state.trail
 
 
+async def model_holder(state: ServiceDep) -> ModelHolder:
+    """Return the model holder (for the probes and reloads; routes that score use :data:`CurrentModel`)."""
+    return state.holder
+
+
 async def current_model(state: ServiceDep) -> LoadedModel:
     """Return the model in service now (a request keeps it even if a reload swaps another in); 503 before one loads."""
     return state.holder.require()
@@ -73,6 +78,7 @@ async def current_model(state: ServiceDep) -> LoadedModel:
 SettingsDep = Annotated[Settings, Depends(settings)]
 KeyStoreDep = Annotated[KeyStore, Depends(key_store)]
 TrailDep = Annotated[AuditTrail, Depends(audit_trail)]
+HolderDep = Annotated[ModelHolder, Depends(model_holder)]
 CurrentModel = Annotated[LoadedModel, Depends(current_model)]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
-from response_model.service.deps import AdminKey, ServiceDep
+from response_model.service.deps import AdminKey, HolderDep, SettingsDep
 from response_model.service.models import ReloadRequest, ReloadResponse
 
 log = logging.getLogger(__name__)
@@ -16,11 +16,13 @@ router = APIRouter(tags=["admin"])
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse)
-def reload(key: AdminKey, state: ServiceDep, body: ReloadRequest | None = None) -> dict[str, Any]:
-    """Return the names of the previous and the new model; 500 (old model kept) when the new one does not load."""
-    target = (body.model_uri if body is not None else None) or state.settings.model_uri
+def reload(key: AdminKey, holder: HolderDep, settings: SettingsDep,
+           body: ReloadRequest | None = None) -> dict[str, Any]:
+    """The names of the previous and the new model, once the new one is loaded and swapped in; 500, the
+    previous model staying in service, when it does not load. Default: the model URI the service started with."""
+    target = (body.model_uri if body is not None else None) or settings.model_uri
     try:
-        previous, current = state.holder.load(target)
+        previous, current = holder.load(target)
     except Exception as error:  # noqa: BLE001 - the old model stays in service
         log.exception("reload of %s failed", target)
         raise HTTPException(500, f"could not load {target}: {error}; the previous model stays in service") from None

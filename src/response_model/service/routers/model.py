@@ -15,7 +15,7 @@ router = APIRouter(tags=["model"])
 
 @router.get("/v1/model", response_model=ModelInfo)
 def model_info(key: ModelReaderKey, model: CurrentModel) -> dict[str, Any]:
-    """Return the model's names, training date and data digest, finite metrics, intended use and limitations."""
+    """The model in service: its names, training date, data digest, metrics, intended use, limitations and label."""
     meta = model.bundle.metadata
     metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items() if _finite(v) is not None}
     return {"model_name": model.name, "model_version": model.version, "model_uri": model.uri,

@@ -34,8 +34,8 @@ BATCH_RESPONSES_DOC = {**RESPONSES_DOC, 413: {"model": ErrorResponse, "descripti
 
 @router.post("/v1/predictions", response_model=PredictionResponse, responses=RESPONSES_DOC)
 def predict(body: PredictionRequest, key: ClinicianKey, model: CurrentModel, trail: TrailDep) -> Response:
-    """The estimated response of one patient to each candidate regimen, with explanations (or the 422 / 500
-    answer); the request is audited before the answer is sent."""
+    """The estimated response of one patient to each candidate regimen, with explanations; 422 names each
+    invalid field. The request is recorded in the audit trail before the answer is sent."""
     status, answer = prediction.predict_one(model, trail, body, key, prediction.SINGLE_ENDPOINT)
     if status != 200:
         return JSONResponse(answer, status_code=status)
@@ -48,7 +48,7 @@ def predict(body: PredictionRequest, key: ClinicianKey, model: CurrentModel, tra
 
 @router.post("/v1/predictions:batch", response_model=BatchResponse, responses=BATCH_RESPONSES_DOC)
 def predict_batch(body: BatchRequest, key: ClinicianKey, model: CurrentModel, trail: TrailDep) -> Any:
-    """One result per patient, in order: its prediction, or the errors of that row alone; every row is audited
-    before the answer is sent."""
+    """One result per patient, in order: its prediction, or the errors of that row alone. Every row is
+    recorded in the audit trail before the answer is sent."""
     status, answer = prediction.predict_batch(model, trail, body, key)
     return answer if status == 200 else JSONResponse(answer, status_code=status)
