@@ -49,7 +49,7 @@ def _with_policy(page: HTMLResponse) -> HTMLResponse:
 
 
 def _root(request: Request) -> str:
-    return request.scope.get("root_path", "")
+    return request.scope.get("root_path", "").rstrip("/")
 
 
 @router.get(DOCS_URL)
