@@ -89,6 +89,7 @@ class RoleKey:
         self.roles = roles
 
     async def __call__(self, request: Request, keys: KeyStoreDep) -> KeyInfo:
+        """Return the caller's key; raises AuthError 401 / 403."""
         return authenticate(keys, bearer_token(request), self.roles)
 
 

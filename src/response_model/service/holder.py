@@ -86,6 +86,7 @@ class ModelHolder:
 
     @property
     def current(self) -> LoadedModel | None:
+        """Return the model in service, or None before the first load."""
         return self._current
 
     def require(self) -> LoadedModel:
@@ -159,6 +160,7 @@ class ModelUnavailableError(RuntimeError):
 
 
 def _reason(error: BaseException) -> str:
+    """Return the error's type and the first line of its message (at most 300 characters), for a log line."""
     text = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 

@@ -29,6 +29,7 @@ ECHOED_ID_ERRORS = [{"field": "patient_id", "value": None, "message": ECHOED_ID_
 
 
 def _base(model: LoadedModel, key: KeyInfo, endpoint: str) -> dict[str, Any]:
+    """Return the fields every audit record of a request shares: endpoint, caller and model."""
     return {"endpoint": endpoint, "key_id": key.key_id, "role": key.role,
             "model_name": model.name, "model_version": model.version}
 
@@ -78,6 +79,7 @@ class _Batch:
 
 
 def _digest(item: Any) -> str | None:
+    """Return the input digest of one batch row, or None when it has no canonical JSON form."""
     try:
         return input_digest(item)
     except Exception:  # noqa: BLE001 - not representable as canonical JSON

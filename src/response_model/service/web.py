@@ -392,6 +392,8 @@ async def submit(request: Request, state: ServiceDep) -> HTMLResponse:
 
 
 def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
+    """Return the page answering a submitted form: the result, the form with its errors beside the fields,
+    or the refusal (CSRF, sign-in, role); every outcome but a model still loading is audited."""
     if not _csrf_ok(request, form):
         key = None
         with contextlib.suppress(AuthError):  # any key, or none: the refusal is recorded either way
@@ -503,6 +505,7 @@ def _digest(body: Any, text: str) -> str | None:
 def _page(request: Request, state: ServiceState, key: KeyInfo, status: int, *, entered: dict[str, str] | None = None,
           chosen: list[str] | None = None, source: str = "fields", json_text: str = "",
           errors: dict[str, list[str]] | None = None, result: dict[str, Any] | None = None) -> HTMLResponse:
+    """Return the patient form (as entered, with errors and the result when given), or 503 while no model is loaded."""
     loaded = state.holder.current
     if loaded is None:
         return _render(request, "message.html", 503, title="Not ready", key=key,

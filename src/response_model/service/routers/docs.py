@@ -49,6 +49,7 @@ def _with_policy(page: HTMLResponse) -> HTMLResponse:
 
 
 def _root(request: Request) -> str:
+    """Return the path prefix the service is mounted under behind a proxy ("" normally)."""
     return request.scope.get("root_path", "").rstrip("/")
 
 
