@@ -134,6 +134,20 @@ def test_role_matrix_and_refusals_are_recorded(service):
     assert all(e.detail["prediction_id"] == made["ids"][0] for e in read)
 
 
+def test_a_refused_read_names_its_endpoint_as_an_allowed_read_does(service):
+    client, tokens, made = service["client"], service["tokens"], service["made"]
+    for template in ENDPOINTS:
+        path = template.format(id=made["ids"][0])
+        with AuditTrail(service["url"]) as trail:
+            before = trail.head_seq()
+        for token in (None, tokens["clinician"], tokens["auditor"]):
+            client.get(path, headers=auth(token))
+        with AuditTrail(service["url"]) as trail:
+            access = trail.query(limit=10, after_seq=before)
+        assert [e.http_status for e in access] == [401, 403, 200], path
+        assert len({e.endpoint for e in access}) == 1 and access[0].endpoint.startswith("GET /v1/predictions"), path
+
+
 # -- one record ----------------------------------------------------------------------------------------
 
 

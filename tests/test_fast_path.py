@@ -19,8 +19,8 @@ from response_model.modeling.predictor import Predictor
 from response_model.pathways import load_pathways
 from response_model.schema import PatientRecord
 from response_model.service.answers import audit_outputs, predict_many
-from response_model.service.app import LoadedModel
 from response_model.service.audit import expand_explanations
+from response_model.service.holder import LoadedModel
 from response_model.service.models import EXAMPLE_PATIENT, PredictionRequest
 
 PATIENTS = [

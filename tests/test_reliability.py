@@ -436,7 +436,7 @@ def test_fallback_gives_way_to_the_registry_model_once_it_loads(smoke_model, tmp
     import mlflow
     from mlflow import MlflowClient
 
-    from response_model.service.app import ModelHolder, check_alias, load_at_start
+    from response_model.service.holder import ModelHolder, check_alias, load_at_start
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()

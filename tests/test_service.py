@@ -397,7 +397,7 @@ def test_fuzzed_bodies_never_give_a_server_error(service):
 
 
 def test_a_failing_prediction_is_audited_as_a_500(service, monkeypatch):
-    import response_model.service.app as app_module
+    import response_model.service.prediction as app_module
 
     client, tokens, url = service
     before = audit_count(url)

@@ -18,7 +18,7 @@ from response_model.service.audit import compact_explanations
 from response_model.service.models import PredictionRequest
 
 if TYPE_CHECKING:
-    from response_model.service.app import LoadedModel
+    from response_model.service.holder import LoadedModel
 
 LIMITATIONS = [
     "Estimates are associations learned from the training cohort, not causal effects of a regimen.",

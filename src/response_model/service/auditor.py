@@ -19,7 +19,7 @@ or exported): who read what (the prediction id, or the filter and the number of 
 including refused attempts (401, 403, 404, 422). One chain means one verification
 (``response-model audit verify``) covers both, and an access entry cannot be removed without
 breaking the chain any more than a prediction can. The cost is that every read is a small write
-(one append under the trail's write lock, a few milliseconds), so the trail needs a writable database.
+(one append under the trail's write lock), so the trail needs a writable database.
 A prediction id typed in the path that is not a well-formed id is not stored (it might be a patient's
 record number typed in the wrong place): the access record says only that it was malformed.
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -38,14 +38,17 @@ from response_model.service.audit import (
     EXPORT_FORMATS,
     MAX_QUERY_LIMIT,
     AuditEntry,
+    AuditTrail,
     FilterError,
     TrailFilter,
     parse_filter,
     start_export,
 )
+from response_model.service.deps import AuditorKey, ServiceDep, TrailDep
+from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
+from response_model.service.recording import record_access
 
-AUDIT_ROLES = ("auditor", "admin")
 DEFAULT_PAGE_SIZE = 100
 ENDPOINT_GET = "GET /v1/predictions/{prediction_id}"
 ENDPOINT_LIST = "GET /v1/predictions"
@@ -64,7 +67,8 @@ _EXAMPLE_OUTPUTS = {
     "genomics": "genotyped", "genomic_tests": [], "out_of_distribution_flagged": False,
     "regimens": {"atezolizumab_bevacizumab": {
         "rank": 1, "eligible": True, "ineligible_reason": None,
-        "objective_response": {"probability": 0.3121, "interval": {"lower": 0.2702, "upper": 0.354}, "band": "moderate"},
+        "objective_response": {"probability": 0.3121, "interval": {"lower": 0.2702, "upper": 0.354},
+                               "band": "moderate"},
         "primary_resistance": {"probability": 0.2433, "interval": {"lower": 0.1978, "upper": 0.2888}, "band": "low"},
     }},
 }
@@ -108,7 +112,8 @@ class RecordSummary(BaseModel):
     role: str | None
     model_name: str | None
     model_version: str | None
-    input_digest: str | None = Field(description="SHA-256 of the request body's canonical JSON (the body is not stored)")
+    input_digest: str | None = Field(description="SHA-256 of the request body's canonical JSON "
+                                                  "(the body is not stored)")
     patient_pseudonym: str | None = Field(description="Keyed hash of the patient id; the raw id is never stored")
     regimens: list[str] | None
     outputs: Any = Field(description="What the caller was told: per regimen rank, eligibility, probability, "
@@ -169,47 +174,20 @@ _AUTH_DOC = {401: {"description": "No or bad API key"},
              422: {"model": Errors, "description": "Bad query parameters, each named with the value given"}}
 
 
-# -- authentication and the access log ------------------------------------------------------------
+# -- the access log (a refused key is recorded by deps.auditor_key) ------------------------------------
 
 
-def _record_access(request: Request, key: KeyInfo | None, endpoint: str, http_status: int,
-                   detail: dict[str, Any]) -> None:
-    """Append the access record (before answering): who read what, and whether it was allowed."""
-    request.app.state.audit([{
-        "endpoint": endpoint, "status": "accepted" if http_status < 400 else "rejected",
-        "http_status": http_status, "key_id": key.key_id if key else None, "role": key.role if key else None,
-        "detail": detail,
-    }])
-
-
-def _endpoint(request: Request) -> str:
-    path = request.url.path
-    if path.endswith(":export"):
-        return ENDPOINT_EXPORT
-    return ENDPOINT_LIST if path.rstrip("/") == "/v1/predictions" else ENDPOINT_GET
-
-
-def auditor_key(request: Request) -> KeyInfo:
-    """FastAPI dependency: the caller's key if its role is auditor or admin (else 401/403, recorded)."""
-    try:
-        return request.app.state.authenticate(request, AUDIT_ROLES)
-    except HTTPException as exc:
-        _record_access(request, getattr(exc, "key", None), _endpoint(request), exc.status_code,
-                       {"access": "refused", "error": exc.detail})
-        raise
-
-
-def _filter_or_422(request: Request, key: KeyInfo, endpoint: str, **values: str | None) -> TrailFilter | JSONResponse:
+def _filter_or_422(trail: AuditTrail, key: KeyInfo, endpoint: str, **values: str | None) -> TrailFilter | JSONResponse:
+    """Return the parsed filter, or the 422 answer naming each bad value (the refusal recorded)."""
     try:
         return parse_filter(**values)
     except FilterError as exc:
-        _record_access(request, key, endpoint, 422, {"access": "refused", "errors": exc.errors})
+        record_access(trail, key, endpoint, 422, {"access": "refused", "errors": exc.errors})
         return JSONResponse({"errors": exc.errors}, status_code=422)
 
 
-def _label(request: Request, entry: AuditEntry) -> str | None:
-    holder = getattr(request.app.state, "holder", None)
-    current = holder.current if holder is not None else None
+def _label(current: LoadedModel | None, entry: AuditEntry) -> str | None:
+    """Return the research-use label of the model of ``entry`` if it is the model in service, else None."""
     if current is None or (current.name, current.version) != (entry.model_name, entry.model_version):
         return None
     return current.bundle.metadata.get("label")
@@ -243,11 +221,12 @@ _STATUS = Query(None, description="accepted or rejected (default: both)",
             responses={200: {"description": "The file, streamed. One row per prediction × regimen × outcome "
                                             "(a rejected request: one row). Columns: "
                                             + "; ".join(f"`{k}`: {v}" for k, v in EXPORT_COLUMN_DOC.items()),
-                             "content": {MEDIA_TYPES["csv"]: {"example": "seq,time,prediction_id,status,…,shap.albumin,…\n"},
+                             "content": {MEDIA_TYPES["csv"]: {"example": "seq,time,prediction_id,status,…,"
+                                                                         "shap.albumin,…\n"},
                                          MEDIA_TYPES["parquet"]: {}}},
                        **_AUTH_DOC},
             summary="Export the prediction records of a filter as CSV or Parquet")
-def export_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
+def export_predictions(key: AuditorKey, trail: TrailDep,
                        from_: str | None = _FROM, to: str | None = _TO, model_version: str | None = _VERSION,
                        regimen: str | None = _REGIMEN, status: str | None = _STATUS,
                        format: str | None = Query("csv", description="csv or parquet",
@@ -260,7 +239,7 @@ def export_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
     `explanation_scale`. Only records that exist when the export starts are included.
     `response-model audit export` writes the same file.
     """
-    flt = _filter_or_422(request, key, ENDPOINT_EXPORT, from_=from_, to=to, model_version=model_version,
+    flt = _filter_or_422(trail, key, ENDPOINT_EXPORT, from_=from_, to=to, model_version=model_version,
                          regimen=regimen, status=status)
     if isinstance(flt, JSONResponse):
         return flt
@@ -268,10 +247,10 @@ def export_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
     if fmt not in EXPORT_FORMATS:
         errors = [{"field": "format", "value": format,
                    "message": f"format: {format!r}; expected one of {', '.join(EXPORT_FORMATS)}"}]
-        _record_access(request, key, ENDPOINT_EXPORT, 422, {"access": "refused", "errors": errors})
+        record_access(trail, key, ENDPOINT_EXPORT, 422, {"access": "refused", "errors": errors})
         return JSONResponse({"errors": errors}, status_code=422)
-    export = start_export(request.app.state.services["audit"], flt)
-    _record_access(request, key, ENDPOINT_EXPORT, 200,
+    export = start_export(trail, flt)
+    record_access(trail, key, ENDPOINT_EXPORT, 200,
                    {"access": "export", "filter": flt.as_dict(), "format": fmt, "n_records": export.n_records,
                     "through_seq": export.through_seq})
     filename = f"predictions-through-{export.through_seq}.{fmt}"
@@ -283,7 +262,7 @@ def export_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
 @router.get("/v1/predictions/{prediction_id}", response_model=PredictionRecord,
             responses={404: {"description": "No prediction with that id"}, **_AUTH_DOC},
             summary="One stored prediction with every feature's SHAP value")
-def get_prediction(request: Request, key: KeyInfo = Depends(auditor_key),
+def get_prediction(key: AuditorKey, trail: TrailDep, state: ServiceDep,
                    prediction_id: str = Path(description="The prediction_id returned by POST /v1/predictions",
                                              openapi_examples={"id": {"value": _EXAMPLE_ID}})):
     """The audit record of one prediction, as stored, with a cheap integrity check of that record."""
@@ -292,25 +271,24 @@ def get_prediction(request: Request, key: KeyInfo = Depends(auditor_key),
     except ValueError:
         message = "prediction_id: not a prediction id (a UUID such as 3f2b8c1e-5d4a-4e7b-9c61-2a8f0d7e4b19)"
         # the value itself is not stored: it might be a patient's record number typed in the wrong place
-        _record_access(request, key, ENDPOINT_GET, 422, {"access": "refused", "error": "malformed prediction id"})
+        record_access(trail, key, ENDPOINT_GET, 422, {"access": "refused", "error": "malformed prediction id"})
         return JSONResponse({"errors": [{"field": "prediction_id", "value": None, "message": message}]},
                             status_code=422)
-    trail = request.app.state.services["audit"]
     entry = trail.get(wanted)
     if entry is None:
-        _record_access(request, key, ENDPOINT_GET, 404, {"access": "read", "prediction_id": wanted, "found": False})
+        record_access(trail, key, ENDPOINT_GET, 404, {"access": "read", "prediction_id": wanted, "found": False})
         return JSONResponse({"detail": f"no prediction with id {wanted} in the audit trail"}, status_code=404)
     check = trail.check_record(entry.seq)
-    _record_access(request, key, ENDPOINT_GET, 200,
+    record_access(trail, key, ENDPOINT_GET, 200,
                    {"access": "read", "prediction_id": wanted, "found": True, "seq": entry.seq})
-    return {**entry.to_dict(), "href": f"/v1/predictions/{wanted}", "label": _label(request, entry),
+    return {**entry.to_dict(), "href": f"/v1/predictions/{wanted}", "label": _label(state.holder.current, entry),
             "integrity": {"hash_intact": check.hash_intact, "linked_to_previous": check.linked_to_previous,
                           "linked_to_next": check.linked_to_next, "ok": check.ok, "note": INTEGRITY_NOTE}}
 
 
 @router.get("/v1/predictions", response_model=RecordPage, responses=_AUTH_DOC,
             summary="Page through the prediction records of a time window")
-def list_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
+def list_predictions(key: AuditorKey, trail: TrailDep,
                      from_: str | None = _FROM, to: str | None = _TO, model_version: str | None = _VERSION,
                      regimen: str | None = _REGIMEN, status: str | None = _STATUS,
                      page_size: str | None = Query(None, description=f"Records per page, 1–{MAX_QUERY_LIMIT} "
@@ -344,9 +322,8 @@ def list_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
     except FilterError as exc:
         errors = exc.errors + errors
     if errors:
-        _record_access(request, key, ENDPOINT_LIST, 422, {"access": "refused", "errors": errors})
+        record_access(trail, key, ENDPOINT_LIST, 422, {"access": "refused", "errors": errors})
         return JSONResponse({"errors": errors}, status_code=422)
-    trail = request.app.state.services["audit"]
     # one more than asked: tells whether there is a next page without a count query
     entries = trail.select(flt, after_seq=after, kind="prediction", limit=min(size + 1, MAX_QUERY_LIMIT),
                            explanations=False)
@@ -354,7 +331,7 @@ def list_predictions(request: Request, key: KeyInfo = Depends(auditor_key),
     if size == MAX_QUERY_LIMIT and not more and len(entries) == size:
         more = bool(trail.select(flt, after_seq=entries[-1].seq, kind="prediction", limit=1, explanations=False))
     entries = entries[:size]
-    _record_access(request, key, ENDPOINT_LIST, 200,
+    record_access(trail, key, ENDPOINT_LIST, 200,
                    {"access": "list", "filter": flt.as_dict(), "after_seq": after, "n_records": len(entries)})
     return {"records": [_summary(e) for e in entries], "page_size": size,
             "next_page_token": str(entries[-1].seq) if more and entries else None, "filter": flt.as_dict()}

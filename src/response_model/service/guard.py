@@ -15,8 +15,8 @@
   no database text column accepts) is refused with 422 and a clear message, never a 400 or a 500.
 
 The guard does not answer by itself: it hands the refusal to ``reject(scope, body, status, errors)``
-(from :func:`response_model.service.app.create_app`), which authenticates the caller first and
-records the refusal in the audit trail, like every other rejected prediction request.
+(:func:`response_model.service.errors.on_guard_refusal` in the service), which authenticates the caller
+first and records the refusal in the audit trail, like every other rejected prediction request.
 """
 
 from __future__ import annotations

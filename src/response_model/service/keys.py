@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,21 +123,21 @@ def describe_url(engine: Engine) -> str:
 def require_table(engine: Engine, table: sa.Table, what: str) -> None:
     """Raise KeyStoreError unless ``table`` exists (without creating a SQLite file on the way)."""
     url = engine.url
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not url.database.startswith("file:") and not Path(url.database).expanduser().exists():
-            raise KeyStoreError(f"no {what} at {describe_url(engine)}: the database file does not exist")
+    if (url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:"
+            and not url.database.startswith("file:") and not Path(url.database).expanduser().exists()):
+        raise KeyStoreError(f"no {what} at {describe_url(engine)}: the database file does not exist")
     if not sa.inspect(engine).has_table(table.name):
         raise KeyStoreError(f"no {what} at {describe_url(engine)}: table {table.name!r} is missing")
 
 
 def utc_now_text() -> str:
-    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def parse_time(text: str | None) -> datetime | None:
     if text is None:
         return None
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class KeyStore:
         if self._owns_engine:
             self.engine.dispose()
 
-    def __enter__(self) -> "KeyStore":
+    def __enter__(self) -> KeyStore:
         return self
 
     def __exit__(self, *exc) -> None:

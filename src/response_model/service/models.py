@@ -98,7 +98,8 @@ class Contribution(BaseModel):
 
 
 class RegimenPrediction(BaseModel):
-    rank: int | None = Field(description="1 = highest probability of response among eligible regimens; null if ineligible")
+    rank: int | None = Field(
+        description="1 = highest probability of response among eligible regimens; null if ineligible")
     regimen: str
     label: str
     regimen_class: str
@@ -138,7 +139,8 @@ class PredictionResponse(BaseModel):
         description="When not sequenced: the tests whose results would move the estimate most, per eligible regimen",
     )
     out_of_distribution: OutOfDistribution
-    regimens: list[RegimenPrediction] = Field(description="Eligible regimens ranked by probability of response, then ineligible ones")
+    regimens: list[RegimenPrediction] = Field(
+        description="Eligible regimens ranked by probability of response, then ineligible ones")
     ineligible: list[dict[str, str]] = Field(description="Ineligible regimens with the reason")
     uncertainty_method: str
     bands: dict[str, str]

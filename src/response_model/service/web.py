@@ -11,14 +11,17 @@ submit); the token is renewed at sign-in. A form without it, or with another, is
 
 The form is generated from :class:`~response_model.schema.PatientRecord` (field types, descriptions,
 units) and ``configs/ranges.yaml`` (plausible ranges); a pasted JSON record is the alternative. Both
-go through the JSON API's code: :func:`~response_model.service.app.request_errors` for the
-field-level messages (the CLI's texts, shown beside their fields) and ``app.state.predict_one`` for
-the prediction and its audit record; rejected submissions are audited like the API's 401/403/422s.
+go through the JSON API's code: :func:`~response_model.service.validation.request_errors` for the
+field-level messages (the CLI's texts, shown beside their fields) and
+:func:`~response_model.service.prediction.predict_one` for the prediction and its audit record; rejected
+submissions are audited like the API's 401/403/422s
+(:func:`~response_model.service.recording.record_rejection`).
 The raw patient id is never written back into a page.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -39,10 +42,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from response_model.modeling.bundle import OUTCOMES
 from response_model.schema import PatientRecord, cancer_types, field_ranges
-from response_model.service.app import CLINICAL_ROLES, AuthError, _raw_patient_id, request_errors
 from response_model.service.audit import input_digest
+from response_model.service.auth import CLINICAL_ROLES, AuthError, authenticate
+from response_model.service.deps import ServiceDep
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
+from response_model.service.prediction import predict_one
+from response_model.service.recording import record_rejection
+from response_model.service.state import ServiceState
+from response_model.service.validation import raw_patient_id, request_errors
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +284,12 @@ def _redirect(request: Request) -> RedirectResponse:
     return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
 
 
-def _session_key(request: Request, roles: tuple[str, ...]) -> KeyInfo:
+def _session_key(request: Request, state: ServiceState, roles: tuple[str, ...]) -> KeyInfo:
     """The signed-in key with one of ``roles``; AuthError 401 (no or bad key) or 403 (role)."""
     token = request.cookies.get(SESSION_COOKIE, "")
     if not token:
         raise AuthError(401, "not signed in")
-    return request.app.state.authenticate(request, roles, token=token)
+    return authenticate(state.keys, token, roles)
 
 
 def _auth_page(request: Request, error: AuthError, **context: Any) -> HTMLResponse:
@@ -323,13 +331,13 @@ def _csrf_refused(request: Request) -> HTMLResponse:
 
 
 @router.get("/", response_class=HTMLResponse)
-def page(request: Request) -> HTMLResponse:
+def page(request: Request, state: ServiceDep) -> HTMLResponse:
     """The sign-in page, or the empty patient form for a signed-in clinician."""
     try:
-        key = _session_key(request, CLINICAL_ROLES)
+        key = _session_key(request, state, CLINICAL_ROLES)
     except AuthError as error:
         return _auth_page(request, error)
-    return _page(request, key, status=200)
+    return _page(request, state, key, status=200)
 
 
 async def _checked_form(request: Request) -> Form | Response:
@@ -343,14 +351,14 @@ async def _checked_form(request: Request) -> Form | Response:
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request) -> Response:
+async def sign_in(request: Request, state: ServiceDep) -> Response:
     """Check the pasted API key; on success keep it in the session cookie and go to the form."""
     form = await _checked_form(request)
     if isinstance(form, Response):
         return form
     token = form.get("api_key").strip()
     try:
-        key = await run_in_threadpool(request.app.state.authenticate, request, ROLES, token)
+        key = await run_in_threadpool(authenticate, state.keys, token, ROLES)
     except AuthError:
         log.info("page sign-in refused: invalid or revoked key")
         message = ("api_key: not a valid, active API key; paste the whole key as printed by "
@@ -375,28 +383,29 @@ async def sign_out(request: Request) -> Response:
 
 
 @router.post("/", response_class=HTMLResponse)
-async def submit(request: Request) -> HTMLResponse:
+async def submit(request: Request, state: ServiceDep) -> HTMLResponse:
     """Validate the form (or pasted JSON), predict, audit, and render the result or the errors."""
     form = await _read_form(request)
     if form is None:
         return _too_large(request)
-    return await run_in_threadpool(_submit, request, form)
+    return await run_in_threadpool(_submit, request, state, form)
 
 
-def _submit(request: Request, form: Form) -> HTMLResponse:
-    state = request.app.state
+def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
+    """Return the page answering a submitted form: the result, the form with its errors beside the fields,
+    or the refusal (CSRF, sign-in, role); every outcome but a model still loading is audited."""
     if not _csrf_ok(request, form):
         key = None
-        try:
-            key = _session_key(request, tuple(ROLES))
-        except AuthError:
-            pass
-        state.record_rejection(PAGE_ENDPOINT, 403, key, None, None, {"error": "CSRF token missing or wrong"})
+        with contextlib.suppress(AuthError):  # any key, or none: the refusal is recorded either way
+            key = _session_key(request, state, tuple(ROLES))
+        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, 403, key, None, None,
+                         {"error": "CSRF token missing or wrong"})
         return _csrf_refused(request)
     try:
-        key = _session_key(request, CLINICAL_ROLES)
+        key = _session_key(request, state, CLINICAL_ROLES)
     except AuthError as error:
-        state.record_rejection(PAGE_ENDPOINT, error.status_code, error.key, None, None, {"error": error.detail})
+        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, error.status_code, error.key, None, None,
+                         {"error": error.detail})
         return _auth_page(request, error)
     loaded = state.holder.current
     if loaded is None:
@@ -413,7 +422,7 @@ def _submit(request: Request, form: Form) -> HTMLResponse:
     if source == "json":
         body, json_errors = _body_from_json(form.get("patient_json"), chosen)
         errors += json_errors
-        raw_id = raw_id or _raw_patient_id(body)
+        raw_id = raw_id or raw_patient_id(body)
     if raw_id and isinstance(body, dict) and "patient_id" not in body:
         body["patient_id"] = raw_id
     if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
@@ -421,24 +430,24 @@ def _submit(request: Request, form: Form) -> HTMLResponse:
     if body is not None and not errors:
         errors = request_errors(body)
     if not errors:
-        status, answer = state.predict_one(PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
+        status, answer = predict_one(loaded, state.trail, PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
         if status == 500:
             return _render(request, "message.html", 500, title="Prediction failed", key=key,
                            message=answer["detail"])
         if status == 200:
-            return _page(request, key, 200, entered=entered, chosen=chosen, source=source,
+            return _page(request, state, key, 200, entered=entered, chosen=chosen, source=source,
                          json_text=json_text, result=_result_view(answer))
         errors = answer["errors"]  # already audited
     else:
         digest = _digest(body, form.get("patient_json"))
-        state.record_rejection(PAGE_ENDPOINT, 422, key, body, digest, {"errors": errors})
+        record_rejection(state.trail, loaded, PAGE_ENDPOINT, 422, key, body, digest, {"errors": errors})
     shown: dict[str, list[str]] = {}
     for error in errors:
         message = error["message"]
         if raw_id and raw_id in message:
             message = message.replace(raw_id, "…")
         shown.setdefault(_form_target(error["field"], source), []).append(message)
-    return _page(request, key, 422, entered=entered, chosen=chosen, source=source, json_text=json_text,
+    return _page(request, state, key, 422, entered=entered, chosen=chosen, source=source, json_text=json_text,
                  errors=shown)
 
 
@@ -493,10 +502,11 @@ def _digest(body: Any, text: str) -> str | None:
 # -- rendering ------------------------------------------------------------------------------------
 
 
-def _page(request: Request, key: KeyInfo, status: int, *, entered: dict[str, str] | None = None,
+def _page(request: Request, state: ServiceState, key: KeyInfo, status: int, *, entered: dict[str, str] | None = None,
           chosen: list[str] | None = None, source: str = "fields", json_text: str = "",
           errors: dict[str, list[str]] | None = None, result: dict[str, Any] | None = None) -> HTMLResponse:
-    loaded = request.app.state.holder.current
+    """Return the patient form (as entered, with errors and the result when given), or 503 while no model is loaded."""
+    loaded = state.holder.current
     if loaded is None:
         return _render(request, "message.html", 503, title="Not ready", key=key,
                        message="The model is still loading; try again in a minute.")
