@@ -21,13 +21,18 @@ def require_service(env_var: str, what: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_local_pseudonym_key_file(tmp_path_factory, monkeypatch):
-    """Every test starts without a local key file: a ``.response-model/pseudonym.key`` that ``make run``
-    left in the checkout must not stand in for the key a test sets, or removes on purpose."""
-    from response_model.privacy import PSEUDONYM_KEY_FILE_ENV
+def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
+    """Every test starts without a local key file — a ``.response-model/pseudonym.key`` that ``make run``
+    left in the checkout must not stand in for the key a test sets, or removes on purpose — and leaves
+    the key variable as it found it (``run`` puts the key it creates into the environment)."""
+    from response_model.privacy import PSEUDONYM_KEY_ENV, PSEUDONYM_KEY_FILE_ENV
 
     if PSEUDONYM_KEY_FILE_ENV not in os.environ:
         monkeypatch.setenv(PSEUDONYM_KEY_FILE_ENV, str(tmp_path_factory.getbasetemp() / "no-such" / "pseudonym.key"))
+    if PSEUDONYM_KEY_ENV in os.environ:  # restored after the test, whatever the test did to it
+        monkeypatch.setenv(PSEUDONYM_KEY_ENV, os.environ[PSEUDONYM_KEY_ENV])
+    else:
+        monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -115,10 +115,8 @@ def _pyfunc(model_dir: str, frame) -> list[dict[str, Any]]:
 
 
 def answers(model_dir: str | Path, folder: Path) -> dict[str, Any]:
-    """Every public way's answers for the golden patients, as JSON-ready values (see the module docstring)."""
-    from response_model.privacy import PSEUDONYM_KEY_ENV
-
-    os.environ.setdefault(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
+    """Every public way's answers for the golden patients, as JSON-ready values (see the module docstring);
+    the caller sets the pseudonymisation key (the service refuses to start without one)."""
     model_dir = str(model_dir)
     frame, cohort_path = _cohort(folder)
     return _jsonable({
@@ -171,7 +169,7 @@ def _regenerate() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
-        os.environ[PSEUDONYM_KEY_ENV] = "shared-test-pseudonym-key-0123456789"
+        os.environ[PSEUDONYM_KEY_ENV] = "shared-test-pseudonym-key-0123456789"  # the smoke model's, as in conftest
         os.chdir(folder)
         result = train(root / "tests" / "data" / "train_smoke.yaml", register=True, progress=False)
         model_dir = export(f"models:/{result.registered_name}/{result.registered_version}", folder / "export")

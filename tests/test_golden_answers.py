@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from golden_answers import GOLDEN, answers, differences, saved
+from golden_answers import GOLDEN, PSEUDONYM_KEY, answers, differences, saved
 
 
 @pytest.mark.slow
 def test_every_way_of_scoring_gives_the_saved_answers(smoke_model, tmp_path, monkeypatch):
+    from response_model.privacy import PSEUDONYM_KEY_ENV
+
     monkeypatch.chdir(GOLDEN.parent.parent.parent)
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
     expected = saved()
     found = differences(expected, answers(smoke_model["export_dir"], tmp_path))
     assert not found, f"{len(found)} difference(s), first: " + "; ".join(found[:10])

@@ -305,7 +305,7 @@ def evaluate(model_uri: str, source: str, path: Path) -> None:
     if not loaded.parsed.ok:
         click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) not scored; see `response-model "
                    "validate`", err=True)
-    click.echo(json.dumps(registry.evaluate(model_uri, loaded.parsed)))
+    click.echo(json.dumps(registry.evaluation_report(model_uri, loaded.parsed)))
 
 
 @main.command()
@@ -417,7 +417,7 @@ def _require_servable(model_uri: str | None) -> None:
     from mlflow.exceptions import MlflowException
 
     from response_model.modeling.registry import require_model
-    from response_model.service.app import default_model_uri
+    from response_model.service.holder import default_model_uri
 
     try:
         require_model(model_uri or default_model_uri())

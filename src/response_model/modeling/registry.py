@@ -253,28 +253,12 @@ def promote(
     evaluation = dict(evaluation or {})
     _, candidate_metrics = _run_metrics(client, name, version)
     passed, reasons = check_gate(candidate_metrics, gate)
-
-    previous = None
     try:
         previous = client.get_model_version_by_alias(name, CHAMPION).version
     except MlflowException:
         previous = None
-    not_worse = True
-    tolerance = float(evaluation.get("tolerance", 0.0))
-    if previous is None:
-        reasons.append("compare: no current champion")
-    elif str(previous) == version:
-        reasons.append(f"compare: version {version} is already the champion")
-    elif "candidate" in evaluation and "champion" in evaluation:
-        cand, champ = _flatten_evaluation(evaluation["candidate"]), _flatten_evaluation(evaluation["champion"])
-        not_worse, found = compare_with_champion(cand, champ, sorted(set(cand) & set(champ)), tolerance)
-        reasons += [f"{r} [held-out evaluation, champion version {previous}]" for r in found]
-    else:
-        _, champion_metrics = _run_metrics(client, name, str(previous))
-        names = list(evaluation.get("metrics") or gate)
-        not_worse, found = compare_with_champion(candidate_metrics, champion_metrics, names, tolerance)
-        reasons += [f"{r} [champion version {previous}]" for r in found]
-
+    not_worse, found = _compare_with_current(client, name, version, previous, candidate_metrics, gate, evaluation)
+    reasons += found
     promoted = bool(passed and not_worse)
     if not passed:
         reasons.insert(0, "refused: the candidate fails the gate")
@@ -283,16 +267,40 @@ def promote(
     if promoted and str(previous) != version:
         client.set_registered_model_alias(name, CHAMPION, version)
     decision = PromotionDecision(name, version, promoted, reasons, None if previous is None else str(previous))
+    _tag_decision(client, decision, gate)
+    return decision
+
+
+def _compare_with_current(client: MlflowClient, name: str, version: str, previous: str | None,
+                          candidate_metrics: Mapping[str, float], gate: Mapping[str, Any],
+                          evaluation: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """(not worse than the current champion, the reasons) as :func:`promote`'s ``evaluation`` asks."""
+    tolerance = float(evaluation.get("tolerance", 0.0))
+    if previous is None:
+        return True, ["compare: no current champion"]
+    if str(previous) == version:
+        return True, [f"compare: version {version} is already the champion"]
+    if "candidate" in evaluation and "champion" in evaluation:
+        cand, champ = _flatten_evaluation(evaluation["candidate"]), _flatten_evaluation(evaluation["champion"])
+        not_worse, found = compare_with_champion(cand, champ, sorted(set(cand) & set(champ)), tolerance)
+        return not_worse, [f"{r} [held-out evaluation, champion version {previous}]" for r in found]
+    _, champion_metrics = _run_metrics(client, name, str(previous))
+    names = list(evaluation.get("metrics") or gate)
+    not_worse, found = compare_with_champion(candidate_metrics, champion_metrics, names, tolerance)
+    return not_worse, [f"{r} [champion version {previous}]" for r in found]
+
+
+def _tag_decision(client: MlflowClient, decision: PromotionDecision, gate: Mapping[str, Any]) -> None:
+    """Record ``decision`` and its reasons as tags of the candidate model version."""
     tags = {
-        "promotion.decision": "promoted" if promoted else "refused",
-        "promotion.reasons": json.dumps(reasons)[:5000],
+        "promotion.decision": "promoted" if decision.promoted else "refused",
+        "promotion.reasons": json.dumps(decision.reasons)[:5000],
         "promotion.gate": json.dumps(dict(gate), default=str)[:5000],
-        "promotion.previous_champion": str(previous) if previous is not None else "",
+        "promotion.previous_champion": decision.previous_champion or "",
         "promotion.time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    return decision
+        client.set_model_version_tag(decision.name, decision.version, key, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +325,25 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     """Score a labelled cohort under each patient's given regimen; return the JSON-ready result.
 
     ``{"n": patients scored, "response": {"auc", "auprc", "brier", "calibration_slope"} | None,
-    "resistance": {"auc", "auprc", "brier", "calibration_slope", "c_index"} | None}``, then the keys of
-    :func:`~response_model.modeling.metrics.held_out_details` (labelled n, 95 % bootstrap intervals, per
-    regimen class); an outcome the cohort cannot label (no labels, or one class only) is None.
-    ``model_uri``: any URI or folder :func:`response_model.modeling.predict.load_model` accepts, or an
-    already loaded model. ``parsed_cohort``: a :class:`~response_model.dataset.ParsedCohort` (or a
-    ``LoadedCohort``).
+    "resistance": {"auc", "auprc", "brier", "calibration_slope", "c_index"} | None}``; an outcome the
+    cohort cannot label (no labels, or one class only) is None. ``model_uri``: any URI or folder
+    :func:`response_model.modeling.predict.load_model` accepts, or an already loaded model.
+    ``parsed_cohort``: a :class:`~response_model.dataset.ParsedCohort` (or a ``LoadedCohort``).
     """
+    return _evaluated(model_uri, parsed_cohort)[0]
+
+
+def evaluation_report(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
+    """:func:`evaluate`'s result followed by the keys of
+    :func:`~response_model.modeling.metrics.held_out_details` (labelled n and events, 95 % bootstrap
+    intervals, the same per regimen class), from one scoring of the cohort: what ``evaluate`` prints."""
+    result, outcomes, classes = _evaluated(model_uri, parsed_cohort)
+    return {**result, **held_out_details(outcomes, classes)}
+
+
+def _evaluated(model_uri: Any, parsed_cohort: Any) -> tuple[dict[str, Any], dict[str, tuple], list[str]]:
+    """(:func:`evaluate`'s result, {"response": (y, p), "resistance": (y, p, pfs_months, pfs_event)},
+    each scored patient's regimen class)."""
     parsed = getattr(parsed_cohort, "parsed", parsed_cohort)
     if isinstance(model_uri, (str, Path)):
         require_model(model_uri)
@@ -333,25 +353,24 @@ def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     pairs = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen in scorable]
     result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None}
     if not pairs:
-        return {**result, **held_out_details({"response": ([], []), "resistance": ([], [], [], [])}, [])}
+        return result, {"response": ([], []), "resistance": ([], [], [], [])}, []
     predictions = predictor.predict([rec for rec, _ in pairs], [[out.regimen] for _, out in pairs])
     p_response = predictions.probability["objective_response"]
     p_resistance = predictions.probability["primary_resistance"]
-    outcomes = {name: np.array([math.nan if getattr(out, name) is None else float(getattr(out, name))
-                                for _, out in pairs])
-                for name in ("objective_response", "primary_resistance", "pfs_months", "pfs_event")}
+    column = {name: np.array([math.nan if getattr(out, name) is None else float(getattr(out, name))
+                              for _, out in pairs])
+              for name in ("objective_response", "primary_resistance", "pfs_months", "pfs_event")}
     result["response"] = _outcome_metrics([out.objective_response for _, out in pairs], p_response)
     resistance = _outcome_metrics([out.primary_resistance for _, out in pairs], p_resistance)
     if resistance is not None:
-        time, event = outcomes["pfs_months"], outcomes["pfs_event"]
+        time, event = column["pfs_months"], column["pfs_event"]
         keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(p_resistance))
         resistance["c_index"] = (_json_number(c_index(p_resistance[keep], time[keep], event[keep]))
                                  if keep.any() else None)
     result["resistance"] = resistance
-    return {**result, **held_out_details(
-        {"response": (outcomes["objective_response"], p_response),
-         "resistance": (outcomes["primary_resistance"], p_resistance, outcomes["pfs_months"], outcomes["pfs_event"])},
-        list(predictions.regimen_class))}
+    outcomes = {"response": (column["objective_response"], p_response),
+                "resistance": (column["primary_resistance"], p_resistance, column["pfs_months"], column["pfs_event"])}
+    return result, outcomes, list(predictions.regimen_class)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -236,70 +236,18 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
     config = load_training_config(config_path)  # refuses unknown keys, naming the file and the nearest valid key
     tracking.configure_tracking()
     data = load_training_data(config, data_path)
-    X_all = data.features
     catalogue = load_catalogue()
     classes = data.frame["regimen"].map(lambda r: catalogue[r].regimen_class if r else None)
     if classes.isna().any():
         log.warning("%d patients without a regimen are not used for training", int(classes.isna().sum()))
-    subgroups = {**subgroup_columns(data.parsed.records), "regimen": data.frame["regimen"]}
-    cv_cfg, search = config["cv"], (config.get("search") if config.get("search", {}).get("enabled") else None)
-    fitted: dict[tuple[str, str], Any] = {}
-    results: dict[tuple[str, str], CVResult] = {}
-    parent_metrics: dict[str, float] = {}
     enabled = [o for o in OUTCOMES if config["outcomes"].get(o, {}).get("enabled", False)]
 
     with _compute(config, dask_scheduler) as cluster, threadpool_limits(limits=1, user_api="blas"), \
             mlflow.start_run(run_name=config.get("name", "train"), tags=tracking.run_tags()) as run:
         if cluster is not None:
             mlflow.set_tag("compute.dask_scheduler", cluster.address)
-        tracking.log_config(resolve_config_path(config_path))
-        digest = tracking.log_dataset(data.frame, name=config.get("name", "cohort"), source=data.source)
-        mlflow.set_tags({"data.source": data.source, "data.simulated": str(data.simulated),
-                         "data.rows": str(len(data.frame))})
-        mlflow.log_dict(_cohort_flow(data, classes, enabled), "cohort/flow.json")
-        mlflow.log_table(table_one({"training cohort": data.frame}).reset_index(names="characteristic"),
-                         "cohort/table1.json")
-        for regimen_class in config["regimen_classes"]:
-            rows = classes.index[classes == regimen_class]
-            if len(rows) == 0:
-                log.warning("no patient received a %s regimen; no model for this class", regimen_class)
-                continue
-            X = X_all.loc[rows]
-            for outcome in enabled:
-                y = data.frame.loc[rows, outcome].astype(float)
-                labelled = y.notna()
-                if y[labelled].nunique() < 2:
-                    log.warning("%s / %s: a single outcome class; skipped", regimen_class, outcome)
-                    continue
-                prefix = f"{regimen_class}/{outcome}"
-                log.info("%s: cross-validating on %d labelled patients", prefix, int(labelled.sum()))
-                survival = None
-                if outcome == "primary_resistance":
-                    survival = pd.DataFrame({"time": data.frame.loc[rows, "pfs_months"].astype(float),
-                                             "event": data.frame.loc[rows, "pfs_event"].astype(float)}, index=rows)
-                models = candidate_models(config, regimen_class, outcome, X,
-                                          _oracle_truth(data, rows, outcome))
-                with mlflow.start_run(run_name=prefix, nested=True):
-                    mlflow.set_tags({"regimen_class": regimen_class, "outcome": outcome})
-                    result = cross_validate(
-                        X, y, groups_for_subgroups={k: v.loc[rows] for k, v in subgroups.items()},
-                        models=models, n_splits=cv_cfg["n_splits"], n_repeats=cv_cfg["n_repeats"],
-                        seed=cv_cfg["seed"], search=search, survival=survival, progress=progress,
-                        n_jobs=parallel_jobs(int(cv_cfg.get("n_jobs", 1))),
-                    )
-                    reference = "loris" if "loris" in result.models else "logistic"
-                    _log_cv(result, prefix, reference,
-                            [m for m, est in models.items() if getattr(est, "outputs_probability", True)])
-                    log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
-                    final = _fit_final(models[PROJECT], X[labelled], y[labelled].astype(int), search, cv_cfg["seed"])
-                    _log_explanations(final, X[labelled], y[labelled].astype(int), prefix, regimen_class, outcome,
-                                      data.simulated)
-                results[(regimen_class, outcome)] = result
-                fitted[(regimen_class, outcome)] = final
-                # the project's summary (mean, lower, upper of each metric) goes to the parent run,
-                # where `promote` checks the gate: response.checkpoint_inhibitor.auc_lower, …
-                for metric, value in result.summary().loc[PROJECT].drop("n").dropna().items():
-                    parent_metrics[tracking.metric_key(outcome, regimen_class, metric)] = float(value)
+        digest = _log_inputs(config_path, config, data, classes, enabled)
+        fitted, results, parent_metrics = _train_models(config, data, classes, enabled, progress)
         if not fitted:
             raise InputError("no model could be trained: no regimen class had patients with both outcomes")
         tracking.log_metrics(parent_metrics)
@@ -307,7 +255,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
             simulated=data.simulated,
             metadata={"data_source": data.source, "config": str(config_path),
-                      "feature_ranges": training_ranges(X_all.loc[classes.notna()])},
+                      "feature_ranges": training_ranges(data.features.loc[classes.notna()])},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
@@ -319,3 +267,75 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
             registered_name=config.get("registered_model") if register else None,
             registered_version=str(version) if version is not None else None, seconds=seconds,
         )
+
+
+def _log_inputs(config_path: str | Path, config: dict[str, Any], data: Any, classes: pd.Series,
+                enabled: list[str]) -> str:
+    """Log the config, the dataset, the cohort flow and Table 1 to the active run; return the dataset digest."""
+    tracking.log_config(resolve_config_path(config_path))
+    digest = tracking.log_dataset(data.frame, name=config.get("name", "cohort"), source=data.source)
+    mlflow.set_tags({"data.source": data.source, "data.simulated": str(data.simulated),
+                     "data.rows": str(len(data.frame))})
+    mlflow.log_dict(_cohort_flow(data, classes, enabled), "cohort/flow.json")
+    mlflow.log_table(table_one({"training cohort": data.frame}).reset_index(names="characteristic"),
+                     "cohort/table1.json")
+    return digest
+
+
+def _train_models(config: dict[str, Any], data: Any, classes: pd.Series, enabled: list[str], progress: bool,
+                  ) -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], CVResult], dict[str, float]]:
+    """(final models, their CV results, the parent run's summary metrics) of every regimen class × outcome
+    with patients of both outcome classes."""
+    subgroups = {**subgroup_columns(data.parsed.records), "regimen": data.frame["regimen"]}
+    fitted: dict[tuple[str, str], Any] = {}
+    results: dict[tuple[str, str], CVResult] = {}
+    parent_metrics: dict[str, float] = {}
+    for regimen_class in config["regimen_classes"]:
+        rows = classes.index[classes == regimen_class]
+        if len(rows) == 0:
+            log.warning("no patient received a %s regimen; no model for this class", regimen_class)
+            continue
+        for outcome in enabled:
+            trained = _train_one(config, data, rows, regimen_class, outcome,
+                                 {k: v.loc[rows] for k, v in subgroups.items()}, progress)
+            if trained is None:
+                continue
+            results[(regimen_class, outcome)], fitted[(regimen_class, outcome)] = trained
+            # the project's summary (mean, lower, upper of each metric) goes to the parent run,
+            # where `promote` checks the gate: response.checkpoint_inhibitor.auc_lower, …
+            for metric, value in trained[0].summary().loc[PROJECT].drop("n").dropna().items():
+                parent_metrics[tracking.metric_key(outcome, regimen_class, metric)] = float(value)
+    return fitted, results, parent_metrics
+
+
+def _train_one(config: dict[str, Any], data: Any, rows: pd.Index, regimen_class: str, outcome: str,
+               subgroups: dict[str, pd.Series], progress: bool) -> tuple[CVResult, Any] | None:
+    """(CV result, final model) of one regimen class × outcome, in a nested run; None with a single outcome class."""
+    X = data.features.loc[rows]
+    y = data.frame.loc[rows, outcome].astype(float)
+    labelled = y.notna()
+    if y[labelled].nunique() < 2:
+        log.warning("%s / %s: a single outcome class; skipped", regimen_class, outcome)
+        return None
+    cv_cfg, search = config["cv"], (config.get("search") if config.get("search", {}).get("enabled") else None)
+    prefix = f"{regimen_class}/{outcome}"
+    log.info("%s: cross-validating on %d labelled patients", prefix, int(labelled.sum()))
+    survival = None
+    if outcome == "primary_resistance":
+        survival = pd.DataFrame({"time": data.frame.loc[rows, "pfs_months"].astype(float),
+                                 "event": data.frame.loc[rows, "pfs_event"].astype(float)}, index=rows)
+    models = candidate_models(config, regimen_class, outcome, X, _oracle_truth(data, rows, outcome))
+    with mlflow.start_run(run_name=prefix, nested=True):
+        mlflow.set_tags({"regimen_class": regimen_class, "outcome": outcome})
+        result = cross_validate(
+            X, y, groups_for_subgroups=subgroups, models=models, n_splits=cv_cfg["n_splits"],
+            n_repeats=cv_cfg["n_repeats"], seed=cv_cfg["seed"], search=search, survival=survival,
+            progress=progress, n_jobs=parallel_jobs(int(cv_cfg.get("n_jobs", 1))),
+        )
+        reference = "loris" if "loris" in result.models else "logistic"
+        probabilistic = [m for m, est in models.items() if getattr(est, "outputs_probability", True)]
+        _log_cv(result, prefix, reference, probabilistic)
+        log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
+        final = _fit_final(models[PROJECT], X[labelled], y[labelled].astype(int), search, cv_cfg["seed"])
+        _log_explanations(final, X[labelled], y[labelled].astype(int), prefix, regimen_class, outcome, data.simulated)
+    return result, final

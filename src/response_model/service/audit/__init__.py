@@ -2,8 +2,8 @@
 
 - :mod:`.chain`: what a record holds, its canonical JSON, its hash and the rules of the hash chain;
   the checks that keep the raw patient id out of the trail.
-- :mod:`.store`: the ``audit_records`` table and :class:`AuditTrail` (appends with group commit,
-  verify, get, check_record, count).
+- :mod:`.records`: the ``audit_records`` table and :class:`AuditEntry` (a record as read back).
+- :mod:`.store`: :class:`AuditTrail` (appends with group commit, verify, get, check_record, count).
 - :mod:`.readers`: filters, paging and the flat CSV/Parquet export for auditors.
 
 This package re-exports the names that the rest of the project imports from
@@ -34,7 +34,8 @@ from response_model.service.audit.readers import (
     shap_features,
     start_export,
 )
-from response_model.service.audit.store import AuditEntry, AuditTrail, audit_records
+from response_model.service.audit.records import AuditEntry, audit_records
+from response_model.service.audit.store import AuditTrail
 
 __all__ = [
     "CONTENT_FIELDS",

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -29,8 +29,11 @@ from response_model.service.audit.chain import (
     canonical_json,
     expand_explanations,
 )
-from response_model.service.audit.store import AuditEntry, AuditTrail, _row_to_entry, audit_records
+from response_model.service.audit.records import AuditEntry, audit_records, row_to_entry
 from response_model.service.keys import TIME_FORMAT
+
+if TYPE_CHECKING:
+    from response_model.service.audit.store import AuditTrail
 
 MAX_QUERY_LIMIT = 1_000
 
@@ -203,7 +206,7 @@ def select_records(trail: AuditTrail, flt: TrailFilter, *, after_seq: int | None
     query = _filtered(sa.select(*columns), flt, after_seq, through_seq, kind)
     query = query.order_by(audit_records.c.seq).limit(int(limit)).offset(int(offset))
     with trail.engine.connect() as conn:
-        return [_row_to_entry(row) for row in conn.execute(query)]
+        return [row_to_entry(row) for row in conn.execute(query)]
 
 
 def count_records(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | None = None,

@@ -17,129 +17,38 @@ and exports for auditors: :mod:`response_model.service.audit.readers` (:meth:`Au
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from response_model.service.audit.chain import (
-    _JSON_FIELDS,
-    CONTENT_FIELDS,
     GENESIS_HASH,
     AuditError,
     RecordCheck,
     VerifyResult,
     chain_break,
-    expand_explanations,
     record_check,
     record_hash,
     stored_content,
 )
+from response_model.service.audit.readers import TrailFilter, count_records, query_records, select_records
+from response_model.service.audit.records import _CHAIN_COLUMNS, AuditEntry, _Row, audit_records, metadata, row_to_entry
 from response_model.service.keys import (
-    TIME_FORMAT,
     KeyStoreError,
     describe_url,
     make_engine,
-    parse_time,
     require_table,
     utc_now_text,
 )
 
-if TYPE_CHECKING:
-    from response_model.service.audit.readers import TrailFilter
-
 log = logging.getLogger(__package__)  # one logger for the whole audit package
 
 _APPEND_RETRIES = 20
-
-metadata = sa.MetaData()
-
-audit_records = sa.Table(
-    "audit_records",
-    metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False),
-    sa.Column("time", sa.String(32), nullable=False, index=True),  # UTC, TIME_FORMAT: text order = time order
-    sa.Column("key_id", sa.String(32), nullable=True),
-    sa.Column("role", sa.String(16), nullable=True),
-    sa.Column("endpoint", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("http_status", sa.Integer, nullable=False),
-    sa.Column("model_name", sa.String(200), nullable=True),
-    sa.Column("model_version", sa.String(64), nullable=True, index=True),
-    sa.Column("input_digest", sa.String(64), nullable=True),
-    sa.Column("patient_pseudonym", sa.String(64), nullable=True),
-    sa.Column("prediction_id", sa.String(64), nullable=True, index=True),
-    sa.Column("regimens", sa.Text, nullable=True),  # canonical JSON list of regimen ids
-    sa.Column("outputs", sa.Text, nullable=True),  # canonical JSON
-    sa.Column("explanations", sa.Text, nullable=True),  # canonical JSON
-    sa.Column("detail", sa.Text, nullable=True),  # canonical JSON
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-)
-
-# What the chain checks read of each record: its links and every field the hash covers.
-_CHAIN_COLUMNS = [audit_records.c.seq, audit_records.c.prev_hash, audit_records.c.hash] + [
-    audit_records.c[name] for name in CONTENT_FIELDS
-]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One stored record, with its JSON fields parsed."""
-
-    seq: int
-    time: datetime
-    key_id: str | None
-    role: str | None
-    endpoint: str
-    status: str
-    http_status: int
-    model_name: str | None
-    model_version: str | None
-    input_digest: str | None
-    patient_pseudonym: str | None
-    prediction_id: str | None
-    regimens: list[str] | None
-    outputs: Any
-    explanations: Any
-    detail: Any
-    prev_hash: str
-    hash: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (time as UTC ISO text)."""
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["time"] = self.time.strftime(TIME_FORMAT)
-        return out
-
-
-def _row_to_entry(row) -> AuditEntry:
-    """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded."""
-    values = dict(row._mapping)
-    for name in _JSON_FIELDS:
-        text = values.get(name)  # absent: not selected (AuditTrail.select(explanations=False))
-        values[name] = None if text is None else json.loads(text)
-    values["explanations"] = expand_explanations(values.get("explanations"))
-    values["time"] = parse_time(values["time"])
-    return AuditEntry(**values)
-
-
-class _Row:
-    """Adapter so that freshly inserted values go through the same conversion as fetched rows."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._mapping = {c.name: values[c.name] for c in audit_records.columns}
-
 
 # ---------------------------------------------------------------------------------------------------
 
@@ -235,7 +144,7 @@ class AuditTrail:
         if not contents:
             return [] if entries else None
         rows = self._group.submit(contents)
-        return [_row_to_entry(_Row(values)) for values in rows] if entries else None
+        return [row_to_entry(_Row(values)) for values in rows] if entries else None
 
     def _append_durably(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Append ``contents`` in one transaction, retrying when another writer took the same seq;
@@ -300,7 +209,7 @@ class AuditTrail:
                 sa.select(audit_records).where(audit_records.c.prediction_id == prediction_id)
                 .order_by(audit_records.c.seq).limit(1)
             ).first()
-        return None if row is None else _row_to_entry(row)
+        return None if row is None else row_to_entry(row)
 
     def query(
         self,
@@ -324,9 +233,7 @@ class AuditTrail:
         ``"prediction"`` (prediction requests: endpoint ``POST …``) or ``"access"`` (everything
         else, e.g. auditors reading the trail); None = both. See :func:`~.readers.query_records`.
         """
-        from response_model.service.audit import readers  # readers imports this module
-
-        return readers.query_records(self, from_, to, model_version, regimen, limit, offset, status=status,
+        return query_records(self, from_, to, model_version, regimen, limit, offset, status=status,
                                      after_seq=after_seq, through_seq=through_seq, kind=kind)
 
     def select(self, flt: TrailFilter, *, after_seq: int | None = None, through_seq: int | None = None,
@@ -336,17 +243,13 @@ class AuditTrail:
         (see :meth:`query`), oldest first, at most ``limit`` (≤ 1,000) after skipping ``offset``.
         ``explanations=False`` leaves out the largest field (every SHAP value; ``None`` in the entries).
         See :func:`~.readers.select_records`."""
-        from response_model.service.audit import readers  # readers imports this module
-
-        return readers.select_records(self, flt, after_seq=after_seq, through_seq=through_seq, kind=kind,
+        return select_records(self, flt, after_seq=after_seq, through_seq=through_seq, kind=kind,
                                       limit=limit, offset=offset, explanations=explanations)
 
     def count_matching(self, flt: TrailFilter, *, through_seq: int | None = None,
                        kind: str | None = "prediction") -> int:
         """The number of records that ``flt`` (and ``kind``, ``seq <= through_seq``) selects."""
-        from response_model.service.audit import readers  # readers imports this module
-
-        return readers.count_records(self, flt, through_seq=through_seq, kind=kind)
+        return count_records(self, flt, through_seq=through_seq, kind=kind)
 
     def head_seq(self) -> int:
         """The sequence number of the newest record (0 for an empty trail)."""
