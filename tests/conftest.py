@@ -31,8 +31,9 @@ def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(PSEUDONYM_KEY_FILE_ENV, str(tmp_path_factory.getbasetemp() / "no-such" / "pseudonym.key"))
     if PSEUDONYM_KEY_ENV in os.environ:  # restored after the test, whatever the test did to it
         monkeypatch.setenv(PSEUDONYM_KEY_ENV, os.environ[PSEUDONYM_KEY_ENV])
-    else:
-        monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
+    else:  # recorded as unset, so removed again after the test
+        monkeypatch.setenv(PSEUDONYM_KEY_ENV, "")
+        monkeypatch.delenv(PSEUDONYM_KEY_ENV)
 
 
 @pytest.fixture(scope="session")
