@@ -12,7 +12,7 @@ import re
 import typing
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -131,7 +131,7 @@ def _canonical_enum(field: str, value: Any, enum: type[StrEnum]) -> Any:
     return _SYNONYMS.get(field, {}).get(lowered, value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _enum_values(enum: type[StrEnum]) -> dict[str, str]:
     """{lower-cased value: value} of ``enum``'s members (the first member wins, as a loop over them would)."""
     values: dict[str, str] = {}
@@ -393,9 +393,11 @@ class PatientRecord(BaseModel):
     pdl1_tps: float | None = Field(default=None, description="PD-L1 tumour proportion score", **_unit("%"))
     pdl1_cps: float | None = Field(default=None, description="PD-L1 combined positive score", **_unit("score"))
     cd8_density: float | None = Field(default=None, description="Intratumoural CD8+ T cells", **_unit("cells/mm²"))
-    teff_signature: float | None = Field(default=None, description="T-effector signature (Zhu 2022)", **_unit("z-score"))
+    teff_signature: float | None = Field(default=None, description="T-effector signature (Zhu 2022)",
+                                         **_unit("z-score"))
     treg_signature: float | None = Field(default=None, description="Regulatory T-cell signature", **_unit("z-score"))
-    myeloid_signature: float | None = Field(default=None, description="Myeloid inflammation signature", **_unit("z-score"))
+    myeloid_signature: float | None = Field(default=None, description="Myeloid inflammation signature",
+                                            **_unit("z-score"))
     # Genomics
     alterations: list[Alteration] | None = Field(
         default=None,
@@ -404,9 +406,11 @@ class PatientRecord(BaseModel):
     tmb: float | None = Field(default=None, description="Tumour mutational burden", **_unit("mut/Mb"))
     msi_status: MSIStatus | None = None
     sequencing_panel: str | None = Field(default=None, max_length=64, description="e.g. MSK-IMPACT468")
-    fcna: float | None = Field(default=None, description="Fraction of genome with copy-number alteration", **_unit("fraction"))
+    fcna: float | None = Field(default=None, description="Fraction of genome with copy-number alteration",
+                               **_unit("fraction"))
     hla_loh: bool | None = Field(default=None, description="Loss of heterozygosity at HLA class I")
-    hed: float | None = Field(default=None, description="HLA class I evolutionary divergence (mean)", **_unit("divergence"))
+    hed: float | None = Field(default=None, description="HLA class I evolutionary divergence (mean)",
+                              **_unit("divergence"))
 
     # -- field checks -------------------------------------------------------------------------
 
@@ -538,7 +542,7 @@ class PatientRecord(BaseModel):
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 _NUMERIC_FIELDS = frozenset(name for name, f in PatientRecord.model_fields.items()
                             if set(typing.get_args(f.annotation) or (f.annotation,)) - {type(None)} <= {int, float})
-if _NUMERIC_FIELDS != set(_DECLARED_NUMERIC_FIELDS):
+if set(_DECLARED_NUMERIC_FIELDS) != _NUMERIC_FIELDS:
     raise RuntimeError(f"fields {sorted(_NUMERIC_FIELDS ^ set(_DECLARED_NUMERIC_FIELDS))} lack or have a plausible "
                        "range in configs/ranges.yaml; expected one for each numeric field but ecog")
 
