@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
 from response_model.privacy import PSEUDONYM_KEY_ENV
-import json
-import math
-from datetime import datetime, timezone
-
 from response_model.service.audit import AuditError, AuditTrail, canonical_json, stored_json
 
 
@@ -96,7 +95,7 @@ def test_records_written_either_way_verify(tmp_path, monkeypatch):
 
     monkeypatch.setenv(PSEUDONYM_KEY_ENV, "group-commit-test-key-0123456789")
     with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:
-        trail.append({**_record(0, 0), "outputs": {"p": 1e-05, "when": datetime(2026, 1, 1, tzinfo=timezone.utc)}})
+        trail.append({**_record(0, 0), "outputs": {"p": 1e-05, "when": datetime(2026, 1, 1, tzinfo=UTC)}})
         monkeypatch.setattr(audit, "_orjson", None)  # as without orjson installed
         trail.append({**_record(0, 1), "outputs": {"p": 1e-05}})
         assert trail.verify().ok
@@ -152,7 +151,7 @@ def test_values_orjson_would_write_its_own_way_go_to_the_json_module():
     class Colour(enum.Enum):
         RED = "red"
 
-    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
     for value in ({"when": when}, {"nested": [{"when": when}]}, {"pair": (1.0, 1e-05)}):
         assert stored_json(value) == canonical_json(value)
     for value in ({"id": uuid.UUID(int=1)}, {"colour": Colour.RED}):  # refused by both, not written by orjson

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -334,7 +334,7 @@ def test_bad_records_are_refused(db):
 
 def test_query_filters_and_pages(db):
     url, _ = db
-    t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
     with AuditTrail(url) as trail:
         for i in range(10):
             trail.append(record(
@@ -385,10 +385,9 @@ def test_concurrent_appends_keep_one_chain(db):
 
 def test_sqlite_is_wal_and_synchronous_full(db):
     url, _ = db
-    with AuditTrail(url) as trail:
-        with trail.engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    with AuditTrail(url) as trail, trail.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
 
 
 def test_default_url_is_service_db_in_the_working_directory(tmp_path, monkeypatch):
@@ -483,7 +482,7 @@ def test_postgresql_keys_and_concurrent_audit_chain(postgres_url):
     def worker(t: int) -> None:
         with AuditTrail(url) as trail:
             for i in range(25):
-                trail.append(record(t * 1000 + i, time=datetime.now(timezone.utc)))
+                trail.append(record(t * 1000 + i, time=datetime.now(UTC)))
 
     assert run_threads(worker, 8) == []
     with AuditTrail(url) as trail:

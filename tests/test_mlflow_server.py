@@ -19,13 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-
 from conftest import SMOKE_PSEUDONYM_KEY, require_service
-from service_process import ServerProcess, cli, free_port, start_service
 
 from response_model.service.audit import AuditTrail
 from response_model.service.keys import KeyStore
 from response_model.service.models import EXAMPLE_REQUEST
+
+from service_process import ServerProcess, cli, free_port, start_service
 
 TRAIN_CONFIG = Path(__file__).parent / "data" / "train_smoke.yaml"
 

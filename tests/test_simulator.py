@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ LATER_LINE = {"pembrolizumab", "regorafenib", "cabozantinib", "ramucirumab"}
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _alteration(item: str) -> Alteration:
     return Alteration(**json.loads(item))
 
