@@ -46,7 +46,8 @@ def synthetic_record(rng: np.random.Generator, regimens: list[str], features: li
         estimates = {}
         for outcome in OUTCOMES:
             p = round(float(rng.uniform(0.02, 0.9)), 4)
-            estimates[outcome] = {"probability": p, "interval": {"lower": max(0.0, p - 0.05), "upper": min(1.0, p + 0.05)},
+            estimates[outcome] = {"probability": p,
+                                  "interval": {"lower": max(0.0, p - 0.05), "upper": min(1.0, p + 0.05)},
                                   "band": "moderate"}
         outputs["regimens"][regimen] = {"rank": rank, "eligible": True, "ineligible_reason": None, **estimates}
         values = rng.normal(0.0, 0.1, len(features)).round(8)
@@ -89,7 +90,8 @@ def run(trail: AuditTrail) -> pd.DataFrame:
             buffer.write(chunk)
         seconds = time.perf_counter() - started
         started = time.perf_counter()
-        frame = pd.read_csv(io.BytesIO(buffer.getvalue())) if fmt == "csv" else pd.read_parquet(io.BytesIO(buffer.getvalue()))
+        data = io.BytesIO(buffer.getvalue())
+        frame = pd.read_csv(data) if fmt == "csv" else pd.read_parquet(data)
         read = time.perf_counter() - started
         rows.append({"what": f"export {fmt}", "records": export.n_records, "rows": len(frame),
                      "columns": len(frame.columns), "prepare_s": round(prepared, 3), "total_s": round(seconds, 2),

@@ -16,9 +16,10 @@ per second, and the peak resident memory of the whole process tree (this process
 the workers; psutil sampled every 50 ms), plus the growth exponent between sizes (time ∝ n^k).
 
 The physical limit beside it: the bare LightGBM boosters of the bundle predicting the feature
-matrix that is already built (``Booster.predict`` on a NumPy array; the better of one thread and all cores, measured just before
-each run), and with explanations their own ``pred_contrib``: patient-regimen rows per second, where
-each row needs both outcome models of its regimen class. (The bundle's models are ensembles — a logistic part
+matrix that is already built (``Booster.predict`` on a NumPy array; the better of one thread and
+all cores, measured just before each run), and with explanations their own ``pred_contrib``:
+patient-regimen rows per second, where each row needs both outcome models of its regimen class.
+(The bundle's models are ensembles — a logistic part
 plus LightGBM — so the end-to-end path also does the logistic part; the limit leaves it out. The
 end-to-end path evaluates the same trees, grouped: the trees that split on no regimen feature once per
 patient, the others once per patient and value of their regimen features — see
@@ -38,6 +39,7 @@ Earlier measurements, and what each speed-up changed, are in docs/performance.md
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -72,10 +74,8 @@ class PeakMemory:
 
         total = 0
         for process in [self._root, *self._root.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 total += process.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
         return total / 2**20
 
     def _run(self) -> None:
@@ -158,7 +158,7 @@ def _booster_rate(bundle, records, explain: bool, threads: int, min_seconds: flo
     predictions = bundle.predictor().predict(records)
     X = predictions.features.frame()
     total = 0.0
-    for (regimen_class, outcome), model in bundle.models.items():
+    for (regimen_class, _outcome), model in bundle.models.items():
         booster = model.gbm_.booster_
         mask = predictions.regimen_class == regimen_class
         matrix = np.ascontiguousarray(X.loc[mask, list(model.gbm_features_)].to_numpy(np.float64))
@@ -243,7 +243,7 @@ def main() -> int:
         path.unlink()
 
     table = pd.DataFrame(rows)
-    for explain, part in table.groupby("explain"):
+    for _explain, part in table.groupby("explain"):
         part = part.sort_values("patients")
         # time ∝ n^k between consecutive sizes, of the whole run and of the part after start-up
         for column, seconds in (("growth_k", part["seconds"]), ("growth_k_after_startup",

@@ -192,10 +192,8 @@ class Server:
                 self.process.wait()
             except ProcessLookupError:
                 pass
-        try:  # children outliving the parent
+        with contextlib.suppress(ProcessLookupError):  # children outliving the parent
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Spec:

@@ -97,7 +97,8 @@ def load_cohort(n: int, seed: int) -> Cohort:
     return Cohort(frame, patient, X, frame["regimen"].map(catalogue), sim.truth)
 
 
-def fit_models(cohort: Cohort, config: dict, search: dict | None, seed: int) -> dict[tuple[str, str], ResponseClassifier]:
+def fit_models(cohort: Cohort, config: dict, search: dict | None,
+               seed: int) -> dict[tuple[str, str], ResponseClassifier]:
     """Fit one ResponseClassifier per regimen class × outcome on the cohort's labelled rows."""
     models = {}
     for regimen_class in config["regimen_classes"]:
@@ -133,7 +134,8 @@ def fit_ceiling(cohort: Cohort, regimen_classes: list[str], seed: int) -> dict[t
     return models
 
 
-def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, float, float]:
+def paired_gap(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 200,
+               seed: int = 0) -> tuple[float, float, float]:
     """Return AUC(a) − AUC(b) and its paired bootstrap 95 % interval (same resampled patients)."""
     rng = np.random.default_rng(seed)
     point = roc_auc_score(y, a) - roc_auc_score(y, b)
@@ -171,7 +173,8 @@ def discrimination(models: dict, ceiling: dict | None, test: Cohort, regimen_cla
     return rows
 
 
-def ranking(models: dict, train: Cohort, test: Cohort, regimen_classes: list[str], any_line: bool = False) -> list[dict]:
+def ranking(models: dict, train: Cohort, test: Cohort, regimen_classes: list[str],
+            any_line: bool = False) -> list[dict]:
     """Return mean regret of the model's regimen pick (objective response), per class and across classes."""
     regimens = [r for r in candidate_regimens() if r.regimen_class in regimen_classes]
     names = [r.name for r in regimens]

@@ -100,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     table = pd.DataFrame({f"seed {seed}": measure(args.n, seed) for seed in args.seeds})
     table.insert(0, "target", pd.Series(targets()))
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.float_format", "{:.3f}".format):
         print(f"simulator at n = {args.n}")
         print(table)
 

@@ -119,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         row = time_training(n, args.seed, config, progress=args.progress, cv_jobs=cv_jobs)
         rows.append(row)
         print(f"n = {n:>6}: trained {row['models']} class × outcome models in {row['train_s']:.1f} s "
-              f"({row['train_s'] / 60:.2f} min; CPU {row['cpu_s']:.1f} s; simulation {row['simulate_s']:.1f} s, not timed)", flush=True)
+              f"({row['train_s'] / 60:.2f} min; CPU {row['cpu_s']:.1f} s; "
+              f"simulation {row['simulate_s']:.1f} s, not timed)", flush=True)
     out = table(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.2f}".format):
-        print(f"\nfull training ({config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}: every class and "
+        shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+        print(f"\nfull training ({shown}: every class and "
               "outcome, CV and search as configured, SHAP, MLflow logging and registration; "
               f"cv.n_jobs {'from the config' if cv_jobs is None else cv_jobs}), "
               f"{os.cpu_count()} CPU(s) visible\n")

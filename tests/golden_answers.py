@@ -143,7 +143,8 @@ def differences(expected: Any, actual: Any, path: str = "", tolerance: float = 1
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             return [f"{path}: expected a list of {len(expected)}, got {actual!r:.80}"]
-        return [d for k, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{path}[{k}]", tolerance)]
+        return [d for k, (e, a) in enumerate(zip(expected, actual))
+                for d in differences(e, a, f"{path}[{k}]", tolerance)]
     numbers = (int, float)
     if isinstance(expected, numbers) and isinstance(actual, numbers) and not isinstance(expected, bool):
         return [] if abs(expected - actual) <= tolerance else [f"{path}: expected {expected!r}, got {actual!r}"]

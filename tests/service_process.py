@@ -7,6 +7,7 @@ tests/test_mlflow_server.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,7 +42,7 @@ class ServerProcess:
                  cwd: Path | None = None) -> None:
         self.args, self.port, self.log_path = args, port, Path(log_path)
         self.base_url = f"http://127.0.0.1:{port}"
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - held open for the server's lifetime, closed in stop()
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
                                         env={**os.environ, **(env or {})}, start_new_session=True)
 
@@ -75,10 +76,8 @@ class ServerProcess:
 
     def kill9(self) -> None:
         """SIGKILL the server process (and its process group: the workers of ``mlflow server``)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
 
     def stop(self) -> None:

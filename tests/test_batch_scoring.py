@@ -39,9 +39,9 @@ def cluster():
     """A small in-process Dask cluster (two workers, one thread each) shared by the tests of this module."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local:
-        with Client(local) as client:
-            yield local, client
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as local,
+          Client(local) as client):
+        yield local, client
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,8 @@ def test_a_hospital_table_through_its_source_config(smoke_model, cluster, tmp_pa
     spec = {"format": "table", "id_column": "Patient", "pseudonymise": False,
             "columns": {"age": "Age", "sex": {"column": "Sex", "values": {"M": "male", "F": "female"}},
                         "albumin": "Albumin (g/dL)", "bilirubin": "Bilirubin (mg/dL)", "ascites": "Ascites",
-                        "regimen": {"column": "Treatment", "values": {"Sorafenib": "sorafenib", "Lenvatinib": "lenvatinib"}},
+                        "regimen": {"column": "Treatment",
+                                    "values": {"Sorafenib": "sorafenib", "Lenvatinib": "lenvatinib"}},
                         "alterations": "Mutations"},
             "constants": {"cancer_type": "Hepatobiliary"}}
     config = tmp_path / "hospital.yaml"

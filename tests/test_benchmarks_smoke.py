@@ -46,8 +46,10 @@ def test_genomics_value_removes_genomic_features_from_both_parts():
 
 def test_training_time_table_growth():
     module = _load("training_time")
-    table = module.table([{"n": 1000, "train_s": 10.0, "cpu_s": 9.0, "models": 4, "per_model_s": 2.5, "simulate_s": 1.0},
-                          {"n": 4000, "train_s": 40.0, "cpu_s": 36.0, "models": 4, "per_model_s": 10.0, "simulate_s": 2.0}])
+    table = module.table([
+        {"n": 1000, "train_s": 10.0, "cpu_s": 9.0, "models": 4, "per_model_s": 2.5, "simulate_s": 1.0},
+        {"n": 4000, "train_s": 40.0, "cpu_s": 36.0, "models": 4, "per_model_s": 10.0, "simulate_s": 2.0},
+    ])
     assert table["growth vs previous"].iloc[1] == pytest.approx(4.0)
     assert table["exponent k (t ∝ n^k)"].iloc[1] == pytest.approx(1.0)
 

@@ -32,9 +32,9 @@ def cluster():
     """A LocalCluster of two worker processes with one thread each."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
-        with Client(local) as client:
-            yield local, client
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local,
+          Client(local) as client):
+        yield local, client
 
 
 def _metrics_by_run(run_id: str) -> dict[str, dict[str, float]]:

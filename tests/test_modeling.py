@@ -324,8 +324,8 @@ def test_every_fit_sees_training_rows_only():
 def test_search_of_a_calibrated_model_refits_calibrated():
     X, y, _ = _toy(400, seed=7)
     search = {"method": "random", "n_iter": 2, "inner_splits": 2, "space": {"C": [0.05, 0.5], "num_leaves": [3, 5]}}
-    result = cross_validate(X, y, models={"project": lambda: ResponseClassifier(calibrate=True, calibration_cv=2, **FAST_GBM)},
-                            n_splits=2, n_repeats=1, seed=0, search=search, progress=False)
+    models = {"project": lambda: ResponseClassifier(calibrate=True, calibration_cv=2, **FAST_GBM)}
+    result = cross_validate(X, y, models=models, n_splits=2, n_repeats=1, seed=0, search=search, progress=False)
     assert all(set(p) == {"C", "num_leaves"} for p in result.folds["params"])
     assert result.folds["auc"].gt(0.6).all()
 

@@ -51,7 +51,8 @@ def test_cli_writes_a_self_contained_report_logged_to_the_run(store, written):
     assert "research use — trained on simulated data" in html   # the smoke model is simulated
     logged = mlflow.artifacts.download_artifacts(run_id=store["run_id"], artifact_path=REPORT_ARTIFACT,
                                                  dst_path=str(path.parent / "logged"))
-    assert open(logged, encoding="utf-8").read() == html
+    with open(logged, encoding="utf-8") as handle:
+        assert handle.read() == html
 
 
 def test_report_content(written):
@@ -65,7 +66,8 @@ def test_report_content(written):
         assert key in html
     assert ">regimen<" in html and ">child_pugh_class<" in html and ">loris<" in html and ">oracle<" in html
     assert "log-odds before calibration (whole model)" in html
-    additivity = [float(x) for x in re.findall(r"largest error over the explained patients: <strong>([0-9.e+-]+)</strong>", html)]
+    additivity = [float(x) for x in
+                  re.findall(r"largest error over the explained patients: <strong>([0-9.e+-]+)</strong>", html)]
     assert len(additivity) == 4 and max(additivity) <= 1e-6
     # the TRIPOD+AI checklist: 27 items, each answered somewhere or said to be not applicable
     rows = re.findall(r"<tr><td>(\d+)</td><td>.*?</td><td>.*?</td>\s*<td>(.*?)</td></tr>", html, flags=re.S)
@@ -111,7 +113,8 @@ def test_endpoint_roles_and_cache(store, monkeypatch, tmp_path):
     monkeypatch.setattr(report, "build_report", counted)
     with TestClient(create_app(store["model_uri"], url)) as client:
         assert client.get("/v1/model/report").status_code == 401
-        assert client.get("/v1/model/report", headers={"Authorization": f"Bearer {tokens['clinician']}"}).status_code == 403
+        clinician = {"Authorization": f"Bearer {tokens['clinician']}"}
+        assert client.get("/v1/model/report", headers=clinician).status_code == 403
         pages = []
         for role in ("auditor", "admin"):
             response = client.get("/v1/model/report", headers={"Authorization": f"Bearer {tokens[role]}"})

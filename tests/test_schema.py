@@ -64,7 +64,8 @@ def test_child_pugh_class_given_is_accepted_when_items_missing_and_checked_when_
     ("field", "value", "expected"),
     [
         ("albumin", 35, "albumin: 35 is outside the plausible range 1–6 g/dL; looks like g/L; expected g/dL"),
-        ("bilirubin", 85, "bilirubin: 85 is outside the plausible range 0.1–30 mg/dL; looks like µmol/L; expected mg/dL"),
+        ("bilirubin", 85,
+         "bilirubin: 85 is outside the plausible range 0.1–30 mg/dL; looks like µmol/L; expected mg/dL"),
         ("platelets", 150000, "platelets: 150000 is outside the plausible range 5–1500 10^3/µL; looks like per µL"),
         ("haemoglobin", 120, "haemoglobin: 120 is outside the plausible range 3–25 g/dL; looks like g/L"),
         ("largest_lesion_cm", 85, "largest_lesion_cm: 85 is outside the plausible range 0.1–40 cm; looks like mm"),

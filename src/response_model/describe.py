@@ -11,8 +11,8 @@ from scipy.stats import binomtest
 from response_model.config import load_yaml
 from response_model.dataset import parse_cohort
 from response_model.features import build_feature_matrix
-from response_model.pathways import load_pathways
-from response_model.schema import AlterationKind
+from response_model.pathways import Pathway, load_pathways
+from response_model.schema import Alteration, AlterationKind
 
 
 def proportion_ci(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -111,6 +111,13 @@ def literature_prevalence() -> dict[str, float]:
     return {row["label"]: float(row["value"]) for row in load_yaml("literature.yaml")["prevalence"]}
 
 
+def _carries(alterations: list[Alteration], genes: set[str], kinds: set[AlterationKind],
+             pathway: Pathway | None) -> bool:
+    """Return whether ``alterations`` count for a literature row (its genes, kinds and pathway)."""
+    hits = [a for a in alterations if a.gene in genes and (not kinds or a.kind in kinds)]
+    return bool(pathway.drivers(hits) if pathway is not None else hits)
+
+
 def alteration_prevalence(frame: pd.DataFrame) -> pd.DataFrame:
     """Return, per literature row, the prevalence among sequenced patients with a 95 % Wilson interval."""
     pathways = {p.name: p for p in load_pathways()}
@@ -119,12 +126,7 @@ def alteration_prevalence(frame: pd.DataFrame) -> pd.DataFrame:
     for spec in load_yaml("literature.yaml")["prevalence"]:
         genes, kinds = set(spec["genes"]), {AlterationKind(k) for k in spec.get("kinds", [])}
         pathway = pathways[spec["pathway"]] if "pathway" in spec else None
-
-        def counts(alterations) -> bool:
-            hits = [a for a in alterations if a.gene in genes and (not kinds or a.kind in kinds)]
-            return bool(pathway.drivers(hits) if pathway is not None else hits)
-
-        carriers = sum(counts(record.alterations) for record in sequenced)
+        carriers = sum(_carries(record.alterations, genes, kinds, pathway) for record in sequenced)
         rows[spec["label"]] = proportion_ci(carriers, len(sequenced))
     return pd.DataFrame(rows, index=["prevalence", "lower", "upper"]).T
 

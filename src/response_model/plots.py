@@ -118,7 +118,8 @@ def shap_dependence_plot(contributions: pd.DataFrame, features: pd.DataFrame, fe
     y = contributions[feature].to_numpy(dtype=float)
     missing = np.isnan(x)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.scatter(x[~missing], y[~missing], s=8, alpha=0.5, color="tab:blue", label=f"observed (n={int((~missing).sum())})")
+    ax.scatter(x[~missing], y[~missing], s=8, alpha=0.5, color="tab:blue",
+               label=f"observed (n={int((~missing).sum())})")
     if missing.any():
         left = np.nanmin(x) if (~missing).any() else 0.0
         spread = (np.nanmax(x) - left) if (~missing).any() else 1.0

@@ -122,7 +122,8 @@ class Artifacts:
         prefix = artifact.rpartition("/")[0]
         if artifact not in self._files(run_id, prefix):
             return None
-        name, before = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+        before = os.environ.get(name)
         os.environ[name] = "false"  # one bar per file would flood the CLI's output
         try:
             return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
@@ -236,7 +237,8 @@ def _summary_row(metrics: Mapping[str, float], regimen_class: str, outcome: str)
     row = {}
     for metric in METRICS:
         mean = metrics.get(prefix + metric)
-        row[metric] = with_interval(mean, metrics.get(prefix + metric + "_lower"), metrics.get(prefix + metric + "_upper"))
+        row[metric] = with_interval(mean, metrics.get(prefix + metric + "_lower"),
+                                    metrics.get(prefix + metric + "_upper"))
     return row
 
 
@@ -289,87 +291,17 @@ def report_context(model_uri: str, workdir: Path) -> dict[str, Any]:
     tags, parent_metrics = run.data.tags, run.data.metrics
     simulated = bool(meta.get("trained_on_simulated_data")) or tags.get("data.simulated") == "True"
     missing: list[str] = []
-
-    def need(value: Any, what: str) -> Any:
-        if value is None:
-            missing.append(what)
-        return value
-
-    flow = need(art.json(run.info.run_id, "cohort/flow.json"), "cohort flow (inclusion and exclusion counts)")
-    table1 = need(art.table(run.info.run_id, "cohort/table1.json"), "Table 1 of the training cohort")
+    flow = _need(missing, art.json(run.info.run_id, "cohort/flow.json"), "cohort flow (inclusion and exclusion counts)")
+    table1 = _need(missing, art.table(run.info.run_id, "cohort/table1.json"), "Table 1 of the training cohort")
     configs = art.listing(run.info.run_id, "config")
     models: list[dict[str, Any]] = []
     flagged: list[str] = []
     for (regimen_class, outcome), child in runs.children.items():
-        rid, name = child.info.run_id, f"{regimen_class} / {outcome}"
-        prefix = f"{regimen_class}/{outcome}"
-        summary = _summary_row(parent_metrics, regimen_class, outcome)
-        overall_auc = parent_metrics.get(f"{OUTCOME_PREFIX.get(outcome, outcome)}.{regimen_class}.auc", math.nan)
-        overall_slope = parent_metrics.get(f"{OUTCOME_PREFIX.get(outcome, outcome)}.{regimen_class}.calibration_slope",
-                                           math.nan)
-        folds = need(art.table(rid, f"{prefix}/folds.json"), f"{name}: per-fold metrics")
-        subgroups = need(art.table(rid, f"{prefix}/subgroups.json"), f"{name}: subgroup table")
-        sub_rows = []
-        if subgroups is not None:
-            judged = flag_subgroups(subgroups, overall_auc, rule, overall_slope)
-            for _, row in judged.iterrows():
-                sub_rows.append({
-                    "subgroup": row["subgroup"], "level": str(row["level"]), "n": fmt(int(round(row["n"]))),
-                    "events": fmt(int(round(row["events"]))),
-                    "auc": with_interval(row["auc"], row["auc_lower"], row["auc_upper"]),
-                    "calibration_slope": fmt(row.get("calibration_slope")), "brier": fmt(row.get("brier")),
-                    "flag": row["flag"], "flagged": row["flag"].startswith("MATERIALLY"),
-                })
-                if row["flag"].startswith("MATERIALLY"):
-                    flagged.append(f"{name}: {row['subgroup']} = {row['level']} ({row['flag'][len('MATERIALLY WORSE: '):]})")
-        reference = "loris" if folds is not None and "loris" in set(folds["model"]) else "logistic"
-        importance = need(art.table(rid, f"{prefix}/importance.json"), f"{name}: global importance table")
-        imp_columns, imp_rows = [], []
-        if importance is not None:
-            shown = importance.head(10)
-            if "truth" in importance:
-                shown = pd.concat([shown, importance[importance["truth"] == "no effect"]]).drop_duplicates("feature")
-            imp_columns = [c for c in ("feature", "importance", "rank", "of", "truth", "response", "pfs", "note",
-                                       "bottom_half") if c in importance]
-            imp_rows = _records(shown, imp_columns)
-        plotted = {path.rsplit("dependence_", 1)[1][:-4]: path for path in art.listing(rid, prefix)
-                   if path.rsplit("/", 1)[1].startswith("dependence_")}
-        order = list(importance["feature"]) if importance is not None else []
-        dependence = [art.image(rid, plotted[f], f"{name}: dependence plot of {f}")
-                      for f in sorted(plotted, key=lambda f: order.index(f) if f in order else len(order))]
-        if not dependence:
-            missing.append(f"{name}: dependence plots")
-        k_overlap = next((v for m, v in child.data.metrics.items() if m.startswith("explain.top")), None)
-        models.append({
-            "key": name, "anchor": prefix.replace("/", "-").replace("_", "-"),
-            "summary": summary, "overall_auc": overall_auc,
-            "comparison": _fold_comparison(folds, reference) if folds is not None else [],
-            "subgroups": sub_rows,
-            "roc": need(art.image(rid, f"{prefix}/roc.png", f"{name}: ROC curves"), f"{name}: ROC plot"),
-            "calibration": need(art.image(rid, f"{prefix}/calibration.png", f"{name}: calibration plot"),
-                                f"{name}: calibration plot"),
-            "beeswarm": need(art.image(rid, f"{prefix}/shap_summary.png", f"{name}: SHAP beeswarm"),
-                             f"{name}: SHAP beeswarm"),
-            "dependence": dependence,
-            "importance_columns": imp_columns, "importance": imp_rows,
-            "additivity": child.data.metrics.get("explain.additivity_max_error"),
-            "overlap": k_overlap,
-        })
+        models.append(_model_section(art, child, regimen_class, outcome, parent_metrics, rule, missing, flagged))
     if not models:
         raise ReportError(f"training run {run.info.run_id} has no nested class × outcome runs to report on")
-    limitations = list(card["limitations"])
-    if simulated:
-        limitations.insert(0, "Trained and evaluated on simulated patients only: the performance says how well the "
-                              "model recovers the simulator's assumptions, not how it performs on real patients.")
-    if flagged:
-        limitations.append(f"{len(flagged)} subgroup(s) perform materially worse than overall (see Subgroups).")
-    if missing:
-        limitations.append("This training run did not log: " + "; ".join(missing) + ".")
-    section_titles = dict(SECTIONS)
-    checklist = []
-    for item in tripod["items"]:
-        where = [{"id": s, "title": section_titles[s]} for s in item.get("answered_in", [])]
-        checklist.append({"not_applicable": None, "how": "", **item, "where": where})
+    limitations = _limitations(card, simulated, flagged, missing)
+    checklist = _checklist(tripod)
     return {
         "title": card["title"], "card": card,
         "label": SIMULATED_DATA_LABEL if simulated else None,
@@ -388,6 +320,112 @@ def report_context(model_uri: str, workdir: Path) -> dict[str, Any]:
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "explanation_scale": "log-odds before calibration (whole model)",
     }
+
+
+def _need(missing: list[str], value: Any, what: str) -> Any:
+    """Return ``value``; when it is None, ``what`` is added to ``missing`` (what the run did not log)."""
+    if value is None:
+        missing.append(what)
+    return value
+
+
+def _model_section(art: Artifacts, child: Any, regimen_class: str, outcome: str, parent_metrics: Mapping[str, float],
+                   rule: Mapping[str, Any], missing: list[str], flagged: list[str]) -> dict[str, Any]:
+    """Return the template's entry of one class × outcome run (noting its gaps and flagged subgroups)."""
+    rid, name = child.info.run_id, f"{regimen_class} / {outcome}"
+    prefix = f"{regimen_class}/{outcome}"
+    summary = _summary_row(parent_metrics, regimen_class, outcome)
+    overall_auc = parent_metrics.get(f"{OUTCOME_PREFIX.get(outcome, outcome)}.{regimen_class}.auc", math.nan)
+    overall_slope = parent_metrics.get(f"{OUTCOME_PREFIX.get(outcome, outcome)}.{regimen_class}.calibration_slope",
+                                       math.nan)
+    folds = _need(missing, art.table(rid, f"{prefix}/folds.json"), f"{name}: per-fold metrics")
+    subgroups = _need(missing, art.table(rid, f"{prefix}/subgroups.json"), f"{name}: subgroup table")
+    sub_rows = []
+    if subgroups is not None:
+        sub_rows, worse = _subgroup_rows(flag_subgroups(subgroups, overall_auc, rule, overall_slope), name)
+        flagged.extend(worse)
+    reference = "loris" if folds is not None and "loris" in set(folds["model"]) else "logistic"
+    importance = _need(missing, art.table(rid, f"{prefix}/importance.json"), f"{name}: global importance table")
+    imp_columns, imp_rows = _importance_rows(importance) if importance is not None else ([], [])
+    dependence = _dependence_plots(art, rid, prefix, name, importance)
+    if not dependence:
+        missing.append(f"{name}: dependence plots")
+    k_overlap = next((v for m, v in child.data.metrics.items() if m.startswith("explain.top")), None)
+    return {
+        "key": name, "anchor": prefix.replace("/", "-").replace("_", "-"),
+        "summary": summary, "overall_auc": overall_auc,
+        "comparison": _fold_comparison(folds, reference) if folds is not None else [],
+        "subgroups": sub_rows,
+        "roc": _need(missing, art.image(rid, f"{prefix}/roc.png", f"{name}: ROC curves"), f"{name}: ROC plot"),
+        "calibration": _need(missing, art.image(rid, f"{prefix}/calibration.png", f"{name}: calibration plot"),
+                             f"{name}: calibration plot"),
+        "beeswarm": _need(missing, art.image(rid, f"{prefix}/shap_summary.png", f"{name}: SHAP beeswarm"),
+                          f"{name}: SHAP beeswarm"),
+        "dependence": dependence,
+        "importance_columns": imp_columns, "importance": imp_rows,
+        "additivity": child.data.metrics.get("explain.additivity_max_error"),
+        "overlap": k_overlap,
+    }
+
+
+def _subgroup_rows(judged: pd.DataFrame, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Return (table rows, notes of the materially worse subgroups) of model ``name``'s judged subgroups."""
+    rows, worse = [], []
+    for _, row in judged.iterrows():
+        rows.append({
+            "subgroup": row["subgroup"], "level": str(row["level"]), "n": fmt(int(round(row["n"]))),
+            "events": fmt(int(round(row["events"]))),
+            "auc": with_interval(row["auc"], row["auc_lower"], row["auc_upper"]),
+            "calibration_slope": fmt(row.get("calibration_slope")), "brier": fmt(row.get("brier")),
+            "flag": row["flag"], "flagged": row["flag"].startswith("MATERIALLY"),
+        })
+        if row["flag"].startswith("MATERIALLY"):
+            reasons = row["flag"][len("MATERIALLY WORSE: "):]
+            worse.append(f"{name}: {row['subgroup']} = {row['level']} ({reasons})")
+    return rows, worse
+
+
+def _importance_rows(importance: pd.DataFrame) -> tuple[list[str], list[dict[str, str]]]:
+    """Return (columns, rows) of the importance table shown: the top 10 and every "no effect" feature."""
+    shown = importance.head(10)
+    if "truth" in importance:
+        shown = pd.concat([shown, importance[importance["truth"] == "no effect"]]).drop_duplicates("feature")
+    columns = [c for c in ("feature", "importance", "rank", "of", "truth", "response", "pfs", "note",
+                           "bottom_half") if c in importance]
+    return columns, _records(shown, columns)
+
+
+def _dependence_plots(art: Artifacts, rid: str, prefix: str, name: str,
+                      importance: pd.DataFrame | None) -> list[dict[str, str] | None]:
+    """Return one model's dependence plots, in the importance table's order (features not in it last)."""
+    plotted = {path.rsplit("dependence_", 1)[1][:-4]: path for path in art.listing(rid, prefix)
+               if path.rsplit("/", 1)[1].startswith("dependence_")}
+    order = list(importance["feature"]) if importance is not None else []
+    return [art.image(rid, plotted[f], f"{name}: dependence plot of {f}")
+            for f in sorted(plotted, key=lambda f: order.index(f) if f in order else len(order))]
+
+
+def _limitations(card: Mapping[str, Any], simulated: bool, flagged: list[str], missing: list[str]) -> list[str]:
+    """Return the model card's limitations plus those of this run (simulated data, flagged subgroups, gaps)."""
+    limitations = list(card["limitations"])
+    if simulated:
+        limitations.insert(0, "Trained and evaluated on simulated patients only: the performance says how well the "
+                              "model recovers the simulator's assumptions, not how it performs on real patients.")
+    if flagged:
+        limitations.append(f"{len(flagged)} subgroup(s) perform materially worse than overall (see Subgroups).")
+    if missing:
+        limitations.append("This training run did not log: " + "; ".join(missing) + ".")
+    return limitations
+
+
+def _checklist(tripod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return the TRIPOD+AI checklist items, each with the report sections that answer it."""
+    section_titles = dict(SECTIONS)
+    checklist = []
+    for item in tripod["items"]:
+        where = [{"id": s, "title": section_titles[s]} for s in item.get("answered_in", [])]
+        checklist.append({"not_applicable": None, "how": "", **item, "where": where})
+    return checklist
 
 
 def render(context: Mapping[str, Any]) -> str:

@@ -393,9 +393,11 @@ class PatientRecord(BaseModel):
     pdl1_tps: float | None = Field(default=None, description="PD-L1 tumour proportion score", **_unit("%"))
     pdl1_cps: float | None = Field(default=None, description="PD-L1 combined positive score", **_unit("score"))
     cd8_density: float | None = Field(default=None, description="Intratumoural CD8+ T cells", **_unit("cells/mm²"))
-    teff_signature: float | None = Field(default=None, description="T-effector signature (Zhu 2022)", **_unit("z-score"))
+    teff_signature: float | None = Field(default=None, description="T-effector signature (Zhu 2022)",
+                                         **_unit("z-score"))
     treg_signature: float | None = Field(default=None, description="Regulatory T-cell signature", **_unit("z-score"))
-    myeloid_signature: float | None = Field(default=None, description="Myeloid inflammation signature", **_unit("z-score"))
+    myeloid_signature: float | None = Field(default=None, description="Myeloid inflammation signature",
+                                            **_unit("z-score"))
     # Genomics
     alterations: list[Alteration] | None = Field(
         default=None,
@@ -404,9 +406,11 @@ class PatientRecord(BaseModel):
     tmb: float | None = Field(default=None, description="Tumour mutational burden", **_unit("mut/Mb"))
     msi_status: MSIStatus | None = None
     sequencing_panel: str | None = Field(default=None, max_length=64, description="e.g. MSK-IMPACT468")
-    fcna: float | None = Field(default=None, description="Fraction of genome with copy-number alteration", **_unit("fraction"))
+    fcna: float | None = Field(default=None, description="Fraction of genome with copy-number alteration",
+                               **_unit("fraction"))
     hla_loh: bool | None = Field(default=None, description="Loss of heterozygosity at HLA class I")
-    hed: float | None = Field(default=None, description="HLA class I evolutionary divergence (mean)", **_unit("divergence"))
+    hed: float | None = Field(default=None, description="HLA class I evolutionary divergence (mean)",
+                              **_unit("divergence"))
 
     # -- field checks -------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ def default_tracking_uri(cwd: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{Path(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
-def configure_tracking(experiment: str = DEFAULT_EXPERIMENT, artifact_root: str | os.PathLike[str] | None = None) -> str:
+def configure_tracking(experiment: str = DEFAULT_EXPERIMENT,
+                       artifact_root: str | os.PathLike[str] | None = None) -> str:
     """Point MLflow at ``$MLFLOW_TRACKING_URI`` or the embedded default; select ``experiment``; return the URI.
 
     The experiment is created when missing, with its artifacts under ``artifact_root`` if given,
@@ -95,7 +96,8 @@ def log_dataset(
     """Log ``frame`` (identifier columns dropped) as a run input with its digest; return the digest.
 
     ``source``: a path or URI MLflow can resolve, or any description (then stored as a tag).
-    ``targets``: the label column, if any. Only the dataset's name, digest, source, schema and profile go to MLflow, never the rows.
+    ``targets``: the label column, if any. Only the dataset's name, digest, source, schema and profile
+    go to MLflow, never the rows.
     """
     from mlflow.exceptions import MlflowException
 

@@ -12,8 +12,9 @@ that fails validation is reported with its row number and the field-level messag
 silently) and scores them with the bundle's
 :class:`~response_model.modeling.predictor.Predictor`, as the prediction service does, so the
 numbers are the API's. The workers get the Predictor — loaded without MLflow or the training
-code — once each (``Client.scatter(broadcast=True)``), not with every task. Workers are spawned, not forked: forked workers were seen to stall with
-explanations after the client had run LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
+code — once each (``Client.scatter(broadcast=True)``), not with every task. Workers are spawned,
+not forked: forked workers were seen to stall with explanations after the client had run
+LightGBM's OpenMP threads (GNU OpenMP is not fork-safe).
 Parquet partitions travel as Arrow record batches and results for Parquet output come back as Arrow
 tables, so the client only reads and writes.
 
@@ -21,11 +22,13 @@ Output: one row per patient × candidate regimen, in input order — ``input_row
 of the patient among the data rows of the input), ``patient_id`` (as given in the input: the file
 goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_class``,
 ``eligible``, ``ineligible_reason``, ``p_objective_response``, ``p_primary_resistance``, ``rank``
-(as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible) and, for models trained on simulated data, ``label``. With ``explain=True`` every
+(as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible) and,
+for models trained on simulated data, ``label``. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
-``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. Parquet output is one file written row group by row group; the model name,
-version, URI and label are also in its key-value metadata.
+``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. Parquet
+output is one file written row group by row group; the model name, version, URI and label are
+also in its key-value metadata.
 
 Rejected rows go to ``<output>.rejected.csv`` (``input_row``, ``patient_id``, ``errors``).
 """
@@ -37,9 +40,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +281,9 @@ def read_partitions(path: str | Path, partition_rows: int = DEFAULT_PARTITION_RO
     """Yield the partitions of a Parquet or CSV cohort file, ``partition_rows`` patients each.
 
     ``arrow=True``: a Parquet file's partitions as Arrow record batches (``to_pandas()`` gives the
-    DataFrame); CSV partitions are always DataFrames. CSV cells are read as text (a value that is not a number reaches the schema, which names it);
-    empty cells are missing. Raises BatchInputError for an unreadable file or unexpected columns.
+    DataFrame); CSV partitions are always DataFrames. CSV cells are read as text (a value that is
+    not a number reaches the schema, which names it); empty cells are missing. Raises BatchInputError
+    for an unreadable file or unexpected columns.
     """
     path = Path(path)
     if not path.exists():
@@ -500,91 +505,38 @@ def score_file(
     started = time.perf_counter()
     output_path = Path(output_path)
     fmt = output_format(output_path)
-    if source:
-        partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows)
-        total = n_read
-    else:
-        partitions, rejected_upfront, n_read = read_partitions(input_path, partition_rows, arrow=True), None, 0
-        total = count_rows(input_path)
+    partitions, rejected_upfront, n_read, total = _input_partitions(input_path, source, partition_rows)
     # closed in reverse order on the way out, also on errors: the writer, the bar, the client, the cluster
     with ExitStack() as cleanup:
         own_client = client is None
-        if own_client:
-            workers = n_workers or _default_workers()
-            if processes is None:  # a small input is scored sooner than worker processes start
-                size = total if total is not None else rows_at_most(input_path)
-                processes = scheduler is not None or not use_threads(size, partition_rows, workers)
-            client, cluster = _client(scheduler, workers, processes)
-            if cluster is not None:
-                cleanup.callback(cluster.close)
-            cleanup.callback(client.close)
         warming = []
-        if own_client and processes and not scheduler:
-            # the new worker processes import what scoring needs while this process loads the model
-            warming = [client.submit(_import_scoring, workers=[address], pure=False)
-                       for address in client.scheduler_info()["workers"]]
+        if own_client:
+            client, processes, warming = _own_client(cleanup, input_path, total, scheduler, n_workers, processes,
+                                                     partition_rows)
         bundle = as_bundle(model if not isinstance(model, (str, Path)) else load_model(model))
         predictor = bundle.predictor()
         rejected_path = rejected_path_for(output_path)
         rejected_path.unlink(missing_ok=True)
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        meta = bundle.metadata
-        writer = _Writer(output_path, fmt, {
-            "response_model.model_name": meta.get("model_name"),
-            "response_model.model_version": meta.get("model_version"),
-            "response_model.model_uri": meta.get("model_uri"), "response_model.label": meta.get("label"),
-            "response_model.shap_scale": "the models' own explain() values, log-odds scale, as in the audit trail"
-            if explain else None,
-        })
+        writer = _output_writer(output_path, fmt, bundle.metadata, explain)
         cleanup.callback(writer.close)
         result = BatchResult(output=output_path, rejected_path=None, n_read=n_read,
                              cluster="given" if not own_client or scheduler else
                              "local processes" if processes else "local threads")
         rejected_frames = [rejected_upfront] if rejected_upfront is not None and len(rejected_upfront) else []
-
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc="scoring", unit="patient", smoothing=0.1)
-            cleanup.callback(bar.close)
+        bar = _progress_bar(cleanup, total) if progress else None
         threads = max(1, sum(client.nthreads().values()))
         window = 2 * threads
         predictor_future = client.scatter(predictor, broadcast=True, hash=False)
         del warming
         result.startup_seconds = time.perf_counter() - started
-        pending: deque = deque()
-
-        def collect(item) -> None:
-            rows_in, future = item
-            table, rejected = future.result()
-            writer.write(table)
-            result.n_rows += len(table)
-            result.n_scored += rows_in - len(rejected)
-            result.partitions += 1
-            if len(rejected):
-                rejected_frames.append(rejected)
-                result.n_rejected += len(rejected)
-            if bar is not None:
-                bar.update(rows_in)
-            log.debug("partition %d: %d patients, %d rejected", result.partitions, rows_in, len(rejected))
-            del future
-
-        for part in partitions:
-            if not source:
-                result.n_read += len(part.frame)
-            future = client.submit(_score_task, predictor_future, part.frame, part.input_rows, explain, fmt == "parquet",
-                                   pure=False)
-            pending.append((len(part.frame), future))
-            while len(pending) >= window:
-                collect(pending.popleft())
-        while pending:
-            collect(pending.popleft())
+        collect = partial(_collect, writer=writer, result=result, rejected_frames=rejected_frames, bar=bar)
+        _submit_partitions(client, partitions, predictor_future, window, explain=explain, parquet=fmt == "parquet",
+                           count_read=not source, result=result, collect=collect)
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(predictor, explain))
     if rejected_frames:
-        rejected = pd.concat(rejected_frames, ignore_index=True).sort_values("input_row", kind="stable")
-        rejected.to_csv(rejected_path, index=False)
+        rejected = _write_rejected(rejected_frames, rejected_path)
         result.rejected_path = rejected_path
         result.n_rejected = len(rejected)
         result.rejected_preview = [f"row {r.input_row}: {r.errors}" for r in rejected.head(10).itertuples()]
@@ -592,6 +544,96 @@ def score_file(
     log.info("scored %d patients (%d rejected) into %d rows in %.1f s (%.0f patient-regimen scores/s)",
              result.n_scored, result.n_rejected, result.n_rows, result.seconds, result.scores_per_second)
     return result
+
+
+def _input_partitions(input_path: str | Path, source: str | None,
+                      partition_rows: int) -> tuple[Iterator[Partition], pd.DataFrame | None, int, int | None]:
+    """Return (partitions, rows rejected up front or None, rows read so far, total rows or None)."""
+    if source:
+        partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows)
+        return partitions, rejected_upfront, n_read, n_read
+    return read_partitions(input_path, partition_rows, arrow=True), None, 0, count_rows(input_path)
+
+
+def _own_client(cleanup: ExitStack, input_path: str | Path, total: int | None, scheduler: str | None,
+                n_workers: int | None, processes: bool | None, partition_rows: int) -> tuple[Any, bool, list]:
+    """Return (client, processes, warming futures) of a client of our own, closed by ``cleanup``."""
+    workers = n_workers or _default_workers()
+    if processes is None:  # a small input is scored sooner than worker processes start
+        size = total if total is not None else rows_at_most(input_path)
+        processes = scheduler is not None or not use_threads(size, partition_rows, workers)
+    client, cluster = _client(scheduler, workers, processes)
+    if cluster is not None:
+        cleanup.callback(cluster.close)
+    cleanup.callback(client.close)
+    warming = []
+    if processes and not scheduler:
+        # the new worker processes import what scoring needs while this process loads the model
+        warming = [client.submit(_import_scoring, workers=[address], pure=False)
+                   for address in client.scheduler_info()["workers"]]
+    return client, processes, warming
+
+
+def _output_writer(output_path: Path, fmt: str, meta: Mapping[str, Any], explain: bool) -> _Writer:
+    """Return the writer of ``output_path``, its metadata naming the model (and the SHAP scale)."""
+    return _Writer(output_path, fmt, {
+        "response_model.model_name": meta.get("model_name"),
+        "response_model.model_version": meta.get("model_version"),
+        "response_model.model_uri": meta.get("model_uri"), "response_model.label": meta.get("label"),
+        "response_model.shap_scale": "the models' own explain() values, log-odds scale, as in the audit trail"
+        if explain else None,
+    })
+
+
+def _progress_bar(cleanup: ExitStack, total: int | None) -> Any:
+    """Return a tqdm bar of scored patients, closed by ``cleanup``."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="scoring", unit="patient", smoothing=0.1)
+    cleanup.callback(bar.close)
+    return bar
+
+
+def _submit_partitions(client: Any, partitions: Iterator[Partition], predictor_future: Any, window: int, *,
+                       explain: bool, parquet: bool, count_read: bool, result: BatchResult,
+                       collect: Callable[[tuple[int, Any]], None]) -> None:
+    """Submit every partition, at most ``window`` in flight, ``collect``-ing each in input order; return None."""
+    pending: deque = deque()
+    for part in partitions:
+        if count_read:
+            result.n_read += len(part.frame)
+        future = client.submit(_score_task, predictor_future, part.frame, part.input_rows, explain, parquet,
+                               pure=False)
+        pending.append((len(part.frame), future))
+        while len(pending) >= window:
+            collect(pending.popleft())
+    while pending:
+        collect(pending.popleft())
+
+
+def _collect(item: tuple[int, Any], *, writer: _Writer, result: BatchResult, rejected_frames: list[pd.DataFrame],
+             bar: Any) -> None:
+    """Write one finished partition (rows in, future) and add it to ``result``'s counts; return None."""
+    rows_in, future = item
+    table, rejected = future.result()
+    writer.write(table)
+    result.n_rows += len(table)
+    result.n_scored += rows_in - len(rejected)
+    result.partitions += 1
+    if len(rejected):
+        rejected_frames.append(rejected)
+        result.n_rejected += len(rejected)
+    if bar is not None:
+        bar.update(rows_in)
+    log.debug("partition %d: %d patients, %d rejected", result.partitions, rows_in, len(rejected))
+    del future
+
+
+def _write_rejected(frames: list[pd.DataFrame], path: Path) -> pd.DataFrame:
+    """Return all rejected rows in input order, written to ``path`` as CSV."""
+    rejected = pd.concat(frames, ignore_index=True).sort_values("input_row", kind="stable")
+    rejected.to_csv(path, index=False)
+    return rejected
 
 
 def _empty_output(predictor: Predictor, explain: bool) -> pd.DataFrame:

@@ -80,7 +80,8 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         if not models:
             raise ValueError("a bundle needs at least one model")
         self.models: dict[tuple[str, str], Any] = dict(models)
-        self.feature_names: tuple[str, ...] = tuple(feature_names if feature_names is not None else feature_names_default())
+        self.feature_names: tuple[str, ...] = tuple(feature_names if feature_names is not None
+                                                    else feature_names_default())
         self.catalogue: dict[str, Regimen] = catalogue
         self.metadata: dict[str, Any] = {
             "training_date": training_date or datetime.now(UTC).isoformat(timespec="seconds"),

@@ -78,7 +78,9 @@ class CVResult:
             rows.append(row)
         return pd.DataFrame(rows).set_index("model")
 
-    def table(self, metrics: tuple[str, ...] = ("auc", "calibration_slope", "calibration_intercept", "brier", "auprc", "ece", "c_index"),
+    def table(self,
+              metrics: tuple[str, ...] = ("auc", "calibration_slope", "calibration_intercept", "brier", "auprc", "ece",
+                                          "c_index"),
               reference: str | None = None, digits: int = 3) -> pd.DataFrame:
         """Return a printable side-by-side table: 'mean [lower, upper]' per metric, and ΔAUC vs ``reference``."""
         summary = self.summary(metrics)
@@ -189,54 +191,12 @@ def cross_validate(
     rows: list[dict[str, Any]] = []
     seconds = dict.fromkeys(names, 0.0)
 
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(splits), desc="cross-validation", unit="fold", leave=False)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            bar = None
-    def run_fold(k: int, train: np.ndarray, test: np.ndarray) -> list[tuple[str, np.ndarray, dict, float]]:
-        # one BLAS thread per fit: these problems are small, and BLAS threads competing with the
-        # parallel folds (or with anything else on the machine) made a logistic fit 4x slower
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _fold(k, train, test)
-
-    def _fold(k: int, train: np.ndarray, test: np.ndarray) -> list[tuple[str, np.ndarray, dict, float]]:
-        X_train, y_train, X_test, y_test = X.iloc[train], y.iloc[train], X.iloc[test], y.iloc[test]
-        out = []
-        for name in names:
-            started = time.perf_counter()
-            estimator = _instantiate(models[name])
-            params = None
-            if name in tuned:
-                # Tune the uncalibrated model (calibration's own internal CV inside every inner
-                # fit would multiply the cost), then refit with the chosen parameters as configured.
-                calibrated = bool(estimator.get_params().get("calibrate", False))
-                searcher = search_estimator(clone(estimator).set_params(calibrate=False) if calibrated else estimator,
-                                            search, seed + k)
-                searcher.fit(X_train, y_train)
-                params = dict(searcher.best_params_)
-                estimator = (clone(estimator).set_params(**params).fit(X_train, y_train) if calibrated
-                             else searcher.best_estimator_)
-            else:
-                estimator.fit(X_train, y_train)
-            p = estimator.predict_proba(X_test)[:, 1]
-            row = {"model": name, **binary_metrics(y_test, p)}
-            if not getattr(estimator, "outputs_probability", True):  # a rank score, not a probability
-                row.update({m: np.nan for m in NON_RANK_METRICS})
-            if surv is not None:
-                s = surv.iloc[test]
-                row["c_index"] = c_index(p, s["time"], s["event"])
-            row["params"] = params
-            out.append((name, p, row, time.perf_counter() - started))
-        return out
-
+    bar = _progress_bar(len(splits)) if progress else None
     # Folds are independent: with n_jobs > 1 they run in parallel processes; results come back in order.
     results = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(run_fold)(k, train, test) for k, (train, test) in enumerate(splits))
-    for k, ((train, test), fold_result) in enumerate(zip(splits, results)):
+        delayed(_run_fold)(k, train, test, X, y, surv, models, names, tuned, search, seed)
+        for k, (train, test) in enumerate(splits))
+    for k, ((_train, test), fold_result) in enumerate(zip(splits, results)):
         repeat, fold = divmod(k, n_splits)
         fold_of[repeat, test] = fold
         for name, p, row, took in fold_result:
@@ -251,15 +211,76 @@ def cross_validate(
     if bar is not None:
         bar.close()
 
+    groups = {k: pd.Series(v) for k, v in (groups_for_subgroups or {}).items()}
+    return CVResult(folds=pd.DataFrame(rows), oof=_oof_table(oof, fold_of, X, y, names, n_repeats), models=names,
+                    n_splits=n_splits, n_repeats=n_repeats, seed=seed, groups=groups, seconds=seconds)
+
+
+def _progress_bar(total: int) -> Any:
+    """Return a tqdm bar of ``total`` folds, or None when tqdm cannot be imported."""
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="cross-validation", unit="fold", leave=False)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+
+
+def _run_fold(k: int, train: np.ndarray, test: np.ndarray, X: pd.DataFrame, y: pd.Series,
+              surv: pd.DataFrame | None, models: Mapping[str, Callable[[], BaseEstimator] | BaseEstimator],
+              names: list[str], tuned: set[str], search: Mapping[str, Any] | None,
+              seed: int) -> list[tuple[str, np.ndarray, dict, float]]:
+    """Return (name, test-fold probabilities, metrics row, seconds) of every model fitted on fold ``k``."""
+    # one BLAS thread per fit: these problems are small, and BLAS threads competing with the
+    # parallel folds (or with anything else on the machine) made a logistic fit 4x slower
+    with threadpool_limits(limits=1, user_api="blas"):
+        X_train, y_train, X_test, y_test = X.iloc[train], y.iloc[train], X.iloc[test], y.iloc[test]
+        out = []
+        for name in names:
+            started = time.perf_counter()
+            estimator = _instantiate(models[name])
+            params = None
+            if name in tuned:
+                estimator, params = _tuned_fit(estimator, search, seed + k, X_train, y_train)
+            else:
+                estimator.fit(X_train, y_train)
+            p = estimator.predict_proba(X_test)[:, 1]
+            row = {"model": name, **binary_metrics(y_test, p)}
+            if not getattr(estimator, "outputs_probability", True):  # a rank score, not a probability
+                row.update({m: np.nan for m in NON_RANK_METRICS})
+            if surv is not None:
+                s = surv.iloc[test]
+                row["c_index"] = c_index(p, s["time"], s["event"])
+            row["params"] = params
+            out.append((name, p, row, time.perf_counter() - started))
+        return out
+
+
+def _tuned_fit(estimator: BaseEstimator, search: Mapping[str, Any], seed: int, X_train: pd.DataFrame,
+               y_train: pd.Series) -> tuple[BaseEstimator, dict[str, Any]]:
+    """Return (the fitted estimator, the search's chosen parameters) of a nested search on one training fold."""
+    # Tune the uncalibrated model (calibration's own internal CV inside every inner
+    # fit would multiply the cost), then refit with the chosen parameters as configured.
+    calibrated = bool(estimator.get_params().get("calibrate", False))
+    searcher = search_estimator(clone(estimator).set_params(calibrate=False) if calibrated else estimator,
+                                search, seed)
+    searcher.fit(X_train, y_train)
+    params = dict(searcher.best_params_)
+    estimator = (clone(estimator).set_params(**params).fit(X_train, y_train) if calibrated
+                 else searcher.best_estimator_)
+    return estimator, params
+
+
+def _oof_table(oof: dict[str, np.ndarray], fold_of: np.ndarray, X: pd.DataFrame, y: pd.Series, names: list[str],
+               n_repeats: int) -> pd.DataFrame:
+    """Return the out-of-fold predictions, one row per (repeat, patient row), one column per model."""
     oof_frames = []
     for repeat in range(n_repeats):
         frame = pd.DataFrame({"repeat": repeat, "fold": fold_of[repeat], "row": X.index.to_numpy(), "y": y.to_numpy()})
         for name in names:
             frame[name] = oof[name][repeat]
         oof_frames.append(frame)
-    groups = {k: pd.Series(v) for k, v in (groups_for_subgroups or {}).items()}
-    return CVResult(folds=pd.DataFrame(rows), oof=pd.concat(oof_frames, ignore_index=True), models=names,
-                    n_splits=n_splits, n_repeats=n_repeats, seed=seed, groups=groups, seconds=seconds)
+    return pd.concat(oof_frames, ignore_index=True)
 
 
 __all__ = ["BINARY_METRICS", "CVResult", "cross_validate", "paired_difference", "search_estimator"]

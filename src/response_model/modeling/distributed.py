@@ -89,7 +89,8 @@ def dask_training(scheduler: Any, lightgbm_min_rows: int | None = DEFAULT_LIGHTG
 
 
 def parallel_jobs(local: int) -> int:
-    """``n_jobs`` for joblib / scikit-learn: every Dask worker thread (-1) inside :func:`dask_training`, else ``local``."""
+    """``n_jobs`` for joblib / scikit-learn: every Dask worker thread (-1) inside :func:`dask_training`,
+    else ``local``."""
     return -1 if active() is not None else local
 
 

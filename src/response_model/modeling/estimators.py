@@ -71,7 +71,8 @@ def select_features(columns: Sequence[str], patterns: Sequence[str] | None, what
     return [c for c in columns if c in chosen]
 
 
-def resolve_constraints(names: Sequence[str], constraints: Mapping[str, int] | None, what: str = "monotone_constraints") -> list[int]:
+def resolve_constraints(names: Sequence[str], constraints: Mapping[str, int] | None,
+                        what: str = "monotone_constraints") -> list[int]:
     """Return one constraint (−1, 0, +1) per name; unknown constraint names are warned about."""
     constraints = dict(constraints or {})
     for name, sign in constraints.items():

@@ -232,7 +232,8 @@ def _draw_genomics(rng: np.random.Generator, cfg: Mapping[str, Any], aetiology: 
         carriers[event] = has
         u = rng.random(n)
 
-        def pick(mix: Mapping[str, float]) -> np.ndarray:
+        # this iteration's draws and event, bound now: pick() is only called within this iteration
+        def pick(mix: Mapping[str, float], u: np.ndarray = u, event: str = event) -> np.ndarray:
             keys, weights = _weights(mix)
             choice = np.minimum(np.searchsorted(np.cumsum(weights), u, side="right"), len(keys) - 1)
             return np.array([index[(event, key)] for key in keys])[choice]
@@ -519,15 +520,18 @@ def _calibrate(config_key: tuple[str, float]) -> Calibration:
                              "raise its assignment weight or the calibration n")
         trial = regimen.trial
         x_resp, x_pfs, x_pps = lin_resp[rows, k], lin_pfs[rows, k], lin_pps[rows, k]
-        a = _bisect(lambda v: expit(v + x_resp).mean() - trial["orr"], -30, 30, tol, iters,
-                    f"{regimen.name} ORR")
+        # the objectives bind this iteration's values as defaults: _bisect calls them right away
+        a = _bisect(lambda v, x_resp=x_resp, trial=trial: expit(v + x_resp).mean() - trial["orr"],
+                    -30, 30, tol, iters, f"{regimen.name} ORR")
         prob = expit(a + x_resp)
         median_pfs = float(trial["median_pfs_months"])
-        lp = _bisect(lambda v: _pfs_sf(median_pfs, prob, np.exp(v + x_pfs), hr[k], t_scan).mean() - 0.5,
+        lp = _bisect(lambda v, median_pfs=median_pfs, prob=prob, x_pfs=x_pfs, hr_k=hr[k]:
+                     _pfs_sf(median_pfs, prob, np.exp(v + x_pfs), hr_k, t_scan).mean() - 0.5,
                      -20, 10, tol, iters, f"{regimen.name} median PFS")
         rate = np.exp(lp + x_pfs)
         median_os = float(trial["median_os_months"])
-        lo = _bisect(lambda v: _os_sf(median_os, prob, rate, hr[k], np.exp(v + x_pps), t_scan).mean() - 0.5,
+        lo = _bisect(lambda v, median_os=median_os, prob=prob, rate=rate, hr_k=hr[k], x_pps=x_pps:
+                     _os_sf(median_os, prob, rate, hr_k, np.exp(v + x_pps), t_scan).mean() - 0.5,
                      -20, 10, tol, iters, f"{regimen.name} median OS")
         alpha.append(a)
         log_pfs.append(lp)
