@@ -96,8 +96,8 @@ def bundle(smoke_model):
 def _all_records(client, token, **params) -> list[dict]:
     records, token_ = [], None
     while True:
-        page = client.get("/v1/predictions", params={**params, "page_size": 2, **({"page_token": token_} if token_ else {})},
-                          headers=auth(token))
+        paging = {"page_size": 2, **({"page_token": token_} if token_ else {})}
+        page = client.get("/v1/predictions", params={**params, **paging}, headers=auth(token))
         assert page.status_code == 200, page.text
         body = page.json()
         records += body["records"]
@@ -199,7 +199,8 @@ def test_unknown_malformed_and_tampered_records(service):
     pid = made["ids"][1]
     engine = sa.create_engine(service["url"])
     with engine.begin() as conn:
-        original = conn.execute(sa.text("SELECT outputs FROM audit_records WHERE prediction_id = :p"), {"p": pid}).scalar_one()
+        original = conn.execute(sa.text("SELECT outputs FROM audit_records WHERE prediction_id = :p"),
+                                {"p": pid}).scalar_one()
         conn.execute(sa.text("UPDATE audit_records SET outputs = :o WHERE prediction_id = :p"),
                      {"o": original.replace('"rank":1', '"rank":2', 1), "p": pid})
     try:

@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from response_model.dataset import parse_cohort, row_to_record
 from response_model.features import build_feature_matrix
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle, save_bundle
-from response_model.modeling.predictor import OUTPUT_COLUMNS
 from response_model.modeling.predict import as_bundle, load_model
+from response_model.modeling.predictor import OUTPUT_COLUMNS
 from response_model.modeling.registry import CHAMPION, evaluate, export, promote, register
 from response_model.regimens import get_regimen
 from response_model.sources.simulator import simulate_cohort
@@ -322,7 +322,8 @@ def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
     version = register(run.info.run_id, NAME)
     loaded = load_model(f"models:/{NAME}/{version}")
     pd.testing.assert_frame_equal(loaded.predict(patients), expected, check_exact=True)
-    contributions, base = reference.explain(loaded, row_to_record(patients.iloc[0].to_dict()), "lenvatinib")["objective_response"]
+    first = row_to_record(patients.iloc[0].to_dict())
+    contributions, base = reference.explain(loaded, first, "lenvatinib")["objective_response"]
     assert contributions.shape == (1, len(models[("tki_antiangiogenic", "objective_response")].gbm_features_))
     assert as_bundle(loaded).metadata["label"] is None
 

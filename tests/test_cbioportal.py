@@ -28,7 +28,7 @@ P1\t63\tMale\t1:DECEASED\t11.2\t1:Progression\t3.1\tsorafenib\tPD\t3.4\tHBV\tC\t
 P2\t58\tFemale\t0:LIVING\t20.5\t0:CENSORED\t9.0\tatezolizumab_bevacizumab\tPR\t[Not Available]\tHCV\tB\tFALSE
 P3\t70\tMale\tNA\tNA\tNA\tNA\tlenvatinib\tSD\t4.0\tMASLD\tC\tNA
 P4\t66\tFemale\t[Not Available]\t\t\t\t\t\t\tunknown\t\t
-"""
+"""  # noqa: E501 - a cBioPortal file's header lines, as such files have them
 
 SAMPLE_TEXT = """\
 #Patient Identifier\tSample Identifier\tCancer Type\tTMB (nonsynonymous)\tMSI Type\tSample Type

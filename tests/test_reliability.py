@@ -27,13 +27,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from conftest import SMOKE_PSEUDONYM_KEY
-from service_process import cli, free_port, port_open, start_service
 
 from response_model.service.audit import AuditTrail
 from response_model.service.keys import KeyStore
 from response_model.service.models import EXAMPLE_PATIENT
+
+from service_process import cli, free_port, port_open, start_service
 
 LOAD_SECONDS_ENV = "RESPONSE_MODEL_LOAD_SECONDS"
 CATALOGUE = Path(__file__).parent / "data" / "bad_inputs.yaml"

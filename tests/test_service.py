@@ -231,7 +231,8 @@ def test_validation_errors_have_the_cli_texts(service):
     assert "looks like g/L; expected g/dL" in albumin["message"] and albumin["value"] == 35
     missing = client.post("/v1/predictions", json={"patient": {"sex": "male"}}, headers=auth(tokens["clinician"]))
     assert missing.status_code == 422
-    assert {"field": "patient.age", "value": None, "message": "age: required field is missing"} in missing.json()["errors"]
+    required = {"field": "patient.age", "value": None, "message": "age: required field is missing"}
+    assert required in missing.json()["errors"]
     unknown = client.post("/v1/predictions", json={"patient": patient(), "regimens": ["aspirin"]},
                           headers=auth(tokens["clinician"]))
     assert unknown.status_code == 422 and "aspirin" in unknown.json()["errors"][0]["message"]

@@ -203,7 +203,7 @@ def test_ragged_csv_row_is_rejected_with_its_line(tmp_path):
 
 def test_semicolon_and_decimal_comma_with_coded_missing_tokens(tmp_path):
     path = tmp_path / "europe.csv"
-    path.write_bytes("Age;Sex;Alb;Asc\r\n60;M;3,5;-\r\n61;F;4,1;+\r\n".encode())
+    path.write_bytes(b"Age;Sex;Alb;Asc\r\n60;M;3,5;-\r\n61;F;4,1;+\r\n")
     spec = {"format": "table", "delimiter": ";", "decimal": ",",
             "columns": {"age": "Age", "sex": "Sex", "albumin": "Alb",
                         "ascites": {"column": "Asc", "values": {"-": "none", "+": "mild"}}}}
@@ -283,7 +283,8 @@ def test_xlsx_sheet_errors_name_the_sheets(tmp_path):
 
 
 def test_bad_specs_are_refused_with_the_key_at_fault():
-    with pytest.raises(SourceSpecError, match=r"columns.albumen: not a canonical cohort field \(did you mean 'albumin'\?\)"):
+    misspelt = r"columns.albumen: not a canonical cohort field \(did you mean 'albumin'\?\)"
+    with pytest.raises(SourceSpecError, match=misspelt):
         read_table({**BAD_SPEC, "columns": {**BAD_SPEC["columns"], "albumen": "x"}}, BAD_CSV)
     with pytest.raises(SourceSpecError, match=r"say `pseudonymise: true`"):
         read_table({k: v for k, v in BAD_SPEC.items() if k != "pseudonymise"}, BAD_CSV)
