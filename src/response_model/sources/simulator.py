@@ -262,8 +262,22 @@ def _alteration_json(occurs: np.ndarray, config_key: tuple[str, float]) -> list[
 
 def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
                    config_key: tuple[str, float]) -> dict[str, np.ndarray]:
-    """Return the TRUE patient variables (no missingness) as arrays of length ``n``."""
+    """Return the TRUE patient variables (no missingness) as arrays of length ``n``; the parts are drawn
+    in this order, each from the same generator (the order fixes every draw of a seed)."""
     p: dict[str, np.ndarray] = {}
+    _draw_demographics(p, n, rng, cfg)
+    _draw_liver(p, n, rng, cfg)
+    _draw_tumour(p, n, rng, cfg)
+    _draw_blood(p, n, rng, cfg)
+    _draw_lifestyle(p, n, rng, cfg)
+    _draw_genomics_of(p, n, rng, cfg, config_key)
+    _draw_microenvironment(p, n, rng, cfg)
+    return p
+
+
+def _draw_demographics(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                       cfg: Mapping[str, Any]) -> None:
+    """Draw age, sex, ECOG and aetiology into ``p``."""
     demo = cfg["demographics"]
     age = demo["age"]
     p["age"] = np.round(_truncated_normal(rng, age["mean"], age["sd"], age["min"], age["max"], n), 1)
@@ -271,7 +285,11 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     p["ecog"] = _categorical(rng, demo["ecog"]["weights"], n).astype(int)
     p["aetiology"] = _categorical(rng, demo["aetiology"]["weights"], n)
 
-    # liver function: one latent dysfunction score drives the five Child-Pugh items
+
+def _draw_liver(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                cfg: Mapping[str, Any]) -> None:
+    """Draw the five Child-Pugh items (driven by one latent dysfunction score), the Child-Pugh class and
+    the ALBI grade into ``p``."""
     liver = cfg["liver"]
     z = rng.normal(size=n)
     spec = liver["albumin"]
@@ -295,7 +313,10 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     p["albi_grade"] = np.array([clinical.albi_grade(clinical.albi_score(a, b)) for a, b in zip(
         p["albumin"].tolist(), p["bilirubin"].tolist())])
 
-    # tumour
+
+def _draw_tumour(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                 cfg: Mapping[str, Any]) -> None:
+    """Draw AFP, invasion, spread, lesions and the BCLC stage into ``p``."""
     tumour = cfg["tumour"]
     spec = tumour["afp"]
     p["afp"] = np.round(np.clip(10.0 ** rng.normal(spec["log10_mean"], spec["log10_sd"], n),
@@ -310,7 +331,11 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     advanced = p["macrovascular_invasion"] | p["extrahepatic_spread"] | (p["ecog"] >= 1)
     p["bclc_stage"] = np.where(p["child_pugh_class"] == "C", "D", np.where(advanced, "C", "B")).astype(object)
 
-    # blood: lymphocytes rounded up so that NLR = neutrophils / lymphocytes stays within range
+
+def _draw_blood(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                cfg: Mapping[str, Any]) -> None:
+    """Draw the blood counts into ``p``; lymphocytes are rounded up so that NLR = neutrophils /
+    lymphocytes stays within range."""
     blood = cfg["blood"]
     spec = blood["neutrophils"]
     p["neutrophils"] = np.round(np.clip(np.exp(rng.normal(spec["log_median"], spec["log_sd"], n)),
@@ -323,7 +348,12 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     p["platelets"] = np.round(np.clip(np.exp(rng.normal(spec["log_median"], spec["log_sd"], n)),
                                       spec["min"], spec["max"]), 0)
 
-    # lifestyle: drawn independently of everything with an effect (no_effect features)
+
+def _draw_lifestyle(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                    cfg: Mapping[str, Any]) -> None:
+    """Draw haemoglobin, BMI, diabetes, smoking, alcohol use (independent of everything with an
+    effect: the no-effect features) and the line of therapy into ``p``."""
+    demo = cfg["demographics"]
     spec = demo["haemoglobin"]
     p["haemoglobin"] = np.round(_truncated_normal(rng, spec["mean"], spec["sd"], spec["min"], spec["max"], n), 1)
     spec = demo["bmi"]
@@ -336,7 +366,10 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
 
     p["line_of_therapy"] = _categorical(rng, cfg["treatment_context"]["line_of_therapy"]["weights"], n).astype(int)
 
-    # genomics (true genome of every patient)
+
+def _draw_genomics_of(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                      cfg: Mapping[str, Any], config_key: tuple[str, float]) -> None:
+    """Draw every patient's true genome, pathway status, TMB, MSI status and sequencing panel into ``p``."""
     gen = cfg["genomics"]
     p["variants"] = _draw_genomics(rng, cfg, p["aetiology"], config_key)
     _, pathway_matrix = _variant_table(config_key)
@@ -352,7 +385,10 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     p["msi_status"] = np.where(msi, "MSI-H", "MSS").astype(object)
     p["sequencing_panel"] = _categorical(rng, gen["panels"]["weights"], n)
 
-    # tumour microenvironment: latent immune score, lower in WNT-active tumours
+
+def _draw_microenvironment(p: dict[str, np.ndarray], n: int, rng: np.random.Generator,
+                           cfg: Mapping[str, Any]) -> None:
+    """Draw the tumour microenvironment (a latent immune score, lower in WNT-active tumours) into ``p``."""
     tme = cfg["microenvironment"]
     m = rng.normal(size=n) + _value(tme["wnt_immune_exclusion"]) * p["pathway_wnt_activation"]
     load = tme["loadings"]
@@ -373,7 +409,6 @@ def _draw_patients(n: int, rng: np.random.Generator, cfg: Mapping[str, Any],
     spec = tme["pdl1_cps"]
     immune = np.exp(rng.normal(spec["log_median_immune"], spec["log_sd"], n) + spec["per_m"] * m)
     p["pdl1_cps"] = np.minimum(100.0, np.round(p["pdl1_tps"] + immune))
-    return p
 
 
 def _terms(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -590,6 +625,25 @@ def simulate_cohort(n: int, seed: int, config: str = "simulator.yaml") -> Simula
     p_resistance = (p_resp * (1.0 - np.exp(-pfs_rate * hr[None, :] * (window - t_scan)))
                     + (1.0 - p_resp) * (1.0 - np.exp(-pfs_rate * window)))
 
+    bor, pfs_months, pfs_event, os_months, os_event = _observed_outcomes(
+        rng, given, p_resp, pfs_rate, pps_rate, hr, cr_share, t_scan, cfg["outcomes"]["censoring"])
+
+    log.info("step 3/4: missingness and the canonical table")
+    frame = _cohort_columns(p, given, regimens, bor, pfs_months, pfs_event, os_months, os_event, rng, cfg, key)
+    cohort = normalise_frame(frame)
+
+    log.info("step 4/4: ground truth")
+    truth = _truth_table(cohort, given, regimens, p_resp, p_resistance)
+    log.info("simulated %d patients in %.1f s", n, time.perf_counter() - started)
+    return SimulatedCohort(cohort=cohort, truth=truth)
+
+
+def _observed_outcomes(rng: np.random.Generator, given: np.ndarray, p_resp: np.ndarray, pfs_rate: np.ndarray,
+                       pps_rate: np.ndarray, hr: np.ndarray, cr_share: np.ndarray, t_scan: float,
+                       censor: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """(best overall response, PFS months, PFS event, OS months, OS event) under each patient's given
+    regimen, with censoring by accrual and dropout."""
+    n = len(given)
     rows = np.arange(n)
     responder = rng.random(n) < p_resp[rows, given]
     complete = responder & (rng.random(n) < cr_share[given])
@@ -597,7 +651,6 @@ def simulate_cohort(n: int, seed: int, config: str = "simulator.yaml") -> Simula
     progression = np.where(responder, t_scan + rng.exponential(size=n) / (rate * hr[given]),
                            rng.exponential(size=n) / rate)
     death = progression + rng.exponential(size=n) / pps_rate[rows, given]
-    censor = cfg["outcomes"]["censoring"]
     follow_up = np.minimum(censor["minimum_follow_up_months"] + censor["accrual_months"] * rng.random(n),
                            rng.exponential(1.0 / censor["dropout_per_month"], n))
     pfs_event = progression <= follow_up
@@ -610,15 +663,7 @@ def simulate_cohort(n: int, seed: int, config: str = "simulator.yaml") -> Simula
     bor[complete & seen_at_scan] = "CR"
     bor[~responder & (progression < t_scan) & pfs_event] = "PD"
     bor[~responder & (progression >= t_scan) & seen_at_scan] = "SD"
-
-    log.info("step 3/4: missingness and the canonical table")
-    frame = _cohort_columns(p, given, regimens, bor, pfs_months, pfs_event, os_months, os_event, rng, cfg, key)
-    cohort = normalise_frame(frame)
-
-    log.info("step 4/4: ground truth")
-    truth = _truth_table(cohort, given, regimens, p_resp, p_resistance)
-    log.info("simulated %d patients in %.1f s", n, time.perf_counter() - started)
-    return SimulatedCohort(cohort=cohort, truth=truth)
+    return bor, pfs_months, pfs_event, os_months, os_event
 
 
 def _cohort_columns(p: Mapping[str, np.ndarray], given: np.ndarray, regimens: list[Regimen], bor: np.ndarray,
