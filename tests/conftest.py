@@ -28,7 +28,8 @@ def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
     from response_model.privacy import PSEUDONYM_KEY_ENV, PSEUDONYM_KEY_FILE_ENV
 
     if PSEUDONYM_KEY_FILE_ENV not in os.environ:
-        monkeypatch.setenv(PSEUDONYM_KEY_FILE_ENV, str(tmp_path_factory.getbasetemp() / "no-such" / "pseudonym.key"))
+        # a path of this test's own: `run` creates the key file where this points
+        monkeypatch.setenv(PSEUDONYM_KEY_FILE_ENV, str(tmp_path_factory.mktemp("key") / "pseudonym.key"))
     if PSEUDONYM_KEY_ENV in os.environ:  # restored after the test, whatever the test did to it
         monkeypatch.setenv(PSEUDONYM_KEY_ENV, os.environ[PSEUDONYM_KEY_ENV])
     else:  # recorded as unset, so removed again after the test
