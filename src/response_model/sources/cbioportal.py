@@ -196,46 +196,53 @@ def _read_tsv(path: Path, required: Sequence[str], *, clinical: bool = False, pa
         if header is None:
             if line.startswith("#"):
                 metadata.append((number, line))
-                continue
-            if not line.strip():
-                continue
-            header_line = number
-            header = [cell.strip() for cell in line.split("\t")]
-            if len(header) == 1 and any(sep in line for sep in (",", ";")):
-                sep = "commas" if "," in line else "semicolons"
-                raise SourceFormatError(
-                    name, f"not tab-separated: the header line has {sep} but no tabs; cBioPortal files are "
-                    "tab-separated", line=number)
-            duplicated = [c for c, n in Counter(header).items() if n > 1]
-            if duplicated:
-                raise SourceFormatError(name, f"column {duplicated[0]!r} appears twice in the header",
-                                        line=number, column=duplicated[0])
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise SourceFormatError(
-                    name, f"required column {missing[0]!r} is missing from the header "
-                    f"(found {', '.join(header)})", line=number, column=missing[0])
-            continue
-        if not line.strip():
-            continue
-        cells = [cell.strip() for cell in line.split("\t")]
-        if len(cells) < len(header) and pad_short_rows:
-            cells += [""] * (len(header) - len(cells))
-        if len(cells) != len(header):
-            hint = " (is the file tab-separated?)" if len(cells) == 1 and "," in line else ""
-            raise SourceFormatError(
-                name, f"the row has {len(cells)} field(s) but the header has {len(header)}{hint}", line=number)
-        rows.append(cells)
-        numbers.append(number)
+            elif line.strip():
+                header_line = number
+                header = _header(name, line, number, required)
+        elif line.strip():
+            rows.append(_row(name, line, number, len(header), pad_short_rows))
+            numbers.append(number)
     if header is None:
         raise SourceFormatError(name, "no column header line found; the file is empty")
     if clinical:  # the # lines (display names, descriptions, datatypes, priorities): one cell per column
         for number, line in metadata:
-            if len(line.split("\t")) != len(header):
+            width = len(line.split("\t"))
+            if width != len(header):
                 raise SourceFormatError(
-                    name, f"the metadata line has {len(line.split(chr(9)))} field(s) but the header has "
-                    f"{len(header)}", line=number)
+                    name, f"the metadata line has {width} field(s) but the header has {len(header)}", line=number)
     return _Table(path, header, rows, numbers, header_line)
+
+
+def _header(name: str, line: str, number: int, required: Sequence[str]) -> list[str]:
+    """Return the column names of a header line, refusing other delimiters and repeated or missing columns."""
+    header = [cell.strip() for cell in line.split("\t")]
+    if len(header) == 1 and any(sep in line for sep in (",", ";")):
+        sep = "commas" if "," in line else "semicolons"
+        raise SourceFormatError(
+            name, f"not tab-separated: the header line has {sep} but no tabs; cBioPortal files are "
+            "tab-separated", line=number)
+    duplicated = [c for c, n in Counter(header).items() if n > 1]
+    if duplicated:
+        raise SourceFormatError(name, f"column {duplicated[0]!r} appears twice in the header",
+                                line=number, column=duplicated[0])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise SourceFormatError(
+            name, f"required column {missing[0]!r} is missing from the header "
+            f"(found {', '.join(header)})", line=number, column=missing[0])
+    return header
+
+
+def _row(name: str, line: str, number: int, width: int, pad_short_rows: bool) -> list[str]:
+    """Return the cells of a data row, padded when asked; refuse a row whose width is not the header's."""
+    cells = [cell.strip() for cell in line.split("\t")]
+    if len(cells) < width and pad_short_rows:
+        cells += [""] * (width - len(cells))
+    if len(cells) != width:
+        hint = " (is the file tab-separated?)" if len(cells) == 1 and "," in line else ""
+        raise SourceFormatError(
+            name, f"the row has {len(cells)} field(s) but the header has {width}{hint}", line=number)
+    return cells
 
 
 def _read_case_lists(folder: Path) -> dict[str, tuple[Path, list[str]]]:
