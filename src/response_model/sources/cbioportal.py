@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,10 @@ def _decode(attribute: Attribute, raw: str, table: _Table, line: int) -> Any:
     return text
 
 
+# A sample's alterations, each with the file and line it came from ("data_mutations.txt line 7").
+_Found = dict[str, list[tuple[dict[str, Any], str]]]
+
+
 def _pseudonymiser(spec: Mapping[str, Any]):
     """Return the patient-id transform: identity, or (``pseudonymise: true``) the keyed hash of ``privacy``."""
     if not spec.get("pseudonymise"):
@@ -312,13 +316,13 @@ def _mutation_path(folder: Path) -> Path | None:
     return present[0] if present else None
 
 
-def _read_mutations(path: Path, warnings: list[str]) -> dict[str, list[tuple[dict[str, Any], str]]]:
+def _read_mutations(path: Path, warnings: list[str]) -> _Found:
     """Return each sample's alterations from a MAF, with the line each came from; count skipped rows."""
     table = _read_tsv(path, ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode"), pad_short_rows=True)
     gene_at, class_at, sample_at = (table.index(c) for c in
                                     ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode"))
     change_at = table.index("HGVSp_Short") if "HGVSp_Short" in table.columns else None
-    found: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+    found: _Found = defaultdict(list)
     non_coding: Counter[str] = Counter()
     unsupported: Counter[str] = Counter()
     for cells, line in zip(table.rows, table.lines):
@@ -350,12 +354,12 @@ def _read_mutations(path: Path, warnings: list[str]) -> dict[str, list[tuple[dic
     return found
 
 
-def _read_cna(path: Path) -> tuple[dict[str, list[tuple[dict[str, Any], str]]], set[str], list[str]]:
+def _read_cna(path: Path) -> tuple[_Found, set[str], list[str]]:
     """Return each sample's copy-number alterations, the samples with any call, and the sample columns."""
     table = _read_tsv(path, ("Hugo_Symbol",))
     gene_at = table.index("Hugo_Symbol")
     samples = [(i, c) for i, c in enumerate(table.columns) if c not in ("Hugo_Symbol", "Entrez_Gene_Id", "Cytoband")]
-    found: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+    found: _Found = defaultdict(list)
     called: set[str] = set()
     for cells, line in zip(table.rows, table.lines):
         gene = cells[gene_at]
@@ -389,6 +393,18 @@ def _few(items: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+@dataclass
+class _Genomics:
+    """What the mutation and copy-number files found, and which samples they profiled."""
+
+    mutations: _Found
+    copy_numbers: _Found
+    sequenced: set[str]
+    cna_profiled: set[str]
+    cna_columns: list[str]  # the sample columns of data_cna.txt (none without the file)
+    case_lists: dict[str, tuple[Path, list[str]]]
+
+
 def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
     """Read a cBioPortal study folder into validated records and outcomes (one per patient).
 
@@ -401,8 +417,38 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         raise SourceFormatError(str(folder), "not a folder; expected a cBioPortal study folder")
     attributes = attribute_map(spec)
     pseudonym = _pseudonymiser(spec)  # also applied to the patient and sample ids named in warnings
-    warnings: list[str] = []
 
+    patients, samples = _read_clinical(folder, attributes)
+    patient_line = _patient_lines(patients)
+    chosen, sample_line, warnings = _choose_samples(patients, samples, patient_line, pseudonym)
+    warnings += _unmapped_attribute_warnings(attributes, patients, samples)
+    genomics = _read_genomics(folder, set(sample_line), warnings)
+    chosen_samples = {sample: p for p, (sample, _, _) in chosen.items()}
+    warnings += _profile_warnings(genomics, set(sample_line), chosen_samples, samples.name, pseudonym)
+
+    # One canonical row per patient, in file order
+    rows: list[dict[str, Any]] = []
+    sources: list[list[str]] = []
+    for patient_cells, patient_id in zip(patients.rows, patient_line):
+        row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
+        row["patient_id"] = pseudonym(patient_id)
+        sample = chosen.get(patient_id)
+        row.update(_clinical_values(attributes, patients, patient_cells, patient_line[patient_id], samples, sample))
+        where: list[str] = []
+        if sample is not None:
+            row["alterations"], where = _alterations(sample[0], genomics)
+        rows.append(row)
+        sources.append(where)
+
+    frame = pd.DataFrame(rows, columns=list(COHORT_COLUMNS), dtype=object)
+    parsed = parse_cohort(frame, line_numbers=list(patient_line.values()))
+    parsed.rejected = [_with_alteration_source(error, sources[error.row]) for error in parsed.rejected]
+    parsed.warnings = warnings + parsed.warnings
+    return parsed
+
+
+def _read_clinical(folder: Path, attributes: Sequence[Attribute]) -> tuple[_Table, _Table]:
+    """Return the patient and sample tables, refusing them when no column holds age or sex."""
     patients = _read_tsv(folder / PATIENT_FILE, ("PATIENT_ID",), clinical=True)
     samples = _read_tsv(folder / SAMPLE_FILE, ("PATIENT_ID", "SAMPLE_ID"), clinical=True)
     for required in ("age", "sex"):
@@ -412,8 +458,11 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
                 patients.name, f"no column for the required field {required}; expected "
                 f"{' or '.join(names) or 'an attribute mapped to it'}", line=patients.header_line,
                 column=names[0] if names else None)
+    return patients, samples
 
-    # Patients, in file order
+
+def _patient_lines(patients: _Table) -> dict[str, int]:
+    """Return each PATIENT_ID's line, in file order, refusing empty and repeated ids."""
     patient_at = patients.index("PATIENT_ID")
     patient_line: dict[str, int] = {}
     for cells, line in zip(patients.rows, patients.lines):
@@ -424,8 +473,13 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
             raise SourceFormatError(patients.name, f"PATIENT_ID {patient_id!r} appears twice (first on line "
                                     f"{patient_line[patient_id]})", line=line, column="PATIENT_ID")
         patient_line[patient_id] = line
+    return patient_line
 
-    # Samples: the first listed for each patient
+
+def _choose_samples(
+    patients: _Table, samples: _Table, patient_line: Mapping[str, int], pseudonym: Callable[[str], str],
+) -> tuple[dict[str, tuple[str, list[str], int]], dict[str, int], list[str]]:
+    """Return each patient's first listed sample (id, cells, line), every SAMPLE_ID's line, and the warnings."""
     sample_at, owner_at = samples.index("SAMPLE_ID"), samples.index("PATIENT_ID")
     by_patient: dict[str, list[tuple[str, list[str], int]]] = defaultdict(list)
     sample_line: dict[str, int] = {}
@@ -443,6 +497,8 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
             by_patient[patient_id].append((sample_id, cells, line))
         else:
             orphans.append(sample_id)
+
+    warnings: list[str] = []
     if orphans:
         warnings.append(f"{samples.name}: ignored {len(orphans)} sample(s) whose PATIENT_ID is not in "
                         f"{patients.name}: {_few([pseudonym(s) for s in orphans])}")
@@ -458,17 +514,23 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         warnings.append(f"{len(without_sample)} patient(s) have no sample in {samples.name}; their sample "
                         f"attributes are missing and they count as not sequenced: "
                         f"{_few([pseudonym(p) for p in without_sample])}")
-    chosen = {p: listed[0] for p, listed in by_patient.items()}
-    chosen_samples = {sample: p for p, (sample, _, _) in chosen.items()}
+    return {p: listed[0] for p, listed in by_patient.items()}, sample_line, warnings
 
+
+def _unmapped_attribute_warnings(attributes: Sequence[Attribute], patients: _Table, samples: _Table) -> list[str]:
+    """Return a warning for each clinical file with columns the attribute mapping does not name."""
     mapped_names = {a.name for a in attributes}
+    warnings = []
     for table, own in ((patients, {"PATIENT_ID"}), (samples, {"PATIENT_ID", "SAMPLE_ID"})):
         ignored = [c for c in table.columns if c not in mapped_names and c not in own]
         if ignored:
             warnings.append(f"{table.name}: ignored {len(ignored)} attribute(s) not in the source mapping: "
                             f"{_few(ignored, 10)}")
+    return warnings
 
-    # Genomics: which samples were profiled, and what was found
+
+def _read_genomics(folder: Path, sample_ids: set[str], warnings: list[str]) -> _Genomics:
+    """Return the study's alterations and the samples profiled for them (MAF warnings go to ``warnings``)."""
     mutation_path = _mutation_path(folder)
     cna_path = folder / CNA_FILE if (folder / CNA_FILE).is_file() else None
     case_lists = _read_case_lists(folder)
@@ -478,56 +540,63 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         if role in case_lists and data_path is None:
             raise SourceFormatError(_shown(case_lists[role][0]),
                                     f"lists profiled samples but the study has no {data_name}")
+    # Without a case list, a MAF profiles every sample, and data_cna.txt those with any non-NA call.
     if "sequenced" in case_lists:
         sequenced = set(case_lists["sequenced"][1])
     else:
-        sequenced = set(sample_line) if mutation_path else set()
+        sequenced = set(sample_ids) if mutation_path else set()
     cna_profiled = set(case_lists["cna"][1]) if "cna" in case_lists else cna_called
-    for found, profiled, role, data_name in ((mutations, sequenced, "sequenced", MUTATION_FILES[0]),
-                                             (copy_numbers, cna_profiled, "cna", CNA_FILE)):
-        unknown = sorted(s for s in found if s not in sample_line)
+    return _Genomics(mutations, copy_numbers, sequenced, cna_profiled, cna_columns, case_lists)
+
+
+def _profile_warnings(
+    genomics: _Genomics, sample_ids: set[str], chosen_samples: Mapping[str, str], sample_file: str,
+    pseudonym: Callable[[str], str],
+) -> list[str]:
+    """Return warnings for alterations of unknown or unlisted samples and for all-NA copy-number columns."""
+    warnings = []
+    for found, profiled, role, data_name in ((genomics.mutations, genomics.sequenced, "sequenced", MUTATION_FILES[0]),
+                                             (genomics.copy_numbers, genomics.cna_profiled, "cna", CNA_FILE)):
+        unknown = sorted(s for s in found if s not in sample_ids)
         if unknown:
             warnings.append(f"{data_name}: ignored the alterations of {len(unknown)} sample(s) not in "
-                            f"{samples.name}: {_few([pseudonym(s) for s in unknown])}")
+                            f"{sample_file}: {_few([pseudonym(s) for s in unknown])}")
         unlisted = sorted(s for s in found if s in chosen_samples and s not in profiled)
         if unlisted:
             shown = _few([pseudonym(s) for s in unlisted])
             warnings.append(f"{len(unlisted)} sample(s) have alterations in {data_name} but are not in "
-                            f"{_shown(case_lists[role][0])}; counted as profiled: {shown}")
-    if cna_path and "cna" not in case_lists:
-        uncalled = [s for s in cna_columns if s in chosen_samples and s not in cna_called]
+                            f"{_shown(genomics.case_lists[role][0])}; counted as profiled: {shown}")
+    if "cna" not in genomics.case_lists:  # then the profiled samples are those with a call
+        uncalled = [s for s in genomics.cna_columns if s in chosen_samples and s not in genomics.cna_profiled]
         if uncalled:
             warnings.append(f"{CNA_FILE}: {len(uncalled)} sample(s) have only NA; not profiled for copy number")
+    return warnings
 
-    # One canonical row per patient
-    rows: list[dict[str, Any]] = []
-    sources: list[list[str]] = []
-    for patient_cells, patient_id in zip(patients.rows, patient_line):
-        row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
-        row["patient_id"] = pseudonym(patient_id)
-        sample = chosen.get(patient_id)
-        for attribute in attributes:
-            if row[attribute.field] is not None:
-                continue
-            if attribute.name in patients.columns:
-                raw = patient_cells[patients.index(attribute.name)]
-                row[attribute.field] = _decode(attribute, raw, patients, patient_line[patient_id])
-            elif sample is not None and attribute.name in samples.columns:
-                row[attribute.field] = _decode(attribute, sample[1][samples.index(attribute.name)], samples, sample[2])
-        found: list[tuple[dict[str, Any], str]] = []
-        if sample is not None:
-            sample_id = sample[0]
-            found = mutations.get(sample_id, []) + copy_numbers.get(sample_id, [])
-            if found or sample_id in sequenced or sample_id in cna_profiled:
-                row["alterations"] = json.dumps([item for item, _ in found], separators=(",", ":"))
-        rows.append(row)
-        sources.append([where for _, where in found])
 
-    frame = pd.DataFrame(rows, columns=list(COHORT_COLUMNS), dtype=object)
-    parsed = parse_cohort(frame, line_numbers=list(patient_line.values()))
-    parsed.rejected = [_with_alteration_source(error, sources[error.row]) for error in parsed.rejected]
-    parsed.warnings = warnings + parsed.warnings
-    return parsed
+def _clinical_values(
+    attributes: Sequence[Attribute], patients: _Table, patient_cells: Sequence[str], patient_line: int,
+    samples: _Table, sample: tuple[str, list[str], int] | None,
+) -> dict[str, Any]:
+    """Return each mapped field's value: the first attribute, in mapping order, that is present and not missing."""
+    values: dict[str, Any] = {}
+    for attribute in attributes:
+        if values.get(attribute.field) is not None:
+            continue
+        if attribute.name in patients.columns:
+            raw = patient_cells[patients.index(attribute.name)]
+            values[attribute.field] = _decode(attribute, raw, patients, patient_line)
+        elif sample is not None and attribute.name in samples.columns:
+            values[attribute.field] = _decode(attribute, sample[1][samples.index(attribute.name)], samples, sample[2])
+    return values
+
+
+def _alterations(sample_id: str, genomics: _Genomics) -> tuple[str | None, list[str]]:
+    """Return a sample's alterations as JSON (None when it was not profiled) and where each came from."""
+    found = genomics.mutations.get(sample_id, []) + genomics.copy_numbers.get(sample_id, [])
+    text = None
+    if found or sample_id in genomics.sequenced or sample_id in genomics.cna_profiled:
+        text = json.dumps([item for item, _ in found], separators=(",", ":"))
+    return text, [where for _, where in found]
 
 
 def _with_alteration_source(error: RowError, sources: Sequence[str]) -> RowError:
