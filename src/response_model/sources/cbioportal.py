@@ -740,19 +740,50 @@ def write_study(
         raise ValueError(f"cannot write a study: {len(parsed.rejected)} row(s) of the cohort are invalid; first: "
                          f"{parsed.rejected[0]}")
     frame = parsed.frame()
-    attributes = attribute_map(spec)
+    columns = _written_attributes(frame, spec)
+    patient_columns = [a for a in columns if a.level == "patient"]
+    sample_columns = [a for a in columns if a.level == "sample"]
+
+    records = frame.to_dict(orient="records")
+    patient_ids = _patient_ids(records)
+    sample_ids = [f"{p}-T" for p in patient_ids]
+    patient_rows = [[pid, *_cells(row, patient_columns)] for pid, row in zip(patient_ids, records)]
+    sample_rows = [[pid, sid, *_cells(row, sample_columns)]
+                   for pid, sid, row in zip(patient_ids, sample_ids, records)]
+    maf_rows, copy_number, genotyped = _genomic_rows(sample_ids, records)
+
+    hepatobiliary = frame["cancer_type"].eq("Hepatobiliary").all()
+    name = name or f"Response model cohort ({study_id})"
+    description = description or f"{len(frame)} patients written from the canonical cohort table by response_model."
+    files = _meta_files(study_id, name, description, hepatobiliary)
+    files[PATIENT_FILE] = _clinical_file(["PATIENT_ID", *patient_columns], patient_rows)
+    files[SAMPLE_FILE] = _clinical_file(["PATIENT_ID", "SAMPLE_ID", *sample_columns], sample_rows)
+    files[MUTATION_FILES[0]] = _maf_file(maf_rows)
+    files[CNA_FILE] = _cna_file(copy_number, genotyped)
+    files.update(_case_list_files(study_id, sample_ids, genotyped))
+
+    out = Path(out_dir)
+    (out / CASE_LIST_DIR).mkdir(parents=True, exist_ok=True)
+    for relative, text in files.items():
+        with open(out / relative, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+    return out
+
+
+def _written_attributes(frame: pd.DataFrame, spec: Mapping[str, Any] | None) -> list[Attribute]:
+    """Return the first attribute mapped to each field, refusing a cohort with values no attribute can hold."""
     primary: dict[str, Attribute] = {}
-    for attribute in attributes:
+    for attribute in attribute_map(spec):
         primary.setdefault(attribute.field, attribute)
     lost = [c for c in COHORT_COLUMNS if c not in primary and c not in ("patient_id", "alterations")
             and frame[c].notna().any()]
     if lost:
         raise ValueError(f"no attribute maps to {', '.join(lost)}; they would be lost in the study")
-    columns = list(primary.values())
-    patient_columns = [a for a in columns if a.level == "patient"]
-    sample_columns = [a for a in columns if a.level == "sample"]
+    return list(primary.values())
 
-    records = frame.to_dict(orient="records")
+
+def _patient_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Return the records' patient ids, refusing ones cBioPortal cannot hold and repeated ones."""
     patient_ids: list[str] = []
     for position, row in enumerate(records):
         patient_id = row["patient_id"]
@@ -763,15 +794,18 @@ def write_study(
     duplicated = [p for p, n in Counter(patient_ids).items() if n > 1]
     if duplicated:
         raise ValueError(f"patient_id {duplicated[0]!r} appears more than once; cBioPortal needs unique ids")
-    sample_ids = [f"{p}-T" for p in patient_ids]
+    return patient_ids
 
-    def value(row: Mapping[str, Any], attribute: Attribute) -> str:
-        return _encode(attribute, None if is_missing(row[attribute.field]) else row[attribute.field])
 
-    patient_rows = [[pid] + [value(row, a) for a in patient_columns] for pid, row in zip(patient_ids, records)]
-    sample_rows = [[pid, sid] + [value(row, a) for a in sample_columns]
-                   for pid, sid, row in zip(patient_ids, sample_ids, records)]
+def _cells(row: Mapping[str, Any], attributes: Sequence[Attribute]) -> list[str]:
+    """Return the file text of a record's value for each attribute."""
+    return [_encode(a, None if is_missing(row[a.field]) else row[a.field]) for a in attributes]
 
+
+def _genomic_rows(
+    sample_ids: Sequence[str], records: Sequence[Mapping[str, Any]],
+) -> tuple[list[list[str]], dict[str, dict[str, str]], list[str]]:
+    """Return the MAF rows, each gene's copy-number calls by sample, and the samples with alteration data."""
     maf_rows: list[list[str]] = []
     copy_number: dict[str, dict[str, str]] = defaultdict(dict)
     genotyped: list[str] = []
@@ -788,14 +822,27 @@ def write_study(
             else:
                 maf_rows.append([alteration["gene"], sid, _variant_classification(alteration),
                                  alteration.get("protein_change") or ""])
+    return maf_rows, copy_number, genotyped
+
+
+def _maf_file(maf_rows: Iterable[Sequence[str]]) -> str:
+    """Return the text of data_mutations.txt for these rows."""
+    return "#version 2.4\n" + "\n".join(
+        "\t".join(cells) for cells in
+        [["Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification", "HGVSp_Short"], *maf_rows]) + "\n"
+
+
+def _cna_file(copy_number: Mapping[str, Mapping[str, str]], genotyped: Sequence[str]) -> str:
+    """Return the text of data_cna.txt: one row per gene, sorted by symbol, 0 where a sample has no call."""
     cna_lines = ["\t".join(["Hugo_Symbol", *genotyped])]
     cna_lines += ["\t".join([gene, *(copy_number[gene].get(sid, "0") for sid in genotyped)])
                   for gene in sorted(copy_number)]
+    return "\n".join(cna_lines) + "\n"
 
-    hepatobiliary = frame["cancer_type"].eq("Hepatobiliary").all()
-    name = name or f"Response model cohort ({study_id})"
-    description = description or f"{len(frame)} patients written from the canonical cohort table by response_model."
-    files: dict[str, str] = {
+
+def _meta_files(study_id: str, name: str, description: str, hepatobiliary: bool) -> dict[str, str]:
+    """Return the text of each meta_*.txt file of the study, by file name."""
+    return {
         "meta_study.txt": _meta([
             ("type_of_cancer", "hcc" if hepatobiliary else "mixed"), ("cancer_study_identifier", study_id),
             ("name", _text(name, "name")), ("description", _text(description, "description")),
@@ -822,13 +869,12 @@ def write_study(
             ("profile_description", "Discrete copy number: 2 = amplification, -2 = deep deletion."),
             ("data_filename", CNA_FILE),
         ]),
-        PATIENT_FILE: _clinical_file(["PATIENT_ID", *patient_columns], patient_rows),
-        SAMPLE_FILE: _clinical_file(["PATIENT_ID", "SAMPLE_ID", *sample_columns], sample_rows),
-        MUTATION_FILES[0]: "#version 2.4\n" + "\n".join(
-            "\t".join(cells) for cells in
-            [["Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification", "HGVSp_Short"], *maf_rows]) + "\n",
-        CNA_FILE: "\n".join(cna_lines) + "\n",
     }
+
+
+def _case_list_files(study_id: str, sample_ids: Sequence[str], genotyped: Sequence[str]) -> dict[str, str]:
+    """Return the text of each case list (all, sequenced, cna samples), by path in the study folder."""
+    files = {}
     for role, label, category, ids in (
         ("all", "All samples", "all_cases_in_study", sample_ids),
         ("sequenced", "Samples with mutation data", "all_cases_with_mutation_data", genotyped),
@@ -839,10 +885,4 @@ def write_study(
             ("case_list_name", label), ("case_list_description", f"{label} ({len(ids)} samples)"),
             ("case_list_category", category), ("case_list_ids", "\t".join(ids)),
         ])
-
-    out = Path(out_dir)
-    (out / CASE_LIST_DIR).mkdir(parents=True, exist_ok=True)
-    for relative, text in files.items():
-        with open(out / relative, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-    return out
+    return files
