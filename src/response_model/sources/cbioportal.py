@@ -108,6 +108,7 @@ class Attribute:
 
     @property
     def dtype(self) -> str:
+        """Return the cohort-table dtype of the attribute's field."""
         return COLUMN_DTYPES[self.field]
 
     def lookup(self, text: str) -> tuple[bool, Any]:
@@ -158,6 +159,8 @@ def unmapped_fields(attributes: Sequence[Attribute] | None = None) -> list[str]:
 
 @dataclass
 class _Table:
+    """A tab-separated file as read: its columns, data rows and their lines."""
+
     path: Path
     columns: list[str]
     rows: list[list[str]]
@@ -166,9 +169,11 @@ class _Table:
 
     @property
     def name(self) -> str:
+        """Return the file name as reported in messages."""
         return _shown(self.path)
 
     def index(self, column: str) -> int:
+        """Return the position of ``column`` in the header."""
         return self.columns.index(column)
 
 
@@ -309,6 +314,7 @@ def _pseudonymiser(spec: Mapping[str, Any]):
 
 
 def _mutation_path(folder: Path) -> Path | None:
+    """Return the study's MAF (None when it has none), refusing a study with both spellings."""
     present = [folder / name for name in MUTATION_FILES if (folder / name).is_file()]
     if len(present) > 1:
         raise SourceFormatError(
@@ -385,10 +391,12 @@ def _read_cna(path: Path) -> tuple[_Found, set[str], list[str]]:
 
 
 def _counts(counter: Counter[str]) -> str:
+    """Return the counts as text, most frequent first ("Silent ×2, Intron ×1")."""
     return ", ".join(f"{name} ×{n}" for name, n in sorted(counter.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _few(items: Sequence[str], limit: int = 5) -> str:
+    """Return the first ``limit`` items joined by commas, with how many more were left out."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -636,6 +644,7 @@ def _encode(attribute: Attribute, value: Any) -> str:
 
 
 def _text(text: str, what: str) -> str:
+    """Return ``text`` unchanged; refuse tabs, line breaks, surrounding spaces and spellings of missing."""
     if any(ch in text for ch in "\t\r\n") or text != text.strip() or text.lower() in NA_VALUES:
         raise ValueError(f"{what}: {text!r} cannot be written to a cBioPortal file (tab, line break, "
                          "surrounding spaces or a spelling of missing)")
@@ -655,6 +664,7 @@ _OUTCOME_DESCRIPTIONS = {
 
 
 def _description(attribute: Attribute) -> str:
+    """Return the attribute's description line: the field's description and unit."""
     if attribute.field in _OUTCOME_DESCRIPTIONS:
         return _OUTCOME_DESCRIPTIONS[attribute.field]
     info = PatientRecord.model_fields[attribute.field]
@@ -664,12 +674,14 @@ def _description(attribute: Attribute) -> str:
 
 
 def _datatype(attribute: Attribute) -> str:
+    """Return the attribute's cBioPortal datatype: NUMBER, BOOLEAN or STRING."""
     if attribute.values:
         return "STRING"
     return {"float64": "NUMBER", "Int64": "NUMBER", "boolean": "BOOLEAN"}.get(attribute.dtype, "STRING")
 
 
 def _clinical_file(columns: Sequence[Attribute | str], rows: Iterable[Sequence[str]]) -> str:
+    """Return the text of a clinical file: four ``#`` metadata lines, the header, the rows."""
     meta = [
         [_DISPLAY_NAMES.get(c if isinstance(c, str) else c.name, (c if isinstance(c, str) else c.name)
                             .replace("_", " ").title()) for c in columns],
@@ -685,10 +697,12 @@ def _clinical_file(columns: Sequence[Attribute | str], rows: Iterable[Sequence[s
 
 
 def _meta(fields: Sequence[tuple[str, str]]) -> str:
+    """Return ``key: value`` lines, the format of meta files and case lists."""
     return "".join(f"{key}: {value}\n" for key, value in fields)
 
 
 def _variant_classification(alteration: Mapping[str, Any]) -> str:
+    """Return the MAF Variant_Classification of a (non copy-number) alteration."""
     kind, change = AlterationKind(alteration["kind"]), alteration.get("protein_change") or ""
     if kind is AlterationKind.inframe_indel:
         return "In_Frame_Ins" if ("ins" in change or "dup" in change) else "In_Frame_Del"
@@ -705,6 +719,7 @@ def in_study_order(cohort: pd.DataFrame) -> pd.DataFrame:
     Mutations keep their order; copy-number changes follow them, sorted by gene symbol.
     """
     def reorder(text: Any) -> Any:
+        """Return one alterations cell in study order."""
         if is_missing(text):
             return text
         items = json.loads(text)
