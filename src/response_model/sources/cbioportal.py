@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,7 @@ class Attribute:
 
     @property
     def dtype(self) -> str:
+        """Return the cohort-table dtype of the attribute's field."""
         return COLUMN_DTYPES[self.field]
 
     def lookup(self, text: str) -> tuple[bool, Any]:
@@ -158,6 +159,8 @@ def unmapped_fields(attributes: Sequence[Attribute] | None = None) -> list[str]:
 
 @dataclass
 class _Table:
+    """A tab-separated file as read: its columns, data rows and their lines."""
+
     path: Path
     columns: list[str]
     rows: list[list[str]]
@@ -166,9 +169,11 @@ class _Table:
 
     @property
     def name(self) -> str:
+        """Return the file name as reported in messages."""
         return _shown(self.path)
 
     def index(self, column: str) -> int:
+        """Return the position of ``column`` in the header."""
         return self.columns.index(column)
 
 
@@ -196,46 +201,53 @@ def _read_tsv(path: Path, required: Sequence[str], *, clinical: bool = False, pa
         if header is None:
             if line.startswith("#"):
                 metadata.append((number, line))
-                continue
-            if not line.strip():
-                continue
-            header_line = number
-            header = [cell.strip() for cell in line.split("\t")]
-            if len(header) == 1 and any(sep in line for sep in (",", ";")):
-                sep = "commas" if "," in line else "semicolons"
-                raise SourceFormatError(
-                    name, f"not tab-separated: the header line has {sep} but no tabs; cBioPortal files are "
-                    "tab-separated", line=number)
-            duplicated = [c for c, n in Counter(header).items() if n > 1]
-            if duplicated:
-                raise SourceFormatError(name, f"column {duplicated[0]!r} appears twice in the header",
-                                        line=number, column=duplicated[0])
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise SourceFormatError(
-                    name, f"required column {missing[0]!r} is missing from the header "
-                    f"(found {', '.join(header)})", line=number, column=missing[0])
-            continue
-        if not line.strip():
-            continue
-        cells = [cell.strip() for cell in line.split("\t")]
-        if len(cells) < len(header) and pad_short_rows:
-            cells += [""] * (len(header) - len(cells))
-        if len(cells) != len(header):
-            hint = " (is the file tab-separated?)" if len(cells) == 1 and "," in line else ""
-            raise SourceFormatError(
-                name, f"the row has {len(cells)} field(s) but the header has {len(header)}{hint}", line=number)
-        rows.append(cells)
-        numbers.append(number)
+            elif line.strip():
+                header_line = number
+                header = _header(name, line, number, required)
+        elif line.strip():
+            rows.append(_row(name, line, number, len(header), pad_short_rows))
+            numbers.append(number)
     if header is None:
         raise SourceFormatError(name, "no column header line found; the file is empty")
     if clinical:  # the # lines (display names, descriptions, datatypes, priorities): one cell per column
         for number, line in metadata:
-            if len(line.split("\t")) != len(header):
+            width = len(line.split("\t"))
+            if width != len(header):
                 raise SourceFormatError(
-                    name, f"the metadata line has {len(line.split(chr(9)))} field(s) but the header has "
-                    f"{len(header)}", line=number)
+                    name, f"the metadata line has {width} field(s) but the header has {len(header)}", line=number)
     return _Table(path, header, rows, numbers, header_line)
+
+
+def _header(name: str, line: str, number: int, required: Sequence[str]) -> list[str]:
+    """Return the column names of a header line, refusing other delimiters and repeated or missing columns."""
+    header = [cell.strip() for cell in line.split("\t")]
+    if len(header) == 1 and any(sep in line for sep in (",", ";")):
+        sep = "commas" if "," in line else "semicolons"
+        raise SourceFormatError(
+            name, f"not tab-separated: the header line has {sep} but no tabs; cBioPortal files are "
+            "tab-separated", line=number)
+    duplicated = [c for c, n in Counter(header).items() if n > 1]
+    if duplicated:
+        raise SourceFormatError(name, f"column {duplicated[0]!r} appears twice in the header",
+                                line=number, column=duplicated[0])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise SourceFormatError(
+            name, f"required column {missing[0]!r} is missing from the header "
+            f"(found {', '.join(header)})", line=number, column=missing[0])
+    return header
+
+
+def _row(name: str, line: str, number: int, width: int, pad_short_rows: bool) -> list[str]:
+    """Return the cells of a data row, padded when asked; refuse a row whose width is not the header's."""
+    cells = [cell.strip() for cell in line.split("\t")]
+    if len(cells) < width and pad_short_rows:
+        cells += [""] * (width - len(cells))
+    if len(cells) != width:
+        hint = " (is the file tab-separated?)" if len(cells) == 1 and "," in line else ""
+        raise SourceFormatError(
+            name, f"the row has {len(cells)} field(s) but the header has {width}{hint}", line=number)
+    return cells
 
 
 def _read_case_lists(folder: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -287,6 +299,10 @@ def _decode(attribute: Attribute, raw: str, table: _Table, line: int) -> Any:
     return text
 
 
+# A sample's alterations, each with the file and line it came from ("data_mutations.txt line 7").
+_Found = dict[str, list[tuple[dict[str, Any], str]]]
+
+
 def _pseudonymiser(spec: Mapping[str, Any]):
     """Return the patient-id transform: identity, or (``pseudonymise: true``) the keyed hash of ``privacy``."""
     if not spec.get("pseudonymise"):
@@ -298,6 +314,7 @@ def _pseudonymiser(spec: Mapping[str, Any]):
 
 
 def _mutation_path(folder: Path) -> Path | None:
+    """Return the study's MAF (None when it has none), refusing a study with both spellings."""
     present = [folder / name for name in MUTATION_FILES if (folder / name).is_file()]
     if len(present) > 1:
         raise SourceFormatError(
@@ -305,13 +322,13 @@ def _mutation_path(folder: Path) -> Path | None:
     return present[0] if present else None
 
 
-def _read_mutations(path: Path, warnings: list[str]) -> dict[str, list[tuple[dict[str, Any], str]]]:
+def _read_mutations(path: Path, warnings: list[str]) -> _Found:
     """Return each sample's alterations from a MAF, with the line each came from; count skipped rows."""
     table = _read_tsv(path, ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode"), pad_short_rows=True)
     gene_at, class_at, sample_at = (table.index(c) for c in
                                     ("Hugo_Symbol", "Variant_Classification", "Tumor_Sample_Barcode"))
     change_at = table.index("HGVSp_Short") if "HGVSp_Short" in table.columns else None
-    found: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+    found: _Found = defaultdict(list)
     non_coding: Counter[str] = Counter()
     unsupported: Counter[str] = Counter()
     for cells, line in zip(table.rows, table.lines):
@@ -343,12 +360,12 @@ def _read_mutations(path: Path, warnings: list[str]) -> dict[str, list[tuple[dic
     return found
 
 
-def _read_cna(path: Path) -> tuple[dict[str, list[tuple[dict[str, Any], str]]], set[str], list[str]]:
+def _read_cna(path: Path) -> tuple[_Found, set[str], list[str]]:
     """Return each sample's copy-number alterations, the samples with any call, and the sample columns."""
     table = _read_tsv(path, ("Hugo_Symbol",))
     gene_at = table.index("Hugo_Symbol")
     samples = [(i, c) for i, c in enumerate(table.columns) if c not in ("Hugo_Symbol", "Entrez_Gene_Id", "Cytoband")]
-    found: dict[str, list[tuple[dict[str, Any], str]]] = defaultdict(list)
+    found: _Found = defaultdict(list)
     called: set[str] = set()
     for cells, line in zip(table.rows, table.lines):
         gene = cells[gene_at]
@@ -374,12 +391,26 @@ def _read_cna(path: Path) -> tuple[dict[str, list[tuple[dict[str, Any], str]]], 
 
 
 def _counts(counter: Counter[str]) -> str:
+    """Return the counts as text, most frequent first ("Silent ×2, Intron ×1")."""
     return ", ".join(f"{name} ×{n}" for name, n in sorted(counter.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _few(items: Sequence[str], limit: int = 5) -> str:
+    """Return the first ``limit`` items joined by commas, with how many more were left out."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass
+class _Genomics:
+    """What the mutation and copy-number files found, and which samples they profiled."""
+
+    mutations: _Found
+    copy_numbers: _Found
+    sequenced: set[str]
+    cna_profiled: set[str]
+    cna_columns: list[str]  # the sample columns of data_cna.txt (none without the file)
+    case_lists: dict[str, tuple[Path, list[str]]]
 
 
 def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
@@ -394,8 +425,38 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         raise SourceFormatError(str(folder), "not a folder; expected a cBioPortal study folder")
     attributes = attribute_map(spec)
     pseudonym = _pseudonymiser(spec)  # also applied to the patient and sample ids named in warnings
-    warnings: list[str] = []
 
+    patients, samples = _read_clinical(folder, attributes)
+    patient_line = _patient_lines(patients)
+    chosen, sample_line, warnings = _choose_samples(patients, samples, patient_line, pseudonym)
+    warnings += _unmapped_attribute_warnings(attributes, patients, samples)
+    genomics = _read_genomics(folder, set(sample_line), warnings)
+    chosen_samples = {sample: p for p, (sample, _, _) in chosen.items()}
+    warnings += _profile_warnings(genomics, set(sample_line), chosen_samples, samples.name, pseudonym)
+
+    # One canonical row per patient, in file order
+    rows: list[dict[str, Any]] = []
+    sources: list[list[str]] = []
+    for patient_cells, patient_id in zip(patients.rows, patient_line):
+        row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
+        row["patient_id"] = pseudonym(patient_id)
+        sample = chosen.get(patient_id)
+        row.update(_clinical_values(attributes, patients, patient_cells, patient_line[patient_id], samples, sample))
+        where: list[str] = []
+        if sample is not None:
+            row["alterations"], where = _alterations(sample[0], genomics)
+        rows.append(row)
+        sources.append(where)
+
+    frame = pd.DataFrame(rows, columns=list(COHORT_COLUMNS), dtype=object)
+    parsed = parse_cohort(frame, line_numbers=list(patient_line.values()))
+    parsed.rejected = [_with_alteration_source(error, sources[error.row]) for error in parsed.rejected]
+    parsed.warnings = warnings + parsed.warnings
+    return parsed
+
+
+def _read_clinical(folder: Path, attributes: Sequence[Attribute]) -> tuple[_Table, _Table]:
+    """Return the patient and sample tables, refusing them when no column holds age or sex."""
     patients = _read_tsv(folder / PATIENT_FILE, ("PATIENT_ID",), clinical=True)
     samples = _read_tsv(folder / SAMPLE_FILE, ("PATIENT_ID", "SAMPLE_ID"), clinical=True)
     for required in ("age", "sex"):
@@ -405,8 +466,11 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
                 patients.name, f"no column for the required field {required}; expected "
                 f"{' or '.join(names) or 'an attribute mapped to it'}", line=patients.header_line,
                 column=names[0] if names else None)
+    return patients, samples
 
-    # Patients, in file order
+
+def _patient_lines(patients: _Table) -> dict[str, int]:
+    """Return each PATIENT_ID's line, in file order, refusing empty and repeated ids."""
     patient_at = patients.index("PATIENT_ID")
     patient_line: dict[str, int] = {}
     for cells, line in zip(patients.rows, patients.lines):
@@ -417,8 +481,13 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
             raise SourceFormatError(patients.name, f"PATIENT_ID {patient_id!r} appears twice (first on line "
                                     f"{patient_line[patient_id]})", line=line, column="PATIENT_ID")
         patient_line[patient_id] = line
+    return patient_line
 
-    # Samples: the first listed for each patient
+
+def _choose_samples(
+    patients: _Table, samples: _Table, patient_line: Mapping[str, int], pseudonym: Callable[[str], str],
+) -> tuple[dict[str, tuple[str, list[str], int]], dict[str, int], list[str]]:
+    """Return each patient's first listed sample (id, cells, line), every SAMPLE_ID's line, and the warnings."""
     sample_at, owner_at = samples.index("SAMPLE_ID"), samples.index("PATIENT_ID")
     by_patient: dict[str, list[tuple[str, list[str], int]]] = defaultdict(list)
     sample_line: dict[str, int] = {}
@@ -436,6 +505,8 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
             by_patient[patient_id].append((sample_id, cells, line))
         else:
             orphans.append(sample_id)
+
+    warnings: list[str] = []
     if orphans:
         warnings.append(f"{samples.name}: ignored {len(orphans)} sample(s) whose PATIENT_ID is not in "
                         f"{patients.name}: {_few([pseudonym(s) for s in orphans])}")
@@ -451,17 +522,23 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         warnings.append(f"{len(without_sample)} patient(s) have no sample in {samples.name}; their sample "
                         f"attributes are missing and they count as not sequenced: "
                         f"{_few([pseudonym(p) for p in without_sample])}")
-    chosen = {p: listed[0] for p, listed in by_patient.items()}
-    chosen_samples = {sample: p for p, (sample, _, _) in chosen.items()}
+    return {p: listed[0] for p, listed in by_patient.items()}, sample_line, warnings
 
+
+def _unmapped_attribute_warnings(attributes: Sequence[Attribute], patients: _Table, samples: _Table) -> list[str]:
+    """Return a warning for each clinical file with columns the attribute mapping does not name."""
     mapped_names = {a.name for a in attributes}
+    warnings = []
     for table, own in ((patients, {"PATIENT_ID"}), (samples, {"PATIENT_ID", "SAMPLE_ID"})):
         ignored = [c for c in table.columns if c not in mapped_names and c not in own]
         if ignored:
             warnings.append(f"{table.name}: ignored {len(ignored)} attribute(s) not in the source mapping: "
                             f"{_few(ignored, 10)}")
+    return warnings
 
-    # Genomics: which samples were profiled, and what was found
+
+def _read_genomics(folder: Path, sample_ids: set[str], warnings: list[str]) -> _Genomics:
+    """Return the study's alterations and the samples profiled for them (MAF warnings go to ``warnings``)."""
     mutation_path = _mutation_path(folder)
     cna_path = folder / CNA_FILE if (folder / CNA_FILE).is_file() else None
     case_lists = _read_case_lists(folder)
@@ -471,56 +548,63 @@ def read_study(spec: Mapping[str, Any], path: str | Path) -> ParsedCohort:
         if role in case_lists and data_path is None:
             raise SourceFormatError(_shown(case_lists[role][0]),
                                     f"lists profiled samples but the study has no {data_name}")
+    # Without a case list, a MAF profiles every sample, and data_cna.txt those with any non-NA call.
     if "sequenced" in case_lists:
         sequenced = set(case_lists["sequenced"][1])
     else:
-        sequenced = set(sample_line) if mutation_path else set()
+        sequenced = set(sample_ids) if mutation_path else set()
     cna_profiled = set(case_lists["cna"][1]) if "cna" in case_lists else cna_called
-    for found, profiled, role, data_name in ((mutations, sequenced, "sequenced", MUTATION_FILES[0]),
-                                             (copy_numbers, cna_profiled, "cna", CNA_FILE)):
-        unknown = sorted(s for s in found if s not in sample_line)
+    return _Genomics(mutations, copy_numbers, sequenced, cna_profiled, cna_columns, case_lists)
+
+
+def _profile_warnings(
+    genomics: _Genomics, sample_ids: set[str], chosen_samples: Mapping[str, str], sample_file: str,
+    pseudonym: Callable[[str], str],
+) -> list[str]:
+    """Return warnings for alterations of unknown or unlisted samples and for all-NA copy-number columns."""
+    warnings = []
+    for found, profiled, role, data_name in ((genomics.mutations, genomics.sequenced, "sequenced", MUTATION_FILES[0]),
+                                             (genomics.copy_numbers, genomics.cna_profiled, "cna", CNA_FILE)):
+        unknown = sorted(s for s in found if s not in sample_ids)
         if unknown:
             warnings.append(f"{data_name}: ignored the alterations of {len(unknown)} sample(s) not in "
-                            f"{samples.name}: {_few([pseudonym(s) for s in unknown])}")
+                            f"{sample_file}: {_few([pseudonym(s) for s in unknown])}")
         unlisted = sorted(s for s in found if s in chosen_samples and s not in profiled)
         if unlisted:
             shown = _few([pseudonym(s) for s in unlisted])
             warnings.append(f"{len(unlisted)} sample(s) have alterations in {data_name} but are not in "
-                            f"{_shown(case_lists[role][0])}; counted as profiled: {shown}")
-    if cna_path and "cna" not in case_lists:
-        uncalled = [s for s in cna_columns if s in chosen_samples and s not in cna_called]
+                            f"{_shown(genomics.case_lists[role][0])}; counted as profiled: {shown}")
+    if "cna" not in genomics.case_lists:  # then the profiled samples are those with a call
+        uncalled = [s for s in genomics.cna_columns if s in chosen_samples and s not in genomics.cna_profiled]
         if uncalled:
             warnings.append(f"{CNA_FILE}: {len(uncalled)} sample(s) have only NA; not profiled for copy number")
+    return warnings
 
-    # One canonical row per patient
-    rows: list[dict[str, Any]] = []
-    sources: list[list[str]] = []
-    for patient_cells, patient_id in zip(patients.rows, patient_line):
-        row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
-        row["patient_id"] = pseudonym(patient_id)
-        sample = chosen.get(patient_id)
-        for attribute in attributes:
-            if row[attribute.field] is not None:
-                continue
-            if attribute.name in patients.columns:
-                raw = patient_cells[patients.index(attribute.name)]
-                row[attribute.field] = _decode(attribute, raw, patients, patient_line[patient_id])
-            elif sample is not None and attribute.name in samples.columns:
-                row[attribute.field] = _decode(attribute, sample[1][samples.index(attribute.name)], samples, sample[2])
-        found: list[tuple[dict[str, Any], str]] = []
-        if sample is not None:
-            sample_id = sample[0]
-            found = mutations.get(sample_id, []) + copy_numbers.get(sample_id, [])
-            if found or sample_id in sequenced or sample_id in cna_profiled:
-                row["alterations"] = json.dumps([item for item, _ in found], separators=(",", ":"))
-        rows.append(row)
-        sources.append([where for _, where in found])
 
-    frame = pd.DataFrame(rows, columns=list(COHORT_COLUMNS), dtype=object)
-    parsed = parse_cohort(frame, line_numbers=list(patient_line.values()))
-    parsed.rejected = [_with_alteration_source(error, sources[error.row]) for error in parsed.rejected]
-    parsed.warnings = warnings + parsed.warnings
-    return parsed
+def _clinical_values(
+    attributes: Sequence[Attribute], patients: _Table, patient_cells: Sequence[str], patient_line: int,
+    samples: _Table, sample: tuple[str, list[str], int] | None,
+) -> dict[str, Any]:
+    """Return each mapped field's value: the first attribute, in mapping order, that is present and not missing."""
+    values: dict[str, Any] = {}
+    for attribute in attributes:
+        if values.get(attribute.field) is not None:
+            continue
+        if attribute.name in patients.columns:
+            raw = patient_cells[patients.index(attribute.name)]
+            values[attribute.field] = _decode(attribute, raw, patients, patient_line)
+        elif sample is not None and attribute.name in samples.columns:
+            values[attribute.field] = _decode(attribute, sample[1][samples.index(attribute.name)], samples, sample[2])
+    return values
+
+
+def _alterations(sample_id: str, genomics: _Genomics) -> tuple[str | None, list[str]]:
+    """Return a sample's alterations as JSON (None when it was not profiled) and where each came from."""
+    found = genomics.mutations.get(sample_id, []) + genomics.copy_numbers.get(sample_id, [])
+    text = None
+    if found or sample_id in genomics.sequenced or sample_id in genomics.cna_profiled:
+        text = json.dumps([item for item, _ in found], separators=(",", ":"))
+    return text, [where for _, where in found]
 
 
 def _with_alteration_source(error: RowError, sources: Sequence[str]) -> RowError:
@@ -560,6 +644,7 @@ def _encode(attribute: Attribute, value: Any) -> str:
 
 
 def _text(text: str, what: str) -> str:
+    """Return ``text`` unchanged; refuse tabs, line breaks, surrounding spaces and spellings of missing."""
     if any(ch in text for ch in "\t\r\n") or text != text.strip() or text.lower() in NA_VALUES:
         raise ValueError(f"{what}: {text!r} cannot be written to a cBioPortal file (tab, line break, "
                          "surrounding spaces or a spelling of missing)")
@@ -579,6 +664,7 @@ _OUTCOME_DESCRIPTIONS = {
 
 
 def _description(attribute: Attribute) -> str:
+    """Return the attribute's description line: the field's description and unit."""
     if attribute.field in _OUTCOME_DESCRIPTIONS:
         return _OUTCOME_DESCRIPTIONS[attribute.field]
     info = PatientRecord.model_fields[attribute.field]
@@ -588,12 +674,14 @@ def _description(attribute: Attribute) -> str:
 
 
 def _datatype(attribute: Attribute) -> str:
+    """Return the attribute's cBioPortal datatype: NUMBER, BOOLEAN or STRING."""
     if attribute.values:
         return "STRING"
     return {"float64": "NUMBER", "Int64": "NUMBER", "boolean": "BOOLEAN"}.get(attribute.dtype, "STRING")
 
 
 def _clinical_file(columns: Sequence[Attribute | str], rows: Iterable[Sequence[str]]) -> str:
+    """Return the text of a clinical file: four ``#`` metadata lines, the header, the rows."""
     meta = [
         [_DISPLAY_NAMES.get(c if isinstance(c, str) else c.name, (c if isinstance(c, str) else c.name)
                             .replace("_", " ").title()) for c in columns],
@@ -609,10 +697,12 @@ def _clinical_file(columns: Sequence[Attribute | str], rows: Iterable[Sequence[s
 
 
 def _meta(fields: Sequence[tuple[str, str]]) -> str:
+    """Return ``key: value`` lines, the format of meta files and case lists."""
     return "".join(f"{key}: {value}\n" for key, value in fields)
 
 
 def _variant_classification(alteration: Mapping[str, Any]) -> str:
+    """Return the MAF Variant_Classification of a (non copy-number) alteration."""
     kind, change = AlterationKind(alteration["kind"]), alteration.get("protein_change") or ""
     if kind is AlterationKind.inframe_indel:
         return "In_Frame_Ins" if ("ins" in change or "dup" in change) else "In_Frame_Del"
@@ -629,6 +719,7 @@ def in_study_order(cohort: pd.DataFrame) -> pd.DataFrame:
     Mutations keep their order; copy-number changes follow them, sorted by gene symbol.
     """
     def reorder(text: Any) -> Any:
+        """Return one alterations cell in study order."""
         if is_missing(text):
             return text
         items = json.loads(text)
@@ -664,19 +755,50 @@ def write_study(
         raise ValueError(f"cannot write a study: {len(parsed.rejected)} row(s) of the cohort are invalid; first: "
                          f"{parsed.rejected[0]}")
     frame = parsed.frame()
-    attributes = attribute_map(spec)
+    columns = _written_attributes(frame, spec)
+    patient_columns = [a for a in columns if a.level == "patient"]
+    sample_columns = [a for a in columns if a.level == "sample"]
+
+    records = frame.to_dict(orient="records")
+    patient_ids = _patient_ids(records)
+    sample_ids = [f"{p}-T" for p in patient_ids]
+    patient_rows = [[pid, *_cells(row, patient_columns)] for pid, row in zip(patient_ids, records)]
+    sample_rows = [[pid, sid, *_cells(row, sample_columns)]
+                   for pid, sid, row in zip(patient_ids, sample_ids, records)]
+    maf_rows, copy_number, genotyped = _genomic_rows(sample_ids, records)
+
+    hepatobiliary = frame["cancer_type"].eq("Hepatobiliary").all()
+    name = name or f"Response model cohort ({study_id})"
+    description = description or f"{len(frame)} patients written from the canonical cohort table by response_model."
+    files = _meta_files(study_id, name, description, hepatobiliary)
+    files[PATIENT_FILE] = _clinical_file(["PATIENT_ID", *patient_columns], patient_rows)
+    files[SAMPLE_FILE] = _clinical_file(["PATIENT_ID", "SAMPLE_ID", *sample_columns], sample_rows)
+    files[MUTATION_FILES[0]] = _maf_file(maf_rows)
+    files[CNA_FILE] = _cna_file(copy_number, genotyped)
+    files.update(_case_list_files(study_id, sample_ids, genotyped))
+
+    out = Path(out_dir)
+    (out / CASE_LIST_DIR).mkdir(parents=True, exist_ok=True)
+    for relative, text in files.items():
+        with open(out / relative, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+    return out
+
+
+def _written_attributes(frame: pd.DataFrame, spec: Mapping[str, Any] | None) -> list[Attribute]:
+    """Return the first attribute mapped to each field, refusing a cohort with values no attribute can hold."""
     primary: dict[str, Attribute] = {}
-    for attribute in attributes:
+    for attribute in attribute_map(spec):
         primary.setdefault(attribute.field, attribute)
     lost = [c for c in COHORT_COLUMNS if c not in primary and c not in ("patient_id", "alterations")
             and frame[c].notna().any()]
     if lost:
         raise ValueError(f"no attribute maps to {', '.join(lost)}; they would be lost in the study")
-    columns = list(primary.values())
-    patient_columns = [a for a in columns if a.level == "patient"]
-    sample_columns = [a for a in columns if a.level == "sample"]
+    return list(primary.values())
 
-    records = frame.to_dict(orient="records")
+
+def _patient_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Return the records' patient ids, refusing ones cBioPortal cannot hold and repeated ones."""
     patient_ids: list[str] = []
     for position, row in enumerate(records):
         patient_id = row["patient_id"]
@@ -687,15 +809,18 @@ def write_study(
     duplicated = [p for p, n in Counter(patient_ids).items() if n > 1]
     if duplicated:
         raise ValueError(f"patient_id {duplicated[0]!r} appears more than once; cBioPortal needs unique ids")
-    sample_ids = [f"{p}-T" for p in patient_ids]
+    return patient_ids
 
-    def value(row: Mapping[str, Any], attribute: Attribute) -> str:
-        return _encode(attribute, None if is_missing(row[attribute.field]) else row[attribute.field])
 
-    patient_rows = [[pid] + [value(row, a) for a in patient_columns] for pid, row in zip(patient_ids, records)]
-    sample_rows = [[pid, sid] + [value(row, a) for a in sample_columns]
-                   for pid, sid, row in zip(patient_ids, sample_ids, records)]
+def _cells(row: Mapping[str, Any], attributes: Sequence[Attribute]) -> list[str]:
+    """Return the file text of a record's value for each attribute."""
+    return [_encode(a, None if is_missing(row[a.field]) else row[a.field]) for a in attributes]
 
+
+def _genomic_rows(
+    sample_ids: Sequence[str], records: Sequence[Mapping[str, Any]],
+) -> tuple[list[list[str]], dict[str, dict[str, str]], list[str]]:
+    """Return the MAF rows, each gene's copy-number calls by sample, and the samples with alteration data."""
     maf_rows: list[list[str]] = []
     copy_number: dict[str, dict[str, str]] = defaultdict(dict)
     genotyped: list[str] = []
@@ -712,14 +837,27 @@ def write_study(
             else:
                 maf_rows.append([alteration["gene"], sid, _variant_classification(alteration),
                                  alteration.get("protein_change") or ""])
+    return maf_rows, copy_number, genotyped
+
+
+def _maf_file(maf_rows: Iterable[Sequence[str]]) -> str:
+    """Return the text of data_mutations.txt for these rows."""
+    return "#version 2.4\n" + "\n".join(
+        "\t".join(cells) for cells in
+        [["Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification", "HGVSp_Short"], *maf_rows]) + "\n"
+
+
+def _cna_file(copy_number: Mapping[str, Mapping[str, str]], genotyped: Sequence[str]) -> str:
+    """Return the text of data_cna.txt: one row per gene, sorted by symbol, 0 where a sample has no call."""
     cna_lines = ["\t".join(["Hugo_Symbol", *genotyped])]
     cna_lines += ["\t".join([gene, *(copy_number[gene].get(sid, "0") for sid in genotyped)])
                   for gene in sorted(copy_number)]
+    return "\n".join(cna_lines) + "\n"
 
-    hepatobiliary = frame["cancer_type"].eq("Hepatobiliary").all()
-    name = name or f"Response model cohort ({study_id})"
-    description = description or f"{len(frame)} patients written from the canonical cohort table by response_model."
-    files: dict[str, str] = {
+
+def _meta_files(study_id: str, name: str, description: str, hepatobiliary: bool) -> dict[str, str]:
+    """Return the text of each meta_*.txt file of the study, by file name."""
+    return {
         "meta_study.txt": _meta([
             ("type_of_cancer", "hcc" if hepatobiliary else "mixed"), ("cancer_study_identifier", study_id),
             ("name", _text(name, "name")), ("description", _text(description, "description")),
@@ -746,13 +884,12 @@ def write_study(
             ("profile_description", "Discrete copy number: 2 = amplification, -2 = deep deletion."),
             ("data_filename", CNA_FILE),
         ]),
-        PATIENT_FILE: _clinical_file(["PATIENT_ID", *patient_columns], patient_rows),
-        SAMPLE_FILE: _clinical_file(["PATIENT_ID", "SAMPLE_ID", *sample_columns], sample_rows),
-        MUTATION_FILES[0]: "#version 2.4\n" + "\n".join(
-            "\t".join(cells) for cells in
-            [["Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification", "HGVSp_Short"], *maf_rows]) + "\n",
-        CNA_FILE: "\n".join(cna_lines) + "\n",
     }
+
+
+def _case_list_files(study_id: str, sample_ids: Sequence[str], genotyped: Sequence[str]) -> dict[str, str]:
+    """Return the text of each case list (all, sequenced, cna samples), by path in the study folder."""
+    files = {}
     for role, label, category, ids in (
         ("all", "All samples", "all_cases_in_study", sample_ids),
         ("sequenced", "Samples with mutation data", "all_cases_with_mutation_data", genotyped),
@@ -763,10 +900,4 @@ def write_study(
             ("case_list_name", label), ("case_list_description", f"{label} ({len(ids)} samples)"),
             ("case_list_category", category), ("case_list_ids", "\t".join(ids)),
         ])
-
-    out = Path(out_dir)
-    (out / CASE_LIST_DIR).mkdir(parents=True, exist_ok=True)
-    for relative, text in files.items():
-        with open(out / relative, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-    return out
+    return files
