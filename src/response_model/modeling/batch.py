@@ -30,7 +30,9 @@ trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>
 output is one file written row group by row group; the model name, version, URI and label are
 also in its key-value metadata.
 
-Rejected rows go to ``<output>.rejected.csv`` (``input_row``, ``patient_id``, ``errors``).
+Rejected rows go to ``<output>.rejected.csv`` (``input_row``, ``line`` — the row as ``validate`` numbers
+it: the file line of a CSV file, header = line 1; the 1-based data row of a Parquet file — ``patient_id``,
+``errors``; rows read through a source config carry the source's line in their errors instead).
 """
 
 from __future__ import annotations
@@ -536,7 +538,7 @@ def score_file(
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(predictor, explain))
     if rejected_frames:
-        rejected = _write_rejected(rejected_frames, rejected_path)
+        rejected = _write_rejected(rejected_frames, rejected_path, None if source else input_format(input_path))
         result.rejected_path = rejected_path
         result.n_rejected = len(rejected)
         result.rejected_preview = [f"row {r.input_row}: {r.errors}" for r in rejected.head(10).itertuples()]
@@ -629,9 +631,12 @@ def _collect(item: tuple[int, Any], *, writer: _Writer, result: BatchResult, rej
     del future
 
 
-def _write_rejected(frames: list[pd.DataFrame], path: Path) -> pd.DataFrame:
-    """Return all rejected rows in input order, written to ``path`` as CSV."""
+def _write_rejected(frames: list[pd.DataFrame], path: Path, fmt: str | None) -> pd.DataFrame:
+    """Return all rejected rows in input order, written to ``path`` as CSV; for an input file of format
+    ``fmt`` with the ``line`` ``validate`` names each by (see the module docstring)."""
     rejected = pd.concat(frames, ignore_index=True).sort_values("input_row", kind="stable")
+    if fmt is not None:
+        rejected.insert(1, "line", rejected["input_row"] + (2 if fmt == "csv" else 1))
     rejected.to_csv(path, index=False)
     return rejected
 
