@@ -51,13 +51,14 @@ def test_csv_rows_are_numbered_by_file_line(tmp_path):
 
 def test_score_names_a_rejected_row_by_the_line_validate_gives(smoke_model, tmp_path):
     from response_model.modeling.batch import score_file
+    from response_model.modeling.predict import load_model
 
+    model = load_model(str(smoke_model["export_dir"]))
     for name, write in (("c.csv", lambda f, p: f.to_csv(p, index=False)), ("c.parquet", write_cohort)):
         path = tmp_path / name
         write(_two_patients_second_invalid(), path)
         columns = {name: name for name in ("age", "sex", "albumin")}
         validated = read_table({"format": "table", "columns": columns}, path).rejected  # validate's numbering
-        result = score_file(str(smoke_model["export_dir"]), path, tmp_path / f"{name}.out.csv", n_workers=1,
-                            progress=False)
+        result = score_file(model, path, tmp_path / f"{name}.out.csv", n_workers=1, progress=False)
         rejected = pd.read_csv(result.rejected_path)
         assert rejected["line"].tolist() == [e.line for e in validated], name
