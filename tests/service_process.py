@@ -110,3 +110,28 @@ def start_service(model_uri: str, db_url: str | None, folder: Path, env: dict[st
     if wait:
         server.wait_ready()
     return server
+
+
+@contextlib.contextmanager
+def served_in_thread(app):
+    """The base URL of ``app`` run by uvicorn in a thread of this process on a free loopback port, once
+    its lifespan has started (the model is loaded); stopped on the way out."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server stopped during start-up"
+            thread.join(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -5,9 +5,7 @@ with every request to another origin refused."""
 from __future__ import annotations
 
 import re
-import socket
 import tempfile
-import threading
 import urllib.parse
 
 import pytest
@@ -17,6 +15,8 @@ from fastapi.testclient import TestClient
 from response_model.privacy import PSEUDONYM_KEY_ENV
 from response_model.service.app import create_app
 from response_model.service.keys import DB_URL_ENV
+
+from service_process import served_in_thread
 
 PSEUDONYM_KEY = "docs-test-pseudonym-key-0123456789"
 DOC_PAGES = ("/docs", "/redoc")
@@ -67,23 +67,8 @@ def test_the_docs_policy_is_not_the_clinician_pages(app):
 @pytest.fixture()
 def live_server(app):
     """The base URL of the app run by uvicorn in a thread on a free port."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            assert thread.is_alive(), "the server stopped during start-up"
-            thread.join(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with served_in_thread(app) as base:
+        yield base
 
 
 def test_the_docs_render_in_chromium_with_no_other_origin(live_server):

@@ -6,9 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
-import socket
 import tempfile
-import threading
 
 import pytest
 from conftest import require_service
@@ -20,6 +18,8 @@ from response_model.service.app import create_app
 from response_model.service.audit import AuditTrail
 from response_model.service.keys import DB_URL_ENV, KeyStore
 from response_model.service.web import CSRF_COOKIE, PAGE_ENDPOINT, SESSION_COOKIE, contribution_chart
+
+from service_process import served_in_thread
 
 PSEUDONYM_KEY = "web-test-pseudonym-key-0123456789"
 RAW_ID = "MRN-WEB-TEST-0042"
@@ -301,29 +301,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture()
 def live_server(smoke_model, tmp_path):
     """(base URL, clinician token) of the service run by uvicorn in a thread on a free port."""
-    import uvicorn
-
     url = f"sqlite:///{tmp_path}/e2e.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
         with KeyStore(url) as store:
             token = store.create("clinician", "e2e tablet").token
         app = create_app(str(smoke_model["export_dir"]), url, alias_check=0)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            while not server.started:  # lifespan done: the model is loaded
-                assert thread.is_alive(), "the server stopped during start-up"
-                thread.join(0.05)
-            yield f"http://127.0.0.1:{port}", token, url
-        finally:
-            server.should_exit = True
-            thread.join(30)
-            sock.close()
+        with served_in_thread(app) as base:
+            yield base, token, url
 
 
 def test_end_to_end_in_headless_chromium(live_server):
