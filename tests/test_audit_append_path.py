@@ -1,4 +1,4 @@
-"""The audit trail's append path (service/audit.py): group commit across threads, the stored JSON text."""
+"""The audit trail's append path (service/audit/store.py, chain.py): group commit across threads, stored JSON."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 # Imported on first use (PEP 562): a module of this package (e.g. batch scoring's workers importing
-# ``modeling.scoring``) must not pay for the training code and its libraries.
+# ``modeling.predictor``) must not pay for the training code and its libraries.
 _EXPORTS = {
     "LogisticBaseline": "baselines", "LorisRecipe": "baselines", "Oracle": "baselines",
     "RF16Recipe": "baselines", "SingleMarkerRule": "baselines",
