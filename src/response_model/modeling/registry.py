@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from response_model.errors import ModelNotFoundError
 from response_model.modeling.bundle import ARTIFACT_NAME
-from response_model.modeling.metrics import binary_metrics, c_index, held_out_details
+from response_model.modeling.metrics import held_out_details, held_out_metrics
 from response_model.modeling.predict import as_bundle, load_model, parse_model_uri, resolve_version
 
 CHAMPION = "champion"
@@ -308,19 +308,6 @@ def _tag_decision(client: MlflowClient, decision: PromotionDecision, gate: Mappi
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_number(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
-
-
-def _outcome_metrics(y: list[float | None], p: np.ndarray) -> dict[str, float | None] | None:
-    labels = np.array([math.nan if v is None else float(v) for v in y])
-    keep = ~np.isnan(labels) & ~np.isnan(p)
-    if keep.sum() < 2 or len(np.unique(labels[keep])) < 2:
-        return None
-    metrics = binary_metrics(labels[keep].astype(int), p[keep])
-    return {name: _json_number(metrics.get(name)) for name in ("auc", "auprc", "brier", "calibration_slope")}
-
-
 def evaluate(model_uri: Any, parsed_cohort: Any) -> dict[str, Any]:
     """Score a labelled cohort under each patient's given regimen; return the JSON-ready result.
 
@@ -360,14 +347,9 @@ def _evaluated(model_uri: Any, parsed_cohort: Any) -> tuple[dict[str, Any], dict
     column = {name: np.array([math.nan if getattr(out, name) is None else float(getattr(out, name))
                               for _, out in pairs])
               for name in ("objective_response", "primary_resistance", "pfs_months", "pfs_event")}
-    result["response"] = _outcome_metrics([out.objective_response for _, out in pairs], p_response)
-    resistance = _outcome_metrics([out.primary_resistance for _, out in pairs], p_resistance)
-    if resistance is not None:
-        time, event = column["pfs_months"], column["pfs_event"]
-        keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(p_resistance))
-        resistance["c_index"] = (_json_number(c_index(p_resistance[keep], time[keep], event[keep]))
-                                 if keep.any() else None)
-    result["resistance"] = resistance
+    result["response"] = held_out_metrics(column["objective_response"], p_response)
+    result["resistance"] = held_out_metrics(column["primary_resistance"], p_resistance,
+                                            column["pfs_months"], column["pfs_event"])
     outcomes = {"response": (column["objective_response"], p_response),
                 "resistance": (column["primary_resistance"], p_resistance, column["pfs_months"], column["pfs_event"])}
     return result, outcomes, list(predictions.regimen_class)
