@@ -102,7 +102,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
     @property
     def regimen_classes(self) -> tuple[str, ...]:
         """The regimen classes with at least one model."""
-        return tuple(sorted({c for c, _ in self.models}))
+        return self.predictor().regimen_classes
 
     def candidate_regimens(self) -> list[Regimen]:
         """The catalogue's candidate regimens whose class this bundle can score, in catalogue order."""
