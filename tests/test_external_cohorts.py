@@ -269,3 +269,31 @@ def test_the_real_file_with_the_external_columns_removed(tmp_path):
     assert len(parsed.records) == len(load_source(CHOWELL, REAL_FILE).parsed.records)
     assert all(r.bmi is None and r.stage_iv is None and r.pdl1_tps is None for r in parsed.records)
     assert sum("optional column(s) absent" in n for n in parsed.notices) == 1
+
+
+def test_the_api_answer_for_an_unseen_type_warns_and_is_flagged(chowell_bundle):
+    from types import SimpleNamespace
+
+    from response_model.service.answers import predict_many
+    from response_model.service.models import PredictionRequest, PredictionResponse
+
+    bundle, _ = chowell_bundle
+    loaded = SimpleNamespace(bundle=bundle, name="chowell-like", version="1")
+    request = PredictionRequest(patient={"age": 61, "sex": "female", "cancer_type": "Unknown primary", "tmb": 12},
+                                regimens=["anti_pd1_pdl1"])
+    answer = PredictionResponse.model_validate(predict_many(loaded, [request])[0])
+    assert answer.out_of_distribution.flagged
+    assert answer.out_of_distribution.unseen_categories[0]["value"] == "Unknown primary"
+    assert any("'Unknown primary' is not one of the 16 cancer types" in w for w in answer.warnings)
+
+
+def test_training_stores_the_regimen_counts_in_the_bundle(smoke_model):
+    from response_model.modeling.predict import as_bundle, load_model
+
+    bundle = as_bundle(load_model(str(smoke_model["export_dir"])))
+    counts = bundle.metadata[PREVALENCE_KEY]
+    assert {"checkpoint_inhibitor", "tki_antiangiogenic"} <= set(counts)
+    catalogue = load_catalogue()
+    for regimen_class, by_regimen in counts.items():
+        assert all(catalogue[name].regimen_class == regimen_class and n > 0 for name, n in by_regimen.items())
+    assert 0 < sum(sum(c.values()) for c in counts.values()) <= 1200  # the smoke cohort's patients
