@@ -297,3 +297,15 @@ def test_training_stores_the_regimen_counts_in_the_bundle(smoke_model):
     for regimen_class, by_regimen in counts.items():
         assert all(catalogue[name].regimen_class == regimen_class and n > 0 for name, n in by_regimen.items())
     assert 0 < sum(sum(c.values()) for c in counts.values()) <= 1200  # the smoke cohort's patients
+
+
+def test_the_compiled_models_score_an_unseen_type_as_the_models_themselves(chowell_bundle, external_csv):
+    from response_model.modeling.predictor import Predictor
+
+    bundle, _ = chowell_bundle
+    records = [r for r in load_source(CHOWELL, external_csv).parsed.records if r.unseen_cancer_type]
+    assert len(records) == 20
+    fast = bundle.predictor().predict(records, [["anti_pd1_pdl1"]] * len(records), explain=True)
+    own = Predictor.reference(bundle).predict(records, [["anti_pd1_pdl1"]] * len(records), explain=True)
+    for outcome in ("objective_response", "primary_resistance"):
+        np.testing.assert_allclose(fast.probability[outcome], own.probability[outcome], rtol=0, atol=1e-9)
