@@ -95,7 +95,12 @@ def test_enumerations_name_the_value_and_expected_choices():
     assert PatientRecord(**BASE, aetiology="NASH").aetiology.value == "MASLD"
     assert PatientRecord(age=50, sex="F").sex.value == "female"
     assert messages(ecog=5) == ["ecog: 5 — Input should be less than or equal to 4"]
-    assert messages(cancer_type="Liver")[0].startswith("cancer_type: 'Liver' is not a known cancer type")
+    # a near-spelling of a known type is a typo, refused naming it; another type is kept and scored as unseen
+    assert messages(cancer_type="Hepatobilary")[0].startswith(
+        "cancer_type: 'Hepatobilary' is not a known cancer type (did you mean 'Hepatobiliary'?)")
+    assert messages(cancer_type=" ")[0].startswith("cancer_type: ' ' is not a known cancer type")
+    unseen = PatientRecord(**BASE, cancer_type="Liver")
+    assert unseen.cancer_type == "Liver" and unseen.warnings()[0].startswith("cancer_type: 'Liver' is not one of")
 
 
 def test_unknown_field_and_non_numeric_values_are_named():

@@ -302,10 +302,16 @@ def evaluate(model_uri: str, source: str, path: Path) -> None:
     from response_model.modeling import registry
     tracking.configure_tracking()
     loaded = _load(source, path)
+    for notice in loaded.parsed.notices:
+        click.echo(f"notice: {notice}", err=True)
     if not loaded.parsed.ok:
         click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) not scored; see `response-model "
                    "validate`", err=True)
-    click.echo(json.dumps(registry.evaluation_report(model_uri, loaded.parsed)))
+    report = registry.evaluation_report(model_uri, loaded.parsed)
+    if "regimen_unrecorded" in report:
+        click.echo(f"warning: {report['regimen_unrecorded']['n']} patient(s) without a regimen: "
+                   f"{report['regimen_unrecorded']['note']}", err=True)
+    click.echo(json.dumps(report))
 
 
 @main.command()
@@ -357,8 +363,13 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
               help="Worker processes of the local cluster (default: CPU count, at most 4).")
 @click.option("--allow-rejected", is_flag=True,
               help="Exit 0 even when some rows were rejected (they are still reported).")
+@click.option("--unrecorded-regimen/--no-unrecorded-regimen", default=None,
+              help="Also one row per patient and regimen class with regimen 'unrecorded': the estimate averaged "
+                   "over the class's regimens weighted by their training prevalence. Default: on when a --source "
+                   "table records no regimen.")
 def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, scheduler: str | None,
-          source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool) -> None:
+          source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool,
+          unrecorded_regimen: bool | None) -> None:
     """Score a cohort file with Dask: probabilities, eligibility and rank per regimen, optionally SHAP values.
 
     Invalid rows are written with their row number and reasons to OUTPUT.rejected.csv; the command
@@ -370,7 +381,9 @@ def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, sc
     tracking.configure_tracking()
     require_model(model_uri)
     result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
-                        partition_rows=partition_rows, n_workers=workers)
+                        partition_rows=partition_rows, n_workers=workers, unrecorded_regimen=unrecorded_regimen)
+    for notice in result.notices:
+        click.echo(f"notice: {notice}", err=True)
     click.echo(f"scored {result.n_scored} of {result.n_read} patients: {result.n_rows} rows in {output_path} "
                f"({result.seconds:.1f} s, {result.scores_per_second:.0f} patient-regimen scores/s)")
     if result.n_rejected:

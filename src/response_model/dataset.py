@@ -31,6 +31,7 @@ from response_model.schema import (
     PatientRecord,
     _reject,
     field_errors,
+    unseen_cancer_type_warning,
 )
 
 
@@ -263,6 +264,8 @@ class ParsedCohort:
     outcomes: list[TreatmentOutcome] = field(default_factory=list)
     rejected: list[RowError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: File-level facts reported once (not per row): optional columns absent, unseen cancer types, …
+    notices: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -280,6 +283,7 @@ def parse_cohort(frame: pd.DataFrame, line_numbers: Sequence[int] | None = None)
     if missing:
         raise ValueError(f"cohort table lacks required column(s) {', '.join(missing)}")
     parsed = ParsedCohort(n_read=len(frame))
+    unseen: dict[str, list[str]] = {}
     for position, row in enumerate(frame.to_dict(orient="records")):
         line = line_numbers[position] if line_numbers is not None else None
         errors: list[FieldError] = []
@@ -298,8 +302,17 @@ def parse_cohort(frame: pd.DataFrame, line_numbers: Sequence[int] | None = None)
         parsed.records.append(record)
         parsed.outcomes.append(outcome)
         where = f"line {line}" if line is not None else f"row {position}"
-        parsed.warnings.extend(f"{where}: {warning}" for warning in record.warnings())
+        if record.unseen_cancer_type:  # one notice per value below, not one warning per row
+            unseen.setdefault(record.cancer_type, []).append(where)
+        parsed.warnings.extend(f"{where}: {warning}" for warning in record.warnings()
+                               if not (record.unseen_cancer_type and warning.startswith("cancer_type:")))
+    parsed.notices.extend(_unseen_notice(value, wheres) for value, wheres in unseen.items())
     return parsed
+
+
+def _unseen_notice(value: str, wheres: Sequence[str], shown: int = 5) -> str:
+    more = f", … ({len(wheres) - shown} more)" if len(wheres) > shown else ""
+    return f"{len(wheres)} row(s) ({', '.join(wheres[:shown])}{more}): {unseen_cancer_type_warning(value)}"
 
 
 def missingness(frame: pd.DataFrame, columns: Iterable[str] = COHORT_COLUMNS) -> pd.Series:

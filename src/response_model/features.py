@@ -120,8 +120,13 @@ def _patient_block(records: Sequence[PatientRecord]) -> np.ndarray:
     for a in Aetiology:
         put([nan if v is None else v is a for v in aetiology])
     cancer_type = field("cancer_type")
+    # a type the vocabulary lacks has every cancer-type column missing, not 0: the model knows nothing of
+    # it, and 0 in all of them is a pattern training never had (every patient there has exactly one 1)
+    known = frozenset(cancer_types())
+    unseen = [v not in known for v in cancer_type]
     for c in cancer_types():
-        put([v == c for v in cancer_type])
+        put([nan if u else v == c for v, u in zip(cancer_type, unseen)] if any(unseen) else
+            [v == c for v in cancer_type])
     alterations = field("alterations")
     put([v is not None for v in alterations])
     put([nan if v is None else len(v) for v in alterations])

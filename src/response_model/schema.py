@@ -7,6 +7,7 @@ and ``sex`` may be missing (``None``); the models cope with missing values.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import typing
@@ -210,6 +211,18 @@ def _cancer_types_by_lower() -> dict[str, str]:
     return {name.lower(): name for name in cancer_types()}
 
 
+#: An unknown cancer type at least this similar (difflib ratio, case-insensitive) to a known one is taken
+#: for a typo of it and refused naming it ("Melanom" → "Melanoma"); "CNS" or "Unknown primary" are not.
+TYPO_CUTOFF = 0.85
+
+
+def unseen_cancer_type_warning(value: str) -> str:
+    """The warning an answer or a scored row carries for a cancer type the vocabulary lacks."""
+    return (f"cancer_type: {value!r} is not one of the {len(cancer_types())} cancer types of the training "
+            "vocabulary (configs/vocabulary.yaml); scored as an unseen cancer type, with every cancer-type "
+            "feature missing, and flagged out of distribution")
+
+
 # ---------------------------------------------------------------------------------------------
 # Somatic alterations
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +364,10 @@ class PatientRecord(BaseModel):
     age: float = Field(description="Age at start of the regimen", **_unit("years"))
     sex: Sex
     ecog: int | None = Field(default=None, ge=0, le=4, description="ECOG performance status 0–4")
-    cancer_type: str = Field(default="Hepatobiliary", description="Cancer type (pan-cancer cohorts)")
+    cancer_type: str = Field(
+        default="Hepatobiliary", max_length=64,
+        description="Cancer type (pan-cancer cohorts): one of configs/vocabulary.yaml; another type is kept as "
+                    "given and scored as unseen (cancer-type features missing, a warning, out of distribution)")
     # Liver
     aetiology: Aetiology | None = None
     albumin: float | None = Field(default=None, description="Serum albumin", **_unit("g/dL"))
@@ -425,10 +441,18 @@ class PatientRecord(BaseModel):
         found = _cancer_types_by_lower().get(value.strip().lower())
         if found is not None:
             return found
-        raise _reject(
-            "cancer_type",
-            f"cancer_type: {value!r} is not a known cancer type; expected one of {', '.join(cancer_types())}",
-        )
+        # a spelling close to a known type is most likely a typo of it: refused, naming the type meant;
+        # any other value is a cancer type the vocabulary lacks, kept as given and scored as unseen
+        close = difflib.get_close_matches(value.strip().lower(), list(_cancer_types_by_lower()), n=1,
+                                          cutoff=TYPO_CUTOFF)
+        if close or not value.strip():
+            hint = f" (did you mean {_cancer_types_by_lower()[close[0]]!r}?)" if close else ""
+            raise _reject(
+                "cancer_type",
+                f"cancer_type: {value!r} is not a known cancer type{hint}; expected one of "
+                f"{', '.join(cancer_types())}, or a type the vocabulary lacks (scored as unseen, with a warning)",
+            )
+        return value.strip()
 
     @field_validator(*_DECLARED_NUMERIC_FIELDS, mode="wrap")
     @classmethod
@@ -529,9 +553,14 @@ class PatientRecord(BaseModel):
         """True when the tumour was sequenced (``alterations`` is a list, possibly empty)."""
         return self.alterations is not None
 
+    @property
+    def unseen_cancer_type(self) -> bool:
+        """True when ``cancer_type`` is not one of the vocabulary's (the models never saw it)."""
+        return self.cancer_type not in cancer_types()
+
     def warnings(self) -> list[str]:
-        """Return warnings for plausible but unusual values (e.g. age under 18)."""
-        found = []
+        """Return warnings for plausible but unusual values (e.g. age under 18) and an unseen cancer type."""
+        found = [unseen_cancer_type_warning(self.cancer_type)] if self.unseen_cancer_type else []
         for name, spec in field_ranges().items():
             value = getattr(self, name, None)
             if value is not None and (message := spec.warning(float(value))):

@@ -22,6 +22,9 @@ def validation_report(parsed: ParsedCohort, source: str, path: str, max_warnings
         lines += [f"  {name:<{width}}  {value:6.1%}" for name, value in table.items()]
     else:
         lines.append("  (no valid rows)")
+    if parsed.notices:
+        lines += ["", f"notices ({len(parsed.notices)}):"]
+        lines += [f"  {notice}" for notice in parsed.notices]
     if parsed.rejected:
         lines += ["", "rejected rows:"]
         lines += [f"  {row}" for row in parsed.rejected]

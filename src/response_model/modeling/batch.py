@@ -75,6 +75,10 @@ TWO_THREADS_UP_TO_PARTITIONS = 30
 #: A CSV file's rows are bounded by counting its line breaks up to this size (a count that takes a
 #: small fraction of scoring the file), so that :func:`use_threads` can choose for it too.
 CSV_COUNTED_UP_TO_BYTES = 64 * 2**20
+#: Notice of a source table whose rows have no regimen: score_file then adds the ``unrecorded`` rows.
+NO_REGIMEN_NOTICE = ("no row records a regimen: each patient also gets one row per regimen class with regimen "
+                     "'unrecorded', the estimate averaged over the class's regimens weighted by their training "
+                     "prevalence")
 SHAP_PREFIX = "shap_"
 BASE_VALUE = "base_value"
 
@@ -98,6 +102,7 @@ class BatchResult:
     startup_seconds: float = 0.0  # of ``seconds``: loading the model, starting the cluster, sending it the model
     cluster: str = ""  # "local processes", "local threads" or "given" (a client or a scheduler)
     rejected_preview: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # the source's file-level notices, the unrecorded regimen
 
     @property
     def scores_per_second(self) -> float:
@@ -119,28 +124,67 @@ def shap_columns(predictor: Predictor) -> list[str]:
     return [shap_column(o, f) for o in OUTCOMES for f in [*predictor.feature_names, BASE_VALUE]]
 
 
-def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain: bool = False) -> pd.DataFrame:
+def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain: bool = False,
+                unrecorded: bool = False) -> pd.DataFrame:
     """Score ``records`` under every candidate regimen; return the long table (see the module docstring;
-    ``row`` is the position of the record in ``records``)."""
+    ``row`` is the position of the record in ``records``). With ``unrecorded`` each record also gets, after
+    its candidates, one row per regimen class with ``regimen`` = ``unrecorded``: the training mix of the
+    class (:mod:`response_model.modeling.unknown_regimen`), rank null."""
     predictions = predictor.predict(list(records), explain=explain)
     scores = predictions.table()
     rank = pd.array(predictions.rank, dtype="Int64")
     rank[~predictions.eligible] = pd.NA
     scores["rank"] = rank
+    scores["warnings"] = _warnings(records, predictions.patient)
     if explain:
-        columns = shap_columns(predictor)
-        values = np.full((len(scores), len(columns)), np.nan)
-        position = {name: j for j, name in enumerate(columns)}
-        for (_, outcome), explained in predictions.explanations.items():
-            targets = [position[shap_column(outcome, str(f))] for f in explained.names]
-            values[np.ix_(explained.rows, targets)] = explained.values
-            values[explained.rows, position[shap_column(outcome, BASE_VALUE)]] = explained.base_value
-        scores = pd.concat([scores, pd.DataFrame(values, columns=columns)], axis=1)
+        scores = pd.concat([scores, _shap_frame(predictor, len(scores), [
+            (outcome, explained) for (_, outcome), explained in predictions.explanations.items()])], axis=1)
+    if unrecorded and len(records):
+        mixed = [_unrecorded_rows(predictor, records, regimen_class, explain)
+                 for regimen_class in predictor.regimen_classes]
+        scores = pd.concat([scores, *mixed], ignore_index=True).sort_values("row", kind="stable")
+        scores = scores.reset_index(drop=True)
     return scores
+
+
+def _warnings(records: Sequence[PatientRecord], patient: np.ndarray, extra: str | None = None) -> np.ndarray:
+    """The ``; ``-joined warnings of each row's record (None when there are none), plus ``extra``."""
+    texts = ["; ".join(r.warnings() + ([extra] if extra else [])) or None for r in records]
+    return np.array(texts, dtype=object)[patient] if len(patient) else np.array([], dtype=object)
+
+
+def _shap_frame(predictor: Predictor, n_rows: int, explanations: Sequence[tuple[str, Any]]) -> pd.DataFrame:
+    """The SHAP columns of ``n_rows`` output rows from (outcome, Explanation) pairs (a feature not covered: NaN)."""
+    columns = shap_columns(predictor)
+    values = np.full((n_rows, len(columns)), np.nan)
+    position = {name: j for j, name in enumerate(columns)}
+    for outcome, explained in explanations:
+        targets = [position[shap_column(outcome, str(f))] for f in explained.names]
+        values[np.ix_(explained.rows, targets)] = explained.values
+        values[explained.rows, position[shap_column(outcome, BASE_VALUE)]] = explained.base_value
+    return pd.DataFrame(values, columns=columns)
+
+
+def _unrecorded_rows(predictor: Predictor, records: Sequence[PatientRecord], regimen_class: str,
+                     explain: bool) -> pd.DataFrame:
+    """One row per record: its estimate under the training mix of ``regimen_class``, with the warning."""
+    from response_model.modeling.unknown_regimen import UNKNOWN_REGIMEN, predict_unknown_regimen
+
+    mixed = predict_unknown_regimen(predictor, records, regimen_class, explain=explain)
+    n = len(records)
+    table = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "regimen": UNKNOWN_REGIMEN,
+                          "regimen_class": regimen_class, "eligible": True, "ineligible_reason": None,
+                          **{f"p_{o}": mixed.probability[o] for o in OUTCOMES}})
+    table["rank"] = pd.array([pd.NA] * n, dtype="Int64")
+    table["warnings"] = _warnings(records, np.arange(n), mixed.warning)
+    if explain:
+        table = pd.concat([table, _shap_frame(predictor, n, list(mixed.explanations.items()))], axis=1)
+    return table
 
 
 def score_partition(
     predictor: Predictor, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
+    unrecorded: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate and score one partition; return (output table, rejected rows).
 
@@ -164,7 +208,7 @@ def score_partition(
         except ValidationError as error:
             rejected.append({"input_row": int(input_rows[position]), "patient_id": ids[position],
                              "errors": "; ".join(str(e) for e in field_errors(error))})
-    table = score_table(predictor, records, explain)
+    table = score_table(predictor, records, explain, unrecorded)
     kept_rows = np.asarray(input_rows)[kept]
     kept_ids = [ids[k] for k in kept]
     positions = table.pop("row").to_numpy()
@@ -193,7 +237,7 @@ def _clean_column(column: pd.Series) -> list[Any]:
 
 def _score_task(
     predictor: Predictor, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
-    arrow: bool,
+    arrow: bool, unrecorded: bool = False,
 ) -> tuple[pd.DataFrame | pa.Table, pd.DataFrame]:
     """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
     to send than a DataFrame of strings; turned into pandas here, as :func:`read_partitions` would),
@@ -204,7 +248,7 @@ def _score_task(
     collecting = gc.isenabled()
     gc.disable()  # the partition's many short-lived objects hold no cycles: no collector passes over them
     try:
-        table, rejected = score_partition(predictor, frame, input_rows, explain)
+        table, rejected = score_partition(predictor, frame, input_rows, explain, unrecorded)
     finally:
         if collecting:
             gc.enable()
@@ -317,8 +361,10 @@ def read_partitions(path: str | Path, partition_rows: int = DEFAULT_PARTITION_RO
 
 
 def source_partitions(source: str, path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS,
-                      ) -> tuple[Iterator[Partition], pd.DataFrame, int]:
-    """(partitions of the valid rows, rejected rows, rows read) of a table read through a source config.
+                      notices: list[str] | None = None) -> tuple[Iterator[Partition], pd.DataFrame, int]:
+    """(partitions of the valid rows, rejected rows, rows read) of a table read through a source config;
+    the source's notices (and, when no valid row has a regimen, :data:`NO_REGIMEN_NOTICE`) are appended
+    to ``notices``.
 
     The source reads the whole table in memory (as ``validate`` and ``ingest`` do): for cohorts
     too large for that, ``ingest`` them into canonical Parquet once and score that file.
@@ -327,6 +373,10 @@ def source_partitions(source: str, path: str | Path, partition_rows: int = DEFAU
     from response_model.sources import load_source
 
     parsed = load_source(source, path).parsed
+    if notices is not None:
+        notices += parsed.notices
+        if parsed.outcomes and all(out.regimen is None for out in parsed.outcomes):
+            notices.append(NO_REGIMEN_NOTICE)
     bad = {error.row for error in parsed.rejected}
     rows = np.array([i for i in range(parsed.n_read) if i not in bad], dtype=np.int64)
     rejected = pd.DataFrame(
@@ -349,7 +399,7 @@ def source_partitions(source: str, path: str | Path, partition_rows: int = DEFAU
 def _arrow_schema(table: pd.DataFrame, metadata: dict[str, str]) -> pa.Schema:
     types = {"input_row": pa.int64(), "patient_id": pa.string(), "regimen": pa.string(),
              "regimen_class": pa.string(), "eligible": pa.bool_(), "ineligible_reason": pa.string(),
-             "rank": pa.int64(), "label": pa.string()}
+             "rank": pa.int64(), "label": pa.string(), "warnings": pa.string()}
     fields = [pa.field(c, types.get(c, pa.float64())) for c in table.columns]
     return pa.schema(fields, metadata={k: v for k, v in metadata.items() if v is not None})
 
@@ -489,6 +539,7 @@ def score_file(
     n_workers: int | None = None,
     processes: bool | None = None,
     progress: bool = True,
+    unrecorded_regimen: bool | None = None,
 ) -> BatchResult:
     """Score every patient of ``input_path`` with ``model`` on Dask; write ``output_path``; return counts.
 
@@ -500,6 +551,8 @@ def score_file(
     expects to be sooner for the input's size. A cluster starts first, so that its workers import
     what scoring needs while this process loads the model.
     ``source``: a source config for non-canonical tables (read whole; see :func:`source_partitions`).
+    ``unrecorded_regimen``: also one row per patient and regimen class under the training mix of the class
+    (regimen ``unrecorded``, see :func:`score_table`); None = when a source table records no regimen at all.
     Rejected rows are written to ``<output>.rejected.csv`` when there are any (an old one is removed).
     """
     from response_model.modeling.predict import as_bundle, load_model
@@ -507,7 +560,13 @@ def score_file(
     started = time.perf_counter()
     output_path = Path(output_path)
     fmt = output_format(output_path)
-    partitions, rejected_upfront, n_read, total = _input_partitions(input_path, source, partition_rows)
+    notices: list[str] = []
+    partitions, rejected_upfront, n_read, total = _input_partitions(input_path, source, partition_rows, notices)
+    asked = unrecorded_regimen
+    if unrecorded_regimen is None:
+        unrecorded_regimen = NO_REGIMEN_NOTICE in notices
+    elif unrecorded_regimen and NO_REGIMEN_NOTICE not in notices:
+        notices.append(NO_REGIMEN_NOTICE)
     # closed in reverse order on the way out, also on errors: the writer, the bar, the client, the cluster
     with ExitStack() as cleanup:
         own_client = client is None
@@ -522,7 +581,9 @@ def score_file(
         output_path.parent.mkdir(parents=True, exist_ok=True)
         writer = _output_writer(output_path, fmt, bundle.metadata, explain)
         cleanup.callback(writer.close)
-        result = BatchResult(output=output_path, rejected_path=None, n_read=n_read,
+        if unrecorded_regimen:
+            unrecorded_regimen = _check_prevalence(predictor, asked is True, notices)
+        result = BatchResult(output=output_path, rejected_path=None, n_read=n_read, notices=notices,
                              cluster="given" if not own_client or scheduler else
                              "local processes" if processes else "local threads")
         rejected_frames = [rejected_upfront] if rejected_upfront is not None and len(rejected_upfront) else []
@@ -534,7 +595,7 @@ def score_file(
         result.startup_seconds = time.perf_counter() - started
         collect = partial(_collect, writer=writer, result=result, rejected_frames=rejected_frames, bar=bar)
         _submit_partitions(client, partitions, predictor_future, window, explain=explain, parquet=fmt == "parquet",
-                           count_read=not source, result=result, collect=collect)
+                           count_read=not source, result=result, collect=collect, unrecorded=unrecorded_regimen)
         if not writer.started:  # no valid row at all: still a file with the output's columns
             writer.write(_empty_output(predictor, explain))
     if rejected_frames:
@@ -548,11 +609,11 @@ def score_file(
     return result
 
 
-def _input_partitions(input_path: str | Path, source: str | None,
-                      partition_rows: int) -> tuple[Iterator[Partition], pd.DataFrame | None, int, int | None]:
+def _input_partitions(input_path: str | Path, source: str | None, partition_rows: int, notices: list[str],
+                      ) -> tuple[Iterator[Partition], pd.DataFrame | None, int, int | None]:
     """Return (partitions, rows rejected up front or None, rows read so far, total rows or None)."""
     if source:
-        partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows)
+        partitions, rejected_upfront, n_read = source_partitions(source, input_path, partition_rows, notices)
         return partitions, rejected_upfront, n_read, n_read
     return read_partitions(input_path, partition_rows, arrow=True), None, 0, count_rows(input_path)
 
@@ -598,14 +659,14 @@ def _progress_bar(cleanup: ExitStack, total: int | None) -> Any:
 
 def _submit_partitions(client: Any, partitions: Iterator[Partition], predictor_future: Any, window: int, *,
                        explain: bool, parquet: bool, count_read: bool, result: BatchResult,
-                       collect: Callable[[tuple[int, Any]], None]) -> None:
+                       collect: Callable[[tuple[int, Any]], None], unrecorded: bool = False) -> None:
     """Submit every partition, at most ``window`` in flight, ``collect``-ing each in input order; return None."""
     pending: deque = deque()
     for part in partitions:
         if count_read:
             result.n_read += len(part.frame)
         future = client.submit(_score_task, predictor_future, part.frame, part.input_rows, explain, parquet,
-                               pure=False)
+                               unrecorded, pure=False)
         pending.append((len(part.frame), future))
         while len(pending) >= window:
             collect(pending.popleft())
@@ -639,6 +700,22 @@ def _write_rejected(frames: list[pd.DataFrame], path: Path, fmt: str | None) -> 
         rejected.insert(1, "line", rejected["input_row"] + (2 if fmt == "csv" else 1))
     rejected.to_csv(path, index=False)
     return rejected
+
+
+def _check_prevalence(predictor: Predictor, asked: bool, notices: list[str]) -> bool:
+    """True when every class of ``predictor`` has training regimen counts; else BatchInputError naming what
+    is missing when the unrecorded rows were asked for, or a notice that they are left out."""
+    from response_model.modeling.unknown_regimen import mixture_weights
+
+    try:
+        for regimen_class in predictor.regimen_classes:
+            mixture_weights(predictor.metadata, regimen_class)
+    except ValueError as error:
+        if asked:
+            raise BatchInputError(f"--unrecorded-regimen: {error}") from None
+        notices.append(f"no 'unrecorded' rows: {error}")
+        return False
+    return True
 
 
 def _empty_output(predictor: Predictor, explain: bool) -> pd.DataFrame:

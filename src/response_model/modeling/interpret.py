@@ -120,8 +120,28 @@ def interval(p: float | None, half_width: float | None) -> dict[str, float] | No
 # -- out of distribution -------------------------------------------------------------------------
 
 
-def out_of_distribution(metadata: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
-    """The out-of-distribution check of one patient's features ({feature: value}; None = nothing scored)."""
+def out_of_distribution(metadata: Mapping[str, Any], features: Mapping[str, float] | None,
+                        record: PatientRecord | None = None) -> dict[str, Any]:
+    """The out-of-distribution check of one patient's features ({feature: value}; None = nothing scored),
+    plus ``unseen_categories``: values of ``record`` the training vocabulary lacks (a reason of its own)."""
+    unseen = unseen_categories(record)
+    result = _outside_ranges(metadata, features)
+    if unseen:
+        result = {**result, "flagged": True}
+    return {**result, "unseen_categories": unseen}
+
+
+def unseen_categories(record: PatientRecord | None) -> list[dict[str, Any]]:
+    """The record's values outside the training vocabulary: today an unseen cancer type, scored with every
+    cancer-type feature missing (the published LORIS formula gives such a patient a cancer-type term of 0)."""
+    if record is None or not record.unseen_cancer_type:
+        return []
+    return [{"field": "cancer_type", "value": record.cancer_type,
+             "note": "not a cancer type of the training vocabulary; its cancer-type features are missing"}]
+
+
+def _outside_ranges(metadata: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
+    """The check of the feature values against the training 1st–99th percentiles."""
     ranges = metadata.get("feature_ranges")
     if features is None or not isinstance(ranges, dict) or not ranges:
         return {"checked": False, "flagged": False, "features": [], "note": OOD_UNCHECKED}

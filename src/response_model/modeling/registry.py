@@ -32,6 +32,7 @@ from response_model.errors import ModelNotFoundError
 from response_model.modeling.bundle import ARTIFACT_NAME
 from response_model.modeling.metrics import held_out_details, held_out_metrics
 from response_model.modeling.predict import as_bundle, load_model, parse_model_uri, resolve_version
+from response_model.schema import OUTCOMES
 
 CHAMPION = "champion"
 LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss"})
@@ -338,12 +339,24 @@ def _evaluated(model_uri: Any, parsed_cohort: Any) -> tuple[dict[str, Any], dict
     predictor = as_bundle(model).predictor()
     scorable = {r.name for r in predictor.catalogue.values() if r.regimen_class in predictor.regimen_classes}
     pairs = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen in scorable]
-    result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None}
+    unrecorded = [(rec, out) for rec, out in zip(parsed.records, parsed.outcomes) if out.regimen is None]
+    mixed, note = _unrecorded_regimen(predictor, [rec for rec, _ in unrecorded])
+    if mixed is not None:
+        pairs += unrecorded
+    result: dict[str, Any] = {"n": len(pairs), "response": None, "resistance": None, **note}
     if not pairs:
         return result, {"response": ([], []), "resistance": ([], [], [], [])}, []
-    predictions = predictor.predict([rec for rec, _ in pairs], [[out.regimen] for _, out in pairs])
-    p_response = predictions.probability["objective_response"]
-    p_resistance = predictions.probability["primary_resistance"]
+    given = pairs[:len(pairs) - len(unrecorded)] if mixed is not None else pairs
+    p_response = p_resistance = np.empty(0)
+    scored_classes: list[str] = []
+    if given:
+        predictions = predictor.predict([rec for rec, _ in given], [[out.regimen] for _, out in given])
+        p_response, p_resistance = (predictions.probability[o] for o in OUTCOMES)
+        scored_classes = list(predictions.regimen_class)
+    if mixed is not None:
+        p_response, p_resistance = (np.concatenate([p, mixed.probability[o]])
+                                    for p, o in ((p_response, OUTCOMES[0]), (p_resistance, OUTCOMES[1])))
+        scored_classes += [mixed.regimen_class] * len(unrecorded)
     column = {name: np.array([math.nan if getattr(out, name) is None else float(getattr(out, name))
                               for _, out in pairs])
               for name in ("objective_response", "primary_resistance", "pfs_months", "pfs_event")}
@@ -352,7 +365,30 @@ def _evaluated(model_uri: Any, parsed_cohort: Any) -> tuple[dict[str, Any], dict
                                             column["pfs_months"], column["pfs_event"])
     outcomes = {"response": (column["objective_response"], p_response),
                 "resistance": (column["primary_resistance"], p_resistance, column["pfs_months"], column["pfs_event"])}
-    return result, outcomes, list(predictions.regimen_class)
+    return result, outcomes, scored_classes
+
+
+def _unrecorded_regimen(predictor: Any, records: list) -> tuple[Any, dict[str, Any]]:
+    """(the estimates of patients without a recorded regimen under the training mix, or None; the key
+    ``regimen_unrecorded`` of ``evaluate``'s result saying how they were scored, or why not)."""
+    from response_model.modeling.unknown_regimen import mixture_weights, only_class, predict_unknown_regimen
+
+    if not records:
+        return None, {}
+    regimen_class = only_class(predictor)
+    if regimen_class is None:
+        return None, {"regimen_unrecorded": {
+            "n": len(records), "scored": False,
+            "note": f"not scored: the model has several regimen classes ({', '.join(predictor.regimen_classes)}) "
+                    "and these patients' regimen (hence class) is not recorded; expected a regimen per patient"}}
+    try:
+        weights = mixture_weights(predictor.metadata, regimen_class)
+    except ValueError as error:
+        return None, {"regimen_unrecorded": {"n": len(records), "scored": False, "note": f"not scored: {error}"}}
+    mixed = predict_unknown_regimen(predictor, records, regimen_class)
+    return mixed, {"regimen_unrecorded": {"n": len(records), "scored": True, "regimen_class": regimen_class,
+                                          "weights": {k: round(v, 4) for k, v in weights.items()},
+                                          "note": mixed.warning}}
 
 
 # ---------------------------------------------------------------------------------------------

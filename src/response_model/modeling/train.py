@@ -34,6 +34,7 @@ from response_model.modeling.cv import CVResult, cross_validate, search_estimato
 from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
+from response_model.modeling.unknown_regimen import PREVALENCE_KEY, regimen_prevalence
 from response_model.regimens import load_catalogue
 from response_model.schema import OUTCOMES
 from response_model.settings import load_training_config
@@ -255,7 +256,9 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
             simulated=data.simulated,
             metadata={"data_source": data.source, "config": str(config_path),
-                      "feature_ranges": training_ranges(data.features.loc[classes.notna()])},
+                      "feature_ranges": training_ranges(data.features.loc[classes.notna()]),
+                      # aggregated counts only: what a patient without a recorded regimen is averaged over
+                      PREVALENCE_KEY: regimen_prevalence(data.frame["regimen"].tolist(), catalogue)},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)

@@ -60,7 +60,7 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
         "genomics": "genotyped" if genotyped else "clinical-only estimate",
         "genomic_tests": [] if genotyped else interpret.best_tests([what_if.get(row, []) for row in rows]),
         "out_of_distribution": interpret.out_of_distribution(
-            predictor.metadata, predictions.feature_row(rows[0]) if rows else None),
+            predictor.metadata, predictions.feature_row(rows[0]) if rows else None, record),
         "regimens": eligible + ineligible,
         "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
         "uncertainty_method": interpret.UNCERTAINTY_METHOD,

@@ -126,6 +126,9 @@ class OutOfDistribution(BaseModel):
     flagged: bool = False
     features: list[dict[str, Any]] = Field(default_factory=list)
     note: str | None = None
+    unseen_categories: list[dict[str, Any]] = Field(
+        default_factory=list, description="Values the training vocabulary lacks (e.g. an unseen cancer type): "
+                                          "scored with their features missing, and flagged")
 
 
 class PredictionResponse(BaseModel):

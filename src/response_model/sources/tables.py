@@ -34,7 +34,7 @@ import re
 import zipfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,7 +53,7 @@ from response_model.dataset import (
 )
 from response_model.errors import ConfigError
 from response_model.privacy import pseudonym_key, pseudonymise
-from response_model.schema import INPUT_FIELDS, FieldError, PatientRecord, field_errors
+from response_model.schema import INPUT_FIELDS, FieldError, PatientRecord, cancer_types, field_errors
 from response_model.sources import SourceFormatError
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -69,6 +69,9 @@ DEFAULT_MISSING = ("", "na", "n/a", "nan", "null", "#n/a", "-")
 DEFAULT_NONE_FOUND = ("none", "[]", "none found")
 # Texts of a per-gene column meaning "tested, no alteration" (default of `gene_columns.*.wildtype`).
 DEFAULT_WILDTYPE = ("wt", "wildtype", "wild-type", "wild type", "neg", "negative", "0", "no", "none")
+
+#: Fields a mapping cannot mark optional: the patient record requires them.
+REQUIRED_FIELDS = ("age", "sex")
 
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
@@ -186,6 +189,7 @@ class ColumnMapping:
     template: str | None = None
     separator: str = ";"
     none_found: frozenset[str] = frozenset(DEFAULT_NONE_FOUND)
+    optional: bool = False  # the column may be absent from the file: the field is then missing for every row
 
     def convert(self, raw: Any, decimal: str) -> Any:
         """Return the canonical value of a non-missing cell; raises _CellError."""
@@ -286,6 +290,8 @@ class _ColumnEntry(BaseModel):
     format: str | None = None
     separator: str | None = None
     none_found: list[str] | None = None
+    optional: bool = Field(False, strict=True, description="true: the column may be absent from the file "
+                                                          "(the field is then missing for every row, with a notice)")
 
 
 class _GeneEntry(BaseModel):
@@ -414,12 +420,17 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
             raise SourceSpecError(f"{where}.format: {template!r} is not a valid template ({error})") from None
     if name != "alterations" and ("separator" in entry or "none_found" in entry):
         raise SourceSpecError(f"{where}: separator and none_found apply to alterations only")
+    optional = entry.get("optional", False)
+    if optional and name in REQUIRED_FIELDS:
+        raise SourceSpecError(f"{where}.optional: {name} is required by the patient record; "
+                              "expected its column in every file (remove `optional: true`)")
     return ColumnMapping(
         field=name, column=str(entry["column"]).strip(), values=values, labels=labels or (),
         scale=float(scale) if scale is not None else None,
         template=str(template) if template is not None else None,
         separator=str(entry.get("separator", ";")),
         none_found=frozenset(str(word).lower() for word in entry.get("none_found", DEFAULT_NONE_FOUND)),
+        optional=bool(optional),
     )
 
 
@@ -434,6 +445,11 @@ def _constants(raw: Mapping[str, Any], columns: Mapping[str, ColumnMapping]) -> 
             constants[name] = None if value is None else _typed(name, None, value, ".")
         except _CellError as error:
             raise SourceSpecError(f"table spec: constants.{error}") from None
+        if name == "cancer_type" and value is not None and str(value).strip().lower() not in \
+                {c.lower() for c in cancer_types()}:
+            # a whole file's type written by the mapping's author: a type outside the vocabulary is a mistake
+            raise SourceSpecError(f"table spec: constants: cancer_type: {value!r} is not a known cancer type; "
+                                  f"expected one of {', '.join(cancer_types())}")
     inputs = {k: v for k, v in constants.items() if k in INPUT_FIELDS and v is not None}
     outcomes = {k: v for k, v in constants.items() if k in OUTCOME_FIELDS and v is not None}
     try:
@@ -692,7 +708,8 @@ def _closest(column: str, names: Sequence[str]) -> str | None:
 def _check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[str, int], list[str]]:
     """Return the position of each header name and the table-level warnings; raise if a mapped column is absent."""
     index = {name.strip(): i for i, name in enumerate(table.header) if name.strip()}
-    wanted = [m.column for m in spec.columns.values()] + [g.column for g in spec.gene_columns]
+    wanted = [m.column for m in spec.columns.values() if not (m.optional and m.column not in index)]
+    wanted += [g.column for g in spec.gene_columns]
     absent = list(dict.fromkeys(column for column in wanted if column not in index))
     if absent:
         hint = _delimiter_hint(table, spec, absent, path)
@@ -756,10 +773,31 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
     return row, errors
 
 
+def absent_optional(table: RawTable, spec: TableSpec) -> list[ColumnMapping]:
+    """The mappings marked ``optional`` whose column is not in ``table``'s header."""
+    header = {name.strip() for name in table.header}
+    return [m for m in spec.columns.values() if m.optional and m.column not in header]
+
+
+def absent_notice(absent: Sequence[ColumnMapping]) -> str:
+    """The one notice naming the optional columns a file lacks and the fields missing for every row."""
+    pairs = ", ".join(f"{m.column!r} → {m.field}" for m in absent)
+    regimen = any(m.field == "regimen" for m in absent)
+    return (f"{len(absent)} optional column(s) absent from the file: {pairs}; "
+            "these fields are missing for every row (the models score them as missing)"
+            + ("; with the regimen unrecorded, `evaluate` and `score` average over the regimens of the class "
+               "weighted by their training prevalence" if regimen else ""))
+
+
 def map_table(table: RawTable, spec: TableSpec,
               path: Path) -> tuple[pd.DataFrame, dict[int, list[FieldError]], list[str]]:
-    """Return the canonical-field frame of ``table``, the cell errors per row position and table warnings."""
+    """Return the canonical-field frame of ``table``, the cell errors per row position and table warnings.
+
+    An optional mapping whose column the file lacks gives its field as missing (None) in every row."""
     index, warnings = _check_header(table, spec, path)
+    absent = absent_optional(table, spec)
+    if absent:
+        spec = replace(spec, columns={name: m for name, m in spec.columns.items() if m not in absent})
     key = pseudonym_key() if spec.pseudonymise else None
     rows, errors = [], {}
     for position, cells in enumerate(table.rows):
@@ -771,7 +809,8 @@ def map_table(table: RawTable, spec: TableSpec,
         rows.append(row)
         if row_errors:
             errors[position] = row_errors
-    frame = pd.DataFrame(rows, columns=spec.fields, dtype=object)
+    frame = pd.DataFrame(rows, columns=[*spec.fields, *(m.field for m in absent)], dtype=object)
+    frame = frame[[name for name in COHORT_COLUMNS if name in frame.columns]]
     frame = frame.astype(object).where(frame.notna(), None)
     return frame, errors, warnings
 
@@ -819,6 +858,8 @@ def read_table(spec: dict, path: str | Path) -> ParsedCohort:
         pseudonym_key()  # fail before reading anything if the key is not set
     table = read_raw(table_spec, path)
     frame, cell_errors, warnings = map_table(table, table_spec, path)
+    absent = absent_optional(table, table_spec)
+    notices = [absent_notice(absent)] if absent else []
     lines = table.lines
     warnings += _duplicate_ids(frame, lines)
     if "cancer_type" not in table_spec.fields:
@@ -843,5 +884,5 @@ def read_table(spec: dict, path: str | Path) -> ParsedCohort:
 
     return ParsedCohort(
         n_read=len(frame), records=checked.records, outcomes=checked.outcomes, rejected=rejected,
-        warnings=warnings + checked.warnings,
+        warnings=warnings + checked.warnings, notices=notices + checked.notices,
     )
