@@ -231,7 +231,7 @@ def per_regimen_reasons(tags: Mapping[str, str], per_regimen: Mapping[str, Any] 
     The per-regimen decisions (withhold / warn) were made at training and are stored in the bundle, so
     promotion does not re-decide them: it reports them, and refuses a candidate trained under a different
     ``gate.per_regimen`` (or before per-regimen validation existed), whose bundle would not follow this gate."""
-    if per_regimen is None:
+    if not per_regimen:
         return True, []
     recorded = tags.get("regimen_validation.gate")
     if recorded is None:
