@@ -58,6 +58,29 @@ def test_metadata_is_json_ready():
     assert "calibration slope not computable" in entry["warning"]  # a rule that cannot be checked fails
 
 
+def test_the_bootstrap_metrics_are_those_of_the_resampled_patients():
+    """The bootstrap weighs each patient by how often it was drawn; that must give the metrics of the
+    resample itself (binary_metrics), ties in the probabilities included."""
+    import numpy as np
+
+    from response_model.modeling.metrics import binary_metrics
+    from response_model.modeling.regimen_validation import _weighted_auc, _weighted_logistic
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(250) < 0.3).astype(float)
+    p = np.clip(np.round(rng.random(250) * 0.6 + 0.15 * y, 2), 0.01, 0.99)
+    drawn = rng.integers(0, 250, 250)
+    counts = np.bincount(drawn, minlength=250)[None, :].astype(float)
+    expected = binary_metrics(y[drawn].astype(int), p[drawn])
+    lp = np.log(p) - np.log1p(-p)
+    intercept, slope = _weighted_logistic(y, lp, counts, free_slope=True)
+    citl, _ = _weighted_logistic(y, lp, counts, free_slope=False)
+    assert _weighted_auc(y, p, counts)[0] == pytest.approx(expected["auc"], abs=1e-12)
+    assert slope[0] == pytest.approx(expected["calibration_slope"], abs=1e-7)
+    assert intercept[0] == pytest.approx(expected["calibration_intercept"], abs=1e-7)
+    assert citl[0] == pytest.approx(expected["calibration_in_the_large"], abs=1e-7)
+
+
 def _config_with(tmp_path, per_regimen):
     config = yaml.safe_load(Path("configs/train/default.yaml").read_text())
     config["gate"]["per_regimen"] = per_regimen

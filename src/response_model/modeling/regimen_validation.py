@@ -55,28 +55,66 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((rankdata(p)[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _one_sample(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    events = int(y.sum())
-    out = {"auc": _auc(y, p), **dict.fromkeys(CALIBRATION_TERMS, math.nan)}
-    if min(events, len(y) - events) >= MIN_CLASS_FOR_CALIBRATION:
-        from response_model.modeling.metrics import calibration  # here: serving imports this module cheaply
+def _weighted_auc(y: np.ndarray, p: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC (ties count ½) of each row of ``counts`` (how often each patient is drawn)."""
+    order = np.argsort(p, kind="stable")
+    ps, ys, cs = p[order], y[order], counts[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ps)) + 1]  # groups of tied probabilities
+    pos = np.add.reduceat(cs * ys, starts, axis=1)
+    neg = np.add.reduceat(cs * (1 - ys), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
 
-        out.update(calibration(y, p))
-    return out
+
+def _weighted_logistic(y: np.ndarray, lp: np.ndarray, counts: np.ndarray, free_slope: bool,
+                       iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(intercept, slope) per row of ``counts`` of the logistic recalibration ``y ~ a + b·lp`` (``free_slope``)
+    or ``y ~ a + offset(lp)`` (slope 1: calibration-in-the-large), by Newton–Raphson on all rows at once."""
+    a, b = np.zeros(len(counts)), np.ones(len(counts))
+    if free_slope:
+        b[:] = 0.0
+    for _ in range(iterations):
+        mu = 1.0 / (1.0 + np.exp(-np.clip(a[:, None] + b[:, None] * lp[None, :], -30, 30)))
+        w, r = counts * mu * (1 - mu), counts * (y[None, :] - mu)
+        if not free_slope:
+            step_a, step_b = r.sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12), 0.0
+        else:
+            h00, h01, h11 = w.sum(axis=1) + 1e-10, (w * lp).sum(axis=1), (w * lp * lp).sum(axis=1) + 1e-10
+            g0, g1 = r.sum(axis=1), (r * lp).sum(axis=1)
+            det = h00 * h11 - h01 * h01
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step_a, step_b = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        a, b = a + step_a, b + step_b
+        if np.nanmax(np.abs(np.r_[np.atleast_1d(step_a), np.atleast_1d(step_b)]), initial=0.0) < 1e-9:
+            break
+    return a, b
 
 
 def bootstrap(y: np.ndarray, p: np.ndarray, n_resamples: int = BOOTSTRAP_RESAMPLES,
               seed: int = 0) -> dict[str, tuple[float, float]]:
     """{metric: (lower, upper)}: 95 % percentile intervals of :data:`REGIMEN_METRICS` over bootstrap
-    resamples of the patients (NaN where fewer than 20 resamples could compute the metric)."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {m: [] for m in REGIMEN_METRICS}
-    for rows in rng.integers(0, len(y), size=(n_resamples, len(y))):
-        for metric, value in _one_sample(y[rows], p[rows]).items():
-            if math.isfinite(value):
-                draws[metric].append(value)
-    return {m: ((float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) >= 20
-                else (math.nan, math.nan)) for m, v in draws.items()}
+    resamples of the patients (NaN where fewer than 20 resamples could compute the metric). Calibration
+    terms of a resample with fewer than :data:`MIN_CLASS_FOR_CALIBRATION` events or non-events are left out."""
+    y, p = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 1e-12, 1 - 1e-12)
+    if len(y) == 0:
+        return dict.fromkeys(REGIMEN_METRICS, (math.nan, math.nan))
+    counts = np.random.default_rng(seed).multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=n_resamples)
+    counts = counts.astype(float)
+    events = counts @ y
+    enough = np.minimum(events, len(y) - events) >= MIN_CLASS_FOR_CALIBRATION
+    lp = np.log(p) - np.log1p(-p)
+    intercept, slope = _weighted_logistic(y, lp, counts[enough], free_slope=True)
+    citl, _ = _weighted_logistic(y, lp, counts[enough], free_slope=False)
+    draws = {"auc": _weighted_auc(y, p, counts), "calibration_slope": slope, "calibration_intercept": intercept,
+             "calibration_in_the_large": citl}
+    out = {}
+    for metric in REGIMEN_METRICS:
+        v = draws[metric][np.isfinite(draws[metric])]
+        out[metric] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) >= 20 \
+            else (math.nan, math.nan)
+    return out
 
 
 def regimen_metrics(result: Any, regimens: pd.Series, model: str = "project", n_resamples: int = BOOTSTRAP_RESAMPLES,
