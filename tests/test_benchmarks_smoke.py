@@ -28,6 +28,14 @@ def test_simulated_benchmark_runs(capsys):
 
 
 @pytest.mark.slow
+def test_per_regimen_benchmark_runs(capsys):
+    module = _load("per_regimen")
+    assert module.main(["--n", "600", "--seeds", "1", "--repeats", "1", "--variants", "default", "borrow"]) == 0
+    out = capsys.readouterr().out
+    assert "regimens_meeting_gate" in out and "oracle" in out and "lenvatinib" in out
+
+
+@pytest.mark.slow
 def test_genomics_value_benchmark_runs(capsys):
     module = _load("genomics_value")
     assert module.main(["--n", "500", "--splits", "2", "--repeats", "1", "--skip-real"]) == 0

@@ -276,12 +276,47 @@ class Baselines(Strict):
 GateRule = float | tuple[float, float] | dict[Literal["min", "max"], float]
 
 
+class PerRegimenGate(Strict):
+    """``gate.per_regimen``: rules on each regimen's out-of-fold metrics, checked at training
+    (:mod:`response_model.modeling.regimen_validation`); a regimen failing one is withheld or served
+    with a warning naming the metric (``on_fail``), as is one with too few patients (``on_too_few``)."""
+
+    min_patients: int = Field(0, ge=0, description="labelled patients of the regimen below which it is "
+                                                   "'not validated — too few patients'")
+    min_events: int = Field(0, ge=0, description="patients in the rarer outcome class below which likewise")
+    on_fail: Literal["withhold", "warn"] = Field("withhold", description="withhold | warn")
+    on_too_few: Literal["withhold", "warn"] = Field("warn", description="withhold | warn")
+    auc: GateRule | None = None
+    auc_lower: GateRule | None = Field(None, description="lower 95 % bootstrap bound of the regimen's AUC")
+    auc_upper: GateRule | None = None
+    calibration_slope: GateRule | None = None
+    calibration_slope_lower: GateRule | None = None
+    calibration_slope_upper: GateRule | None = None
+    calibration_intercept: GateRule | None = None
+    calibration_intercept_lower: GateRule | None = None
+    calibration_intercept_upper: GateRule | None = None
+    calibration_in_the_large: GateRule | None = None
+    calibration_in_the_large_lower: GateRule | None = None
+    calibration_in_the_large_upper: GateRule | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PerRegimenGate:
+        for name in self.model_fields_set:
+            rule = getattr(self, name)
+            if isinstance(rule, tuple) and rule[0] > rule[1]:
+                raise ValueError(f"gate.per_regimen.{name}: [{rule[0]:g}, {rule[1]:g}] is empty; expected [low, high] "
+                                 "with low ≤ high")
+        return self
+
+
 class Gate(Strict):
     """Promotion gate: ``{metric: rule}`` plus ``not_worse_than_champion``. A metric is named by its
-    last part (``auc_lower``) or fully (``response.checkpoint_inhibitor.auc_lower``)."""
+    last part (``auc_lower``) or fully (``response.checkpoint_inhibitor.auc_lower``). ``per_regimen``:
+    see :class:`PerRegimenGate`."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     not_worse_than_champion: bool = True
+    per_regimen: PerRegimenGate | None = None
 
     @classmethod
     def extra_keys(cls) -> list[str]:
@@ -297,7 +332,7 @@ class Gate(Strict):
             short = key.rsplit(".", 1)[-1]
             full = key.count(".") == 2 and key.split(".")[0] in ("response", "resistance")
             if short not in known or ("." in key and not full):
-                hint = suggestion(short, [*known, "not_worse_than_champion"])
+                hint = suggestion(short, [*known, "not_worse_than_champion", "per_regimen"])
                 raise ValueError(f"unknown key(s) {key} in gate{hint}; "
                                  "expected a metric (auc_lower, calibration_slope, …) or "
                                  "<response|resistance>.<regimen_class>.<metric>")

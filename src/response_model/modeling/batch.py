@@ -22,7 +22,10 @@ Output: one row per patient × candidate regimen, in input order — ``input_row
 of the patient among the data rows of the input), ``patient_id`` (as given in the input: the file
 goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_class``,
 ``eligible``, ``ineligible_reason``, ``p_objective_response``, ``p_primary_resistance``, ``rank``
-(as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible) and,
+(as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible or withheld),
+``validation`` (the regimen's per-regimen gate status: validated, failed, too_few, unchecked) and
+``validation_warning`` (why it is not validated, naming the metric; the probabilities of a regimen the
+gate withholds are null) and,
 for models trained on simulated data, ``label``. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
@@ -62,6 +65,7 @@ from response_model.dataset import (
     clean_row_to_record,
 )
 from response_model.modeling.predictor import Predictor
+from response_model.modeling.regimen_validation import answer_validation
 from response_model.schema import OUTCOMES, PatientRecord, field_errors
 
 log = logging.getLogger(__name__)
@@ -133,9 +137,12 @@ def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain:
     predictions = predictor.predict(list(records), explain=explain)
     scores = predictions.table()
     rank = pd.array(predictions.rank, dtype="Int64")
-    rank[~predictions.eligible] = pd.NA
+    rank[predictions.rank == 0] = pd.NA  # ineligible, or withheld by the per-regimen gate
     scores["rank"] = rank
     scores["warnings"] = _warnings(records, predictions.patient)
+    validation = {name: answer_validation(predictor.metadata, name) for name in set(predictions.regimen.tolist())}
+    scores["validation"] = [validation[name]["status"] for name in predictions.regimen]
+    scores["validation_warning"] = [validation[name]["warning"] for name in predictions.regimen]
     if explain:
         scores = pd.concat([scores, _shap_frame(predictor, len(scores), [
             (outcome, explained) for (_, outcome), explained in predictions.explanations.items()])], axis=1)
@@ -399,7 +406,8 @@ def source_partitions(source: str, path: str | Path, partition_rows: int = DEFAU
 def _arrow_schema(table: pd.DataFrame, metadata: dict[str, str]) -> pa.Schema:
     types = {"input_row": pa.int64(), "patient_id": pa.string(), "regimen": pa.string(),
              "regimen_class": pa.string(), "eligible": pa.bool_(), "ineligible_reason": pa.string(),
-             "rank": pa.int64(), "label": pa.string(), "warnings": pa.string()}
+             "rank": pa.int64(), "label": pa.string(), "warnings": pa.string(), "validation": pa.string(),
+             "validation_warning": pa.string()}
     fields = [pa.field(c, types.get(c, pa.float64())) for c in table.columns]
     return pa.schema(fields, metadata={k: v for k, v in metadata.items() if v is not None})
 

@@ -32,6 +32,7 @@ from response_model.features import FeatureBlocks, regimen_feature_names
 from response_model.features import feature_names as installed_feature_names
 from response_model.modeling.compiled import ReferenceModel, compile_model
 from response_model.modeling.interpret import ranks
+from response_model.modeling.regimen_validation import withheld_regimens
 from response_model.regimens import Regimen
 from response_model.schema import OUTCOMES, PatientRecord
 
@@ -98,6 +99,12 @@ class Predictions:
     rank: np.ndarray  # 1 = highest rounded probability of response among the patient's eligible rows; 0 if ineligible
     features: FeatureBlocks  # the rows' features (columns: feature_names())
     explanations: dict[ModelKey, Explanation] = field(default_factory=dict)
+    # False where the bundle's per-regimen gate withholds the regimen: its probabilities are NaN, rank 0
+    served: np.ndarray | None = None
+
+    def served_row(self, row: int) -> bool:
+        """Whether prediction row ``row``'s regimen is served (not withheld by the per-regimen gate)."""
+        return True if self.served is None else bool(self.served[row])
 
     def __len__(self) -> int:
         return len(self.patient)
@@ -149,6 +156,7 @@ class Predictor:
         self.catalogue = dict(catalogue)
         self.metadata = dict(metadata)
         self.regimen_classes = tuple(sorted({c for c, _ in self.evaluators}))
+        self.withheld = withheld_regimens(self.metadata)  # decided at training (regimen_validation), never here
         self._installed_order = self.feature_names == installed_feature_names(with_regimen=True)
 
     @classmethod
@@ -187,6 +195,7 @@ class Predictor:
         ``regimens``: None = every candidate regimen for every record; else one entry per record: a
         list of regimen names, one name, or None (every candidate). Ineligible regimens are scored too, and
         flagged. With ``explain`` every model's contributions for its rows are computed as well.
+        A regimen the bundle's per-regimen gate withholds gets NaN probabilities and no rank (``served`` False).
         """
         records = list(records)
         names, patient, which = self._pairs(records, regimens)
@@ -199,8 +208,13 @@ class Predictor:
             explained = self._explanations(rows, classes, patient) if explain else {}
             probability = {outcome: self._probabilities(outcome, rows, classes, patient, explained)
                            for outcome in OUTCOMES}
+        served = ~np.isin(np.array(names, dtype=object), list(self.withheld))[which] if self.withheld \
+            else np.ones(len(patient), dtype=bool)
+        for p in probability.values():
+            p[~served] = math.nan
         return Predictions(patient, np.array(names, dtype=object)[which], classes, eligible, reason, probability,
-                           ranks(patient, eligible, probability["objective_response"]), blocks, explained)
+                           ranks(patient, eligible & served, probability["objective_response"]), blocks, explained,
+                           served)
 
     # -- the steps of predict ------------------------------------------------------------------------
 

@@ -164,6 +164,8 @@ def check_gate(metrics: Mapping[str, float], gate: Mapping[str, Any]) -> tuple[b
     """Return (passed, reasons) of ``metrics`` against ``gate``; a metric the run lacks fails."""
     passed, reasons = True, []
     for key, rule in gate.items():
+        if key == "per_regimen":  # decided at training, per regimen: see per_regimen_reasons
+            continue
         found = _matching(metrics, key)
         if not found:
             passed = False
@@ -224,6 +226,29 @@ def compare_with_champion(
     return not_worse, reasons
 
 
+def per_regimen_reasons(tags: Mapping[str, str], per_regimen: Mapping[str, Any] | None) -> tuple[bool, list[str]]:
+    """(consistent, reasons) of the gate's per-regimen part against the candidate run's tags.
+
+    The per-regimen decisions (withhold / warn) were made at training and are stored in the bundle, so
+    promotion does not re-decide them: it reports them, and refuses a candidate trained under a different
+    ``gate.per_regimen`` (or before per-regimen validation existed), whose bundle would not follow this gate."""
+    if not per_regimen:
+        return True, []
+    recorded = tags.get("regimen_validation.gate")
+    if recorded is None:
+        return False, ["per-regimen gate: the candidate's run recorded no per-regimen validation; retrain it"]
+    wanted = json.dumps(dict(per_regimen), sort_keys=True, default=str)
+    if recorded != wanted:
+        return False, [f"per-regimen gate: the candidate was trained under gate.per_regimen {recorded}, this gate is "
+                       f"{wanted}; retrain so that the bundle's per-regimen decisions follow this gate"]
+    reasons = []
+    for key, words in (("withheld", "withheld (not served)"), ("warned", "served with a warning")):
+        names = [n for n in tags.get(f"regimen_validation.{key}", "").split(",") if n]
+        listed = f": {', '.join(names)}" if names else ""
+        reasons.append(f"per-regimen gate: {len(names)} regimen(s) {words}{listed}")
+    return True, reasons
+
+
 def _run_metrics(client: MlflowClient, name: str, version: str) -> tuple[str | None, dict[str, float]]:
     model_version = client.get_model_version(name, version)
     if not model_version.run_id:
@@ -252,8 +277,12 @@ def promote(
     version = str(version)
     require_model(f"models:/{name}/{version}")
     evaluation = dict(evaluation or {})
-    _, candidate_metrics = _run_metrics(client, name, version)
+    run_id, candidate_metrics = _run_metrics(client, name, version)
     passed, reasons = check_gate(candidate_metrics, gate)
+    tags = dict(client.get_run(run_id).data.tags) if run_id else {}
+    consistent, found_per_regimen = per_regimen_reasons(tags, gate.get("per_regimen"))
+    passed &= consistent
+    reasons += found_per_regimen
     try:
         previous = client.get_model_version_by_alias(name, CHAMPION).version
     except MlflowException:
@@ -286,7 +315,7 @@ def _compare_with_current(client: MlflowClient, name: str, version: str, previou
         not_worse, found = compare_with_champion(cand, champ, sorted(set(cand) & set(champ)), tolerance)
         return not_worse, [f"{r} [held-out evaluation, champion version {previous}]" for r in found]
     _, champion_metrics = _run_metrics(client, name, str(previous))
-    names = list(evaluation.get("metrics") or gate)
+    names = list(evaluation.get("metrics") or [k for k in gate if k != "per_regimen"])
     not_worse, found = compare_with_champion(candidate_metrics, champion_metrics, names, tolerance)
     return not_worse, [f"{r} [champion version {previous}]" for r in found]
 

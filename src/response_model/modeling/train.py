@@ -12,6 +12,7 @@ models go into one :class:`ResponseModelBundle`, logged and registered under the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from response_model.modeling.cv import CVResult, cross_validate, search_estimato
 from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
+from response_model.modeling.regimen_validation import regimen_metrics, summary_table, validation_metadata
 from response_model.modeling.unknown_regimen import PREVALENCE_KEY, regimen_prevalence
 from response_model.regimens import load_catalogue
 from response_model.schema import OUTCOMES
@@ -252,13 +254,15 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
         if not fitted:
             raise InputError("no model could be trained: no regimen class had patients with both outcomes")
         tracking.log_metrics(parent_metrics)
+        validation = _regimen_validation(config, data, results, catalogue)
         bundle = ResponseModelBundle(
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
             simulated=data.simulated,
             metadata={"data_source": data.source, "config": str(config_path),
                       "feature_ranges": training_ranges(data.features.loc[classes.notna()]),
                       # aggregated counts only: what a patient without a recorded regimen is averaged over
-                      PREVALENCE_KEY: regimen_prevalence(data.frame["regimen"].tolist(), catalogue)},
+                      PREVALENCE_KEY: regimen_prevalence(data.frame["regimen"].tolist(), catalogue),
+                      "regimen_validation": validation},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
@@ -270,6 +274,38 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
             registered_name=config.get("registered_model") if register else None,
             registered_version=str(version) if version is not None else None, seconds=seconds,
         )
+
+
+def _regimen_validation(config: dict[str, Any], data: Any, results: dict[tuple[str, str], CVResult],
+                        catalogue: dict[str, Any]) -> dict[str, Any]:
+    """Per-regimen out-of-fold metrics of every class × outcome, checked against ``gate.per_regimen``
+    (:mod:`.regimen_validation`), logged to the run (metrics ``regimen.<outcome>.<regimen>.<metric>``,
+    ``regimen_validation.json``, tags naming withheld and warned regimens); returns the bundle metadata entry."""
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for (_regimen_class, outcome), result in results.items():
+        rows = result.oof["row"].unique()
+        metrics.setdefault(outcome, {}).update(regimen_metrics(result, data.frame.loc[rows, "regimen"], PROJECT))
+    trained = {c for c, _ in results}
+    names = [r.name for r in catalogue.values() if r.is_candidate and r.regimen_class in trained]
+    validation = validation_metadata(metrics, names, (config.get("gate") or {}).get("per_regimen"))
+    decisions = validation["regimens"]
+    for regimen, decision in decisions.items():
+        for outcome, entry in decision["outcomes"].items():
+            tracking.log_metrics({f"regimen.{tracking.OUTCOME_PREFIX.get(outcome, outcome)}.{regimen}.{key}": value
+                                  for key, value in entry.items() if value is not None})
+    mlflow.log_dict(validation, "regimen_validation.json")
+    table = summary_table(decisions)
+    if len(table):
+        mlflow.log_table(table, "regimen_validation_table.json")
+    mlflow.set_tags({
+        "regimen_validation.withheld": ",".join(r for r, d in decisions.items() if not d["served"]),
+        "regimen_validation.warned": ",".join(r for r, d in decisions.items() if d["served"] and d["warning"]),
+        "regimen_validation.gate": json.dumps(validation["gate"], sort_keys=True, default=str)})
+    for regimen, decision in decisions.items():
+        if decision["warning"]:
+            log.warning("regimen %s %s: %s", regimen, "withheld" if not decision["served"] else "served with a warning",
+                        decision["warning"])
+    return validation
 
 
 def _log_inputs(config_path: str | Path, config: dict[str, Any], data: Any, classes: pd.Series,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from response_model.modeling import interpret
 from response_model.modeling.predictor import Predictions, Predictor
+from response_model.modeling.regimen_validation import answer_validation
 from response_model.schema import OUTCOMES, PatientRecord
 from response_model.service.audit import compact_explanations
 from response_model.service.models import PredictionRequest
@@ -50,8 +51,9 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
     rows = predictions.rows_of(patient).tolist()
     memo: dict[str, tuple[Any, str]] = {}
     items = [_regimen_item(predictor, predictions, row, record, memo) for row in rows]
-    eligible = sorted((it for it in items if it["eligible"]), key=lambda it: it["rank"])
-    ineligible = [it for it in items if not it["eligible"]]
+    eligible = sorted((it for it in items if it["rank"] is not None), key=lambda it: it["rank"])
+    withheld = [it for it in items if not it["validation"]["served"]]
+    ineligible = [it for it in items if not it["eligible"] and it["validation"]["served"]]
     genotyped = record.alterations is not None
     return {
         "prediction_id": str(uuid.uuid4()),
@@ -61,8 +63,10 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
         "genomic_tests": [] if genotyped else interpret.best_tests([what_if.get(row, []) for row in rows]),
         "out_of_distribution": interpret.out_of_distribution(
             predictor.metadata, predictions.feature_row(rows[0]) if rows else None, record),
-        "regimens": eligible + ineligible,
-        "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
+        "regimens": eligible + withheld + ineligible,
+        "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""}
+                       for it in items if not it["eligible"]],
+        "not_scored": [{"regimen": it["regimen"], "reason": it["validation"]["warning"] or ""} for it in withheld],
         "uncertainty_method": interpret.UNCERTAINTY_METHOD,
         "bands": interpret.BANDS_TEXT,
         "warnings": record.warnings(),
@@ -74,11 +78,12 @@ def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, reco
     """One regimen of an answer: probabilities with interval and band, rank, top contributions and (for
     the audit record only) every feature's SHAP value."""
     regimen, regimen_class = predictions.regimen[row], predictions.regimen_class[row]
-    eligible = bool(predictions.eligible[row])
+    eligible, served = bool(predictions.eligible[row]), predictions.served_row(row)
     item: dict[str, Any] = {
         "regimen": regimen, "label": predictor.catalogue[regimen].label, "regimen_class": regimen_class,
         "eligible": eligible, "ineligible_reason": predictions.ineligible_reason[row],
-        "explanations": {}, "shap": {}, "rank": int(predictions.rank[row]) if eligible else None,
+        "explanations": {}, "shap": {}, "rank": int(predictions.rank[row]) if eligible and served else None,
+        "validation": answer_validation(predictor.metadata, regimen),
     }
     for outcome in OUTCOMES:
         p = interpret.finite(predictions.probability[outcome][row])
@@ -86,7 +91,7 @@ def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, reco
         item[outcome] = {"probability": None if p is None else round(p, interpret.SHOWN_DECIMALS),
                          "interval": interpret.interval(p, half_width), "band": interpret.band(outcome, p)}
         explained = predictions.explanations.get((regimen_class, outcome))
-        if explained is not None:
+        if explained is not None and served:  # a withheld regimen shows no estimate, so nothing to explain
             values = explained.of_row(row)
             item["explanations"][outcome] = interpret.top_contributions(
                 record, regimen, outcome, explained.names, values, memo)
@@ -108,6 +113,7 @@ def audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
     for it in response["regimens"]:
         outputs["regimens"][it["regimen"]] = {
             "rank": it["rank"], "eligible": it["eligible"], "ineligible_reason": it["ineligible_reason"],
+            "validation": {k: it["validation"][k] for k in ("status", "served", "warning")},
             **{o: it[o] for o in OUTCOMES},
         }
         shap_values = it.pop("shap", {})

@@ -97,6 +97,22 @@ class Contribution(BaseModel):
     direction: str = Field(description="Direction in words")
 
 
+class RegimenValidation(BaseModel):
+    """How this regimen's estimates fared in training's cross-validation, and what the per-regimen gate decided."""
+
+    status: Literal["validated", "failed", "too_few", "unchecked"] = Field(
+        description="validated; failed (a per-regimen gate rule); too_few (not validated — too few patients); "
+                    "unchecked (no per-regimen gate when the model was trained)")
+    status_text: str = Field(description="The status in words")
+    served: bool = Field(description="False: withheld by the per-regimen gate — no estimate is given")
+    warning: str | None = Field(default=None, description="Shown with every answer for a regimen not validated: "
+                                                          "names the metric, its value and the gate's rule")
+    reasons: list[str] = Field(default_factory=list)
+    metrics: dict[str, dict[str, float | int | None]] = Field(
+        default_factory=dict, description="Per outcome: n, events, auc, calibration_slope, calibration_intercept "
+                                          "(out-of-fold, mean over CV repeats) with _lower/_upper (95 % bootstrap)")
+
+
 class RegimenPrediction(BaseModel):
     rank: int | None = Field(
         description="1 = highest probability of response among eligible regimens; null if ineligible")
@@ -110,6 +126,7 @@ class RegimenPrediction(BaseModel):
     explanations: dict[str, list[Contribution]] = Field(
         description="Top five SHAP contributions per outcome (objective_response, primary_resistance)"
     )
+    validation: RegimenValidation = Field(description="This regimen's validation status (per-regimen gate)")
 
 
 class GenomicTest(BaseModel):
@@ -143,8 +160,11 @@ class PredictionResponse(BaseModel):
     )
     out_of_distribution: OutOfDistribution
     regimens: list[RegimenPrediction] = Field(
-        description="Eligible regimens ranked by probability of response, then ineligible ones")
+        description="Eligible regimens ranked by probability of response, then those withheld by the per-regimen "
+                    "gate (not scored), then ineligible ones")
     ineligible: list[dict[str, str]] = Field(description="Ineligible regimens with the reason")
+    not_scored: list[dict[str, str]] = Field(
+        default_factory=list, description="Regimens withheld by the per-regimen gate, with the reason (the metric)")
     uncertainty_method: str
     bands: dict[str, str]
     warnings: list[str] = Field(default_factory=list, description="Plausible but unusual values")

@@ -564,7 +564,8 @@ def _result_view(answer: dict[str, Any]) -> dict[str, Any]:
             charts.append({"regimen": it["regimen"], "label": it["label"], "rank": it["rank"],
                            "eligible": it["eligible"], "outcomes": per_outcome})
     tests = [{**t, "regimen_label": labels.get(t["regimen"], t["regimen"])} for t in answer["genomic_tests"]]
-    return {**answer, "eligible": [it for it in answer["regimens"] if it["eligible"]], "charts": charts,
+    return {**answer, "eligible": [it for it in answer["regimens"] if it["eligible"] and it["rank"] is not None],
+            "charts": charts,
             "genomic_tests": tests, "regimen_labels": labels,
             "scale": next((c["scale"] for it in answer["regimens"] for o in OUTCOMES
                            for c in it["explanations"].get(o, [])), None)}
