@@ -205,8 +205,8 @@ def _verdicts(tables: dict[str, pd.DataFrame]) -> list[str]:
         for name in ("off", "on"):
             slopes = rows[f"slope_{name}"]
             ok = int(slopes.between(*TARGET_SLOPE).sum())
-            text = (f"fields hidden w.p. 1/2 ({name}): slope in {TARGET_SLOPE[0]}–{TARGET_SLOPE[1]} for {ok}/{len(rows)} "
-                    f"models (range {slopes.min():.2f}–{slopes.max():.2f})")
+            text = (f"fields hidden w.p. 1/2 ({name}): slope in {TARGET_SLOPE[0]}–{TARGET_SLOPE[1]} for "
+                    f"{ok}/{len(rows)} models (range {slopes.min():.2f}–{slopes.max():.2f})")
             if f"gap_{name}" in rows:
                 gaps = rows[f"gap_{name}"]
                 text += (f"; AUC within {TARGET_AUC_GAP} of the ceiling for {int((gaps <= TARGET_AUC_GAP).sum())}/"

@@ -298,9 +298,10 @@ def field_columns() -> dict[str, dict[str, float]]:
 
     Found by probing :func:`build_feature_matrix` itself (complete records, each field hidden in
     turn), so it cannot drift from the feature logic: hiding a set of fields in a record gives the
-    feature row that setting these columns to these values gives (:func:`response_model.modeling.missingness.mask_fields`; tested on
-    simulated records). Fields that decide no column (the counts, the panel name) are left out;
-    hiding ``alterations`` sets ``genotyped`` to 0 and its other columns to NaN."""
+    feature row that setting these columns to these values gives
+    (:func:`response_model.modeling.missingness.mask_fields`; tested on simulated records and random
+    subsets). Fields that decide no column (the counts, the panel name) are left out; hiding
+    ``alterations`` sets ``genotyped`` to 0 and its other columns to NaN."""
     probes = _probe_records()
     full = build_feature_matrix(probes).to_numpy()
     found: dict[str, dict[str, float]] = {}
