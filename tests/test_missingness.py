@@ -34,6 +34,7 @@ def test_mask_map_equals_the_feature_path_on_random_records_and_subsets(parsed):
     assert list(masked.columns) == list(expected.columns)
     np.testing.assert_array_equal(masked.to_numpy(), expected.to_numpy())  # NaN positions included
     # and every field alone, in every record
+    records, regimens = records[:100], regimens[:100]
     full = build_feature_matrix(records, regimens)
     for f in fields:
         one = build_feature_matrix([hide_fields(r, [f]) for r in records], regimens)
@@ -55,7 +56,7 @@ def test_hiding_masks_mix_schemes_and_augment_keeps_the_originals(parsed):
     masks = hiding_masks(4000, np.random.default_rng(0))
     hidden = pd.DataFrame(masks)
     everything = hidden.all(axis=1).mean()
-    assert 0.15 < everything < 0.25  # required_only share 0.2 (configs/missingness.yaml)
+    assert 0.25 < everything < 0.35  # required_only share 0.3 (configs/missingness.yaml)
     assert hidden.any(axis=1).mean() > 0.95
     rows, labels, weights = augment(X, y, copies=2, weight=1.0, seed=3)
     assert len(rows) == 1200 and (labels[:400] == y).all() and (labels[400:800] == y).all()
@@ -100,7 +101,7 @@ def test_augmentation_moves_sparse_estimates_towards_the_population_mean(simulat
 
 def test_augmentation_is_seeded_and_leaves_the_fitted_interface(parsed):
     X, y = _class_rows(parsed, "tki_antiangiogenic", "objective_response")
-    X, y = X.iloc[:500], y.iloc[:500]
+    X, y = X.iloc[:300], y.iloc[:300]
     params = {"n_estimators": 30, "min_child_samples": 20, "missing_copies": 1}
     a = ResponseClassifier(**params).fit(X, y)
     b = ResponseClassifier(**params).fit(X, y)
