@@ -15,7 +15,7 @@ from response_model.modeling import interpret, missingness
 from response_model.modeling.predictor import Predictions, Predictor
 from response_model.schema import OUTCOMES, PatientRecord
 from response_model.service.audit import compact_explanations
-from response_model.service.models import PredictionRequest
+from response_model.service.models import Information, OutOfDistribution, PredictionRequest
 
 if TYPE_CHECKING:
     from response_model.service.holder import LoadedModel
@@ -61,9 +61,11 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
         "label": predictor.metadata.get("label"),
         "genomics": "genotyped" if genotyped else "clinical-only estimate",
         "genomic_tests": [] if genotyped else interpret.best_tests([what_if.get(row, []) for row in rows]),
-        "out_of_distribution": interpret.out_of_distribution(
-            predictor.metadata, predictions.feature_row(rows[0]) if rows else None, missing_pattern),
-        "information": information,
+        # in the documented shapes exactly (every field present), as FastAPI's response-model pass would send them
+        "out_of_distribution": OutOfDistribution.model_validate(interpret.out_of_distribution(
+            predictor.metadata, predictions.feature_row(rows[0]) if rows else None, missing_pattern,
+        )).model_dump(mode="json"),
+        "information": Information.model_validate(information).model_dump(mode="json"),
         "regimens": eligible + ineligible,
         "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
         "uncertainty_method": interpret.UNCERTAINTY_METHOD,
