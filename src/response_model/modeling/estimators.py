@@ -121,9 +121,10 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.signs = signs
         self.max_iter = max_iter
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         X = np.asarray(X, dtype=float)
         y = np.asarray(y, dtype=float)
+        s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         self.classes_ = np.array([0, 1])
         d = X.shape[1]
         signs = list(self.signs) + [0] * (d - len(self.signs))
@@ -133,8 +134,8 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         def objective(theta):
             w, b = theta[:-1], theta[-1]
             z = X @ w + b
-            loss = np.sum(np.logaddexp(0.0, z) - y * z)
-            r = expit(z) - y
+            loss = np.sum(s * (np.logaddexp(0.0, z) - y * z))
+            r = s * (expit(z) - y)
             grad = np.concatenate([self.C * (X.T @ r) + w, [self.C * r.sum()]])
             return self.C * loss + 0.5 * w @ w, grad
 
@@ -191,7 +192,7 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             X[name] = X[name].clip(lower=low, upper=high)
         return X
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         X = as_frame(X)
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
@@ -216,7 +217,9 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             ("scale", StandardScaler()),
             ("lr", learner),
         ])
-        self.pipeline_.fit(self._clipped(X).to_numpy(), np.asarray(y, dtype=int))
+        weights = {} if sample_weight is None else {"scale__sample_weight": sample_weight,
+                                                    "lr__sample_weight": sample_weight}
+        self.pipeline_.fit(self._clipped(X).to_numpy(), np.asarray(y, dtype=int), **weights)
         self.classes_ = np.array([0, 1])
         return self
 
@@ -295,6 +298,14 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
     * ``calibrate``: if true, a sigmoid (Platt) recalibration of the averaged log-odds is fitted
       on out-of-fold predictions of an internal ``calibration_cv``-fold CV on the training data
       only; the components are then refitted on all training rows.
+    * missingness augmentation (:mod:`response_model.modeling.missingness`; off with
+      ``missing_copies`` = 0): ``missing_copies`` copies of the training rows with optional record
+      fields hidden are added inside :meth:`fit` (so inside every CV training fold, never a test fold),
+      each row's hiding drawn from ``missing_mix`` ({independent, blocks, required_only} shares; None =
+      configs/missingness.yaml) — independent hiding with probability ``missing_rate``, the
+      ``missing_blocks`` ({name: [fields]}; None = the configured blocks), or every optional field;
+      the copies together weigh ``missing_weight`` times the original rows (sample weights), so
+      complete patients keep their weight. Seeded by ``random_state``.
     * ``random_state``, ``n_jobs`` (LightGBM threads; keep 1 on shared machines).
 
     Fitted attributes: ``feature_names_in_``, ``linear_`` (:class:`StandardisedLogistic` or None),
@@ -309,7 +320,10 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                  n_estimators: int = 200, learning_rate: float = 0.03, num_leaves: int = 4, max_depth: int = -1,
                  min_child_samples: int = 50, subsample: float = 0.8, subsample_freq: int = 1,
                  colsample_bytree: float = 0.7, reg_lambda: float = 5.0, reg_alpha: float = 0.0,
-                 calibrate: bool = False, calibration_cv: int = 3, random_state: int = 0, n_jobs: int = 1):
+                 calibrate: bool = False, calibration_cv: int = 3,
+                 missing_copies: int = 0, missing_rate: float = 0.5, missing_mix: Mapping[str, float] | None = None,
+                 missing_blocks: Mapping[str, Sequence[str]] | None = None, missing_weight: float = 1.0,
+                 random_state: int = 0, n_jobs: int = 1):
         self.linear_weight = linear_weight
         self.linear_features = linear_features
         self.clip = clip
@@ -329,12 +343,17 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.reg_alpha = reg_alpha
         self.calibrate = calibrate
         self.calibration_cv = calibration_cv
+        self.missing_copies = missing_copies
+        self.missing_rate = missing_rate
+        self.missing_mix = missing_mix
+        self.missing_blocks = missing_blocks
+        self.missing_weight = missing_weight
         self.random_state = random_state
         self.n_jobs = n_jobs
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def _fit_components(self, X: pd.DataFrame, y: np.ndarray) -> None:
+    def _fit_components(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         from lightgbm import LGBMClassifier
 
         from response_model.modeling.distributed import fit_lightgbm
@@ -349,7 +368,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
             self.linear_ = StandardisedLogistic(
                 features=self.linear_features, clip=self.clip, C=self.C,
                 monotone_constraints=self.monotone_constraints if self.constrain_linear else None,
-            ).fit(X, y)
+            ).fit(X, y, sample_weight=sample_weight)
         if w < 1.0:
             self.gbm_features_ = select_features(X.columns, self.gbm_features, "gbm_features")
             constraints = resolve_constraints(self.gbm_features_, self.monotone_constraints)
@@ -362,7 +381,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 random_state=self.random_state, n_jobs=self.n_jobs, verbose=-1,
             )
             # in this process, or data-parallel on a Dask cluster for large cohorts (modeling.distributed)
-            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y)
+            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y, sample_weight=sample_weight)
 
     def fit(self, X, y):
         X = as_frame(X)
@@ -384,8 +403,22 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 lp[test] = clone(inner).fit(X.iloc[train], y[train]).decision_function(X.iloc[test])
             a, b = _newton_logistic(np.column_stack([np.ones_like(lp), lp]), y.astype(float), np.zeros_like(lp))
             self.calibrator_ = (float(a), float(b))
-        self._fit_components(X, y)
+        self._fit_components(*self._augmented(X, y))
         return self
+
+    def _augmented(self, X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+        """(rows, labels, sample weights) the components are fitted on: the training rows, plus their
+        copies with fields hidden when missingness augmentation is on (weights None when it is off)."""
+        copies = int(self.missing_copies)
+        if copies < 0 or not 0.0 <= float(self.missing_rate) <= 1.0 or float(self.missing_weight) < 0:
+            raise ValueError(f"missing_copies {copies}, missing_rate {self.missing_rate}, missing_weight "
+                             f"{self.missing_weight}: expected copies ≥ 0, a rate in [0, 1] and a weight ≥ 0")
+        if copies == 0:
+            return X, y, None
+        from response_model.modeling.missingness import augment
+
+        return augment(X, y, copies, float(self.missing_weight), int(self.random_state) + 7919,
+                       float(self.missing_rate), self.missing_mix, self.missing_blocks)
 
     # -- prediction ------------------------------------------------------------------------
 

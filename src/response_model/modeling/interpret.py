@@ -121,14 +121,19 @@ def interval(p: float | None, half_width: float | None) -> dict[str, float] | No
 
 
 def out_of_distribution(metadata: Mapping[str, Any], features: Mapping[str, float] | None,
-                        record: PatientRecord | None = None) -> dict[str, Any]:
+                        record: PatientRecord | None = None,
+                        missingness: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The out-of-distribution check of one patient's features ({feature: value}; None = nothing scored),
-    plus ``unseen_categories``: values of ``record`` the training vocabulary lacks (a reason of its own)."""
+    plus ``unseen_categories``: values of ``record`` the training vocabulary lacks (a reason of its own), and
+    ``missingness``: the check of the patient's missingness pattern
+    (:func:`response_model.modeling.missingness.assess`), reported under ``missingness`` and flagging too."""
     unseen = unseen_categories(record)
-    result = _outside_ranges(metadata, features)
-    if unseen:
-        result = {**result, "flagged": True}
-    return {**result, "unseen_categories": unseen}
+    check = {**_outside_ranges(metadata, features), "unseen_categories": unseen}
+    check["flagged"] = bool(check["flagged"] or unseen)
+    if missingness is not None:
+        check["missingness"] = dict(missingness)
+        check["flagged"] = bool(check["flagged"] or missingness.get("flagged", False))
+    return check
 
 
 def unseen_categories(record: PatientRecord | None) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from response_model.modeling.cv import CVResult, cross_validate, search_estimato
 from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
+from response_model.modeling.missingness import training_summary
 from response_model.modeling.regimen_validation import regimen_metrics, summary_table, validation_metadata
 from response_model.modeling.unknown_regimen import PREVALENCE_KEY, regimen_prevalence
 from response_model.regimens import load_catalogue
@@ -262,7 +263,8 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                       "feature_ranges": training_ranges(data.features.loc[classes.notna()]),
                       # aggregated counts only: what a patient without a recorded regimen is averaged over
                       PREVALENCE_KEY: regimen_prevalence(data.frame["regimen"].tolist(), catalogue),
-                      "regimen_validation": validation},
+                      "regimen_validation": validation,
+                      "missingness": training_summary(fitted, data.features, data.parsed.records, classes)},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
