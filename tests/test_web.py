@@ -281,15 +281,22 @@ def test_clinical_only_ineligible_and_pasted_json(web):
 
 
 def test_contribution_chart_draws_signed_bars_from_one_zero_line():
+    long = "Fraction of genome with copy-number alteration: 0.31 fraction"
     chart = contribution_chart([
-        {"feature": "albumin", "display": "3.6 g/dL", "contribution": 0.4, "direction": "raises"},
-        {"feature": "afp_log10", "display": "850 ng/mL", "contribution": -0.2, "direction": "lowers"},
+        {"term": "albi", "text": "Liver function (ALBI): albumin 3.6 g/dL", "contribution": 0.4, "direction": "raises"},
+        {"term": "fcna", "text": long, "contribution": -0.2, "direction": "lowers"},
+        {"term": "not_recorded", "label": "Not recorded", "text": "Not recorded: Ascites, BMI",
+         "missing": [{"field": "ascites"}, {"field": "bmi"}], "contribution": 0.1, "direction": "raises"},
     ])
-    up, down = chart["bars"]
+    up, down, missing = chart["bars"]
     assert up["positive"] and up["x"] == chart["zero"] and not down["positive"]
     assert down["x"] + down["width"] == pytest.approx(chart["zero"])
     assert up["width"] == pytest.approx(2 * down["width"])
-    assert up["label"] == "albumin = 3.6 g/dL" and up["y"] < down["y"]
+    assert up["label"] == "Liver function (ALBI): albumin 3.6 g/dL" and up["y"] < down["y"]
+    # a long label is wrapped onto lines, never cut: the lines put back together are the whole label
+    assert len(down["lines"]) == 2 and " ".join(line["text"] for line in down["lines"]) == long
+    assert missing["y"] >= down["y"] + 2 * 13 and chart["height"] > missing["y"]
+    assert missing["label"] == "Not recorded: 2 inputs, listed below"
 
 
 # -- end to end in headless Chromium ----------------------------------------------------------------

@@ -26,7 +26,11 @@ goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_c
 for models trained on simulated data, ``label``. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
-``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. Parquet
+``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. The same
+values summed into the terms a clinician reads follow
+(:func:`response_model.modeling.explanation_groups.batch_columns`): ``term_<outcome>__<term>`` for
+every term (``regimen``, ``albi``, …) then ``term_<outcome>__not_recorded``, so base value + Σ terms
+= base value + Σ features; and ``not_recorded``, the labels of the patient's missing inputs. Parquet
 output is one file written row group by row group; the model name, version, URI and label are
 also in its key-value metadata.
 
@@ -61,6 +65,7 @@ from response_model.dataset import (
     _clean,
     clean_row_to_record,
 )
+from response_model.modeling import explanation_groups
 from response_model.modeling.predictor import Predictor
 from response_model.schema import OUTCOMES, PatientRecord, field_errors
 
@@ -135,7 +140,8 @@ def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain:
             targets = [position[shap_column(outcome, str(f))] for f in explained.names]
             values[np.ix_(explained.rows, targets)] = explained.values
             values[explained.rows, position[shap_column(outcome, BASE_VALUE)]] = explained.base_value
-        scores = pd.concat([scores, pd.DataFrame(values, columns=columns)], axis=1)
+        terms = explanation_groups.batch_columns(predictions, records, predictor.feature_names, OUTCOMES)
+        scores = pd.concat([scores, pd.DataFrame(values, columns=columns), terms], axis=1)
     return scores
 
 
