@@ -351,6 +351,26 @@ def test_end_to_end_in_headless_chromium(live_server):
             chart = page.locator(".regimen-chart svg.chart").first
             expect(chart).to_be_visible()
             assert chart.locator("rect").count() >= 1 and chart.bounding_box()["width"] > 100
+            # the explanations read as the record: the regimen named, no model column, labels whole
+            explanations = page.locator("#explanations")
+            text = explanations.inner_text()
+            assert not [name for name in ("regimen_", "target_", "class_", "afp_log10", "aetiology_", "…")
+                        if name in text], text[:500]
+            regimen_labels = page.locator(".regimen-chart h3").all_inner_texts()
+            first_chart = page.locator(".regimen-chart").first
+            label = page.locator("#ranking tbody tr").first.locator("td").nth(1).inner_text()
+            assert label in regimen_labels[0]
+            terms = first_chart.locator("text.term").all_text_contents()
+            assert all("Regimen: " not in t or t == f"Regimen: {label}" for t in terms), terms
+            assert any(t.startswith("Aetiology: HCV") for t in page.locator("text.term").all_text_contents())
+            # every label inside its chart (wrapped, never cut), bilirubin & co. in one not-recorded term
+            inside = page.evaluate("""() => [...document.querySelectorAll('svg.chart text.term')].every(t => {
+                const box = t.getBBox(); return box.x >= 0 && box.x + box.width <= t.ownerSVGElement.width.baseVal.value; })""")
+            assert inside
+            missing = first_chart.locator("p.not-recorded").first
+            expect(missing).to_be_visible()
+            assert "Total bilirubin" in missing.inner_text() and "Serum albumin" not in missing.inner_text()
+            assert first_chart.locator("text.term", has_text="Not recorded:").count() >= 1
             prediction_id = page.locator("#prediction-id").inner_text()
             with AuditTrail(url) as trail:
                 assert trail.get(prediction_id).endpoint == PAGE_ENDPOINT
