@@ -365,7 +365,8 @@ def test_end_to_end_in_headless_chromium(live_server):
             assert any(t.startswith("Aetiology: HCV") for t in page.locator("text.term").all_text_contents())
             # every label inside its chart (wrapped, never cut), bilirubin & co. in one not-recorded term
             inside = page.evaluate("""() => [...document.querySelectorAll('svg.chart text.term')].every(t => {
-                const box = t.getBBox(); return box.x >= 0 && box.x + box.width <= t.ownerSVGElement.width.baseVal.value; })""")
+                const box = t.getBBox();
+                return box.x >= 0 && box.x + box.width <= t.ownerSVGElement.width.baseVal.value; })""")
             assert inside
             missing = first_chart.locator("p.not-recorded").first
             expect(missing).to_be_visible()

@@ -355,7 +355,7 @@ def source_partitions(source: str, path: str | Path, partition_rows: int = DEFAU
 def _arrow_schema(table: pd.DataFrame, metadata: dict[str, str]) -> pa.Schema:
     types = {"input_row": pa.int64(), "patient_id": pa.string(), "regimen": pa.string(),
              "regimen_class": pa.string(), "eligible": pa.bool_(), "ineligible_reason": pa.string(),
-             "rank": pa.int64(), "label": pa.string()}
+             "rank": pa.int64(), "label": pa.string(), explanation_groups.NOT_RECORDED: pa.string()}
     fields = [pa.field(c, types.get(c, pa.float64())) for c in table.columns]
     return pa.schema(fields, metadata={k: v for k, v in metadata.items() if v is not None})
 
