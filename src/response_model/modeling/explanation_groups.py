@@ -198,6 +198,33 @@ def term_frame(contributions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(sums[:, :-1], index=contributions.index, columns=g.columns[:-1])
 
 
+def term_of(names: Sequence[str], feature: str) -> str:
+    """The term that ``feature`` (one of ``names``) is summed into."""
+    g = grouping(tuple(names))
+    return g.terms[int(g.term_of[list(names).index(feature)])].term
+
+
+def term_ranks(contributions: pd.DataFrame, X: pd.DataFrame,
+               records: Sequence[PatientRecord] | None = None) -> pd.DataFrame:
+    """Global importance (mean |value|, log-odds) and rank (1 = largest) of each term that varies in
+    ``X`` (some feature of it does; not recorded varies when it is non-zero somewhere): with
+    ``records``, of the terms shown (:func:`grouped_frame`), else of :func:`term_frame`'s.
+    Columns: importance, rank, of."""
+    names = [str(c) for c in contributions.columns]
+    g = grouping(tuple(names))
+    terms = grouped_frame(contributions, records) if records is not None else term_frame(contributions)
+    varies = {c for c in names if c in X and X[c].nunique(dropna=False) > 1}
+    keep = [t.term for t in g.terms if any(names[j] in varies for j in t.features)]
+    if NOT_RECORDED in terms and terms[NOT_RECORDED].abs().max() > 0:
+        keep.append(NOT_RECORDED)
+    importance = terms[keep].abs().mean().sort_values(ascending=False, kind="mergesort")
+    table = importance.to_frame("importance")
+    table["rank"] = np.arange(1, len(table) + 1)
+    table["of"] = len(table)
+    table.index.name = "term"
+    return table
+
+
 def term_column(outcome: str, term: str) -> str:
     """Name of the batch output column holding ``term``'s value for ``outcome``."""
     return f"{TERM_PREFIX}{outcome}__{term}"
