@@ -209,7 +209,7 @@ def term_ranks(contributions: pd.DataFrame, X: pd.DataFrame,
     """Global importance (mean |value|, log-odds) and rank (1 = largest) of each term that varies in
     ``X`` (some feature of it does; not recorded varies when it is non-zero somewhere): with
     ``records``, of the terms shown (:func:`grouped_frame`), else of :func:`term_frame`'s.
-    Columns: importance, rank, of."""
+    Columns: label, importance, rank, of."""
     names = [str(c) for c in contributions.columns]
     g = grouping(tuple(names))
     terms = grouped_frame(contributions, records) if records is not None else term_frame(contributions)
@@ -218,7 +218,9 @@ def term_ranks(contributions: pd.DataFrame, X: pd.DataFrame,
     if NOT_RECORDED in terms and terms[NOT_RECORDED].abs().max() > 0:
         keep.append(NOT_RECORDED)
     importance = terms[keep].abs().mean().sort_values(ascending=False, kind="mergesort")
+    labels = {t.term: t.label for t in g.terms} | {NOT_RECORDED: display_config()["not_recorded"]["label"]}
     table = importance.to_frame("importance")
+    table.insert(0, "label", [labels[t] for t in table.index])
     table["rank"] = np.arange(1, len(table) + 1)
     table["of"] = len(table)
     table.index.name = "term"
