@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             overlap = ex.stability_overlap(first, second, k)
             records = [parsed.records[i] for i in X.index]
             sample_records = [parsed.records[i] for i in sample.index]
-            grouped = _grouped_checks(eg, model, X, contributions, records, want)
+            grouped = _grouped_checks(ex, eg, model, X, contributions, records, want)
             grouped[f"terms: top-{k} overlap"] = f"{ex.stability_overlap(eg.grouped_frame(first, sample_records), eg.grouped_frame(second, sample_records), k).mean():.2f}"  # noqa: E501
             rows.append({
                 "class × outcome": f"{regimen_class} / {outcome}", "n": len(X),
@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _grouped_checks(eg, model, X, contributions, records, want) -> dict[str, str]:
+def _grouped_checks(ex, eg, model, X, contributions, records, want) -> dict[str, str]:
     """The explanation checks on the terms a clinician reads (see the module docstring)."""
     base = model.explain(X.iloc[:1])[1]
     decision = np.asarray(model.decision_function(X), dtype=float)
     shown = eg.grouped_frame(contributions, records)
     out = {"terms: additivity max error": f"{np.max(np.abs(base + shown.sum(axis=1).to_numpy() - decision)):.1e}"}
-    no_effect = {"bmi", "smoking", "diabetes", "haemoglobin", "sex", "tmb", "chromatin"}
+    no_effect = eg.terms_made_of(list(contributions.columns), set(ex.no_effect_features()))
     for what, table in (("terms shown", eg.term_ranks(contributions, X, records)),
                         ("terms, none pooled", eg.term_ranks(contributions, X))):
         term = eg.term_of(list(contributions.columns), want) if want else None
@@ -129,6 +129,7 @@ def _grouped_checks(eg, model, X, contributions, records, want) -> dict[str, str
             if term else "—"
         none = table.loc[table.index.isin(no_effect)]
         out[f"{what}: no-effect median rank"] = f"{none['rank'].median():.0f}/{int(table['of'].iloc[0])}"
+        out[f"{what}: no-effect in bottom half"] = f"{int((none['rank'] > table['of'] / 2).sum())}/{len(none)}"
     return out
 
 

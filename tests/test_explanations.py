@@ -104,19 +104,21 @@ def test_faithful_to_the_simulators_truth(fitted):
 
 def test_grouped_terms_are_faithful_too(fitted, cohort):
     """The same checks on the terms: the strong effect's term is among the top three (with missing
-    inputs in their own term, and without), terms of no-effect fields rank in the bottom half."""
+    inputs in their own term, and without); terms made only of the simulator's no-effect features
+    rank, as a group, in the bottom half, none in the top three."""
     settings = ex.explanation_config()["faithfulness"]
-    no_effect = {"bmi", "smoking", "diabetes", "haemoglobin", "sex", "tmb", "chromatin"}
     for expected in settings["expected_top"]:
         key = (expected["regimen_class"], expected["outcome"])
         model, X, _ = fitted[key]
         contributions = model.explain(X)[0]
         term = eg.term_of(list(contributions.columns), expected["feature"])
+        no_effect = eg.terms_made_of(list(contributions.columns), set(ex.no_effect_features()))
+        assert no_effect >= {"bmi", "smoking", "diabetes", "haemoglobin", "sex", "tmb", "chromatin"}
         for records in (None, _records_of(cohort, X)):
             table = eg.term_ranks(contributions, X, records)
             assert table.loc[term, "rank"] <= settings["top"], table.head(6)
             none = table.loc[table.index.isin(no_effect)]
-            assert len(none) == len(no_effect) and none["rank"].min() > settings["top"], none
+            assert len(none) >= 7 and none["rank"].min() > settings["top"], none
             assert none["rank"].median() > table["of"].iloc[0] / 2, table
 
 

@@ -204,6 +204,12 @@ def term_of(names: Sequence[str], feature: str) -> str:
     return g.terms[int(g.term_of[list(names).index(feature)])].term
 
 
+def terms_made_of(names: Sequence[str], features: set[str]) -> set[str]:
+    """The terms of ``names`` whose every feature is one of ``features`` (e.g. the simulator's no-effect ones)."""
+    g = grouping(tuple(names))
+    return {t.term for t in g.terms if all(names[j] in features for j in t.features)}
+
+
 def term_ranks(contributions: pd.DataFrame, X: pd.DataFrame,
                records: Sequence[PatientRecord] | None = None) -> pd.DataFrame:
     """Global importance (mean |value|, log-odds) and rank (1 = largest) of each term that varies in
