@@ -129,7 +129,7 @@ def _grouped_checks(ex, eg, model, X, contributions, records, want) -> dict[str,
             if term else "—"
         none = table.loc[table.index.isin(no_effect)]
         out[f"{what}: no-effect median rank"] = f"{none['rank'].median():.0f}/{int(table['of'].iloc[0])}"
-        out[f"{what}: no-effect in bottom half"] = f"{int((none['rank'] > table['of'] / 2).sum())}/{len(none)}"
+        out[f"{what}: no-effect in bottom half"] = f"{int((none['rank'] > table['of'].iloc[0] / 2).sum())}/{len(none)}"
     return out
 
 

@@ -294,7 +294,9 @@ def test_contribution_chart_draws_signed_bars_from_one_zero_line():
     assert up["width"] == pytest.approx(2 * down["width"])
     assert up["label"] == "Liver function (ALBI): albumin 3.6 g/dL" and up["y"] < down["y"]
     # a long label is wrapped onto lines, never cut: the lines put back together are the whole label
-    assert len(down["lines"]) == 2 and " ".join(line["text"] for line in down["lines"]) == long
+    assert len(down["lines"]) == 2
+    assert " ".join(line["text"] for line in down["lines"]).replace("\u00a0", " ") == long
+    assert down["lines"][-1]["text"].endswith("0.31\u00a0fraction")  # a number kept with its unit
     assert missing["y"] >= down["y"] + 2 * 13 and chart["height"] > missing["y"]
     assert missing["label"] == "Not recorded: 2 inputs, listed below"
 

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import textwrap
 import types
@@ -554,7 +555,9 @@ def contribution_chart(contributions: list[dict[str, Any]]) -> dict[str, Any]:
         value = float(c["contribution"])
         length = max(1.0, abs(value) / largest * half)
         label = chart_label(c)
-        lines = textwrap.wrap(label, CHART_LABEL_CHARS, break_on_hyphens=False) or [label]
+        # a number stays on the line of its unit (a no-break space, drawn as a space)
+        kept = re.sub(r"(\d) (?=\S)", "\\1\u00a0", label)
+        lines = textwrap.wrap(kept, CHART_LABEL_CHARS, break_on_hyphens=False) or [label]
         row = max(CHART_ROW, CHART_LINE * len(lines) + 8)
         middle = y + row / 2
         first = middle - CHART_LINE * (len(lines) - 1) / 2
