@@ -276,6 +276,7 @@ def _value_text(record: PatientRecord, attribute: str) -> str | None:
     if hasattr(value, "value"):
         return str(value.value).replace("_", " ")
     unit = field_unit(attribute)
+    unit = None if unit in display_config()["units_not_shown"] else unit
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return f"{text} {unit}" if unit else text
 
