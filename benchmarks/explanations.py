@@ -14,8 +14,12 @@ every training patient and prints one row per model:
 * faithfulness — rank of the expected strong feature (configs/explanations.yaml), the top three,
   and the ranks of the simulator's no-effect features (median, and how many in the bottom half);
 * stability — mean overlap of each patient's top five between models refitted with seeds 0 and 1.
+The same checks on the terms a clinician reads (response_model.modeling.explanation_groups:
+per-feature values summed into terms, missing inputs in one "not recorded" term): additivity of
+base + Σ terms, the rank of the expected feature's term among the terms (with "not recorded" as a
+term, and with every feature in its own term), the no-effect terms' median rank, top-five overlap.
 Targets: additivity ≤ 1e-6; expected feature in the top three; no-effect median rank in the
-bottom half; overlap ≥ 4 of 5.
+bottom half; overlap ≥ 4 of 5 — for features and for terms.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from response_model.dataset import parse_cohort
     from response_model.features import build_feature_matrix
     from response_model.modeling import explain as ex
+    from response_model.modeling import explanation_groups as eg
     from response_model.modeling.estimators import ResponseClassifier
     from response_model.modeling.train import _model_params
     from response_model.regimens import load_catalogue
@@ -82,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             none = table[table["truth"] == "no effect"]
             want = expected.get((regimen_class, outcome))
             sample = X.sample(n=min(len(X), args.stability_rows), random_state=0)
-            overlap = ex.seed_stability(model, X, y, seeds, k, rows=sample)
+            first = ex.refit_with_seed(model, X, y, seeds[0]).explain(sample)[0]
+            second = ex.refit_with_seed(model, X, y, seeds[1]).explain(sample)[0]
+            overlap = ex.stability_overlap(first, second, k)
+            records = [parsed.records[i] for i in X.index]
+            sample_records = [parsed.records[i] for i in sample.index]
+            grouped = _grouped_checks(ex, eg, model, X, contributions, records, want)
+            grouped[f"terms: top-{k} overlap"] = f"{ex.stability_overlap(eg.grouped_frame(first, sample_records), eg.grouped_frame(second, sample_records), k).mean():.2f}"  # noqa: E501
             rows.append({
                 "class × outcome": f"{regimen_class} / {outcome}", "n": len(X),
                 "additivity max error": f"{additive:.1e}", "shap TreeExplainer (GBM part)": f"{shap_error:.1e}",
@@ -92,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no-effect median rank": f"{none['rank'].median():.0f}/{int(table['of'].iloc[0])}",
                 "no-effect in bottom half": f"{int(none['bottom_half'].sum())}/{len(none)}",
                 f"top-{k} overlap (seeds {seeds[0]},{seeds[1]})": f"{overlap.mean():.2f}",
+                **grouped,
             })
             print("  no-effect ranks: " + ", ".join(f"{f} {int(r)}" for f, r in none["rank"].items()), file=sys.stderr)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
@@ -100,6 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         print(pd.DataFrame(rows).set_index("class × outcome").T.to_string())
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _grouped_checks(ex, eg, model, X, contributions, records, want) -> dict[str, str]:
+    """The explanation checks on the terms a clinician reads (see the module docstring)."""
+    base = model.explain(X.iloc[:1])[1]
+    decision = np.asarray(model.decision_function(X), dtype=float)
+    shown = eg.grouped_frame(contributions, records)
+    out = {"terms: additivity max error": f"{np.max(np.abs(base + shown.sum(axis=1).to_numpy() - decision)):.1e}"}
+    no_effect = eg.terms_made_of(list(contributions.columns), set(ex.no_effect_features()))
+    for what, table in (("terms shown", eg.term_ranks(contributions, X, records)),
+                        ("terms, none pooled", eg.term_ranks(contributions, X))):
+        term = eg.term_of(list(contributions.columns), want) if want else None
+        out[f"{what}: top 3"] = ", ".join(table.index[:3])
+        out[f"{what}: expected term rank"] = f"{term} {int(table.loc[term, 'rank'])}/{int(table['of'].iloc[0])}" \
+            if term else "—"
+        none = table.loc[table.index.isin(no_effect)]
+        out[f"{what}: no-effect median rank"] = f"{none['rank'].median():.0f}/{int(table['of'].iloc[0])}"
+        out[f"{what}: no-effect in bottom half"] = f"{int((none['rank'] > table['of'].iloc[0] / 2).sum())}/{len(none)}"
+    return out
 
 
 if __name__ == "__main__":

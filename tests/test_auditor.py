@@ -176,7 +176,10 @@ def test_record_has_every_shap_value_and_base_value_of_the_model(service, bundle
                     assert value == pytest.approx(expected[feature], abs=1e-6), (regimen, outcome, feature)
                 total = stored["base_value"] + sum(stored["values"].values())
                 assert total == pytest.approx(base + expected.sum(), abs=1e-6)
-                assert stored["scale"] and len(stored["top"]) <= 5
+                assert stored["scale"] and len(stored["top"]) <= 6  # five terms and the not-recorded one
+                for term in stored["top"]:  # each term shown: the sum of its features' stored values
+                    total = sum(stored["values"][f] for f in stored["terms"][term["term"]])
+                    assert term["contribution"] == pytest.approx(total, abs=1e-5)
             probability = record["outputs"]["regimens"][regimen]["objective_response"]["probability"]
             assert probability == pytest.approx(
                 float(reference.scores(bundle, [person], [regimen])["p_objective_response"].iloc[0]), abs=1e-4)

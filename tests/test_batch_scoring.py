@@ -27,6 +27,7 @@ from response_model.modeling.batch import (
     shap_column,
 )
 from response_model.modeling.bundle import OUTCOMES
+from response_model.modeling.explanation_groups import term_column
 from response_model.regimens import candidate_regimens
 
 PSEUDONYM_KEY = "batch-test-pseudonym-key-0123456789"
@@ -118,8 +119,8 @@ def test_batch_scores_equal_the_api(smoke_model, cluster, cohort, tmp_path, monk
                     for feature, value in kept["values"].items():
                         assert _kept(float(row[shap_column(outcome, feature)]), value), (feature, outcome)
                         compared += 1
-                    for top in shown["explanations"][outcome]:
-                        assert round(float(row[shap_column(outcome, top["feature"])]), 5) == top["contribution"]
+                    for top in shown["explanations"][outcome]:  # the terms shown = the batch term columns
+                        assert round(float(row[term_column(outcome, top["term"])]), 5) == top["contribution"]
     assert compared > N * len(candidate_regimens()) * 2 * 10
 
     # the MLflow pyfunc (the deployable unit) gives the same probabilities, unrounded

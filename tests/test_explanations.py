@@ -15,6 +15,7 @@ from response_model.config import load_yaml
 from response_model.dataset import parse_cohort
 from response_model.features import build_feature_matrix
 from response_model.modeling import explain as ex
+from response_model.modeling import explanation_groups as eg
 from response_model.modeling.estimators import ResponseClassifier
 from response_model.modeling.train import _model_params
 from response_model.regimens import load_catalogue
@@ -31,13 +32,13 @@ def cohort():
     X = build_feature_matrix(parsed.records, [o.regimen for o in parsed.outcomes])
     catalogue = load_catalogue()
     classes = frame["regimen"].map(lambda r: catalogue[r].regimen_class)
-    return frame, X, classes
+    return frame, X, classes, parsed.records
 
 
 @pytest.fixture(scope="module")
 def fitted(cohort):
     """{(class, outcome): (model, X, y)} for the two models the issue names."""
-    frame, X_all, classes = cohort
+    frame, X_all, classes, _ = cohort
     config = load_yaml("train/default.yaml")
     out = {}
     for key in [(e["regimen_class"], e["outcome"]) for e in ex.explanation_config()["faithfulness"]["expected_top"]]:
@@ -48,7 +49,13 @@ def fitted(cohort):
     return out
 
 
-def test_additivity_on_random_patients(fitted):
+def _records_of(cohort, X):
+    """The patient records of the rows of ``X`` (its index: positions in the cohort)."""
+    records = cohort[3]
+    return [records[k] for k in X.index]
+
+
+def test_additivity_on_random_patients(fitted, cohort):
     rng = np.random.default_rng(0)
     for model, X, _ in fitted.values():
         rows = X.iloc[rng.choice(len(X), 200, replace=False)]
@@ -57,6 +64,10 @@ def test_additivity_on_random_patients(fitted):
         f = base + contributions.sum(axis=1).to_numpy()
         np.testing.assert_allclose(expit(f), model.predict_proba(rows)[:, 1], atol=1e-9)  # calibrate: false
         assert list(contributions.columns) == model.explained_features_
+        # the terms a clinician reads (missing inputs in one term) and the terms alone: just as additive
+        decision = np.asarray(model.decision_function(rows), dtype=float)
+        for terms in (eg.grouped_frame(contributions, _records_of(cohort, rows)), eg.term_frame(contributions)):
+            assert float(np.max(np.abs(base + terms.sum(axis=1).to_numpy() - decision))) <= 1e-6
 
 
 def test_additivity_error_catches_a_wrong_base(fitted):
@@ -91,6 +102,26 @@ def test_faithful_to_the_simulators_truth(fitted):
         assert none["importance"].max() < 0.5 * table.loc[expected["feature"], "importance"]
 
 
+def test_grouped_terms_are_faithful_too(fitted, cohort):
+    """The same checks on the terms: the strong effect's term is among the top three (with missing
+    inputs in their own term, and without); terms made only of the simulator's no-effect features
+    rank, as a group, in the bottom half, none in the top three."""
+    settings = ex.explanation_config()["faithfulness"]
+    for expected in settings["expected_top"]:
+        key = (expected["regimen_class"], expected["outcome"])
+        model, X, _ = fitted[key]
+        contributions = model.explain(X)[0]
+        term = eg.term_of(list(contributions.columns), expected["feature"])
+        no_effect = eg.terms_made_of(list(contributions.columns), set(ex.no_effect_features()))
+        assert no_effect >= {"bmi", "smoking", "diabetes", "haemoglobin", "sex", "tmb", "chromatin"}
+        for records in (None, _records_of(cohort, X)):
+            table = eg.term_ranks(contributions, X, records)
+            assert table.loc[term, "rank"] <= settings["top"], table.head(6)
+            none = table.loc[table.index.isin(no_effect)]
+            assert len(none) >= 7 and none["rank"].min() > settings["top"], none
+            assert none["rank"].median() > table["of"].iloc[0] / 2, table
+
+
 def test_true_effects_follow_the_simulator_config():
     response = ex.true_effects("checkpoint_inhibitor", "objective_response")
     assert response.loc["wnt_activation", "response"] == -1.5
@@ -100,13 +131,20 @@ def test_true_effects_follow_the_simulator_config():
     assert "sorafenib" in resistance.loc["vegfa_amplification", "note"]
 
 
-def test_top_five_stable_across_seeds(fitted):
+def test_top_five_stable_across_seeds(fitted, cohort):
     settings = ex.explanation_config()["stability"]
+    seeds, k = settings["seeds"], settings["top_k"]
     for model, X, y in fitted.values():
         rows = X.sample(n=300, random_state=0)
-        overlap = ex.seed_stability(model, X, y, settings["seeds"], settings["top_k"], rows=rows)
+        first = ex.refit_with_seed(model, X, y, seeds[0]).explain(rows)[0]
+        second = ex.refit_with_seed(model, X, y, seeds[1]).explain(rows)[0]
+        overlap = ex.stability_overlap(first, second, k)
         assert overlap.between(0, 5).all() and len(overlap) == 300
         assert overlap.mean() >= settings["target_overlap"], overlap.describe()
+        # the terms a clinician reads are as stable (top five terms, missing inputs as one term)
+        records = _records_of(cohort, rows)
+        grouped = ex.stability_overlap(eg.grouped_frame(first, records), eg.grouped_frame(second, records), k)
+        assert grouped.mean() >= settings["target_overlap"], grouped.describe()
 
 
 def test_stability_overlap_counts():

@@ -100,9 +100,10 @@ def test_service_answers_carry_the_reference_numbers(loaded):
                 assert audited["base_value"] == pytest.approx(own_base, rel=0, abs=1e-12)
                 assert list(audited["values"]) == list(own.index)
                 np.testing.assert_allclose(list(audited["values"].values()), own.to_numpy(), rtol=0, atol=1e-12)
-                shown = [c["feature"] for c in item["explanations"][outcome]]
-                largest = own.abs().sort_values(ascending=False, kind="stable")
-                assert set(shown) <= set(largest.index[:len(shown) + 2])  # the top five (ties aside)
+                # the terms shown: the reference's per-feature values summed over each term's features
+                for term in item["explanations"][outcome]:
+                    total = float(own[audited["terms"][term["term"]]].sum())
+                    assert term["contribution"] == pytest.approx(total, abs=1e-5)
         if records[i].alterations is None:  # what-if tests: the reference path on edited feature rows
             test = answer["genomic_tests"][0]
             X = _features(bundle, [records[i]], [test["regimen"]])

@@ -69,6 +69,10 @@ def test_report_content(written):
     additivity = [float(x) for x in
                   re.findall(r"largest error over the explained patients: <strong>([0-9.e+-]+)</strong>", html)]
     assert len(additivity) == 4 and max(additivity) <= 1e-6
+    # the terms a clinician reads, by importance, labelled as the page labels them
+    terms = re.findall(r'<table class="terms">(.*?)</table>', html, flags=re.S)
+    assert len(terms) == 4 and all("<td>Regimen</td>" in t for t in terms)
+    assert not [t for t in terms if re.search(r"<td>(regimen|target|class)_", t)]
     # the TRIPOD+AI checklist: 27 items, each answered somewhere or said to be not applicable
     rows = re.findall(r"<tr><td>(\d+)</td><td>.*?</td><td>.*?</td>\s*<td>(.*?)</td></tr>", html, flags=re.S)
     assert [int(n) for n, _ in rows] == list(range(1, 28))

@@ -169,15 +169,18 @@ def test_prediction_content(registry, service):
         assert 0 <= estimate["interval"]["lower"] <= estimate["probability"] <= estimate["interval"]["upper"] <= 1
         assert estimate["band"] in {"low", "moderate", "high"}
         top = first["explanations"][outcome]
-        assert 1 <= len(top) <= 5
+        assert 1 <= len(top) <= 6  # the five largest terms, and the not-recorded term when inputs are missing
         assert all(c["scale"] == "log-odds before calibration (whole model)" for c in top)
         assert all(c["direction"].split()[0] in {"raises", "lowers"} for c in top)
-        magnitudes = [abs(c["contribution"]) for c in top]
+        magnitudes = [abs(c["contribution"]) for c in top if c["term"] != "not_recorded"]
         assert magnitudes == sorted(magnitudes, reverse=True)
     contributions = [c for r in out["regimens"] for o in r["explanations"].values() for c in o]
-    afp = [c for c in contributions if c["feature"] == "afp_log10"]
+    afp = [c for c in contributions if c["term"] == "afp"]
     if afp:  # derived features are shown as their record field, with its unit
-        assert afp[0]["field"] == "afp" and afp[0]["display"] == "850 ng/mL"
+        assert afp[0]["fields"] == ["afp"] and afp[0]["display"] == "850 ng/mL"
+    regimen_terms = [(r["label"], c) for r in out["regimens"] for o in r["explanations"].values() for c in o
+                     if c["term"] == "regimen"]
+    assert regimen_terms and all(c["text"] == f"Regimen: {label}" for label, c in regimen_terms)
     assert RAW_ID not in response.text
 
 
@@ -456,8 +459,10 @@ def test_audit_record_holds_every_shap_value_and_the_base_value(registry, servic
     stored = entry.explanations[first["regimen"]]["objective_response"]
     assert stored["top"] == first["explanations"]["objective_response"]
     assert len(stored["values"]) > len(stored["top"]) and "base_value" in stored and stored["scale"]
-    for shown in stored["top"]:
-        assert stored["values"][shown["feature"]] == pytest.approx(shown["contribution"], abs=1e-5)
+    for shown in stored["top"]:  # each term shown is the sum of its features' values, kept per feature
+        total = sum(stored["values"][f] for f in stored["terms"][shown["term"]])
+        assert total == pytest.approx(shown["contribution"], abs=1e-5)
+    assert sorted(f for fs in stored["terms"].values() for f in fs) == sorted(stored["values"])
 
 
 def test_an_unknown_request_field_is_named_with_the_request_fields(service):

@@ -286,15 +286,24 @@ def test_clinical_only_ineligible_and_pasted_json(web):
 
 
 def test_contribution_chart_draws_signed_bars_from_one_zero_line():
+    long = "Fraction of genome with copy-number alteration: 0.31 fraction"
     chart = contribution_chart([
-        {"feature": "albumin", "display": "3.6 g/dL", "contribution": 0.4, "direction": "raises"},
-        {"feature": "afp_log10", "display": "850 ng/mL", "contribution": -0.2, "direction": "lowers"},
+        {"term": "albi", "text": "Liver function (ALBI): albumin 3.6 g/dL", "contribution": 0.4, "direction": "raises"},
+        {"term": "fcna", "text": long, "contribution": -0.2, "direction": "lowers"},
+        {"term": "not_recorded", "label": "Not recorded", "text": "Not recorded: Ascites, BMI",
+         "missing": [{"field": "ascites"}, {"field": "bmi"}], "contribution": 0.1, "direction": "raises"},
     ])
-    up, down = chart["bars"]
+    up, down, missing = chart["bars"]
     assert up["positive"] and up["x"] == chart["zero"] and not down["positive"]
     assert down["x"] + down["width"] == pytest.approx(chart["zero"])
     assert up["width"] == pytest.approx(2 * down["width"])
-    assert up["label"] == "albumin = 3.6 g/dL" and up["y"] < down["y"]
+    assert up["label"] == "Liver function (ALBI): albumin 3.6 g/dL" and up["y"] < down["y"]
+    # a long label is wrapped onto lines, never cut: the lines put back together are the whole label
+    assert len(down["lines"]) == 2
+    assert " ".join(line["text"] for line in down["lines"]).replace("\u00a0", " ") == long
+    assert down["lines"][-1]["text"].endswith("0.31\u00a0fraction")  # a number kept with its unit
+    assert missing["y"] >= down["y"] + 2 * 13 and chart["height"] > missing["y"]
+    assert missing["label"] == "Not recorded: 2 inputs, listed below"
 
 
 # -- end to end in headless Chromium ----------------------------------------------------------------
@@ -351,6 +360,27 @@ def test_end_to_end_in_headless_chromium(live_server):
             chart = page.locator(".regimen-chart svg.chart").first
             expect(chart).to_be_visible()
             assert chart.locator("rect").count() >= 1 and chart.bounding_box()["width"] > 100
+            # the explanations read as the record: the regimen named, no model column, labels whole
+            explanations = page.locator("#explanations")
+            text = explanations.inner_text()
+            assert not [name for name in ("regimen_", "target_", "class_", "afp_log10", "aetiology_", "…")
+                        if name in text], text[:500]
+            regimen_labels = page.locator(".regimen-chart h3").all_inner_texts()
+            first_chart = page.locator(".regimen-chart").first
+            label = page.locator("#ranking tbody tr").first.locator("td").nth(1).inner_text()
+            assert label in regimen_labels[0]
+            terms = first_chart.locator("text.term").all_text_contents()
+            assert all("Regimen: " not in t or t == f"Regimen: {label}" for t in terms), terms
+            assert any(t.startswith("Aetiology: HCV") for t in page.locator("text.term").all_text_contents())
+            # every label inside its chart (wrapped, never cut), bilirubin & co. in one not-recorded term
+            inside = page.evaluate("""() => [...document.querySelectorAll('svg.chart text.term')].every(t => {
+                const box = t.getBBox();
+                return box.x >= 0 && box.x + box.width <= t.ownerSVGElement.width.baseVal.value; })""")
+            assert inside
+            missing = first_chart.locator("p.not-recorded").first
+            expect(missing).to_be_visible()
+            assert "Total bilirubin" in missing.inner_text() and "Serum albumin" not in missing.inner_text()
+            assert first_chart.locator("text.term", has_text="Not recorded:").count() >= 1
             prediction_id = page.locator("#prediction-id").inner_text()
             with AuditTrail(url) as trail:
                 assert trail.get(prediction_id).endpoint == PAGE_ENDPOINT

@@ -347,6 +347,7 @@ def _model_section(art: Artifacts, child: Any, regimen_class: str, outcome: str,
     reference = "loris" if folds is not None and "loris" in set(folds["model"]) else "logistic"
     importance = _need(missing, art.table(rid, f"{prefix}/importance.json"), f"{name}: global importance table")
     imp_columns, imp_rows = _importance_rows(importance) if importance is not None else ([], [])
+    terms = art.table(rid, f"{prefix}/term_importance.json")  # absent from runs before the terms existed
     dependence = _dependence_plots(art, rid, prefix, name, importance)
     if not dependence:
         missing.append(f"{name}: dependence plots")
@@ -363,6 +364,7 @@ def _model_section(art: Artifacts, child: Any, regimen_class: str, outcome: str,
                           f"{name}: SHAP beeswarm"),
         "dependence": dependence,
         "importance_columns": imp_columns, "importance": imp_rows,
+        "terms": _records(terms.head(10), ["label", "importance", "rank", "of"]) if terms is not None else [],
         "additivity": child.data.metrics.get("explain.additivity_max_error"),
         "overlap": k_overlap,
     }

@@ -29,7 +29,11 @@ gate withholds are null) and,
 for models trained on simulated data, ``label``. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
-``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. Parquet
+``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. The same
+values summed into the terms a clinician reads follow
+(:func:`response_model.modeling.explanation_groups.batch_columns`): ``term_<outcome>__<term>`` for
+every term (``regimen``, ``albi``, …) then ``term_<outcome>__not_recorded``, so base value + Σ terms
+= base value + Σ features; and ``not_recorded``, the labels of the patient's missing inputs. Parquet
 output is one file written row group by row group; the model name, version, URI and label are
 also in its key-value metadata.
 
@@ -64,6 +68,7 @@ from response_model.dataset import (
     _clean,
     clean_row_to_record,
 )
+from response_model.modeling import explanation_groups
 from response_model.modeling.predictor import Predictor
 from response_model.modeling.regimen_validation import answer_validation
 from response_model.schema import OUTCOMES, PatientRecord, field_errors
@@ -144,8 +149,9 @@ def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain:
     scores["validation"] = [validation[name]["status"] for name in predictions.regimen]
     scores["validation_warning"] = [validation[name]["warning"] for name in predictions.regimen]
     if explain:
+        terms = explanation_groups.batch_columns(predictions, records, predictor.feature_names, OUTCOMES)
         scores = pd.concat([scores, _shap_frame(predictor, len(scores), [
-            (outcome, explained) for (_, outcome), explained in predictions.explanations.items()])], axis=1)
+            (outcome, explained) for (_, outcome), explained in predictions.explanations.items()]), terms], axis=1)
     if unrecorded and len(records):
         mixed = [_unrecorded_rows(predictor, records, regimen_class, explain)
                  for regimen_class in predictor.regimen_classes]
@@ -407,7 +413,7 @@ def _arrow_schema(table: pd.DataFrame, metadata: dict[str, str]) -> pa.Schema:
     types = {"input_row": pa.int64(), "patient_id": pa.string(), "regimen": pa.string(),
              "regimen_class": pa.string(), "eligible": pa.bool_(), "ineligible_reason": pa.string(),
              "rank": pa.int64(), "label": pa.string(), "warnings": pa.string(), "validation": pa.string(),
-             "validation_warning": pa.string()}
+             "validation_warning": pa.string(), explanation_groups.NOT_RECORDED: pa.string()}
     fields = [pa.field(c, types.get(c, pa.float64())) for c in table.columns]
     return pa.schema(fields, metadata={k: v for k, v in metadata.items() if v is not None})
 

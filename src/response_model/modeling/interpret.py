@@ -1,6 +1,7 @@
 """What a prediction means, in one place: ranks, bands, intervals, the out-of-distribution check,
-the what-if genomic tests for patients never sequenced, and the model features described in the
-patient record's terms. Pure functions over :class:`~response_model.modeling.predictor.Predictions`,
+the what-if genomic tests for patients never sequenced, and the patient-record field of each model
+feature (the explanation terms a clinician reads: :mod:`response_model.modeling.explanation_groups`).
+Pure functions over :class:`~response_model.modeling.predictor.Predictions`,
 used by the API, the clinician page and batch scoring alike.
 
 * **Ranks** — within a patient, eligible regimens by the probability of objective response as
@@ -46,7 +47,6 @@ UNCERTAINTY_METHOD = (
     "calibration margin from training, not a patient-specific confidence interval"
 )
 SHAP_SCALE = "log-odds before calibration (whole model)"
-TOP_CONTRIBUTIONS = 5
 TESTS_PER_REGIMEN = 2
 OOD_UNCHECKED = ("this model bundle stores no summary of its training distribution (per-feature 1st–99th "
                  "percentiles), so the patient was not checked against it")
@@ -188,75 +188,6 @@ def feature_field(feature: str) -> str | None:
     if feature.startswith(("class_", "target_", "regimen_")):
         return "regimen"
     return None
-
-
-@lru_cache(maxsize=1024)
-def unit_of(field: str | None) -> str | None:
-    """The unit of a record field, as the schema declares it (None if it has none)."""
-    if field in _COMPUTED:
-        return _COMPUTED[field]
-    info = PatientRecord.model_fields.get(field or "")
-    extra = info.json_schema_extra if info is not None else None
-    return extra.get("unit") if isinstance(extra, dict) else None
-
-
-def _field_value(record: PatientRecord, field: str | None, feature: str, regimen: str) -> Any:
-    if field == "regimen":
-        return regimen
-    if field == "alterations":
-        if record.alterations is None:
-            return "not sequenced"
-        pathway = next((p for p in load_pathways() if p.name == feature), None)
-        if pathway is not None:
-            found = [a.label() for a in pathway.drivers(record.alterations)]
-            return ", ".join(found) if found else "not altered"
-        return ", ".join(a.label() for a in record.alterations) or "none found"
-    if field is None:
-        return None
-    value = getattr(record, field, None)
-    return value.value if hasattr(value, "value") else value
-
-
-def _display(value: Any, unit: str | None) -> str:
-    if value is None:
-        return "missing"
-    if isinstance(value, bool):
-        text = "yes" if value else "no"
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = str(value)
-    return f"{text} {unit}" if unit and not isinstance(value, (bool, str)) else text
-
-
-def top_contributions(record: PatientRecord, regimen: str, outcome: str, names: Sequence[str], values: np.ndarray,
-                      memo: dict[str, tuple[Any, str]] | None = None) -> list[dict[str, Any]]:
-    """The largest non-zero contributions (at most :data:`TOP_CONTRIBUTIONS`), described for the clinician.
-
-    ``values``: one contribution per feature of ``names`` (log-odds); ``memo``: {feature: (value shown,
-    display)} shared across one patient's regimens (the patient's own values do not change with them)."""
-    memo = {} if memo is None else memo
-    what = "response" if outcome == "objective_response" else "primary resistance"
-    top = []
-    for j in np.argsort(-np.abs(values))[:TOP_CONTRIBUTIONS].tolist():
-        value = float(values[j])
-        if value == 0.0:
-            break
-        feature = names[j]
-        field = feature_field(feature)
-        unit = unit_of(field)
-        if field == "regimen":
-            value_shown = _field_value(record, field, feature, regimen)
-            display = _display(value_shown, unit)
-        else:
-            if feature not in memo:
-                value_shown = _field_value(record, field, feature, regimen)
-                memo[feature] = (value_shown, _display(value_shown, unit))
-            value_shown, display = memo[feature]
-        top.append({"feature": feature, "field": field, "value": value_shown, "unit": unit,
-                    "display": display, "contribution": round(value, 5), "scale": SHAP_SCALE,
-                    "direction": f"{'raises' if value > 0 else 'lowers'} the probability of {what}"})
-    return top
 
 
 # -- what-if genomic tests -----------------------------------------------------------------------

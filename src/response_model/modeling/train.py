@@ -184,8 +184,9 @@ def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, 
                       regimen_class: str, outcome: str, simulated: bool, max_rows: int = 2000,
                       top: int = 3) -> None:
     """Log the beeswarm, dependence plots of the top features, the global importance table (beside
-    the simulator's true effects when simulated), the additivity error and the top-5 seed stability."""
-    from response_model.modeling import explain
+    the simulator's true effects when simulated), the same importance of the terms a clinician reads,
+    the additivity error and the top-5 seed stability."""
+    from response_model.modeling import explain, explanation_groups
 
     sample = X.sample(n=min(len(X), max_rows), random_state=0) if len(X) > max_rows else X
     contributions, _ = model.explain(sample)
@@ -195,6 +196,8 @@ def _log_explanations(model: ResponseClassifier, X: pd.DataFrame, y: pd.Series, 
     table = (explain.faithfulness_table(contributions, sample, regimen_class, outcome) if simulated
              else explain.importance_ranks(contributions, sample))
     mlflow.log_table(table.reset_index(names="feature"), f"{prefix}/importance.json")
+    terms = explanation_groups.term_ranks(contributions, sample)  # what the clinician's terms weigh
+    mlflow.log_table(terms.reset_index(names="term"), f"{prefix}/term_importance.json")
     for feature in table.index[:top]:
         tracking.log_figure(plots.shap_dependence_plot(contributions, features, feature, prefix, explain.SCALE),
                             f"{prefix}/dependence_{feature}.png")

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from response_model.modeling import interpret, missingness
+from response_model.modeling import explanation_groups, interpret, missingness
 from response_model.modeling.predictor import Predictions, Predictor
 from response_model.modeling.regimen_validation import answer_validation
 from response_model.schema import OUTCOMES, PatientRecord
@@ -49,8 +49,8 @@ def predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) -> 
 def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions, patient: int,
             record: PatientRecord, what_if: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     rows = predictions.rows_of(patient).tolist()
-    memo: dict[str, tuple[Any, str]] = {}
-    items = [_regimen_item(predictor, predictions, row, record, memo) for row in rows]
+    memo: dict = {}  # what the patient's rows share (explanation_groups.row_terms)
+    items = [_regimen_item(predictor, predictions, row, record, memo, what_if.get(row, ())) for row in rows]
     eligible = sorted((it for it in items if it["rank"] is not None), key=lambda it: it["rank"])
     withheld = [it for it in items if not it["validation"]["served"]]
     ineligible = [it for it in items if not it["eligible"] and it["validation"]["served"]]
@@ -79,9 +79,11 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
 
 
 def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, record: PatientRecord,
-                  memo: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    """One regimen of an answer: probabilities with interval and band, rank, top contributions and (for
-    the audit record only) every feature's SHAP value."""
+                  memo: dict, tests: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One regimen of an answer: probabilities with interval and band, rank, the largest explanation
+    terms a clinician reads (:func:`response_model.modeling.explanation_groups.row_terms`; ``tests``: this
+    row's genomic what-if tests) and (for the audit record only) every feature's SHAP value with the
+    features of each term."""
     regimen, regimen_class = predictions.regimen[row], predictions.regimen_class[row]
     eligible, served = bool(predictions.eligible[row]), predictions.served_row(row)
     item: dict[str, Any] = {
@@ -98,10 +100,11 @@ def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, reco
         explained = predictions.explanations.get((regimen_class, outcome))
         if explained is not None and served:  # a withheld regimen shows no estimate, so nothing to explain
             values = explained.of_row(row)
-            item["explanations"][outcome] = interpret.top_contributions(
-                record, regimen, outcome, explained.names, values, memo)
+            ranked = sorted(tests, key=lambda t: -t["spread"])
+            item["explanations"][outcome], terms = explanation_groups.row_terms(
+                record, regimen, outcome, explained.names, values, ranked, memo=memo)
             item["shap"][outcome] = {"scale": interpret.SHAP_SCALE, "base_value": float(explained.base_value),
-                                     "names": explained.names, "values": values.tolist()}
+                                     "names": explained.names, "values": values.tolist(), "terms": terms}
     return item
 
 

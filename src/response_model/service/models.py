@@ -87,14 +87,22 @@ class OutcomeEstimate(BaseModel):
 
 
 class Contribution(BaseModel):
-    feature: str = Field(description="Model feature")
-    field: str | None = Field(description="Patient-record field the feature comes from (or 'regimen')")
-    value: Any = Field(description="The patient's value of that field")
-    unit: str | None = Field(default=None, description="Unit of the value")
-    display: str = Field(description="Value with its unit, as text")
-    contribution: float = Field(description="SHAP contribution")
+    """One explanation term a clinician reads: an exact sum of per-feature SHAP values
+    (:mod:`response_model.modeling.explanation_groups`); the per-feature values are in the audit record."""
+
+    term: str = Field(description="Term: regimen, a record field, a group of fields (e.g. albi) or not_recorded")
+    label: str = Field(description="What the term is, in words")
+    display: str = Field(description="The patient's values behind the term, with units (for not_recorded: "
+                                     "the missing inputs, largest weight first)")
+    text: str = Field(description="label: display, never shortened")
+    fields: list[str] = Field(description="Patient-record fields the term comes from (or 'regimen')")
+    contribution: float = Field(description="Sum of the SHAP contributions of the term's features")
     scale: str = Field(description="Scale of the contribution")
     direction: str = Field(description="Direction in words")
+    missing: list[dict[str, str]] | None = Field(
+        default=None, description="not_recorded only: each missing field and its label, largest weight first")
+    tests: list[dict[str, Any]] | None = Field(
+        default=None, description="not_recorded only: genomic tests that would move this estimate most")
 
 
 class RegimenValidation(BaseModel):
@@ -124,7 +132,8 @@ class RegimenPrediction(BaseModel):
     objective_response: OutcomeEstimate
     primary_resistance: OutcomeEstimate
     explanations: dict[str, list[Contribution]] = Field(
-        description="Top five SHAP contributions per outcome (objective_response, primary_resistance)"
+        description="Per outcome (objective_response, primary_resistance): the five largest explanation terms, "
+                    "and the not-recorded term whenever inputs are missing"
     )
     validation: RegimenValidation = Field(description="This regimen's validation status (per-regimen gate)")
 

@@ -27,7 +27,9 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
+import textwrap
 import types
 import urllib.parse
 from dataclasses import dataclass
@@ -523,33 +525,51 @@ def _page(request: Request, state: ServiceState, key: KeyInfo, status: int, *, e
     )
 
 
-CHART_WIDTH = 540
-CHART_LABEL_WIDTH = 250
+CHART_WIDTH = 560
+CHART_LABEL_WIDTH = 260
 CHART_ROW = 24
+CHART_LINE = 13  # one line of a wrapped label (11px text)
+CHART_LABEL_CHARS = 38  # a label is wrapped onto lines of at most this many characters, never cut
 CHART_TOP = 8
 
 
+def chart_label(c: dict[str, Any]) -> str:
+    """The text beside one bar: the term's label and the patient's values; for the not-recorded term
+    the number of inputs (each is listed in full under the chart)."""
+    if c.get("term") == "not_recorded":
+        n = len(c.get("missing") or [])
+        return f"{c['label']}: {n} input{'s' if n != 1 else ''}, listed below"
+    return c["text"]
+
+
 def contribution_chart(contributions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Geometry of one explanation chart (SVG user units): a signed horizontal bar per contribution,
-    from a zero line, longest = the largest absolute contribution; each row labelled with the
-    feature and the patient's value with its unit."""
+    """Geometry of one explanation chart (SVG user units): a signed horizontal bar per explanation
+    term, from a zero line, longest = the largest absolute contribution; each row labelled with the
+    term and the patient's values with units, wrapped onto as many lines as it needs."""
     largest = max((abs(c["contribution"]) for c in contributions), default=0.0) or 1.0
     margin = 48  # room for the number beside a bar
     half = (CHART_WIDTH - CHART_LABEL_WIDTH - 2 * margin) / 2
     zero = CHART_LABEL_WIDTH + margin + half
-    bars = []
-    for i, c in enumerate(contributions):
+    bars, y = [], CHART_TOP
+    for c in contributions:
         value = float(c["contribution"])
         length = max(1.0, abs(value) / largest * half)
-        y = CHART_TOP + i * CHART_ROW
-        label = f"{c['feature']} = {c['display']}"
+        label = chart_label(c)
+        # a number stays on the line of its unit (a no-break space, drawn as a space)
+        kept = re.sub(r"(\d) (?=\S)", "\\1\u00a0", label)
+        lines = textwrap.wrap(kept, CHART_LABEL_CHARS, break_on_hyphens=False) or [label]
+        row = max(CHART_ROW, CHART_LINE * len(lines) + 8)
+        middle = y + row / 2
+        first = middle - CHART_LINE * (len(lines) - 1) / 2
         bars.append({
             "x": zero if value > 0 else zero - length, "y": y, "width": length, "height": CHART_ROW - 8,
-            "positive": value > 0, "value": value, "text_y": y + CHART_ROW / 2,
-            "value_x": zero + length + 4 if value > 0 else zero - length - 4,
-            "label": label if len(label) <= 40 else label[:39] + "…", "full": f"{label}: {c['direction']}",
+            "bar_y": middle - (CHART_ROW - 8) / 2, "positive": value > 0, "value": value, "text_y": middle,
+            "value_x": zero + length + 4 if value > 0 else zero - length - 4, "label": label,
+            "lines": [{"text": t, "y": first + k * CHART_LINE} for k, t in enumerate(lines)],
+            "full": f"{label}: {c['direction']}",
         })
-    return {"width": CHART_WIDTH, "height": CHART_TOP * 2 + CHART_ROW * max(1, len(bars)), "zero": zero,
+        y += row
+    return {"width": CHART_WIDTH, "height": max(y, CHART_TOP + CHART_ROW) + CHART_TOP, "zero": zero,
             "label_x": CHART_LABEL_WIDTH - 6, "bars": bars}
 
 
@@ -558,8 +578,9 @@ def _result_view(answer: dict[str, Any]) -> dict[str, Any]:
     labels = {r["regimen"]: r["label"] for r in answer["regimens"]}
     charts = []
     for it in answer["regimens"]:
-        per_outcome = [(o, contribution_chart(it["explanations"][o])) for o in OUTCOMES
-                       if it["explanations"].get(o)]
+        per_outcome = [(o, contribution_chart(it["explanations"][o]),
+                        next((c for c in it["explanations"][o] if c.get("term") == "not_recorded"), None))
+                       for o in OUTCOMES if it["explanations"].get(o)]
         if per_outcome:
             charts.append({"regimen": it["regimen"], "label": it["label"], "rank": it["rank"],
                            "eligible": it["eligible"], "outcomes": per_outcome})
