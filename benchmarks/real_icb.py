@@ -79,7 +79,7 @@ def candidate_models(cfg: dict, outcome: str) -> dict:
     params["monotone_constraints"] = constraints_for_outcome(params.get("monotone_constraints"), outcome)
     baselines = cfg["baselines"]
     return {
-        PUBLISHED: PublishedLoris(**(baselines.get("loris_published") or {})),
+        PUBLISHED: PublishedLoris(**{**(baselines.get("loris_published") or {}), "outcome": outcome}),
         "LORIS recipe refitted": LorisRecipe(**baselines["loris"]),
         "RF16 recipe": RF16Recipe(**baselines["rf16"], random_state=0, n_jobs=1),
         "TMB alone": MarkerScore("tmb"),

@@ -48,6 +48,8 @@ def test_published_formula_on_hand_computed_patients():
     assert np.allclose(model.decision_function(X), expected, atol=1e-4)
     assert np.allclose(model.predict_proba(X)[:, 1], expit(expected), atol=1e-4)
     assert "Nature Cancer 2024" in model.formula_.citation_
+    resistance = PublishedLoris(outcome="primary_resistance").fit(X)
+    assert np.allclose(resistance.predict_proba(X)[:, 1], 1.0 - expit(expected), atol=1e-4)
 
 
 def test_published_formula_fills_a_missing_input_with_the_training_median():

@@ -74,23 +74,28 @@ class PublishedLoris(ClassifierMixin, BaseEstimator):
 
     ``score``: the entry of that file (default the pan-cancer six-feature LORIS). Fitting learns no
     coefficient: it only records the training rows' medians, used where an input is missing (this
-    cohort has none missing). A cancer type the formula does not list adds 0.
+    cohort has none missing). A cancer type the formula does not list adds 0. LORIS scores response:
+    with ``outcome="primary_resistance"`` the score is turned round (log-odds −S, probability 1 − LORIS).
     """
 
-    def __init__(self, score: str = "loris_pan_cancer"):
+    def __init__(self, score: str = "loris_pan_cancer", outcome: str = "objective_response"):
         self.score = score
+        self.outcome = outcome
 
     def fit(self, X, y=None):
         X = as_frame(X)
+        if self.outcome not in ("objective_response", "primary_resistance"):
+            raise ValueError(f"unknown outcome {self.outcome!r}; expected objective_response or primary_resistance")
         self.formula_ = LinearScore(self.score, recalibrate=False).fit(X)
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.classes_ = np.array([0, 1])
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Return the published log-odds S per row."""
+        """Return the published log-odds S per row (−S for primary resistance)."""
         check_is_fitted(self, "formula_")
-        return self.formula_.log_odds(as_frame(X, self.feature_names_in_))
+        sign = -1.0 if self.outcome == "primary_resistance" else 1.0
+        return sign * self.formula_.log_odds(as_frame(X, self.feature_names_in_))
 
     def predict_proba(self, X):
         p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))

@@ -138,7 +138,7 @@ def candidate_models(config: dict[str, Any], regimen_class: str, outcome: str, X
     if "loris" in baselines and LorisRecipe.applicable(X):
         models["loris"] = LorisRecipe(**(baselines["loris"] or {}))
     if "loris_published" in baselines and LorisRecipe.applicable(X):
-        models["loris_published"] = PublishedLoris(**(baselines["loris_published"] or {}))
+        models["loris_published"] = PublishedLoris(**{**(baselines["loris_published"] or {}), "outcome": outcome})
     for rule in baselines.get("rules", []):
         if rule["feature"] in X and X[rule["feature"]].notna().any():
             models[f"{rule['feature']} ≥ {rule['threshold']:g}"] = SingleMarkerRule(rule["feature"], rule["threshold"])
