@@ -98,3 +98,11 @@ def test_serving_benchmark_pinning_plan():
         assert len(servers) == 1 and len(generator) == 1 and not servers & generator and "CPU" in text
     else:
         assert servers is None and generator is None and text.startswith("none")
+
+
+@pytest.mark.slow
+def test_missing_inputs_benchmark_runs(capsys):
+    module = _load("missing_inputs")
+    assert module.main(["--quick", "--ceiling-n", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "mean_off" in out and "mean_on" in out and "slope_on" in out and "required fields only (on)" in out

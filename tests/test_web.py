@@ -268,6 +268,11 @@ def test_clinical_only_ineligible_and_pasted_json(web):
     assert response.status_code == 200, errors_in(response.text)
     page = response.text
     assert 'id="clinical-only"' in page and 'id="genomic-tests"' in page
+    # a sparse record: the information block says it rests on population averages, the OOD check flags its pattern
+    information = re.search(r'<div id="information"[^>]*>(.*?)</div>', page, re.S)
+    assert information and "rests mostly on population averages" in information.group(1)
+    assert 'data-field="bilirubin"' in information.group(1) or 'class="missing-input"' in information.group(1)
+    assert 'id="ood-missingness"' in page
     if "ramucirumab" in regimens:
         assert re.search(r'<li data-regimen="ramucirumab">.*AFP', page, re.S)
         assert 'tr data-regimen="ramucirumab"' not in page
@@ -341,6 +346,8 @@ def test_end_to_end_in_headless_chromium(live_server):
             assert rows.first.locator("td").first.inner_text() == "1"
             assert page.locator("#ranking tr[data-regimen=sorafenib]").count() == 0
             expect(page.locator("#model-label")).to_have_text("research use — trained on simulated data")
+            expect(page.locator("#information")).to_contain_text("population averages")  # a sparse record
+            expect(page.locator("#ood-missingness")).to_be_visible()
             chart = page.locator(".regimen-chart svg.chart").first
             expect(chart).to_be_visible()
             assert chart.locator("rect").count() >= 1 and chart.bounding_box()["width"] > 100

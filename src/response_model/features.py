@@ -7,7 +7,9 @@ input is NaN (the learners handle it), never imputed here.
 
 from __future__ import annotations
 
+import enum
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -237,3 +239,94 @@ def build_feature_matrix(
     index = {name: k for k, name in enumerate(names)}
     regimen_index = np.fromiter((index[name] for name in per_row), dtype=np.intp, count=len(per_row))
     return FeatureBlocks.of_pairs(unique, which, names, regimen_index).frame()
+
+
+# ---------------------------------------------------------------------------------------------
+# Which columns a record field decides (for masking fields at the column level)
+# ---------------------------------------------------------------------------------------------
+
+REQUIRED_FIELDS: tuple[str, ...] = tuple(
+    name for name, info in PatientRecord.model_fields.items() if info.is_required())
+
+
+def _optional(name: str) -> bool:
+    """True when the record field ``name`` may be None (``cancer_type`` has a default, not None)."""
+    return type(None) in typing.get_args(PatientRecord.model_fields[name].annotation)
+
+
+def hide_fields(record: PatientRecord, fields: Sequence[str]) -> PatientRecord:
+    """``record`` with ``fields`` set to None (not re-validated: values derived at validation, such as
+    NLR from the counts or a Child-Pugh class from its five items, stay as recorded; the computed scores
+    — ALBI, Child-Pugh points — follow from what is left)."""
+    return record.model_copy(update=dict.fromkeys(fields))
+
+
+def _probe_value(name: str, variant: int):
+    """A valid value of field ``name`` (variant 0 or 1 differ wherever the type allows)."""
+    from response_model.schema import Alteration, field_ranges
+
+    info = PatientRecord.model_fields[name]
+    base = next(a for a in typing.get_args(info.annotation) if a is not type(None))
+    if name == "line_of_therapy":
+        return 1 + variant
+    if name == "prior_systemic_therapy":
+        return bool(variant)  # consistent with the line above
+    if base is bool:
+        return not variant
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        members = list(base)
+        return members[0] if variant == 0 else members[-2 if len(members) > 2 else -1]
+    if base in (int, float):
+        spec = field_ranges().get(name)
+        low, high = (spec.min, spec.max) if spec else (0, 4)
+        value = low + (high - low) * (0.3 if variant == 0 else 0.6)
+        return int(round(value)) if base is int else value
+    if typing.get_origin(base) is list:  # alterations: sequenced, something found / nothing found
+        return [Alteration.parse("CTNNB1 p.S45P")] if variant == 0 else []
+    return f"probe{variant}"
+
+
+def _probe_records() -> list[PatientRecord]:
+    """Two complete records (every optional field given, counts left out so NLR is the given one)."""
+    skip = {"neutrophils", "lymphocytes", "child_pugh_class"}  # the class follows from its five items
+    records = []
+    for variant in (0, 1):
+        values = {name: _probe_value(name, variant) for name in PatientRecord.model_fields
+                  if _optional(name) and name not in skip and name != "patient_id"}
+        records.append(PatientRecord(age=60.0 + variant, sex=list(Sex)[variant], **values))
+    return records
+
+
+@lru_cache(maxsize=1)
+def field_columns() -> dict[str, dict[str, float]]:
+    """{optional record field: {patient feature column: the column's value when the field is None}}.
+
+    Found by probing :func:`build_feature_matrix` itself (complete records, each field hidden in
+    turn), so it cannot drift from the feature logic: hiding a set of fields in a record gives the
+    feature row that setting these columns to these values gives
+    (:func:`response_model.modeling.missingness.mask_fields`; tested on simulated records and random
+    subsets). Fields that decide no column (the counts, the panel name) are left out; hiding
+    ``alterations`` sets ``genotyped`` to 0 and its other columns to NaN."""
+    probes = _probe_records()
+    full = build_feature_matrix(probes).to_numpy()
+    found: dict[str, dict[str, float]] = {}
+    names = patient_feature_names()
+    for name in PatientRecord.model_fields:
+        if not _optional(name):
+            continue
+        hidden = build_feature_matrix([hide_fields(r, [name]) for r in probes]).to_numpy()
+        changed = ~((full == hidden) | (np.isnan(full) & np.isnan(hidden)))
+        columns: dict[str, float] = {}
+        for j in np.flatnonzero(changed.any(axis=0)).tolist():
+            values = hidden[:, j]
+            if not (np.all(np.isnan(values)) or np.all(values == values[0])):
+                raise RuntimeError(f"hiding {name} gives {names[j]} a value that depends on the record")
+            columns[names[j]] = float(values[0])
+        if columns:
+            found[name] = columns
+    return found
+
+
+def hideable_fields() -> tuple[str, ...]:
+    """The optional record fields that decide at least one feature column, in schema order."""
+    return tuple(field_columns())

@@ -124,9 +124,10 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.signs = signs
         self.max_iter = max_iter
 
-    def fit(self, X, y, offset=None):
+    def fit(self, X, y, sample_weight=None, offset=None):
         X = np.asarray(X, dtype=float)
         y = np.asarray(y, dtype=float)
+        s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         offset = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
         self.classes_ = np.array([0, 1])
         d = X.shape[1]
@@ -137,8 +138,8 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         def objective(theta):
             w, b = theta[:-1], theta[-1]
             z = X @ w + b + offset
-            loss = np.sum(np.logaddexp(0.0, z) - y * z)
-            r = expit(z) - y
+            loss = np.sum(s * (np.logaddexp(0.0, z) - y * z))
+            r = s * (expit(z) - y)
             grad = np.concatenate([self.C * (X.T @ r) + w, [self.C * r.sum()]])
             return self.C * loss + 0.5 * w @ w, grad
 
@@ -197,7 +198,7 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             X[name] = X[name].clip(lower=low, upper=high)
         return X
 
-    def fit(self, X, y, offset=None):
+    def fit(self, X, y, sample_weight=None, offset=None):
         X = as_frame(X)
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
@@ -223,7 +224,10 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             ("scale", StandardScaler()),
             ("lr", learner),
         ])
-        extra = {} if offset is None else {"lr__offset": np.asarray(offset, dtype=float)}
+        extra = {} if sample_weight is None else {"scale__sample_weight": sample_weight,
+                                                  "lr__sample_weight": sample_weight}
+        if offset is not None:
+            extra["lr__offset"] = np.asarray(offset, dtype=float)
         self.pipeline_.fit(self._clipped(X).to_numpy(), np.asarray(y, dtype=int), **extra)
         self.classes_ = np.array([0, 1])
         return self
@@ -313,6 +317,15 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
     * ``calibrate``: if true, a sigmoid (Platt) recalibration of the averaged log-odds is fitted
       on out-of-fold predictions of an internal ``calibration_cv``-fold CV on the training data
       only; the components are then refitted on all training rows.
+    * missingness augmentation (:mod:`response_model.modeling.missingness`; off with
+      ``missing_copies`` = 0): ``missing_copies`` copies of the training rows with optional record
+      fields hidden are added inside :meth:`fit` (so inside every CV training fold, never a test fold),
+      each row's hiding drawn from ``missing_mix`` ({independent, blocks, required_only} shares; None =
+      configs/missingness.yaml) — independent hiding with probability ``missing_rate``, the
+      ``missing_blocks`` ({name: [fields]}; None = the configured blocks), or every optional field;
+      the copies together weigh ``missing_weight`` times the original rows (sample weights), so
+      complete patients keep their weight. Seeded by ``random_state``. The offset (if any) is fitted
+      on the original rows only.
     * ``random_state``, ``n_jobs`` (LightGBM threads; keep 1 on shared machines).
 
     Fitted attributes: ``feature_names_in_``, ``offset_`` (:class:`LinearScore` or None),
@@ -330,7 +343,10 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                  colsample_bytree: float = 0.7, reg_lambda: float = 5.0, reg_alpha: float = 0.0,
                  interaction_constraints: Sequence[Sequence[str]] | None = None,
                  offset: str | None = None, offset_recalibrate: bool = True,
-                 calibrate: bool = False, calibration_cv: int = 3, random_state: int = 0, n_jobs: int = 1):
+                 calibrate: bool = False, calibration_cv: int = 3,
+                 missing_copies: int = 0, missing_rate: float = 0.5, missing_mix: Mapping[str, float] | None = None,
+                 missing_blocks: Mapping[str, Sequence[str]] | None = None, missing_weight: float = 1.0,
+                 random_state: int = 0, n_jobs: int = 1):
         self.linear_weight = linear_weight
         self.linear_features = linear_features
         self.clip = clip
@@ -353,12 +369,28 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.offset_recalibrate = offset_recalibrate
         self.calibrate = calibrate
         self.calibration_cv = calibration_cv
+        self.missing_copies = missing_copies
+        self.missing_rate = missing_rate
+        self.missing_mix = missing_mix
+        self.missing_blocks = missing_blocks
+        self.missing_weight = missing_weight
         self.random_state = random_state
         self.n_jobs = n_jobs
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def _fit_components(self, X: pd.DataFrame, y: np.ndarray) -> None:
+    def _fit_offset(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        """Fit the published-score offset (``offset_``, None without ``offset``) on the training rows."""
+        self.offset_ = None
+        if self.offset is None:
+            return
+        self.offset_ = LinearScore(self.offset, recalibrate=self.offset_recalibrate).fit(X, y)
+        never = [c for c, f in zip(self.offset_.columns_, self.offset_.fill_) if np.isnan(f)]
+        if never:
+            raise ValueError(f"offset {self.offset!r}: input column(s) {', '.join(never)} never observed "
+                             "in the training rows")
+
+    def _fit_components(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         from lightgbm import LGBMClassifier
 
         from response_model.modeling.distributed import fit_lightgbm
@@ -369,20 +401,12 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.linear_ = None
         self.gbm_ = None
         self.gbm_features_ = []
-        self.offset_ = None
-        offset = None
-        if self.offset is not None:
-            self.offset_ = LinearScore(self.offset, recalibrate=self.offset_recalibrate).fit(X, y)
-            never = [c for c, f in zip(self.offset_.columns_, self.offset_.fill_) if np.isnan(f)]
-            if never:
-                raise ValueError(f"offset {self.offset!r}: input column(s) {', '.join(never)} never observed "
-                                 "in the training rows")
-            offset = self.offset_.log_odds(X)
+        offset = None if self.offset_ is None else self.offset_.log_odds(X)
         if w > 0.0:
             self.linear_ = StandardisedLogistic(
                 features=self.linear_features, clip=self.clip, C=self.C,
                 monotone_constraints=self.monotone_constraints if self.constrain_linear else None,
-            ).fit(X, y, offset=offset)
+            ).fit(X, y, sample_weight=sample_weight, offset=offset)
         if w < 1.0:
             self.gbm_features_ = select_features(X.columns, self.gbm_features, "gbm_features")
             constraints = resolve_constraints(self.gbm_features_, self.monotone_constraints)
@@ -396,7 +420,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 random_state=self.random_state, n_jobs=self.n_jobs, verbose=-1,
             )
             # in this process, or data-parallel on a Dask cluster for large cohorts (modeling.distributed)
-            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y, init_score=offset)
+            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y, sample_weight=sample_weight,
+                                     init_score=offset)
 
     def _interaction_groups(self) -> dict[str, list[list[int]]]:
         """LightGBM's ``interaction_constraints`` (positions in ``gbm_features_``), or nothing."""
@@ -429,8 +454,23 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 lp[test] = clone(inner).fit(X.iloc[train], y[train]).decision_function(X.iloc[test])
             a, b = _newton_logistic(np.column_stack([np.ones_like(lp), lp]), y.astype(float), np.zeros_like(lp))
             self.calibrator_ = (float(a), float(b))
-        self._fit_components(X, y)
+        self._fit_offset(X, y)
+        self._fit_components(*self._augmented(X, y))
         return self
+
+    def _augmented(self, X: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+        """(rows, labels, sample weights) the components are fitted on: the training rows, plus their
+        copies with fields hidden when missingness augmentation is on (weights None when it is off)."""
+        copies = int(self.missing_copies)
+        if copies < 0 or not 0.0 <= float(self.missing_rate) <= 1.0 or float(self.missing_weight) < 0:
+            raise ValueError(f"missing_copies {copies}, missing_rate {self.missing_rate}, missing_weight "
+                             f"{self.missing_weight}: expected copies ≥ 0, a rate in [0, 1] and a weight ≥ 0")
+        if copies == 0:
+            return X, y, None
+        from response_model.modeling.missingness import augment
+
+        return augment(X, y, copies, float(self.missing_weight), int(self.random_state) + 7919,
+                       float(self.missing_rate), self.missing_mix, self.missing_blocks)
 
     # -- prediction ------------------------------------------------------------------------
 

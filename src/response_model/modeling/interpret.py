@@ -120,8 +120,19 @@ def interval(p: float | None, half_width: float | None) -> dict[str, float] | No
 # -- out of distribution -------------------------------------------------------------------------
 
 
-def out_of_distribution(metadata: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
-    """The out-of-distribution check of one patient's features ({feature: value}; None = nothing scored)."""
+def out_of_distribution(metadata: Mapping[str, Any], features: Mapping[str, float] | None,
+                        missingness: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The out-of-distribution check of one patient's features ({feature: value}; None = nothing scored);
+    ``missingness``: the check of the patient's missingness pattern
+    (:func:`response_model.modeling.missingness.assess`), reported under ``missingness`` and flagging too."""
+    check = _value_check(metadata, features)
+    if missingness is not None:
+        check["missingness"] = dict(missingness)
+        check["flagged"] = bool(check["flagged"] or missingness.get("flagged", False))
+    return check
+
+
+def _value_check(metadata: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
     ranges = metadata.get("feature_ranges")
     if features is None or not isinstance(ranges, dict) or not ranges:
         return {"checked": False, "flagged": False, "features": [], "note": OOD_UNCHECKED}

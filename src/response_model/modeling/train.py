@@ -34,6 +34,7 @@ from response_model.modeling.cv import CVResult, cross_validate, search_estimato
 from response_model.modeling.distributed import parallel_jobs
 from response_model.modeling.estimators import ResponseClassifier, constraints_for_outcome
 from response_model.modeling.metrics import subgroup_columns
+from response_model.modeling.missingness import training_summary
 from response_model.regimens import load_catalogue
 from response_model.schema import OUTCOMES
 from response_model.settings import load_training_config
@@ -257,7 +258,8 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
             fitted, feature_names=feature_names(), data_digest=digest, metrics=parent_metrics,
             simulated=data.simulated,
             metadata={"data_source": data.source, "config": str(config_path),
-                      "feature_ranges": training_ranges(data.features.loc[classes.notna()])},
+                      "feature_ranges": training_ranges(data.features.loc[classes.notna()]),
+                      "missingness": training_summary(fitted, data.features, data.parsed.records, classes)},
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)

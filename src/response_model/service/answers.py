@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from response_model.modeling import interpret
+from response_model.modeling import interpret, missingness
 from response_model.modeling.predictor import Predictions, Predictor
 from response_model.schema import OUTCOMES, PatientRecord
 from response_model.service.audit import compact_explanations
@@ -53,6 +53,8 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
     eligible = sorted((it for it in items if it["eligible"]), key=lambda it: it["rank"])
     ineligible = [it for it in items if not it["eligible"]]
     genotyped = record.alterations is not None
+    information, missing_pattern = missingness.assess(
+        predictor.metadata, record, sorted({it["regimen_class"] for it in items}))
     return {
         "prediction_id": str(uuid.uuid4()),
         "model_name": loaded.name, "model_version": loaded.version,
@@ -60,7 +62,8 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
         "genomics": "genotyped" if genotyped else "clinical-only estimate",
         "genomic_tests": [] if genotyped else interpret.best_tests([what_if.get(row, []) for row in rows]),
         "out_of_distribution": interpret.out_of_distribution(
-            predictor.metadata, predictions.feature_row(rows[0]) if rows else None),
+            predictor.metadata, predictions.feature_row(rows[0]) if rows else None, missing_pattern),
+        "information": information,
         "regimens": eligible + ineligible,
         "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
         "uncertainty_method": interpret.UNCERTAINTY_METHOD,
@@ -103,6 +106,9 @@ def audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
     feature names once); the trail's readers see ``values`` as {feature: SHAP value}."""
     outputs = {"genomics": response["genomics"], "genomic_tests": response["genomic_tests"],
                "out_of_distribution_flagged": response["out_of_distribution"].get("flagged", False),
+               "information": {k: response["information"].get(k) for k in (
+                   "checked", "missing_fields", "missing_influence_share", "rests_on_population_averages")},
+               "out_of_distribution_missingness": response["out_of_distribution"].get("missingness"),
                "regimens": {}}
     explanations = {}
     for it in response["regimens"]:

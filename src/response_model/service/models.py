@@ -121,10 +121,59 @@ class GenomicTest(BaseModel):
     spread: float = Field(description="|p_if_altered − p_if_not_altered|: how far the result could move the estimate")
 
 
+class MissingnessCheck(BaseModel):
+    checked: bool = Field(description="False when the model bundle has no summary of its training missingness")
+    flagged: bool = Field(default=False, description="The pattern of missing inputs is rare in training")
+    training_share_missing_as_much: float | None = Field(
+        default=None, description="Smallest share, over the models scored, of training patients of the class who "
+                                  "miss at least as much of the model's influence (0–1)")
+    rarely_missing_in_training: list[dict[str, Any]] = Field(
+        default_factory=list, description="Fields missing here but missing in fewer than `threshold` of training")
+    threshold: float | None = Field(default=None, description="Rarity threshold (share of training patients)")
+    note: str | None = None
+
+
 class OutOfDistribution(BaseModel):
     checked: bool = Field(description="False when the model bundle has no training-distribution summary")
-    flagged: bool = False
+    flagged: bool = Field(default=False, description="A value or the missingness pattern lies outside training")
     features: list[dict[str, Any]] = Field(default_factory=list)
+    note: str | None = None
+    missingness: MissingnessCheck | None = Field(default=None, description="The check of the missingness pattern")
+
+
+class MissingInput(BaseModel):
+    field: str = Field(description="Patient-record field not recorded")
+    label: str = Field(description="What the field is")
+    influence_share: float = Field(description="Its share of the model's influence (mean |SHAP| in training; 0–1; "
+                                               "the largest over the models scored)")
+
+
+class ModelInformation(BaseModel):
+    regimen_class: str
+    outcome: str
+    missing_influence_share: float = Field(description="Share of this model's influence carried by missing inputs")
+    training_share_missing_as_much: float = Field(
+        description="Share of the class's training patients missing at least as much influence")
+
+
+class Information(BaseModel):
+    """How much of what the models use is known for this patient."""
+
+    checked: bool = Field(description="False when the bundle stores no summary of its training missingness")
+    missing_fields: list[str] = Field(default_factory=list, description="Optional inputs not recorded")
+    n_missing: int | None = None
+    n_optional: int | None = Field(default=None, description="Optional inputs the models use")
+    missing_influential: list[MissingInput] = Field(
+        default_factory=list, description="The most influential inputs among those not recorded, largest first")
+    missing_influence_share: float | None = Field(
+        default=None, description="Share of influence carried by the missing inputs (largest over the models)")
+    by_model: list[ModelInformation] = Field(default_factory=list)
+    pattern_share: dict[str, Any] | None = Field(
+        default=None, description="Share of each class's training patients with exactly this pattern of missing "
+                                  "inputs (null when fewer than the configured minimum share it)")
+    rests_on_population_averages: bool = Field(
+        default=False, description="True when the missing inputs carry at least the configured share of influence")
+    message: str | None = None
     note: str | None = None
 
 
@@ -139,6 +188,7 @@ class PredictionResponse(BaseModel):
         description="When not sequenced: the tests whose results would move the estimate most, per eligible regimen",
     )
     out_of_distribution: OutOfDistribution
+    information: Information = Field(description="Which influential inputs are missing and how typical that is")
     regimens: list[RegimenPrediction] = Field(
         description="Eligible regimens ranked by probability of response, then ineligible ones")
     ineligible: list[dict[str, str]] = Field(description="Ineligible regimens with the reason")
