@@ -56,6 +56,11 @@ def _cancer_type_column(name: str) -> str:
     return "cancer_type_" + "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
 
 
+def cancer_type_column(name: str) -> str:
+    """Return the one-hot feature column of cancer type ``name`` (``Head & Neck`` → ``cancer_type_head___neck``)."""
+    return _cancer_type_column(name)
+
+
 @lru_cache(maxsize=1)
 def patient_feature_names() -> tuple[str, ...]:
     """Return the names of the patient (regimen-independent) features, in matrix order."""

@@ -344,7 +344,8 @@ def _model_section(art: Artifacts, child: Any, regimen_class: str, outcome: str,
     if subgroups is not None:
         sub_rows, worse = _subgroup_rows(flag_subgroups(subgroups, overall_auc, rule, overall_slope), name)
         flagged.extend(worse)
-    reference = "loris" if folds is not None and "loris" in set(folds["model"]) else "logistic"
+    present = set(folds["model"]) if folds is not None else set()
+    reference = next((m for m in ("loris_published", "loris") if m in present), "logistic")
     importance = _need(missing, art.table(rid, f"{prefix}/importance.json"), f"{name}: global importance table")
     imp_columns, imp_rows = _importance_rows(importance) if importance is not None else ([], [])
     terms = art.table(rid, f"{prefix}/term_importance.json")  # absent from runs before the terms existed

@@ -248,12 +248,16 @@ class Rule(Strict):
 
 
 #: baseline key → its class in response_model.modeling.baselines (the keys are its constructor's parameters)
-BASELINE_CLASSES = {"logistic": "LogisticBaseline", "loris": "LorisRecipe", "rf16": "RF16Recipe"}
+BASELINE_CLASSES = {"logistic": "LogisticBaseline", "loris": "LorisRecipe", "loris_published": "PublishedLoris",
+                    "rf16": "RF16Recipe"}
 
 
 class Baselines(Strict):
     logistic: dict[str, Any] | None = None
     loris: dict[str, Any] | None = None
+    loris_published: dict[str, Any] | None = Field(
+        None, description="the published LORIS formula, not refitted: {score: loris_pan_cancer} "
+                          "(configs/published_scores.yaml)")
     rf16: dict[str, Any] | None = Field(None, description="accepted; not fitted by `train` today (RF16Recipe exists)")
     rules: list[Rule] = Field(default_factory=list)
     oracle: bool = False

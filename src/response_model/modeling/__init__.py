@@ -3,7 +3,7 @@
 * :mod:`~response_model.modeling.metrics` — AUC, AUPRC, Brier, calibration slope/intercept, ECE,
   c-index, fold intervals, subgroup tables.
 * :mod:`~response_model.modeling.estimators` — :class:`ResponseClassifier` (the project's learner).
-* :mod:`~response_model.modeling.baselines` — logistic, LORIS, RF16, single-marker, oracle.
+* :mod:`~response_model.modeling.baselines` — logistic, LORIS (refitted and published), RF16, single-marker, oracle.
 * :mod:`~response_model.modeling.cv` — repeated stratified CV on shared folds, nested search.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 # ``modeling.predictor``) must not pay for the training code and its libraries.
 _EXPORTS = {
     "LogisticBaseline": "baselines", "LorisRecipe": "baselines", "Oracle": "baselines",
-    "RF16Recipe": "baselines", "SingleMarkerRule": "baselines",
+    "PublishedLoris": "baselines", "RF16Recipe": "baselines", "SingleMarkerRule": "baselines",
     "CVResult": "cv", "cross_validate": "cv", "paired_difference": "cv",
     "ResponseClassifier": "estimators", "StandardisedLogistic": "estimators",
     "auc_ci_delong": "metrics", "binary_metrics": "metrics", "c_index": "metrics", "interval": "metrics",
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CVResult", "LogisticBaseline", "LorisRecipe", "Oracle", "RF16Recipe", "ResponseClassifier",
+    "CVResult", "LogisticBaseline", "LorisRecipe", "Oracle", "PublishedLoris", "RF16Recipe", "ResponseClassifier",
     "SingleMarkerRule", "StandardisedLogistic", "auc_ci_delong", "binary_metrics", "c_index",
     "cross_validate", "interval", "paired_difference", "subgroup_columns", "subgroup_metrics",
 ]

@@ -4,6 +4,8 @@
 * :class:`LorisRecipe` — the LORIS recipe (Chang et al., Nat Cancer 2024): standardised logistic
   regression on TMB (≤ 50), prior systemic therapy, albumin, NLR (≤ 25), age (≤ 85) and cancer
   type one-hots, refitted in each fold. Needs those columns (:meth:`LorisRecipe.applicable`).
+* :class:`PublishedLoris` — the published LORIS formula (Chang et al., Nat Cancer 2024) exactly as
+  published, coefficients in configs/published_scores.yaml; nothing is refitted.
 * :class:`RF16Recipe` — random forest on the 16 RF16 features of Chowell et al. (Nat Biotechnol 2022).
 * :class:`SingleMarkerRule` — score 1 if ``feature ≥ threshold`` else 0; NaN where the marker is
   missing (metrics then cover the scored patients only and report their ``n``).
@@ -23,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from response_model.modeling.estimators import StandardisedLogistic, align_columns, as_frame, select_features
+from response_model.modeling.published import LinearScore
 
 LORIS_FEATURES = ("tmb", "prior_systemic_therapy", "albumin", "nlr", "age", "cancer_type_*")
 LORIS_CLIP = {"tmb": 50.0, "nlr": 25.0, "age": 85.0}
@@ -64,6 +67,39 @@ class LorisRecipe(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self, "model_")
         return self.model_.predict_proba(X)
+
+
+class PublishedLoris(ClassifierMixin, BaseEstimator):
+    """The published LORIS score, ``expit(S)`` with S the formula of configs/published_scores.yaml.
+
+    ``score``: the entry of that file (default the pan-cancer six-feature LORIS). Fitting learns no
+    coefficient: it only records the training rows' medians, used where an input is missing (this
+    cohort has none missing). A cancer type the formula does not list adds 0. LORIS scores response:
+    with ``outcome="primary_resistance"`` the score is turned round (log-odds −S, probability 1 − LORIS).
+    """
+
+    def __init__(self, score: str = "loris_pan_cancer", outcome: str = "objective_response"):
+        self.score = score
+        self.outcome = outcome
+
+    def fit(self, X, y=None):
+        X = as_frame(X)
+        if self.outcome not in ("objective_response", "primary_resistance"):
+            raise ValueError(f"unknown outcome {self.outcome!r}; expected objective_response or primary_resistance")
+        self.formula_ = LinearScore(self.score, recalibrate=False).fit(X)
+        self.feature_names_in_ = np.array(X.columns, dtype=object)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Return the published log-odds S per row (−S for primary resistance)."""
+        check_is_fitted(self, "formula_")
+        sign = -1.0 if self.outcome == "primary_resistance" else 1.0
+        return sign * self.formula_.log_odds(as_frame(X, self.feature_names_in_))
+
+    def predict_proba(self, X):
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1.0 - p, p])
 
 
 class RF16Recipe(ClassifierMixin, BaseEstimator):

@@ -19,6 +19,8 @@ its rows (each patient's features once, never the whole matrix):
   regimen, so each group is evaluated once per patient and distinct value of its regimen features,
   and its output is shared by the patient's rows. The groups' raw scores (and TreeSHAP values, being
   per tree) add up to the booster's, up to the order of the floating-point additions;
+* the fixed offset (a published linear score, ``ResponseClassifier(offset=...)``) — its clipping,
+  median filling and scaled coefficients, per row;
 * the weighting, the optional recalibration and the whole-model additive explanation as in
   ``ResponseClassifier.predict_proba`` and ``ResponseClassifier.explain``.
 
@@ -262,8 +264,31 @@ class CompiledModel:
                 "groups": group_trees(model.gbm_.booster_, row_features),
                 "positions": np.array([column_position[c] for c in gbm_columns], dtype=np.intp),
             }
+        self.offset = None
+        if getattr(model, "offset_", None) is not None:
+            arrays = model.offset_.as_arrays()
+            self.offset = {**arrays, "index": np.array([position[c] for c in arrays["columns"]], dtype=np.intp),
+                           "positions": np.array([column_position[c] for c in arrays["columns"]], dtype=np.intp)}
         if self.linear is None and self.gbm is None:
             raise ValueError("a model with neither part")
+
+    # -- the offset ---------------------------------------------------------------------------------
+
+    def _offset_inputs(self, layout: _Rows) -> np.ndarray:
+        """The offset's inputs of every row: clipped, then missing ones filled (as ``LinearScore`` does)."""
+        off = self.offset
+        values = layout.take(np.arange(layout.n), off["index"])
+        values = np.where(values > off["upper"], off["upper"], values)
+        return np.where(np.isnan(values), off["fill"], values)
+
+    def _offset_log_odds(self, layout: _Rows) -> np.ndarray:
+        off = self.offset
+        return off["shift"] + off["scale"] * (off["intercept"] + self._offset_inputs(layout) @ off["coef"])
+
+    def _offset_terms(self, layout: _Rows) -> np.ndarray:
+        """The offset's additive terms ``scale · (input − centre) · coef`` of every row."""
+        off = self.offset
+        return off["scale"] * (self._offset_inputs(layout) - off["centre"]) * off["coef"]
 
     # -- the logistic part ------------------------------------------------------------------------
 
@@ -368,6 +393,8 @@ class CompiledModel:
         """The whole model's log-odds before calibration, per row (``groups``: see :meth:`probabilities`)."""
         f = np.zeros(len(X))
         layout = self._rows(X, groups)
+        if self.offset is not None:
+            f += self._offset_log_odds(layout)
         if self.linear is not None:
             f += self.w * self._decision(layout)
         if self.gbm is not None:
@@ -402,6 +429,9 @@ class CompiledModel:
         total = np.zeros((len(X), len(self.columns)))
         base = 0.0
         layout = self._rows(X, groups)
+        if self.offset is not None:
+            total[:, self.offset["positions"]] += self._offset_terms(layout)
+            base += self.offset["base"]
         if self.linear is not None:
             total[:, self.linear["positions"]] += self.w * self._terms(layout)
             base += self.w * self.linear["intercept"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,7 @@ def cross_validate(
     survival: pd.DataFrame | None = None,
     progress: bool = True,
     n_jobs: int = 1,
+    hide_in_test: Sequence[str] = (),
 ) -> CVResult:
     """Cross-validate every model in ``models`` ({name: factory or unfitted estimator}) on the same folds.
 
@@ -173,6 +174,8 @@ def cross_validate(
     probability (as a risk: higher = earlier event) per fold — for primary resistance against PFS.
     ``search``: nested hyper-parameter search (see the module docstring); None switches it off.
     ``n_jobs``: folds run in that many parallel processes (each model fit stays single-threaded).
+    ``hide_in_test``: feature columns set missing in every outer test fold only (training, and any
+    nested search, see them as recorded): how a model fares on a cohort that lacks those columns.
     """
     if not models:
         raise ValueError("no models to cross-validate")
@@ -194,7 +197,7 @@ def cross_validate(
     bar = _progress_bar(len(splits)) if progress else None
     # Folds are independent: with n_jobs > 1 they run in parallel processes; results come back in order.
     results = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_run_fold)(k, train, test, X, y, surv, models, names, tuned, search, seed)
+        delayed(_run_fold)(k, train, test, X, y, surv, models, names, tuned, search, seed, tuple(hide_in_test))
         for k, (train, test) in enumerate(splits))
     for k, ((_train, test), fold_result) in enumerate(zip(splits, results)):
         repeat, fold = divmod(k, n_splits)
@@ -229,12 +232,15 @@ def _progress_bar(total: int) -> Any:
 def _run_fold(k: int, train: np.ndarray, test: np.ndarray, X: pd.DataFrame, y: pd.Series,
               surv: pd.DataFrame | None, models: Mapping[str, Callable[[], BaseEstimator] | BaseEstimator],
               names: list[str], tuned: set[str], search: Mapping[str, Any] | None,
-              seed: int) -> list[tuple[str, np.ndarray, dict, float]]:
+              seed: int, hidden: tuple[str, ...] = ()) -> list[tuple[str, np.ndarray, dict, float]]:
     """Return (name, test-fold probabilities, metrics row, seconds) of every model fitted on fold ``k``."""
     # one BLAS thread per fit: these problems are small, and BLAS threads competing with the
     # parallel folds (or with anything else on the machine) made a logistic fit 4x slower
     with threadpool_limits(limits=1, user_api="blas"):
         X_train, y_train, X_test, y_test = X.iloc[train], y.iloc[train], X.iloc[test], y.iloc[test]
+        if hidden:
+            X_test = X_test.copy()
+            X_test[[c for c in hidden if c in X_test.columns]] = np.nan
         out = []
         for name in names:
             started = time.perf_counter()

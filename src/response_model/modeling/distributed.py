@@ -94,17 +94,20 @@ def parallel_jobs(local: int) -> int:
     return -1 if active() is not None else local
 
 
-def fit_lightgbm(model: Any, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Any:
+def fit_lightgbm(model: Any, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None,
+                 init_score: np.ndarray | None = None) -> Any:
     """Fit the unfitted ``lightgbm.LGBMClassifier`` ``model`` on (X, y) and return the fitted classifier.
 
     Inside :func:`dask_training`, with at least the configured number of rows, the fit is
     data-parallel on the cluster (``lightgbm.dask.DaskLGBMClassifier`` with the same parameters, one
     partition per worker) and the result is its ``to_local()`` ``LGBMClassifier``; otherwise it is
-    ``model.fit(X, y, sample_weight=sample_weight)`` in this process.
+    ``model.fit(X, y, sample_weight=sample_weight)`` in this process. ``init_score`` (a fixed per-row
+    log-odds offset) is passed to LightGBM; such fits stay in this process.
     """
     context = active()
-    if context is None or context.lightgbm_min_rows is None or len(X) < context.lightgbm_min_rows:
-        return model.fit(X, y, sample_weight=sample_weight)
+    if (context is None or context.lightgbm_min_rows is None or len(X) < context.lightgbm_min_rows
+            or init_score is not None):
+        return model.fit(X, y, sample_weight=sample_weight, init_score=init_score)
     import dask.dataframe as dd
     from lightgbm import DaskLGBMClassifier
 

@@ -36,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from response_model.modeling.metrics import _newton_logistic
+from response_model.modeling.published import LinearScore
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,9 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
 
     Same objective as scikit-learn's ``LogisticRegression(C)`` (C·Σ log-loss + ½‖w‖², intercept
     unpenalised), minimised by L-BFGS-B with bounds: ``signs[j]`` = +1 keeps coefficient j ≥ 0,
-    −1 keeps it ≤ 0, 0 leaves it free. Columns beyond ``len(signs)`` are free.
+    −1 keeps it ≤ 0, 0 leaves it free. Columns beyond ``len(signs)`` are free. ``fit(X, y, offset)``
+    adds a fixed per-row log-odds ``offset`` to the linear predictor while fitting (not part of
+    :meth:`decision_function`).
     """
 
     def __init__(self, C: float = 1.0, signs: Sequence[int] = (), max_iter: int = 1000):
@@ -121,10 +124,11 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         self.signs = signs
         self.max_iter = max_iter
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, offset=None):
         X = np.asarray(X, dtype=float)
         y = np.asarray(y, dtype=float)
         s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        offset = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
         self.classes_ = np.array([0, 1])
         d = X.shape[1]
         signs = list(self.signs) + [0] * (d - len(self.signs))
@@ -133,7 +137,7 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
 
         def objective(theta):
             w, b = theta[:-1], theta[-1]
-            z = X @ w + b
+            z = X @ w + b + offset
             loss = np.sum(s * (np.logaddexp(0.0, z) - y * z))
             r = s * (expit(z) - y)
             grad = np.concatenate([self.C * (X.T @ r) + w, [self.C * r.sum()]])
@@ -171,6 +175,8 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
     ``clip``: {feature: upper} or {feature: [lower, upper]} (stateless winsorising, e.g. TMB ≤ 50).
     ``monotone_constraints``: {feature: ±1}; when ``constrain`` is true the coefficient signs are
     bounded accordingly (so the fitted probability is monotone in those features).
+    ``fit(X, y, offset)``: a fixed per-row log-odds added while fitting (the coefficients then model
+    what the offset leaves unexplained); :meth:`decision_function` never includes it.
     """
 
     def __init__(self, features: Sequence[str] | None = None, clip: Mapping[str, float | Sequence[float]] | None = None,
@@ -192,7 +198,7 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             X[name] = X[name].clip(lower=low, upper=high)
         return X
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, offset=None):
         X = as_frame(X)
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
@@ -208,8 +214,9 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
         if self.monotone_constraints:
             known = {k: v for k, v in self.monotone_constraints.items() if k in X.columns}
             signs = [int(known.get(c, 0)) for c in self.columns_]
-        if self.constrain and any(signs):
-            learner = SignConstrainedLogisticRegression(C=self.C, signs=signs, max_iter=self.max_iter)
+        if (self.constrain and any(signs)) or offset is not None:  # scikit-learn's takes no offset
+            learner = SignConstrainedLogisticRegression(C=self.C, signs=signs if self.constrain else [],
+                                                        max_iter=self.max_iter)
         else:
             learner = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.pipeline_ = Pipeline([
@@ -217,9 +224,11 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             ("scale", StandardScaler()),
             ("lr", learner),
         ])
-        weights = {} if sample_weight is None else {"scale__sample_weight": sample_weight,
-                                                    "lr__sample_weight": sample_weight}
-        self.pipeline_.fit(self._clipped(X).to_numpy(), np.asarray(y, dtype=int), **weights)
+        extra = {} if sample_weight is None else {"scale__sample_weight": sample_weight,
+                                                  "lr__sample_weight": sample_weight}
+        if offset is not None:
+            extra["lr__offset"] = np.asarray(offset, dtype=float)
+        self.pipeline_.fit(self._clipped(X).to_numpy(), np.asarray(y, dtype=int), **extra)
         self.classes_ = np.array([0, 1])
         return self
 
@@ -295,6 +304,16 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
     * LightGBM: ``n_estimators``, ``learning_rate``, ``num_leaves``, ``max_depth``,
       ``min_child_samples``, ``subsample``, ``subsample_freq``, ``colsample_bytree``,
       ``reg_lambda``, ``reg_alpha``.
+    * ``interaction_constraints``: groups of LightGBM features (names or globs) that may interact
+      within a tree; every other feature of ``gbm_features`` forms a group of its own (may split,
+      interacts with nothing). None = no constraint.
+    * ``offset``: the name of a published linear score (configs/published_scores.yaml, e.g.
+      ``loris_pan_cancer``) used as a fixed offset: both parts are fitted to what it leaves
+      unexplained (``init_score`` for LightGBM), so their regularisation shrinks the model towards
+      the published score rather than towards a constant. ``offset_recalibrate``: first fit
+      ``shift + scale · score`` to the training labels (logistic recalibration of the published
+      score); False uses it exactly as published. The offset's terms are linear, so explanations
+      stay exact.
     * ``calibrate``: if true, a sigmoid (Platt) recalibration of the averaged log-odds is fitted
       on out-of-fold predictions of an internal ``calibration_cv``-fold CV on the training data
       only; the components are then refitted on all training rows.
@@ -305,10 +324,12 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
       configs/missingness.yaml) — independent hiding with probability ``missing_rate``, the
       ``missing_blocks`` ({name: [fields]}; None = the configured blocks), or every optional field;
       the copies together weigh ``missing_weight`` times the original rows (sample weights), so
-      complete patients keep their weight. Seeded by ``random_state``.
+      complete patients keep their weight. Seeded by ``random_state``. The offset (if any) is fitted
+      on the original rows only.
     * ``random_state``, ``n_jobs`` (LightGBM threads; keep 1 on shared machines).
 
-    Fitted attributes: ``feature_names_in_``, ``linear_`` (:class:`StandardisedLogistic` or None),
+    Fitted attributes: ``feature_names_in_``, ``offset_`` (:class:`LinearScore` or None),
+    ``linear_`` (:class:`StandardisedLogistic` or None),
     ``gbm_`` (``lightgbm.LGBMClassifier`` or None), ``gbm_features_``, ``calibrator_`` ((a, b) of
     ``expit(a + b·f)`` with f = :meth:`decision_function`, or None).
     """
@@ -320,6 +341,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                  n_estimators: int = 200, learning_rate: float = 0.03, num_leaves: int = 4, max_depth: int = -1,
                  min_child_samples: int = 50, subsample: float = 0.8, subsample_freq: int = 1,
                  colsample_bytree: float = 0.7, reg_lambda: float = 5.0, reg_alpha: float = 0.0,
+                 interaction_constraints: Sequence[Sequence[str]] | None = None,
+                 offset: str | None = None, offset_recalibrate: bool = True,
                  calibrate: bool = False, calibration_cv: int = 3,
                  missing_copies: int = 0, missing_rate: float = 0.5, missing_mix: Mapping[str, float] | None = None,
                  missing_blocks: Mapping[str, Sequence[str]] | None = None, missing_weight: float = 1.0,
@@ -341,6 +364,9 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
         self.reg_alpha = reg_alpha
+        self.interaction_constraints = interaction_constraints
+        self.offset = offset
+        self.offset_recalibrate = offset_recalibrate
         self.calibrate = calibrate
         self.calibration_cv = calibration_cv
         self.missing_copies = missing_copies
@@ -353,6 +379,17 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
 
     # -- fitting ---------------------------------------------------------------------------
 
+    def _fit_offset(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        """Fit the published-score offset (``offset_``, None without ``offset``) on the training rows."""
+        self.offset_ = None
+        if self.offset is None:
+            return
+        self.offset_ = LinearScore(self.offset, recalibrate=self.offset_recalibrate).fit(X, y)
+        never = [c for c, f in zip(self.offset_.columns_, self.offset_.fill_) if np.isnan(f)]
+        if never:
+            raise ValueError(f"offset {self.offset!r}: input column(s) {', '.join(never)} never observed "
+                             "in the training rows")
+
     def _fit_components(self, X: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         from lightgbm import LGBMClassifier
 
@@ -364,11 +401,12 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.linear_ = None
         self.gbm_ = None
         self.gbm_features_ = []
+        offset = None if self.offset_ is None else self.offset_.log_odds(X)
         if w > 0.0:
             self.linear_ = StandardisedLogistic(
                 features=self.linear_features, clip=self.clip, C=self.C,
                 monotone_constraints=self.monotone_constraints if self.constrain_linear else None,
-            ).fit(X, y, sample_weight=sample_weight)
+            ).fit(X, y, sample_weight=sample_weight, offset=offset)
         if w < 1.0:
             self.gbm_features_ = select_features(X.columns, self.gbm_features, "gbm_features")
             constraints = resolve_constraints(self.gbm_features_, self.monotone_constraints)
@@ -378,10 +416,23 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 subsample=self.subsample, subsample_freq=self.subsample_freq,
                 colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda, reg_alpha=self.reg_alpha,
                 monotone_constraints=constraints if any(constraints) else None,
+                **self._interaction_groups(),
                 random_state=self.random_state, n_jobs=self.n_jobs, verbose=-1,
             )
             # in this process, or data-parallel on a Dask cluster for large cohorts (modeling.distributed)
-            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y, sample_weight=sample_weight)
+            self.gbm_ = fit_lightgbm(self.gbm_, X[self.gbm_features_], y, sample_weight=sample_weight,
+                                     init_score=offset)
+
+    def _interaction_groups(self) -> dict[str, list[list[int]]]:
+        """LightGBM's ``interaction_constraints`` (positions in ``gbm_features_``), or nothing."""
+        if self.interaction_constraints is None:
+            return {}
+        position = {name: k for k, name in enumerate(self.gbm_features_)}
+        groups = [[position[c] for c in select_features(self.gbm_features_, group, "interaction_constraints")]
+                  for group in self.interaction_constraints]
+        grouped = {k for group in groups for k in group}
+        groups += [[k] for k in range(len(self.gbm_features_)) if k not in grouped]
+        return {"interaction_constraints": [g for g in groups if g]}
 
     def fit(self, X, y):
         X = as_frame(X)
@@ -403,6 +454,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
                 lp[test] = clone(inner).fit(X.iloc[train], y[train]).decision_function(X.iloc[test])
             a, b = _newton_logistic(np.column_stack([np.ones_like(lp), lp]), y.astype(float), np.zeros_like(lp))
             self.calibrator_ = (float(a), float(b))
+        self._fit_offset(X, y)
         self._fit_components(*self._augmented(X, y))
         return self
 
@@ -424,7 +476,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
 
     def _log_odds(self, X: pd.DataFrame) -> np.ndarray:
         w = float(self.linear_weight)
-        f = np.zeros(len(X))
+        offset = getattr(self, "offset_", None)  # None in models pickled before the option existed
+        f = np.zeros(len(X)) if offset is None else offset.log_odds(X)
         if self.linear_ is not None:
             f += w * self.linear_.decision_function(X)
         if self.gbm_ is not None:
@@ -435,7 +488,8 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         return expit(self._log_odds(X))
 
     def decision_function(self, X) -> np.ndarray:
-        """Return the whole model's log-odds before calibration: w·(logistic) + (1 − w)·(LightGBM raw score)."""
+        """Return the whole model's log-odds before calibration: offset + w·(logistic) + (1 − w)·(LightGBM raw
+        score), the offset being 0 without ``offset``."""
         check_is_fitted(self, "classes_")
         return self._log_odds(align_columns(as_frame(X, self.feature_names_in_), self.feature_names_in_))
 
@@ -467,6 +521,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         """The input columns either part uses, in input order (the columns of :meth:`explain`)."""
         check_is_fitted(self, "classes_")
         used = set(self.gbm_features_) | set(self.linear_.columns_ if self.linear_ is not None else [])
+        used |= set(self.offset_.columns_ if getattr(self, "offset_", None) is not None else [])
         return [c for c in self.feature_names_in_ if c in used]
 
     def explain(self, X) -> tuple[pd.DataFrame, float]:
@@ -481,9 +536,11 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
           value, its missing indicator's term added to the feature (interventional convention
           relative to the training mean: a feature at its training mean contributes 0);
         * LightGBM part: exact TreeSHAP from LightGBM itself (``Booster.predict(pred_contrib=True)``),
-          not shap's TreeExplainer, which has reported additivity failures on LightGBM models.
+          not shap's TreeExplainer, which has reported additivity failures on LightGBM models;
+        * offset (if any): ``scale · c_f · (input_f − training mean_f)``, unweighted.
 
-        ``base_value`` = ``w · intercept + (1 − w) · LightGBM expected raw score``. With a
+        ``base_value`` = ``w · intercept + (1 − w) · LightGBM expected raw score`` (+ the offset's
+        log-odds at the training means). With a
         recalibrated model (``calibrate=True``) the output log-odds is ``a + b · (base + Σ)``.
         """
         check_is_fitted(self, "classes_")
@@ -494,6 +551,10 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         # summed in an array, not column by column in a DataFrame (≈ 100 columns: 10× quicker)
         total = np.zeros((len(frame), len(columns)))
         base = 0.0
+        if getattr(self, "offset_", None) is not None:
+            offset, offset_base = self.offset_.contributions(frame)
+            total[:, [position[c] for c in offset.columns]] += offset.to_numpy()
+            base += offset_base
         if self.linear_ is not None:
             linear, intercept = self.linear_.contributions(frame)
             total[:, [position[c] for c in linear.columns]] += w * linear.to_numpy()

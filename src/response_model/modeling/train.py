@@ -29,7 +29,7 @@ from response_model.dataset import ParsedCohort, parse_cohort
 from response_model.describe import table_one
 from response_model.errors import ConfigError, InputError
 from response_model.features import build_feature_matrix, feature_names
-from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, SingleMarkerRule
+from response_model.modeling.baselines import LogisticBaseline, LorisRecipe, Oracle, PublishedLoris, SingleMarkerRule
 from response_model.modeling.bundle import ResponseModelBundle, example_input, log_bundle
 from response_model.modeling.cv import CVResult, cross_validate, search_estimator
 from response_model.modeling.distributed import parallel_jobs
@@ -141,6 +141,8 @@ def candidate_models(config: dict[str, Any], regimen_class: str, outcome: str, X
         models["logistic"] = LogisticBaseline(**(baselines["logistic"] or {}))
     if "loris" in baselines and LorisRecipe.applicable(X):
         models["loris"] = LorisRecipe(**(baselines["loris"] or {}))
+    if "loris_published" in baselines and LorisRecipe.applicable(X):
+        models["loris_published"] = PublishedLoris(**{**(baselines["loris_published"] or {}), "outcome": outcome})
     for rule in baselines.get("rules", []):
         if rule["feature"] in X and X[rule["feature"]].notna().any():
             models[f"{rule['feature']} ≥ {rule['threshold']:g}"] = SingleMarkerRule(rule["feature"], rule["threshold"])
@@ -376,7 +378,8 @@ def _train_one(config: dict[str, Any], data: Any, rows: pd.Index, regimen_class:
             n_repeats=cv_cfg["n_repeats"], seed=cv_cfg["seed"], search=search, survival=survival,
             progress=progress, n_jobs=parallel_jobs(int(cv_cfg.get("n_jobs", 1))),
         )
-        reference = "loris" if "loris" in result.models else "logistic"
+        # the published formula is the opponent to beat where it is configured (issue 13)
+        reference = next((m for m in ("loris_published", "loris") if m in result.models), "logistic")
         probabilistic = [m for m, est in models.items() if getattr(est, "outputs_probability", True)]
         _log_cv(result, prefix, reference, probabilistic)
         log.info("%s:\n%s", prefix, result.table(reference=reference).to_string())
