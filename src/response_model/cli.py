@@ -349,6 +349,8 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Scores to write: .parquet or .csv (one row per patient × regimen).")
 @click.option("--explain", is_flag=True, help="Add every feature's SHAP value per outcome (shap_<outcome>__<feature>).")
+@click.option("--intervals", is_flag=True, help="Add each row's per-patient interval (p_<outcome>_lower/_upper, "
+              "interval_level); several times slower.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:8786); default: a local cluster.")
 @click.option("--source", default=None, help="Source configuration for a non-canonical table (read whole into memory).")
 @click.option("--partition-rows", type=click.IntRange(min=1), default=5000, show_default=True,
@@ -357,7 +359,7 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
               help="Worker processes of the local cluster (default: CPU count, at most 4).")
 @click.option("--allow-rejected", is_flag=True,
               help="Exit 0 even when some rows were rejected (they are still reported).")
-def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, scheduler: str | None,
+def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, intervals: bool, scheduler: str | None,
           source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool) -> None:
     """Score a cohort file with Dask: probabilities, eligibility and rank per regimen, optionally SHAP values.
 
@@ -369,7 +371,8 @@ def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, sc
 
     tracking.configure_tracking()
     require_model(model_uri)
-    result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
+    result = score_file(model_uri, input_path, output_path, explain=explain, intervals=intervals,
+                        scheduler=scheduler, source=source,
                         partition_rows=partition_rows, n_workers=workers)
     click.echo(f"scored {result.n_scored} of {result.n_read} patients: {result.n_rows} rows in {output_path} "
                f"({result.seconds:.1f} s, {result.scores_per_second:.0f} patient-regimen scores/s)")

@@ -25,8 +25,11 @@ LIMITATIONS = [
     "Explanations are on the log-odds scale before any recalibration (exact for the whole model; "
     "relative to the training cohort: a patient at the training mean for the logistic part, the average "
     "tree output for LightGBM), not on the probability scale.",
-    "Uncertainty intervals are a population-level calibration margin (cross-validated ECE), not "
-    "patient-specific confidence intervals.",
+    "Uncertainty intervals are per patient, at the level they state: a bootstrap ensemble's spread (scaled "
+    "out-of-fold against the simulator's true probabilities when trained on simulated data, unscaled otherwise) "
+    "and the spread over the missing fields drawn independently from the training population's per-field "
+    "distribution, which ignores how fields go together. Bundles without an ensemble fall back to a "
+    "population-level calibration margin (cross-validated ECE), and say so.",
     "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
     "Clinical-only estimates (no genomic profile) average over unknown genomic status.",
     "Not validated for prospective clinical use.",
@@ -42,14 +45,16 @@ def predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) -> 
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else None for r in requests]
     predictions = predictor.predict(records, wanted, explain=True)
     what_if = interpret.genomic_tests(predictor, records, predictions)
-    return [_answer(loaded, predictor, predictions, i, record, what_if) for i, record in enumerate(records)]
+    bounds = predictor.intervals(records, predictions)
+    return [_answer(loaded, predictor, predictions, i, record, what_if, bounds) for i, record in enumerate(records)]
 
 
 def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions, patient: int,
-            record: PatientRecord, what_if: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+            record: PatientRecord, what_if: dict[int, list[dict[str, Any]]],
+            bounds: dict[str, tuple[Any, Any]] | None) -> dict[str, Any]:
     rows = predictions.rows_of(patient).tolist()
     memo: dict[str, tuple[Any, str]] = {}
-    items = [_regimen_item(predictor, predictions, row, record, memo) for row in rows]
+    items = [_regimen_item(predictor, predictions, row, record, memo, bounds) for row in rows]
     eligible = sorted((it for it in items if it["eligible"]), key=lambda it: it["rank"])
     ineligible = [it for it in items if not it["eligible"]]
     genotyped = record.alterations is not None
@@ -63,14 +68,15 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
             predictor.metadata, predictions.feature_row(rows[0]) if rows else None),
         "regimens": eligible + ineligible,
         "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""} for it in ineligible],
-        "uncertainty_method": interpret.UNCERTAINTY_METHOD,
+        "uncertainty_method": interpret.UNCERTAINTY_METHOD if bounds is None else predictor.uncertainty.method(),
+        "interval_level": None if bounds is None else predictor.uncertainty.level,
         "bands": interpret.BANDS_TEXT,
         "warnings": record.warnings(),
     }
 
 
 def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, record: PatientRecord,
-                  memo: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+                  memo: dict[str, tuple[Any, str]], bounds: dict[str, tuple[Any, Any]] | None) -> dict[str, Any]:
     """One regimen of an answer: probabilities with interval and band, rank, top contributions and (for
     the audit record only) every feature's SHAP value."""
     regimen, regimen_class = predictions.regimen[row], predictions.regimen_class[row]
@@ -82,9 +88,13 @@ def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, reco
     }
     for outcome in OUTCOMES:
         p = interpret.finite(predictions.probability[outcome][row])
-        half_width = interpret.margin(predictor.metadata, regimen_class, outcome)
+        if bounds is None:
+            interval = interpret.interval(p, interpret.margin(predictor.metadata, regimen_class, outcome))
+        else:
+            level = predictor.uncertainty.level
+            interval = interpret.patient_interval(p, bounds[outcome][0][row], bounds[outcome][1][row], level)
         item[outcome] = {"probability": None if p is None else round(p, interpret.SHOWN_DECIMALS),
-                         "interval": interpret.interval(p, half_width), "band": interpret.band(outcome, p)}
+                         "interval": interval, "band": interpret.band(outcome, p)}
         explained = predictions.explanations.get((regimen_class, outcome))
         if explained is not None:
             values = explained.of_row(row)
@@ -103,6 +113,7 @@ def audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
     feature names once); the trail's readers see ``values`` as {feature: SHAP value}."""
     outputs = {"genomics": response["genomics"], "genomic_tests": response["genomic_tests"],
                "out_of_distribution_flagged": response["out_of_distribution"].get("flagged", False),
+               "uncertainty_method": response["uncertainty_method"], "interval_level": response["interval_level"],
                "regimens": {}}
     explanations = {}
     for it in response["regimens"]:
