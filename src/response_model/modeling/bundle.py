@@ -104,7 +104,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         # the per-patient interval's part (modeling.uncertainty.PatientUncertainty); None: no intervals
         self.uncertainty = uncertainty
         if uncertainty is not None:
-            uncertainty.compile(self.feature_names, self.models)
+            uncertainty.compile(self.feature_names)
             self.metadata["uncertainty"] = uncertainty.metadata()
 
     @property

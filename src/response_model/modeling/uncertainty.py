@@ -4,20 +4,25 @@ Two sources of uncertainty are combined on the log-odds scale, per patient × re
 
 * **model uncertainty** — the spread (variance of the log-odds) of a small bootstrap ensemble: the
   final model refitted, with the same parameters, on ``members`` bootstrap resamples of the training
-  rows of its class (:func:`fit_members`, at training time). Its variance is multiplied by ``scale²``,
-  a factor estimated at training time out-of-fold (:func:`estimate_scale`): where the training cohort
-  carries the simulator's true probabilities, the factor that makes the interval around each row's
-  out-of-fold estimate cover the row's true probability at the nominal level; without truth (real
-  cohorts) the factor is 1 and the interval covers estimation variance only (the method says so);
+  rows of its class (:func:`fit_members`, at training time);
 * **the missing fields' spread** — for a record with missing optional fields (or never sequenced),
   ``draws`` records with those fields filled in from the training population's distribution
   (:class:`FieldDistribution`: per-field 1st–99th percentiles, category frequencies and pathway
   frequencies among sequenced patients — aggregates only, never a training patient's row), drawn by
   Latin-hypercube sampling from a fixed seed (the same record always gets the same interval), each
-  field independently, and scored by the main model through the same feature path. The interval is
-  centred on the mean of the draws' log-odds and widened by their variance.
+  field independently, and scored through the same feature path, draw ``j`` by ensemble member
+  ``j mod members`` — so that the draws' spread holds the model's as well. The interval of such a
+  record is centred on the mean of the draws' log-odds and widened by their variance; that of a record
+  with nothing to draw is centred on its estimate and widened by the ensemble's variance.
 
-The interval is ``expit(centre ± z·sqrt(scale²·model variance + draw variance))`` with ``z`` the normal
+Each standard deviation is multiplied by a factor estimated at training time on training rows only
+(:func:`estimate_scale`): where the training cohort carries the simulator's true probabilities, the
+factors that make the intervals cover the rows' true probabilities at the nominal level — on the rows
+as recorded, around their out-of-fold estimates, and on the same rows with each optional field hidden
+with probability 0.5, around their draws. Without truth (real cohorts) both factors are 1 (the
+method says so): the interval then covers estimation variance and the missing fields' spread only.
+
+The interval is ``expit(centre ± z·sqrt(a²·model variance + b²·draw variance))`` with ``z`` the normal
 quantile of the level, widened where needed to contain the estimate shown. This module imports neither
 MLflow nor the training code (batch workers unpickle it with the Predictor).
 """
@@ -171,7 +176,8 @@ def _hypercube(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
 # -- the spread of one model's rows --------------------------------------------------------------
 
 
-def _logodds(p: np.ndarray) -> np.ndarray:
+def logodds(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities ``p`` (clipped to [1e-6, 1 − 1e-6])."""
     return logit(np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS))
 
 
@@ -227,64 +233,107 @@ class MemberEvaluator:
 @dataclass(frozen=True)
 class Spread:
     """Per row, on the log-odds scale: ``centre`` (the draws' mean where fields were drawn, else the
-    estimate), ``model_var`` (the ensemble's variance) and ``draw_var`` (the draws' variance, 0 if none)."""
+    estimate), ``model_var`` (the ensemble's variance at the record as given; rows without draws) and
+    ``draw_var`` (the variance over the draws, each scored by one member in turn: model and missing
+    fields' spread together; rows with draws). Each row has one of the two, the other is 0."""
 
     centre: np.ndarray
     model_var: np.ndarray
     draw_var: np.ndarray
 
 
-def spread(p: np.ndarray, main: Any, members: Sequence[Any], rows: Any, draw_rows: Any, draw_groups: Any,
-           drawn: np.ndarray, m: int) -> Spread:
-    """The :class:`Spread` of rows whose estimate is ``p`` (by evaluator ``main``).
+def spread(p: np.ndarray, members: Sequence[Any], rows: Any, draw_rows: Any, drawn: np.ndarray, m: int) -> Spread:
+    """The :class:`Spread` of rows whose estimate is ``p``.
 
-    ``members``: the ensemble's evaluators, given ``rows`` (the rows' features as a dense matrix);
-    ``drawn``: which rows have draws; ``draw_rows`` (with ``draw_groups``, as ``main`` takes them): the
-    ``m`` draws of each of those rows, row by row (``m`` consecutive rows each)."""
-    centre = _logodds(p)
+    ``members``: the ensemble's evaluators; ``rows``: the rows' features (dense matrix or blocks);
+    ``drawn``: which rows have draws; ``draw_rows``: the ``m`` draws of each of those rows, row by row
+    (``m`` consecutive rows each); draw ``j`` is scored by member ``j mod len(members)``."""
+    centre = logodds(p)
     n = len(centre)
-    model_var = np.zeros(n)
-    if len(members) > 1:
-        X = _dense(rows)
-        model_var = np.var([_logodds(e.probabilities(X)) for e in members], axis=0, ddof=1)
-    draw_var = np.zeros(n)
+    model_var, draw_var = np.zeros(n), np.zeros(n)
+    if len(members) < 2:
+        return Spread(centre, model_var, draw_var)
+    if not drawn.all():
+        X = _dense(rows)[~drawn]
+        model_var[~drawn] = np.var([logodds(e.probabilities(X)) for e in members], axis=0, ddof=1)
     if drawn.any():
-        scores = _logodds(main.probabilities(draw_rows, draw_groups)).reshape(-1, m)
+        D = _dense(draw_rows)
+        member_of = np.arange(len(D)) % m % len(members)
+        scores = np.empty(len(D))
+        for b, evaluator in enumerate(members):
+            take = member_of == b
+            if take.any():
+                scores[take] = logodds(evaluator.probabilities(D[take]))
+        scores = scores.reshape(-1, m)
         centre[drawn] = scores.mean(axis=1)
         draw_var[drawn] = scores.var(axis=1, ddof=1)
     return Spread(centre, model_var, draw_var)
 
 
-def bounds(p: np.ndarray, s: Spread, scale: float, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) probabilities at ``level``, widened to contain ``p`` (NaN where ``p`` is)."""
+def bounds(p: np.ndarray, s: Spread, scale: tuple[float, float], level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) probabilities at ``level``, widened to contain ``p`` (NaN where ``p`` is);
+    ``scale``: the factors on the standard deviation of rows without draws and of rows with draws."""
     z = norm.ppf(0.5 + level / 2.0)
-    half = z * np.sqrt(scale ** 2 * s.model_var + s.draw_var)
+    half = z * np.sqrt(scale[0] ** 2 * s.model_var + scale[1] ** 2 * s.draw_var)
     lower = np.minimum(expit(s.centre - half), p)
     upper = np.maximum(expit(s.centre + half), p)
     return lower, upper
 
 
-def estimate_scale(p_oof: np.ndarray, truth: np.ndarray, p_final: np.ndarray, s: Spread, level: float) -> float:
-    """The factor on the ensemble's spread that makes intervals around out-of-fold estimates cover the
-    true probability at ``level`` on training rows (centres shifted as the draws shift the final model's
-    estimate); bisection over [0.25, 50]. Returns 1.0 when no row has finite values."""
-    ok = np.isfinite(p_oof) & np.isfinite(truth) & np.isfinite(p_final)
-    if not ok.any():
-        return 1.0
-    centre = _logodds(p_oof[ok]) + (s.centre[ok] - _logodds(p_final[ok]))
-    error = np.abs(centre - _logodds(truth[ok]))
-    z = norm.ppf(0.5 + level / 2.0)
-
-    def coverage(c: float) -> float:
-        return float(np.mean(error <= z * np.sqrt(c ** 2 * s.model_var[ok] + s.draw_var[ok])))
-
-    low, high = 0.25, 50.0
+def _solve(coverage: Any, level: float, low: float = 0.1, high: float = 50.0) -> float:
+    """The smallest factor in [low, high] whose ``coverage(factor)`` reaches ``level`` (bisection, log scale)."""
     if coverage(low) >= level:
         return low
+    if coverage(high) < level:
+        return high
     for _ in range(40):
         mid = math.sqrt(low * high)
         low, high = (low, mid) if coverage(mid) >= level else (mid, high)
     return high
+
+
+def estimate_scale(truth: np.ndarray, recorded: tuple[np.ndarray, Spread], sparse: tuple[np.ndarray, Spread],
+                   level: float, min_rows: int = 30) -> tuple[float, float]:
+    """(factor on the sd of rows without draws, factor on the sd of rows with draws) that make the
+    intervals of training rows cover their true probability ``truth`` at ``level``. ``recorded``:
+    (centres, spreads) of the rows as recorded, centred on their out-of-fold estimates; ``sparse``: the
+    same rows with fields hidden, centred on their draws. The second factor is solved on every row with
+    draws of both, the first on the recorded rows without draws (the second is used for both when there
+    are fewer than ``min_rows`` such rows). (1, 1) without finite rows."""
+    z = norm.ppf(0.5 + level / 2.0)
+    centre = np.concatenate([recorded[0], sparse[0]])
+    model_var = np.concatenate([recorded[1].model_var, sparse[1].model_var])
+    draw_var = np.concatenate([recorded[1].draw_var, sparse[1].draw_var])
+    error = np.abs(centre - logodds(np.concatenate([truth, truth])))
+    ok = np.isfinite(error)
+    has_draws = draw_var > 0
+    undrawn = ok & ~has_draws
+    undrawn[len(truth):] = False  # the undrawn rows of the recorded version only
+
+    def solve(rows: np.ndarray, var: np.ndarray) -> float | None:
+        if rows.sum() < min_rows:
+            return None
+        return _solve(lambda c: float(np.mean(error[rows] <= z * c * np.sqrt(var[rows]))), level)
+
+    with_draws = solve(ok & has_draws, draw_var)
+    without = solve(undrawn, model_var)
+    with_draws = 1.0 if with_draws is None else with_draws
+    return (with_draws if without is None else without), with_draws
+
+
+def hide_fields(records: Sequence[PatientRecord], share: float, seed: int) -> list[PatientRecord]:
+    """Copies of ``records`` with each optional field given hidden with probability ``share`` (seeded),
+    re-validated so that derived fields follow; age, sex and cancer type are kept."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for record in records:
+        values = {name: getattr(record, name) for name in PatientRecord.model_fields}
+        for name in values:
+            if name not in ("patient_id", "age", "sex", "cancer_type") and values[name] is not None \
+                    and rng.random() < share:
+                values[name] = None
+        out.append(PatientRecord.model_validate(values))
+    return out
 
 
 # -- the bundle's part ---------------------------------------------------------------------------
@@ -297,7 +346,7 @@ class PatientUncertainty:
     ``scale_source``: how the scales were estimated (text for the method)."""
 
     def __init__(self, members: Mapping[ModelKey, Sequence[Any]], population: FieldDistribution,
-                 scale: Mapping[ModelKey, float] | None = None, level: float = DEFAULT_LEVEL,
+                 scale: Mapping[ModelKey, tuple[float, float]] | None = None, level: float = DEFAULT_LEVEL,
                  draws: int = DEFAULT_DRAWS, scale_source: str = "not estimated (1)") -> None:
         if not 0.0 < level < 1.0:
             raise ValueError(f"uncertainty level {level!r}: expected a share between 0 and 1, e.g. 0.8")
@@ -305,35 +354,33 @@ class PatientUncertainty:
             raise ValueError(f"uncertainty draws {draws!r}: expected at least 2")
         self.members = {key: list(models) for key, models in members.items()}
         self.population = population
-        self.scale = {key: float(scale.get(key, 1.0)) if scale else 1.0 for key in self.members}
+        self.scale = {key: tuple(float(v) for v in (scale or {}).get(key, (1.0, 1.0))) for key in self.members}
         self.level = float(level)
         self.draws = int(draws)
         self.scale_source = scale_source
         self.evaluators_: dict[ModelKey, list[Any]] = {}
-        self.main_: dict[ModelKey, Any] = {}
 
-    def compile(self, feature_names: Sequence[str], models: Mapping[ModelKey, Any]) -> None:
-        """Decide each member's evaluator, and the one scoring the draws with the bundle's own ``models``
-        (the same numbers as the bundle's evaluators, checked), as the bundle does for its models."""
+    def compile(self, feature_names: Sequence[str]) -> None:
+        """Decide each member's evaluator (checked against its own methods), as the bundle does for its models."""
         self.evaluators_ = {key: [MemberEvaluator.of(m, feature_names) for m in members]
                             for key, members in self.members.items()}
-        self.main_ = {key: MemberEvaluator.of(models[key], feature_names) for key in self.members if key in models}
 
     def method(self) -> str:
         """The interval's method in words (shown with every answer)."""
         sizes = sorted({len(m) for m in self.members.values()})
         return (f"{self.level:.0%} per-patient interval: the spread of a {'/'.join(map(str, sizes))}-model bootstrap "
-                f"ensemble of each model (scaled by a factor {self.scale_source}) combined, on the log-odds scale, "
-                f"with the spread of the estimate over {self.draws} draws of the patient's missing fields from "
-                "the training population's distribution (per-field percentiles and category frequencies, drawn "
-                "independently of each other and of the fields given); normal on the log-odds scale, "
-                "widened where needed to contain the estimate")
+                f"ensemble of each model combined, on the log-odds scale, with the spread of the estimate over "
+                f"{self.draws} draws of the patient's missing fields from the training population's distribution "
+                "(per-field percentiles and category frequencies, drawn independently of each other and of the "
+                f"fields given), each spread scaled by a factor {self.scale_source}; normal on the log-odds "
+                "scale, widened where needed to contain the estimate")
 
     def metadata(self) -> dict[str, Any]:
         """JSON-safe summary for the bundle's metadata."""
         return {"level": self.level, "draws": self.draws, "scale_source": self.scale_source,
                 "members": {f"{c}/{o}": len(m) for (c, o), m in self.members.items()},
-                "scale": {f"{c}/{o}": round(s, 4) for (c, o), s in self.scale.items()},
+                "scale": {f"{c}/{o}": {"ensemble": round(s[0], 4), "draws": round(s[1], 4)}
+                          for (c, o), s in self.scale.items()},
                 "population": self.population.summary(), "method": self.method()}
 
     def intervals(self, predictor: Predictor, records: Sequence[PatientRecord], predictions: Predictions,
@@ -359,7 +406,7 @@ class PatientUncertainty:
             for regimen_class in predictor.regimen_classes:
                 key = (regimen_class, outcome)
                 mask = (predictions.regimen_class == regimen_class) & np.isfinite(p)
-                if key not in self.main_ or not mask.any():
+                if key not in self.evaluators_ or not mask.any():
                     continue
                 lower[mask], upper[mask] = self._class_bounds(predictor, key, predictions, mask, drawn_rows,
                                                                draw_blocks, rows_drawn, p)
@@ -371,12 +418,11 @@ class PatientUncertainty:
                       p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows, _ = predictor.rows_for(predictions.features, mask, predictions.patient)
         drawn = drawn_rows[mask]
-        draw_rows = draw_groups = None
+        draw_rows = None
         if drawn.any():
             take = np.repeat(np.isin(rows_drawn, np.flatnonzero(mask & drawn_rows)), self.draws)
-            draw_rows, draw_groups = predictor.rows_for(draw_blocks, take, draw_blocks.patient_index)
-        s = spread(p[mask], self.main_[key], self.evaluators_[key], rows, draw_rows, draw_groups,
-                   drawn, self.draws)
+            draw_rows, _ = predictor.rows_for(draw_blocks, take, draw_blocks.patient_index)
+        s = spread(p[mask], self.evaluators_[key], rows, draw_rows, drawn, self.draws)
         return bounds(p[mask], s, self.scale[key], self.level)
 
 
@@ -415,4 +461,4 @@ def training_spread(main: Any, members: Sequence[Any], population: FieldDistribu
     draw_blocks = FeatureBlocks.of_pairs(flat, np.arange(len(flat)), names, np.repeat(which[drawn], m)) \
         if drawn.any() else None
     p = main_eval.probabilities(blocks)
-    return p, spread(p, main_eval, member_evals, blocks, draw_blocks, None, drawn, m)
+    return p, spread(p, member_evals, blocks, draw_blocks, drawn, m)
