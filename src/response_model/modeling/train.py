@@ -368,8 +368,8 @@ def _uncertainty_of(settings: Uncertainty, data: Any, rows: pd.Index, outcome: s
     shifted = logodds(p_oof) + (recorded.centre - logodds(p_final))
     scale = estimate_scale(truth.loc[sample].to_numpy(dtype=float), (shifted, recorded), (sparse.centre, sparse),
                            settings.level)
-    log.info("%s: interval factors %.3f (records without draws; ensemble of %d) and %.3f (with draws), %d rows", outcome, scale[0],
-             len(members), scale[1], len(sample))
+    log.info("%s: interval factors %.3f (records without draws; ensemble of %d) and %.3f (with draws), %d rows",
+             outcome, scale[0], len(members), scale[1], len(sample))
     return members, scale
 
 
