@@ -64,7 +64,7 @@ def test_bundle_states_level_and_method(bundle):
     meta = bundle.metadata["uncertainty"]
     assert meta["level"] == 0.8 and meta["method"].startswith("80% per-patient interval")
     assert set(meta["members"].values()) == {4}  # tests/data/train_smoke.yaml
-    assert all(0.1 <= s["ensemble"] <= 50 and 0.1 <= s["draws"] <= 50 for s in meta["scale"].values())
+    assert all(0.1 <= s["ensemble"] <= 50 and len(s["draws_by_missing_share"]) == 3 for s in meta["scale"].values())
 
 
 def test_members_are_evaluated_exactly_as_their_own_predict_proba(bundle, simulated_small):
@@ -119,8 +119,13 @@ def test_the_training_factor_recovers_a_known_spread():
     rng = np.random.default_rng(0)
     n = 4000
     truth = 1 / (1 + np.exp(-rng.normal(0.0, 2.0, n)))  # true log-odds: sd 2 around a centre of 0
-    drawn = Spread(np.zeros(n), np.zeros(n), np.ones(n))  # every row drawn, sd 1 before the factor
-    undrawn = Spread(np.zeros(n), np.full(n, 0.25), np.zeros(n))  # sd 0.5
-    a, b = estimate_scale(truth, (np.zeros(n), undrawn), (np.zeros(n), drawn), level=0.8)
-    assert b == pytest.approx(2.0, rel=0.08)  # the draws' sd must be doubled to cover
+    undrawn = Spread(np.zeros(n), np.full(n, 0.25), np.zeros(n))  # sd 0.5 before the factor
+    few = Spread(np.zeros(n), np.zeros(n), np.ones(n))  # drawn, sd 1
+    many = Spread(np.zeros(n), np.zeros(n), np.full(n, 16.0))  # drawn, sd 4
+    versions = [(np.zeros(n), undrawn, np.zeros(n, int)), (np.zeros(n), few, np.zeros(n, int)),
+                (np.zeros(n), many, np.full(n, 2))]
+    a, (b0, b1, b2) = estimate_scale(truth, versions, level=0.8)
     assert a == pytest.approx(4.0, rel=0.08)
+    assert b0 == pytest.approx(2.0, rel=0.08)  # the draws' sd must be doubled to cover
+    assert b2 == pytest.approx(0.5, rel=0.08)  # and halved where much is missing
+    assert b1 == pytest.approx(1.0, rel=0.3)  # no rows in that band: the factor of all drawn rows

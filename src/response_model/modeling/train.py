@@ -307,7 +307,7 @@ def _train_models(config: dict[str, Any], data: Any, classes: pd.Series, enabled
     parent_metrics: dict[str, float] = {}
     settings = Uncertainty(**(config.get("uncertainty") or {}))
     members: dict[tuple[str, str], list[Any]] = {}
-    scales: dict[tuple[str, str], tuple[float, float]] = {}
+    scales: dict[tuple[str, str], tuple[float, tuple[float, ...]]] = {}
     for regimen_class in config["regimen_classes"]:
         rows = classes.index[classes == regimen_class]
         if len(rows) == 0:
@@ -333,18 +333,19 @@ def _train_models(config: dict[str, Any], data: Any, classes: pd.Series, enabled
                   "of 1: the training cohort has no true probabilities, so the ensemble's spread is not scaled")
         uncertainty = PatientUncertainty(members, population, scales, level=settings.level, draws=settings.draws,
                                          scale_source=source)
-        tracking.log_metrics({f"uncertainty.scale_{part}.{c}.{o}": s[k] for (c, o), s in scales.items()
-                              for k, part in enumerate(("ensemble", "draws"))})
+        tracking.log_metrics({f"uncertainty.scale_ensemble.{c}.{o}": s[0] for (c, o), s in scales.items()})
+        tracking.log_metrics({f"uncertainty.scale_draws_band{k}.{c}.{o}": v for (c, o), s in scales.items()
+                              for k, v in enumerate(s[1])})
     return fitted, results, parent_metrics, uncertainty
 
 
 def _uncertainty_of(settings: Uncertainty, data: Any, rows: pd.Index, outcome: str, trained: tuple[CVResult, Any],
-                    population: FieldDistribution) -> tuple[list[Any], tuple[float, float]]:
-    """(bootstrap members of the final model, the factors on their spread and on the draws' spread) of
-    one class × outcome. The factors are estimated on up to ``settings.scale_rows`` labelled training
-    rows against the simulator's true probabilities: as recorded around the project's out-of-fold
-    estimates of the first CV repeat, and with each optional field hidden w.p. 0.5 around the final
-    model's draws ((1, 1) without truth)."""
+                    population: FieldDistribution) -> tuple[list[Any], tuple[float, tuple[float, ...]]]:
+    """(bootstrap members of the final model, (the factor on their spread, the factors on the draws'
+    spread per band of missing share)) of one class × outcome. The factors are estimated on up to
+    ``settings.scale_rows`` labelled training rows against the simulator's true probabilities: as
+    recorded around the project's out-of-fold estimates of the first CV repeat, with each optional field
+    hidden w.p. 0.5 and with the required fields only, around the final model's draws (1 without truth)."""
     result, final = trained
     y = data.frame.loc[rows, outcome].astype(float)
     labelled = rows[y.notna().to_numpy()]
@@ -352,24 +353,25 @@ def _uncertainty_of(settings: Uncertainty, data: Any, rows: pd.Index, outcome: s
     members = fit_members(final, X, target, settings.members, seed=int(final.get_params().get("random_state") or 0))
     truth = _oracle_truth(data, labelled, outcome)
     if truth is None:
-        return members, (1.0, 1.0)
+        return members, (1.0, (1.0, 1.0, 1.0))
     oof = result.oof[result.oof["repeat"] == 0].set_index("row")[PROJECT]
     sample = labelled
     if len(sample) > settings.scale_rows:
         sample = pd.Index(np.random.default_rng(0).choice(labelled.to_numpy(), settings.scale_rows, replace=False))
     records = [data.parsed.records[i] for i in sample]
     regimens = data.frame.loc[sample, "regimen"].tolist()
-    p_final, recorded = training_spread(final, members, population, records, regimens, feature_names(),
-                                        settings.draws)
-    _, sparse = training_spread(final, members, population, hide_fields(records, 0.5, seed=1), regimens,
-                                feature_names(), settings.draws)
-    p_oof = oof.loc[sample].to_numpy(dtype=float)
+    p_final, recorded, band = training_spread(final, members, population, records, regimens, feature_names(),
+                                              settings.draws)
     # the recorded rows' centres: the out-of-fold estimate, shifted as the draws shift the final model's
-    shifted = logodds(p_oof) + (recorded.centre - logodds(p_final))
-    scale = estimate_scale(truth.loc[sample].to_numpy(dtype=float), (shifted, recorded), (sparse.centre, sparse),
-                           settings.level)
-    log.info("%s: interval factors %.3f (records without draws; ensemble of %d) and %.3f (with draws), %d rows",
-             outcome, scale[0], len(members), scale[1], len(sample))
+    shifted = logodds(oof.loc[sample].to_numpy(dtype=float)) + (recorded.centre - logodds(p_final))
+    versions = [(shifted, recorded, band)]
+    for share, seed in ((0.5, 1), (1.0, 2)):  # each optional field hidden w.p. 0.5; the required fields only
+        _, hidden, hidden_band = training_spread(final, members, population, hide_fields(records, share, seed),
+                                                 regimens, feature_names(), settings.draws)
+        versions.append((hidden.centre, hidden, hidden_band))
+    scale = estimate_scale(truth.loc[sample].to_numpy(dtype=float), versions, settings.level)
+    log.info("%s: interval factors %.3f (records without draws; ensemble of %d) and %s (with draws, by share "
+             "missing), %d rows", outcome, scale[0], len(members), ", ".join(f"{v:.3f}" for v in scale[1]), len(sample))
     return members, scale
 
 

@@ -43,6 +43,7 @@ from scipy.stats import norm
 
 from response_model import clinical
 from response_model.features import FeatureBlocks
+from response_model.modeling.compiled import _Rows
 from response_model.pathways import load_pathways, pathway_flags, representative_alteration
 from response_model.schema import OUTCOMES, ChildPughClass, PatientRecord
 
@@ -63,6 +64,9 @@ MIN_PATIENTS = 20  # a field (or category) seen in fewer training patients is no
 NOT_DRAWN = frozenset({"patient_id", "age", "sex", "cancer_type", "alterations", "sequencing_panel",
                        "neutrophils", "lymphocytes", "child_pugh_class"})
 _EPS = 1e-6
+#: Bands of the share of a record's drawable fields that are missing (below 0.25, below 0.6, the rest):
+#: the draws' spread gets one factor per band, as drawing many fields independently overstates it more.
+MISSING_BANDS = (0.25, 0.6)
 
 
 def _kind(name: str) -> str | None:
@@ -120,6 +124,12 @@ class FieldDistribution:
         """What is stored, for the bundle's metadata (field names only)."""
         return {"patients": self.n, "numeric_fields": sorted(self.numeric),
                 "categorical_fields": sorted(self.categorical), "pathways": self.pathways is not None}
+
+    def band(self, record: PatientRecord) -> int:
+        """The :data:`MISSING_BANDS` band (0, 1, 2) of the share of drawable fields ``record`` lacks."""
+        total = len(self.numeric) + len(self.categorical) + (self.pathways is not None)
+        share = len(self.missing(record)) / total if total else 0.0
+        return int(np.searchsorted(MISSING_BANDS, share, side="right"))
 
     def missing(self, record: PatientRecord) -> list[str]:
         """The fields of ``record`` this distribution would fill in (alterations when never sequenced)."""
@@ -222,9 +232,12 @@ class MemberEvaluator:
             return np.empty(0)
         cm = self.compiled
         f = np.zeros(len(X))
-        layout = cm._rows(X, None)
         if cm.linear is not None:
-            f += cm.w * cm._decision(layout)
+            # each row on its own: the compiled model's standardisation of every row, then its terms summed
+            every = np.arange(len(X))
+            layout = _Rows(len(X), lambda rows, columns: X[:, columns], every, every, every[:1], np.zeros_like(every))
+            z = cm._standardised(layout, every)
+            f += cm.w * ((z * cm.linear["coef"]).sum(axis=1) + cm.linear["intercept"])
         if self.booster is not None:
             f += (1.0 - cm.w) * self.booster.predict(X[:, self.gbm_index], raw_score=True, num_threads=1)
         return cm.probability_of(f)
@@ -270,11 +283,14 @@ def spread(p: np.ndarray, members: Sequence[Any], rows: Any, draw_rows: Any, dra
     return Spread(centre, model_var, draw_var)
 
 
-def bounds(p: np.ndarray, s: Spread, scale: tuple[float, float], level: float) -> tuple[np.ndarray, np.ndarray]:
+def bounds(p: np.ndarray, s: Spread, scale: tuple[float, Sequence[float]], level: float, band: np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray]:
     """(lower, upper) probabilities at ``level``, widened to contain ``p`` (NaN where ``p`` is);
-    ``scale``: the factors on the standard deviation of rows without draws and of rows with draws."""
+    ``scale``: the factor on the standard deviation of rows without draws, and those of rows with draws
+    per :data:`MISSING_BANDS` band (``band`` of each row)."""
     z = norm.ppf(0.5 + level / 2.0)
-    half = z * np.sqrt(scale[0] ** 2 * s.model_var + scale[1] ** 2 * s.draw_var)
+    draws_factor = np.asarray(scale[1], dtype=float)[band]
+    half = z * np.sqrt(scale[0] ** 2 * s.model_var + draws_factor ** 2 * s.draw_var)
     lower = np.minimum(expit(s.centre - half), p)
     upper = np.maximum(expit(s.centre + half), p)
     return lower, upper
@@ -292,33 +308,32 @@ def _solve(coverage: Any, level: float, low: float = 0.1, high: float = 50.0) ->
     return high
 
 
-def estimate_scale(truth: np.ndarray, recorded: tuple[np.ndarray, Spread], sparse: tuple[np.ndarray, Spread],
-                   level: float, min_rows: int = 30) -> tuple[float, float]:
-    """(factor on the sd of rows without draws, factor on the sd of rows with draws) that make the
-    intervals of training rows cover their true probability ``truth`` at ``level``. ``recorded``:
-    (centres, spreads) of the rows as recorded, centred on their out-of-fold estimates; ``sparse``: the
-    same rows with fields hidden, centred on their draws. The second factor is solved on every row with
-    draws of both, the first on the recorded rows without draws (the second is used for both when there
-    are fewer than ``min_rows`` such rows). (1, 1) without finite rows."""
+def estimate_scale(truth: np.ndarray, versions: Sequence[tuple[np.ndarray, Spread, np.ndarray]], level: float,
+                   min_rows: int = 30) -> tuple[float, tuple[float, ...]]:
+    """(factor on the sd of rows without draws, factors on the sd of rows with draws per
+    :data:`MISSING_BANDS` band) that make the intervals of training rows cover their true probability
+    ``truth`` at ``level``. ``versions``: (centres, spreads, bands) of the same rows in several versions
+    (as recorded, centred on out-of-fold estimates; with fields hidden, centred on their draws). Each
+    band's factor is solved on the rows with draws of that band in every version (the factor of all rows
+    with draws where a band has fewer than ``min_rows``); the first on the rows without draws (the factor
+    of all rows with draws where there are fewer than ``min_rows``). 1 where nothing can be solved."""
     z = norm.ppf(0.5 + level / 2.0)
-    centre = np.concatenate([recorded[0], sparse[0]])
-    model_var = np.concatenate([recorded[1].model_var, sparse[1].model_var])
-    draw_var = np.concatenate([recorded[1].draw_var, sparse[1].draw_var])
-    error = np.abs(centre - logodds(np.concatenate([truth, truth])))
+    centre = np.concatenate([v[0] for v in versions])
+    model_var = np.concatenate([v[1].model_var for v in versions])
+    draw_var = np.concatenate([v[1].draw_var for v in versions])
+    band = np.concatenate([v[2] for v in versions])
+    error = np.abs(centre - logodds(np.tile(truth, len(versions))))
     ok = np.isfinite(error)
-    has_draws = draw_var > 0
-    undrawn = ok & ~has_draws
-    undrawn[len(truth):] = False  # the undrawn rows of the recorded version only
+    drawn = ok & (draw_var > 0)
 
-    def solve(rows: np.ndarray, var: np.ndarray) -> float | None:
+    def solve(rows: np.ndarray, var: np.ndarray, fallback: float) -> float:
         if rows.sum() < min_rows:
-            return None
+            return fallback
         return _solve(lambda c: float(np.mean(error[rows] <= z * c * np.sqrt(var[rows]))), level)
 
-    with_draws = solve(ok & has_draws, draw_var)
-    without = solve(undrawn, model_var)
-    with_draws = 1.0 if with_draws is None else with_draws
-    return (with_draws if without is None else without), with_draws
+    overall = solve(drawn, draw_var, 1.0)
+    per_band = tuple(solve(drawn & (band == k), draw_var, overall) for k in range(len(MISSING_BANDS) + 1))
+    return solve(ok & (draw_var == 0), model_var, overall), per_band
 
 
 def hide_fields(records: Sequence[PatientRecord], share: float, seed: int) -> list[PatientRecord]:
@@ -346,7 +361,7 @@ class PatientUncertainty:
     ``scale_source``: how the scales were estimated (text for the method)."""
 
     def __init__(self, members: Mapping[ModelKey, Sequence[Any]], population: FieldDistribution,
-                 scale: Mapping[ModelKey, tuple[float, float]] | None = None, level: float = DEFAULT_LEVEL,
+                 scale: Mapping[ModelKey, tuple[float, Sequence[float]]] | None = None, level: float = DEFAULT_LEVEL,
                  draws: int = DEFAULT_DRAWS, scale_source: str = "not estimated (1)") -> None:
         if not 0.0 < level < 1.0:
             raise ValueError(f"uncertainty level {level!r}: expected a share between 0 and 1, e.g. 0.8")
@@ -354,7 +369,9 @@ class PatientUncertainty:
             raise ValueError(f"uncertainty draws {draws!r}: expected at least 2")
         self.members = {key: list(models) for key, models in members.items()}
         self.population = population
-        self.scale = {key: tuple(float(v) for v in (scale or {}).get(key, (1.0, 1.0))) for key in self.members}
+        unscaled = (1.0, (1.0,) * (len(MISSING_BANDS) + 1))
+        self.scale = {key: (float(a), tuple(float(v) for v in b))
+                      for key, (a, b) in ((k, (scale or {}).get(k, unscaled)) for k in self.members)}
         self.level = float(level)
         self.draws = int(draws)
         self.scale_source = scale_source
@@ -372,14 +389,16 @@ class PatientUncertainty:
                 f"ensemble of each model combined, on the log-odds scale, with the spread of the estimate over "
                 f"{self.draws} draws of the patient's missing fields from the training population's distribution "
                 "(per-field percentiles and category frequencies, drawn independently of each other and of the "
-                f"fields given), each spread scaled by a factor {self.scale_source}; normal on the log-odds "
+                f"fields given), each spread scaled by a factor (for the draws, one per band of the share of fields "
+                f"missing: below 25 %, below 60 %, more) {self.scale_source}; normal on the log-odds "
                 "scale, widened where needed to contain the estimate")
 
     def metadata(self) -> dict[str, Any]:
         """JSON-safe summary for the bundle's metadata."""
         return {"level": self.level, "draws": self.draws, "scale_source": self.scale_source,
                 "members": {f"{c}/{o}": len(m) for (c, o), m in self.members.items()},
-                "scale": {f"{c}/{o}": {"ensemble": round(s[0], 4), "draws": round(s[1], 4)}
+                "scale": {f"{c}/{o}": {"ensemble": round(s[0], 4),
+                                       "draws_by_missing_share": [round(v, 4) for v in s[1]]}
                           for (c, o), s in self.scale.items()},
                 "population": self.population.summary(), "method": self.method()}
 
@@ -391,6 +410,7 @@ class PatientUncertainty:
         drawn_records = [self.population.draws(r, m) for r in records]
         drawn_patient = np.array([bool(d) for d in drawn_records])
         drawn_rows = drawn_patient[predictions.patient]
+        band = np.array([self.population.band(r) for r in records], dtype=np.intp)[predictions.patient]
         first = np.cumsum([0] + [len(d) for d in drawn_records])
         flat = [r for d in drawn_records for r in d]
         names = list(dict.fromkeys(predictions.regimen.tolist()))
@@ -409,13 +429,13 @@ class PatientUncertainty:
                 if key not in self.evaluators_ or not mask.any():
                     continue
                 lower[mask], upper[mask] = self._class_bounds(predictor, key, predictions, mask, drawn_rows,
-                                                               draw_blocks, rows_drawn, p)
+                                                               draw_blocks, rows_drawn, p, band[mask])
             out[outcome] = (lower, upper)
         return out
 
     def _class_bounds(self, predictor: Predictor, key: ModelKey, predictions: Predictions, mask: np.ndarray,
                       drawn_rows: np.ndarray, draw_blocks: FeatureBlocks | None, rows_drawn: np.ndarray,
-                      p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                      p: np.ndarray, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows, _ = predictor.rows_for(predictions.features, mask, predictions.patient)
         drawn = drawn_rows[mask]
         draw_rows = None
@@ -423,7 +443,7 @@ class PatientUncertainty:
             take = np.repeat(np.isin(rows_drawn, np.flatnonzero(mask & drawn_rows)), self.draws)
             draw_rows, _ = predictor.rows_for(draw_blocks, take, draw_blocks.patient_index)
         s = spread(p[mask], self.evaluators_[key], rows, draw_rows, drawn, self.draws)
-        return bounds(p[mask], s, self.scale[key], self.level)
+        return bounds(p[mask], s, self.scale[key], self.level, band)
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -447,9 +467,9 @@ def fit_members(model: Any, X: Any, y: Any, n_members: int, seed: int) -> list[A
 
 def training_spread(main: Any, members: Sequence[Any], population: FieldDistribution,
                     records: Sequence[PatientRecord], regimens: Sequence[str], feature_names: Sequence[str],
-                    m: int) -> tuple[np.ndarray, Spread]:
-    """(the main model's probability, :class:`Spread`) of each training record under its own regimen,
-    the models evaluated by :class:`MemberEvaluator`."""
+                    m: int) -> tuple[np.ndarray, Spread, np.ndarray]:
+    """(the main model's probability, :class:`Spread`, missing-share band) of each training record under
+    its own regimen, the models evaluated by :class:`MemberEvaluator`."""
     main_eval = MemberEvaluator.of(main, feature_names)
     member_evals = [MemberEvaluator.of(e, feature_names) for e in members]
     names = list(dict.fromkeys(regimens))
@@ -461,4 +481,5 @@ def training_spread(main: Any, members: Sequence[Any], population: FieldDistribu
     draw_blocks = FeatureBlocks.of_pairs(flat, np.arange(len(flat)), names, np.repeat(which[drawn], m)) \
         if drawn.any() else None
     p = main_eval.probabilities(blocks)
-    return p, spread(p, member_evals, blocks, draw_blocks, drawn, m)
+    band = np.array([population.band(r) for r in records], dtype=np.intp)
+    return p, spread(p, member_evals, blocks, draw_blocks, drawn, m), band
