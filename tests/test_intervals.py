@@ -128,4 +128,4 @@ def test_the_training_factor_recovers_a_known_spread():
     assert a == pytest.approx(4.0, rel=0.08)
     assert b0 == pytest.approx(2.0, rel=0.08)  # the draws' sd must be doubled to cover
     assert b2 == pytest.approx(0.5, rel=0.08)  # and halved where much is missing
-    assert b1 == pytest.approx(1.0, rel=0.3)  # no rows in that band: the factor of all drawn rows
+    assert b2 < b1 < b0  # no rows in that band: the factor of all drawn rows, in between
