@@ -63,7 +63,7 @@ def test_the_interval_contains_the_estimate_and_is_the_same_every_time(bundle):
 def test_bundle_states_level_and_method(bundle):
     meta = bundle.metadata["uncertainty"]
     assert meta["level"] == 0.8 and meta["method"].startswith("80% per-patient interval")
-    assert set(meta["members"].values()) == {4}  # tests/data/train_smoke.yaml
+    assert set(meta["members"].values()) == {3}  # tests/data/train_smoke.yaml
     assert all(0.1 <= s["ensemble"] <= 50 and len(s["draws_by_missing_share"]) == 3 for s in meta["scale"].values())
 
 
