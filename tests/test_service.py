@@ -158,7 +158,7 @@ def test_prediction_content(registry, service):
     assert out["label"] == "research use — trained on simulated data"
     assert out["genomics"] == "genotyped" and out["genomic_tests"] == []
     assert out["out_of_distribution"]["checked"] is True
-    assert "ECE" in out["uncertainty_method"]
+    assert out["interval_level"] == 0.8 and out["uncertainty_method"].startswith("80% per-patient interval")
     eligible = [r for r in out["regimens"] if r["eligible"]]
     probabilities = [r["objective_response"]["probability"] for r in eligible]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -167,6 +167,7 @@ def test_prediction_content(registry, service):
     for outcome in ("objective_response", "primary_resistance"):
         estimate = first[outcome]
         assert 0 <= estimate["interval"]["lower"] <= estimate["probability"] <= estimate["interval"]["upper"] <= 1
+        assert estimate["interval"]["level"] == 0.8
         assert estimate["band"] in {"low", "moderate", "high"}
         top = first["explanations"][outcome]
         assert 1 <= len(top) <= 6  # the five largest terms, and the not-recorded term when inputs are missing
@@ -463,6 +464,11 @@ def test_audit_record_holds_every_shap_value_and_the_base_value(registry, servic
         total = sum(stored["values"][f] for f in stored["terms"][shown["term"]])
         assert total == pytest.approx(shown["contribution"], abs=1e-5)
     assert sorted(f for fs in stored["terms"].values() for f in fs) == sorted(stored["values"])
+    # the per-patient interval, with its level and method, is in the record's outputs
+    assert entry.outputs["interval_level"] == 0.8
+    assert entry.outputs["uncertainty_method"] == answer["uncertainty_method"]
+    assert entry.outputs["regimens"][first["regimen"]]["objective_response"]["interval"] == \
+        first["objective_response"]["interval"]
 
 
 def test_an_unknown_request_field_is_named_with_the_request_fields(service):

@@ -354,6 +354,14 @@ def test_end_to_end_in_headless_chromium(live_server):
             assert rows.count() == n_offered - 1  # sorafenib unticked; AFP ≥ 400, so all eligible
             assert rows.first.locator("td").first.inner_text() == "1"
             assert page.locator("#ranking tr[data-regimen=sorafenib]").count() == 0
+            # the per-patient interval with its level: in the header, each cell containing its estimate
+            assert "80 % interval" in page.locator("#ranking thead").inner_text()
+            expect(page.locator("#interval-method")).to_contain_text("80% per-patient interval")
+            cells = page.locator("#ranking tbody td.interval")
+            assert cells.count() == 2 * rows.count()
+            for k in range(cells.count()):
+                lower, upper = (float(cells.nth(k).get_attribute(f"data-{end}")) for end in ("lower", "upper"))
+                assert 0 <= lower < upper <= 1
             expect(page.locator("#model-label")).to_have_text("research use — trained on simulated data")
             expect(page.locator("#information")).to_contain_text("population averages")  # a sparse record
             expect(page.locator("#ood-missingness")).to_be_visible()

@@ -355,6 +355,8 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Scores to write: .parquet or .csv (one row per patient × regimen).")
 @click.option("--explain", is_flag=True, help="Add every feature's SHAP value per outcome (shap_<outcome>__<feature>).")
+@click.option("--intervals", is_flag=True, help="Add each row's per-patient interval (p_<outcome>_lower/_upper, "
+              "interval_level); several times slower.")
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:8786); default: a local cluster.")
 @click.option("--source", default=None, help="Source configuration for a non-canonical table (read whole into memory).")
 @click.option("--partition-rows", type=click.IntRange(min=1), default=5000, show_default=True,
@@ -367,7 +369,7 @@ def report(model_uri: str, out_file: Path, no_log: bool) -> None:
               help="Also one row per patient and regimen class with regimen 'unrecorded': the estimate averaged "
                    "over the class's regimens weighted by their training prevalence. Default: on when a --source "
                    "table records no regimen.")
-def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, scheduler: str | None,
+def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, intervals: bool, scheduler: str | None,
           source: str | None, partition_rows: int, workers: int | None, allow_rejected: bool,
           unrecorded_regimen: bool | None) -> None:
     """Score a cohort file with Dask: probabilities, eligibility and rank per regimen, optionally SHAP values.
@@ -380,8 +382,9 @@ def score(model_uri: str, input_path: Path, output_path: Path, explain: bool, sc
 
     tracking.configure_tracking()
     require_model(model_uri)
-    result = score_file(model_uri, input_path, output_path, explain=explain, scheduler=scheduler, source=source,
-                        partition_rows=partition_rows, n_workers=workers, unrecorded_regimen=unrecorded_regimen)
+    result = score_file(model_uri, input_path, output_path, explain=explain, intervals=intervals,
+                        scheduler=scheduler, source=source, partition_rows=partition_rows, n_workers=workers,
+                        unrecorded_regimen=unrecorded_regimen)
     for notice in result.notices:
         click.echo(f"notice: {notice}", err=True)
     click.echo(f"scored {result.n_scored} of {result.n_read} patients: {result.n_rows} rows in {output_path} "

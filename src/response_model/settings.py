@@ -175,6 +175,16 @@ class Dask(Strict):
     lightgbm_dask_min_rows: int = Field(ge=1)
 
 
+class Uncertainty(Strict):
+    """The per-patient interval (response_model.modeling.uncertainty)."""
+
+    enabled: bool = True
+    level: float = Field(0.8, gt=0.0, lt=1.0, description="nominal coverage of the interval, e.g. 0.8")
+    members: int = Field(8, ge=2, description="bootstrap refits of each final model")
+    draws: int = Field(16, ge=2, description="draws of a record's missing fields per answer")
+    scale_rows: int = Field(1000, ge=50, description="training rows per model used to estimate the spread's scale")
+
+
 def _classifier_params() -> dict[str, inspect.Parameter]:
     from response_model.modeling.estimators import ResponseClassifier
 
@@ -365,6 +375,7 @@ class TrainingConfig(Strict):
     subgroups: list[str] | None = Field(
         None, description="informational: the subgroups reported are those of metrics.subgroup_columns")
     gate: Gate | None = None
+    uncertainty: Uncertainty = Field(default_factory=Uncertainty)
 
     @field_validator("regimen_classes")
     @classmethod

@@ -26,7 +26,10 @@ goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_c
 ``validation`` (the regimen's per-regimen gate status: validated, failed, too_few, unchecked) and
 ``validation_warning`` (why it is not validated, naming the metric; the probabilities of a regimen the
 gate withholds are null) and,
-for models trained on simulated data, ``label``. With ``explain=True`` every
+for models trained on simulated data, ``label``. With ``intervals=True`` (optional: it costs several
+times the scoring) each row's per-patient interval — ``p_<outcome>_lower``, ``p_<outcome>_upper`` and
+``interval_level`` (its nominal coverage, 0–1; all null for a bundle without an ensemble) — as the API
+gives it (:mod:`response_model.modeling.uncertainty`), before the API's rounding. With ``explain=True`` every
 feature's contribution from the model's own ``explain`` (log-odds scale; the values the audit
 trail keeps for each API prediction) as wide columns ``shap_<outcome>__<feature>`` plus
 ``shap_<outcome>__base_value``; a feature a model's explanation does not cover is null. The same
@@ -133,13 +136,19 @@ def shap_columns(predictor: Predictor) -> list[str]:
     return [shap_column(o, f) for o in OUTCOMES for f in [*predictor.feature_names, BASE_VALUE]]
 
 
+def interval_columns() -> list[str]:
+    """The per-patient interval's output columns (see the module docstring)."""
+    return [f"p_{o}_{end}" for o in OUTCOMES for end in ("lower", "upper")] + ["interval_level"]
+
+
 def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain: bool = False,
-                unrecorded: bool = False) -> pd.DataFrame:
+                unrecorded: bool = False, intervals: bool = False) -> pd.DataFrame:
     """Score ``records`` under every candidate regimen; return the long table (see the module docstring;
     ``row`` is the position of the record in ``records``). With ``unrecorded`` each record also gets, after
     its candidates, one row per regimen class with ``regimen`` = ``unrecorded``: the training mix of the
-    class (:mod:`response_model.modeling.unknown_regimen`), rank null."""
-    predictions = predictor.predict(list(records), explain=explain)
+    class (:mod:`response_model.modeling.unknown_regimen`), rank null (and no interval)."""
+    records = list(records)
+    predictions = predictor.predict(records, explain=explain)
     scores = predictions.table()
     rank = pd.array(predictions.rank, dtype="Int64")
     rank[predictions.rank == 0] = pd.NA  # ineligible, or withheld by the per-regimen gate
@@ -148,6 +157,12 @@ def score_table(predictor: Predictor, records: Sequence[PatientRecord], explain:
     validation = {name: answer_validation(predictor.metadata, name) for name in set(predictions.regimen.tolist())}
     scores["validation"] = [validation[name]["status"] for name in predictions.regimen]
     scores["validation_warning"] = [validation[name]["warning"] for name in predictions.regimen]
+    if intervals:
+        bounds = predictor.intervals(records, predictions)
+        for outcome in OUTCOMES:
+            lower, upper = bounds[outcome] if bounds else (np.full(len(scores), np.nan),) * 2
+            scores[f"p_{outcome}_lower"], scores[f"p_{outcome}_upper"] = lower, upper
+        scores["interval_level"] = predictor.uncertainty.level if bounds else np.nan
     if explain:
         terms = explanation_groups.batch_columns(predictions, records, predictor.feature_names, OUTCOMES)
         scores = pd.concat([scores, _shap_frame(predictor, len(scores), [
@@ -198,6 +213,7 @@ def _unrecorded_rows(predictor: Predictor, records: Sequence[PatientRecord], reg
 def score_partition(
     predictor: Predictor, frame: pd.DataFrame, input_rows: np.ndarray, explain: bool = False,
     unrecorded: bool = False,
+    intervals: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate and score one partition; return (output table, rejected rows).
 
@@ -221,7 +237,7 @@ def score_partition(
         except ValidationError as error:
             rejected.append({"input_row": int(input_rows[position]), "patient_id": ids[position],
                              "errors": "; ".join(str(e) for e in field_errors(error))})
-    table = score_table(predictor, records, explain, unrecorded)
+    table = score_table(predictor, records, explain, unrecorded, intervals)
     kept_rows = np.asarray(input_rows)[kept]
     kept_ids = [ids[k] for k in kept]
     positions = table.pop("row").to_numpy()
@@ -250,7 +266,7 @@ def _clean_column(column: pd.Series) -> list[Any]:
 
 def _score_task(
     predictor: Predictor, frame: pd.DataFrame | pa.RecordBatch, input_rows: np.ndarray, explain: bool,
-    arrow: bool, unrecorded: bool = False,
+    arrow: bool, unrecorded: bool = False, intervals: bool = False,
 ) -> tuple[pd.DataFrame | pa.Table, pd.DataFrame]:
     """:func:`score_partition` as a Dask task: the partition may come as an Arrow record batch (cheaper
     to send than a DataFrame of strings; turned into pandas here, as :func:`read_partitions` would),
@@ -261,7 +277,7 @@ def _score_task(
     collecting = gc.isenabled()
     gc.disable()  # the partition's many short-lived objects hold no cycles: no collector passes over them
     try:
-        table, rejected = score_partition(predictor, frame, input_rows, explain, unrecorded)
+        table, rejected = score_partition(predictor, frame, input_rows, explain, unrecorded, intervals)
     finally:
         if collecting:
             gc.enable()
@@ -546,6 +562,7 @@ def score_file(
     output_path: str | Path,
     *,
     explain: bool = False,
+    intervals: bool = False,
     scheduler: str | None = None,
     client: Any = None,
     source: str | None = None,
@@ -568,6 +585,8 @@ def score_file(
     ``unrecorded_regimen``: also one row per patient and regimen class under the training mix of the class
     (regimen ``unrecorded``, see :func:`score_table`); None = when a source table records no regimen at all.
     Rejected rows are written to ``<output>.rejected.csv`` when there are any (an old one is removed).
+    ``intervals``: add each row's per-patient interval (optional: it scores every patient with missing
+    fields ``draws`` more times, several times the cost of scoring alone).
     """
     from response_model.modeling.predict import as_bundle, load_model
 
@@ -609,9 +628,10 @@ def score_file(
         result.startup_seconds = time.perf_counter() - started
         collect = partial(_collect, writer=writer, result=result, rejected_frames=rejected_frames, bar=bar)
         _submit_partitions(client, partitions, predictor_future, window, explain=explain, parquet=fmt == "parquet",
-                           count_read=not source, result=result, collect=collect, unrecorded=unrecorded_regimen)
+                           count_read=not source, result=result, collect=collect, unrecorded=unrecorded_regimen,
+                           intervals=intervals)
         if not writer.started:  # no valid row at all: still a file with the output's columns
-            writer.write(_empty_output(predictor, explain))
+            writer.write(_empty_output(predictor, explain, intervals))
     if rejected_frames:
         rejected = _write_rejected(rejected_frames, rejected_path, None if source else input_format(input_path))
         result.rejected_path = rejected_path
@@ -673,14 +693,15 @@ def _progress_bar(cleanup: ExitStack, total: int | None) -> Any:
 
 def _submit_partitions(client: Any, partitions: Iterator[Partition], predictor_future: Any, window: int, *,
                        explain: bool, parquet: bool, count_read: bool, result: BatchResult,
-                       collect: Callable[[tuple[int, Any]], None], unrecorded: bool = False) -> None:
+                       collect: Callable[[tuple[int, Any]], None], unrecorded: bool = False,
+                       intervals: bool = False) -> None:
     """Submit every partition, at most ``window`` in flight, ``collect``-ing each in input order; return None."""
     pending: deque = deque()
     for part in partitions:
         if count_read:
             result.n_read += len(part.frame)
         future = client.submit(_score_task, predictor_future, part.frame, part.input_rows, explain, parquet,
-                               unrecorded, pure=False)
+                               unrecorded, intervals, pure=False)
         pending.append((len(part.frame), future))
         while len(pending) >= window:
             collect(pending.popleft())
@@ -732,6 +753,7 @@ def _check_prevalence(predictor: Predictor, asked: bool, notices: list[str]) -> 
     return True
 
 
-def _empty_output(predictor: Predictor, explain: bool) -> pd.DataFrame:
-    table, _ = score_partition(predictor, pd.DataFrame(columns=["age", "sex"]), np.array([], np.int64), explain)
+def _empty_output(predictor: Predictor, explain: bool, intervals: bool = False) -> pd.DataFrame:
+    table, _ = score_partition(predictor, pd.DataFrame(columns=["age", "sex"]), np.array([], np.int64), explain,
+                               intervals=intervals)
     return table

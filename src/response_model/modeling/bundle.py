@@ -46,7 +46,9 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
     """Every (regimen_class, outcome) model, the feature names, the catalogue snapshot and metadata.
 
     ``models``: {(regimen_class, outcome): fitted model}, outcome in :data:`~response_model.schema.OUTCOMES`;
-    ``evaluators``: how each is evaluated (compiled here, once).
+    ``evaluators``: how each is evaluated (compiled here, once); ``uncertainty``: the per-patient
+    interval's ensemble and population summary (:class:`~response_model.modeling.uncertainty.PatientUncertainty`,
+    its members compiled here too), or None.
     ``metadata``: training_date, data_digest, metrics (summary), intended_use, label (the
     research-use label when ``simulated``), model_name / model_version (filled when loaded from
     the registry or an exported folder), plus anything given in ``metadata``.
@@ -64,6 +66,7 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         intended_use: str = DEFAULT_INTENDED_USE,
         training_date: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        uncertainty: Any = None,
     ) -> None:
         catalogue = dict(catalogue if catalogue is not None else load_catalogue())
         classes = {regimen.regimen_class for regimen in catalogue.values()}
@@ -98,6 +101,11 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
             **dict(metadata or {}),
         }
         self.evaluators = compile_evaluators(self.models, self.feature_names)
+        # the per-patient interval's part (modeling.uncertainty.PatientUncertainty); None: no intervals
+        self.uncertainty = uncertainty
+        if uncertainty is not None:
+            uncertainty.compile(self.feature_names)
+            self.metadata["uncertainty"] = uncertainty.metadata()
 
     @property
     def regimen_classes(self) -> tuple[str, ...]:

@@ -9,9 +9,11 @@ used by the API, the clinician page and batch scoring alike.
   with no or a zero probability comes last; ineligible regimens have no rank (0).
 * **Bands** — objective response: low < 0.15 ≤ moderate < 0.35 ≤ high; primary resistance:
   low < 0.25 ≤ moderate < 0.50 ≤ high.
-* **Uncertainty interval** — probability ± the upper end of the 95 % interval over cross-validation
-  folds of the expected calibration error (ECE) of that regimen class × outcome model, clipped to
-  [0, 1]: a population-level calibration margin recorded at training time.
+* **Uncertainty interval** — per patient, at the level it states, where the bundle stores an ensemble
+  (:mod:`response_model.modeling.uncertainty`): the ensemble's spread and the spread over the patient's
+  missing fields, containing the estimate shown. Bundles without one: probability ± the upper end of the
+  95 % interval over cross-validation folds of the expected calibration error (ECE) of that regimen
+  class × outcome model, clipped to [0, 1] — a population-level calibration margin (:data:`UNCERTAINTY_METHOD`).
 * **What-if genomic tests** — for a patient never sequenced, the probability of response is
   recomputed for the same patient as if sequenced with nothing found, and with one alteration that
   switches on one pathway (:func:`response_model.pathways.representative_alteration`); the tests
@@ -115,6 +117,17 @@ def interval(p: float | None, half_width: float | None) -> dict[str, float] | No
         return None
     return {"lower": round(max(0.0, p - half_width), SHOWN_DECIMALS),
             "upper": round(min(1.0, p + half_width), SHOWN_DECIMALS)}
+
+
+def patient_interval(p: float | None, lower: Any, upper: Any, level: float) -> dict[str, float] | None:
+    """``{"lower", "upper", "level"}``: a per-patient interval shown rounded so that it still contains
+    ``p`` as shown (None if ``p`` or a bound is missing); ``level`` its nominal coverage (0–1)."""
+    lower, upper = finite(lower), finite(upper)
+    if p is None or lower is None or upper is None:
+        return None
+    shown_p = round(p, SHOWN_DECIMALS)
+    return {"lower": min(round(lower, SHOWN_DECIMALS), shown_p), "upper": max(round(upper, SHOWN_DECIMALS), shown_p),
+            "level": level}
 
 
 # -- out of distribution -------------------------------------------------------------------------

@@ -146,12 +146,15 @@ class Predictor:
     """Scores patient records with one bundle's models (see the module docstring).
 
     Parameters: ``evaluators`` {(regimen_class, outcome): evaluator}; ``feature_names`` the bundle's
-    feature columns; ``catalogue`` its regimens; ``metadata`` its metadata (name, version, metrics, label).
+    feature columns; ``catalogue`` its regimens; ``metadata`` its metadata (name, version, metrics, label);
+    ``uncertainty`` the bundle's :class:`~response_model.modeling.uncertainty.PatientUncertainty` (None for
+    bundles without one: :meth:`intervals` is then None).
     """
 
     def __init__(self, evaluators: Mapping[ModelKey, Evaluator], feature_names: Sequence[str],
-                 catalogue: Mapping[str, Regimen], metadata: Mapping[str, Any]) -> None:
+                 catalogue: Mapping[str, Regimen], metadata: Mapping[str, Any], uncertainty: Any = None) -> None:
         self.evaluators = dict(evaluators)
+        self.uncertainty = uncertainty
         self.feature_names = tuple(feature_names)
         self.catalogue = dict(catalogue)
         self.metadata = dict(metadata)
@@ -164,13 +167,15 @@ class Predictor:
         """The predictor of ``bundle`` (a ResponseModelBundle): the evaluators stored in it (bundles
         saved before evaluators were stored get them compiled and checked now)."""
         evaluators = getattr(bundle, "evaluators", None) or compile_evaluators(bundle.models, bundle.feature_names)
-        return cls(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata)
+        return cls(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata,
+                   getattr(bundle, "uncertainty", None))
 
     @classmethod
     def reference(cls, bundle: Any) -> Predictor:
         """The predictor evaluating ``bundle``'s models through their own ``predict_proba`` / ``explain``."""
         evaluators = {key: ReferenceModel(model, bundle.feature_names) for key, model in bundle.models.items()}
-        return cls(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata)
+        return cls(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata,
+                   getattr(bundle, "uncertainty", None))
 
     def candidate_regimens(self) -> list[Regimen]:
         """The catalogue's candidate regimens of a class this predictor scores, in catalogue order."""
@@ -215,6 +220,20 @@ class Predictor:
         return Predictions(patient, np.array(names, dtype=object)[which], classes, eligible, reason, probability,
                            ranks(patient, eligible & served, probability["objective_response"]), blocks, explained,
                            served)
+
+    def intervals(self, records: Sequence[PatientRecord], predictions: Predictions,
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """{outcome: (lower, upper)} per-patient interval of each row of ``predictions`` (made by
+        :meth:`predict` from ``records``) at the bundle's level; None when the bundle stores no
+        uncertainty part (:mod:`response_model.modeling.uncertainty`)."""
+        if self.uncertainty is None:
+            return None
+        with _one_openmp_thread():
+            return self.uncertainty.intervals(self, list(records), predictions)
+
+    def rows_for(self, blocks: FeatureBlocks, mask: np.ndarray, patient: np.ndarray) -> tuple[Any, Any]:
+        """(rows of ``mask``, their patients) of ``blocks`` as the evaluators read them."""
+        return _subset(self._rows(blocks), mask, patient)
 
     # -- the steps of predict ------------------------------------------------------------------------
 

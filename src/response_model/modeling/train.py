@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
@@ -37,10 +38,19 @@ from response_model.modeling.estimators import ResponseClassifier, constraints_f
 from response_model.modeling.metrics import subgroup_columns
 from response_model.modeling.missingness import training_summary
 from response_model.modeling.regimen_validation import regimen_metrics, summary_table, validation_metadata
+from response_model.modeling.uncertainty import (
+    FieldDistribution,
+    PatientUncertainty,
+    estimate_scale,
+    fit_members,
+    hide_fields,
+    logodds,
+    training_spread,
+)
 from response_model.modeling.unknown_regimen import PREVALENCE_KEY, regimen_prevalence
 from response_model.regimens import load_catalogue
 from response_model.schema import OUTCOMES
-from response_model.settings import load_training_config
+from response_model.settings import Uncertainty, load_training_config
 from response_model.sources import load_source
 
 log = logging.getLogger(__name__)
@@ -256,7 +266,9 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
         if cluster is not None:
             mlflow.set_tag("compute.dask_scheduler", cluster.address)
         digest = _log_inputs(config_path, config, data, classes, enabled)
-        fitted, results, parent_metrics = _train_models(config, data, classes, enabled, progress)
+        population = FieldDistribution.of([data.parsed.records[i] for i in classes.index[classes.notna()]])
+        fitted, results, parent_metrics, uncertainty = _train_models(config, data, classes, enabled, progress,
+                                                                     population)
         if not fitted:
             raise InputError("no model could be trained: no regimen class had patients with both outcomes")
         tracking.log_metrics(parent_metrics)
@@ -270,6 +282,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                       PREVALENCE_KEY: regimen_prevalence(data.frame["regimen"].tolist(), catalogue),
                       "regimen_validation": validation,
                       "missingness": training_summary(fitted, data.features, data.parsed.records, classes)},
+            uncertainty=uncertainty,
         )
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
@@ -329,13 +342,18 @@ def _log_inputs(config_path: str | Path, config: dict[str, Any], data: Any, clas
 
 
 def _train_models(config: dict[str, Any], data: Any, classes: pd.Series, enabled: list[str], progress: bool,
-                  ) -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], CVResult], dict[str, float]]:
-    """(final models, their CV results, the parent run's summary metrics) of every regimen class × outcome
-    with patients of both outcome classes."""
+                  population: FieldDistribution,
+                  ) -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], CVResult], dict[str, float],
+                             PatientUncertainty | None]:
+    """(final models, their CV results, the parent run's summary metrics, the per-patient interval's
+    part or None when disabled) of every regimen class × outcome with patients of both outcome classes."""
     subgroups = {**subgroup_columns(data.parsed.records), "regimen": data.frame["regimen"]}
     fitted: dict[tuple[str, str], Any] = {}
     results: dict[tuple[str, str], CVResult] = {}
     parent_metrics: dict[str, float] = {}
+    settings = Uncertainty(**(config.get("uncertainty") or {}))
+    members: dict[tuple[str, str], list[Any]] = {}
+    scales: dict[tuple[str, str], tuple[float, tuple[float, ...]]] = {}
     for regimen_class in config["regimen_classes"]:
         rows = classes.index[classes == regimen_class]
         if len(rows) == 0:
@@ -346,12 +364,61 @@ def _train_models(config: dict[str, Any], data: Any, classes: pd.Series, enabled
                                  {k: v.loc[rows] for k, v in subgroups.items()}, progress)
             if trained is None:
                 continue
-            results[(regimen_class, outcome)], fitted[(regimen_class, outcome)] = trained
+            key = (regimen_class, outcome)
+            results[key], fitted[key] = trained
+            if settings.enabled:
+                members[key], scales[key] = _uncertainty_of(settings, data, rows, outcome, trained, population)
             # the project's summary (mean, lower, upper of each metric) goes to the parent run,
             # where `promote` checks the gate: response.checkpoint_inhibitor.auc_lower, …
             for metric, value in trained[0].summary().loc[PROJECT].drop("n").dropna().items():
                 parent_metrics[tracking.metric_key(outcome, regimen_class, metric)] = float(value)
-    return fitted, results, parent_metrics
+    uncertainty = None
+    if members:
+        source = ("estimated out-of-fold on the training cohort's simulated true probabilities"
+                  if data.truth is not None else
+                  "of 1: the training cohort has no true probabilities, so the ensemble's spread is not scaled")
+        uncertainty = PatientUncertainty(members, population, scales, level=settings.level, draws=settings.draws,
+                                         scale_source=source)
+        tracking.log_metrics({f"uncertainty.scale_ensemble.{c}.{o}": s[0] for (c, o), s in scales.items()})
+        tracking.log_metrics({f"uncertainty.scale_draws_band{k}.{c}.{o}": v for (c, o), s in scales.items()
+                              for k, v in enumerate(s[1])})
+    return fitted, results, parent_metrics, uncertainty
+
+
+def _uncertainty_of(settings: Uncertainty, data: Any, rows: pd.Index, outcome: str, trained: tuple[CVResult, Any],
+                    population: FieldDistribution) -> tuple[list[Any], tuple[float, tuple[float, ...]]]:
+    """(bootstrap members of the final model, (the factor on their spread, the factors on the draws'
+    spread per band of missing share)) of one class × outcome. The factors are estimated on up to
+    ``settings.scale_rows`` labelled training rows against the simulator's true probabilities: as
+    recorded around the project's out-of-fold estimates of the first CV repeat, with each optional field
+    hidden w.p. 0.5 and with the required fields only, around the final model's draws (1 without truth)."""
+    result, final = trained
+    y = data.frame.loc[rows, outcome].astype(float)
+    labelled = rows[y.notna().to_numpy()]
+    X, target = data.features.loc[labelled], y.loc[labelled].astype(int)
+    members = fit_members(final, X, target, settings.members, seed=int(final.get_params().get("random_state") or 0))
+    truth = _oracle_truth(data, labelled, outcome)
+    if truth is None:
+        return members, (1.0, (1.0, 1.0, 1.0))
+    oof = result.oof[result.oof["repeat"] == 0].set_index("row")[PROJECT]
+    sample = labelled
+    if len(sample) > settings.scale_rows:
+        sample = pd.Index(np.random.default_rng(0).choice(labelled.to_numpy(), settings.scale_rows, replace=False))
+    records = [data.parsed.records[i] for i in sample]
+    regimens = data.frame.loc[sample, "regimen"].tolist()
+    p_final, recorded, band = training_spread(final, members, population, records, regimens, feature_names(),
+                                              settings.draws)
+    # the recorded rows' centres: the out-of-fold estimate, shifted as the draws shift the final model's
+    shifted = logodds(oof.loc[sample].to_numpy(dtype=float)) + (recorded.centre - logodds(p_final))
+    versions = [(shifted, recorded, band)]
+    for share, seed in ((0.5, 1), (1.0, 2)):  # each optional field hidden w.p. 0.5; the required fields only
+        _, hidden, hidden_band = training_spread(final, members, population, hide_fields(records, share, seed),
+                                                 regimens, feature_names(), settings.draws)
+        versions.append((hidden.centre, hidden, hidden_band))
+    scale = estimate_scale(truth.loc[sample].to_numpy(dtype=float), versions, settings.level)
+    log.info("%s: interval factors %.3f (records without draws; ensemble of %d) and %s (with draws, by share "
+             "missing), %d rows", outcome, scale[0], len(members), ", ".join(f"{v:.3f}" for v in scale[1]), len(sample))
+    return members, scale
 
 
 def _train_one(config: dict[str, Any], data: Any, rows: pd.Index, regimen_class: str, outcome: str,

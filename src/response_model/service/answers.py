@@ -26,8 +26,11 @@ LIMITATIONS = [
     "Explanations are on the log-odds scale before any recalibration (exact for the whole model; "
     "relative to the training cohort: a patient at the training mean for the logistic part, the average "
     "tree output for LightGBM), not on the probability scale.",
-    "Uncertainty intervals are a population-level calibration margin (cross-validated ECE), not "
-    "patient-specific confidence intervals.",
+    "Uncertainty intervals are per patient, at the level they state: a bootstrap ensemble's spread (scaled "
+    "out-of-fold against the simulator's true probabilities when trained on simulated data, unscaled otherwise) "
+    "and the spread over the missing fields drawn independently from the training population's per-field "
+    "distribution, which ignores how fields go together. Bundles without an ensemble fall back to a "
+    "population-level calibration margin (cross-validated ECE), and say so.",
     "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
     "Clinical-only estimates (no genomic profile) average over unknown genomic status.",
     "Not validated for prospective clinical use.",
@@ -43,14 +46,16 @@ def predict_many(loaded: LoadedModel, requests: Sequence[PredictionRequest]) -> 
     wanted = [list(dict.fromkeys(r.regimens)) if r.regimens is not None else None for r in requests]
     predictions = predictor.predict(records, wanted, explain=True)
     what_if = interpret.genomic_tests(predictor, records, predictions)
-    return [_answer(loaded, predictor, predictions, i, record, what_if) for i, record in enumerate(records)]
+    bounds = predictor.intervals(records, predictions)
+    return [_answer(loaded, predictor, predictions, i, record, what_if, bounds) for i, record in enumerate(records)]
 
 
 def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions, patient: int,
-            record: PatientRecord, what_if: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+            record: PatientRecord, what_if: dict[int, list[dict[str, Any]]],
+            bounds: dict[str, tuple[Any, Any]] | None) -> dict[str, Any]:
     rows = predictions.rows_of(patient).tolist()
     memo: dict = {}  # what the patient's rows share (explanation_groups.row_terms)
-    items = [_regimen_item(predictor, predictions, row, record, memo, what_if.get(row, ())) for row in rows]
+    items = [_regimen_item(predictor, predictions, row, record, memo, what_if.get(row, ()), bounds) for row in rows]
     eligible = sorted((it for it in items if it["rank"] is not None), key=lambda it: it["rank"])
     withheld = [it for it in items if not it["validation"]["served"]]
     ineligible = [it for it in items if not it["eligible"] and it["validation"]["served"]]
@@ -72,14 +77,16 @@ def _answer(loaded: LoadedModel, predictor: Predictor, predictions: Predictions,
         "ineligible": [{"regimen": it["regimen"], "reason": it["ineligible_reason"] or ""}
                        for it in items if not it["eligible"]],
         "not_scored": [{"regimen": it["regimen"], "reason": it["validation"]["warning"] or ""} for it in withheld],
-        "uncertainty_method": interpret.UNCERTAINTY_METHOD,
+        "uncertainty_method": interpret.UNCERTAINTY_METHOD if bounds is None else predictor.uncertainty.method(),
+        "interval_level": None if bounds is None else predictor.uncertainty.level,
         "bands": interpret.BANDS_TEXT,
         "warnings": record.warnings(),
     }
 
 
 def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, record: PatientRecord,
-                  memo: dict, tests: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                  memo: dict, tests: Sequence[dict[str, Any]] = (),
+                  bounds: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """One regimen of an answer: probabilities with interval and band, rank, the largest explanation
     terms a clinician reads (:func:`response_model.modeling.explanation_groups.row_terms`; ``tests``: this
     row's genomic what-if tests) and (for the audit record only) every feature's SHAP value with the
@@ -94,9 +101,13 @@ def _regimen_item(predictor: Predictor, predictions: Predictions, row: int, reco
     }
     for outcome in OUTCOMES:
         p = interpret.finite(predictions.probability[outcome][row])
-        half_width = interpret.margin(predictor.metadata, regimen_class, outcome)
+        if bounds is None:
+            interval = interpret.interval(p, interpret.margin(predictor.metadata, regimen_class, outcome))
+        else:
+            level = predictor.uncertainty.level
+            interval = interpret.patient_interval(p, bounds[outcome][0][row], bounds[outcome][1][row], level)
         item[outcome] = {"probability": None if p is None else round(p, interpret.SHOWN_DECIMALS),
-                         "interval": interpret.interval(p, half_width), "band": interpret.band(outcome, p)}
+                         "interval": interval, "band": interpret.band(outcome, p)}
         explained = predictions.explanations.get((regimen_class, outcome))
         if explained is not None and served:  # a withheld regimen shows no estimate, so nothing to explain
             values = explained.of_row(row)
@@ -119,6 +130,7 @@ def audit_outputs(response: dict[str, Any]) -> tuple[dict, dict]:
                "information": {k: response["information"].get(k) for k in (
                    "checked", "missing_fields", "missing_influence_share", "rests_on_population_averages")},
                "out_of_distribution_missingness": response["out_of_distribution"].get("missingness"),
+               "uncertainty_method": response["uncertainty_method"], "interval_level": response["interval_level"],
                "regimens": {}}
     explanations = {}
     for it in response["regimens"]:

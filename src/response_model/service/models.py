@@ -78,6 +78,8 @@ class ErrorResponse(BaseModel):
 class Interval(BaseModel):
     lower: float
     upper: float
+    level: float | None = Field(default=None, description="Nominal coverage of a per-patient interval (0–1, e.g. "
+                                                          "0.8); null for the population-level calibration margin")
 
 
 class OutcomeEstimate(BaseModel):
@@ -224,7 +226,9 @@ class PredictionResponse(BaseModel):
     ineligible: list[dict[str, str]] = Field(description="Ineligible regimens with the reason")
     not_scored: list[dict[str, str]] = Field(
         default_factory=list, description="Regimens withheld by the per-regimen gate, with the reason (the metric)")
-    uncertainty_method: str
+    uncertainty_method: str = Field(description="How the intervals were made, with their level")
+    interval_level: float | None = Field(default=None, description="Nominal coverage of every interval of this "
+                                                                   "answer (0–1); null: population-level margin")
     bands: dict[str, str]
     warnings: list[str] = Field(default_factory=list, description="Plausible but unusual values")
 

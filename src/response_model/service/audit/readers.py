@@ -49,7 +49,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "seq", "time", "prediction_id", "status", "http_status", "endpoint", "key_id", "role",
     "model_name", "model_version", "input_digest", "patient_pseudonym", "genomics",
     "out_of_distribution_flagged", "regimen", "outcome", "rank", "eligible", "ineligible_reason",
-    "probability", "interval_lower", "interval_upper", "band", "explanation_scale", "base_value",
+    "probability", "interval_lower", "interval_upper", "interval_level", "band", "explanation_scale", "base_value",
     "detail", "record_hash",
 )
 EXPORT_COLUMN_DOC: dict[str, str] = {
@@ -71,6 +71,7 @@ EXPORT_COLUMN_DOC: dict[str, str] = {
     "eligible": "the catalogue's eligibility rules allow the regimen", "ineligible_reason": "why not",
     "probability": "estimated probability of the outcome",
     "interval_lower": "lower end of the uncertainty interval", "interval_upper": "upper end",
+    "interval_level": "nominal coverage of a per-patient interval (0–1); empty for the population-level margin",
     "band": "low / moderate / high",
     "explanation_scale": "scale of base_value and the shap.* columns",
     "base_value": "explanation base value: base_value + the sum of the shap.* columns = the model's output "
@@ -323,7 +324,8 @@ def _export_rows(entry: AuditEntry, shap_index: Mapping[str, int],
             row = {**base, "regimen": regimen, "outcome": outcome, "rank": out.get("rank"),
                    "eligible": out.get("eligible"), "ineligible_reason": out.get("ineligible_reason"),
                    "probability": estimate.get("probability"), "interval_lower": interval.get("lower"),
-                   "interval_upper": interval.get("upper"), "band": estimate.get("band")}
+                   "interval_upper": interval.get("upper"), "interval_level": interval.get("level"),
+                   "band": estimate.get("band")}
             explanation = (explanations.get(regimen) or {}).get(outcome) or {}
             values = explanation.get("values") or {}
             if values or explanation.get("base_value") is not None:
@@ -454,7 +456,7 @@ class Export:
         yield sink.drain()
 
 
-_FLOAT_COLUMNS = {"probability", "interval_lower", "interval_upper", "base_value"}
+_FLOAT_COLUMNS = {"probability", "interval_lower", "interval_upper", "interval_level", "base_value"}
 _INT_COLUMNS = {"seq", "http_status", "rank"}
 _BOOL_COLUMNS = {"out_of_distribution_flagged", "eligible"}
 
