@@ -111,12 +111,13 @@ def margin(metadata: Mapping[str, Any], regimen_class: str, outcome: str) -> flo
     return finite(metrics.get(tracking.metric_key(outcome, regimen_class, "ece_upper")))
 
 
-def interval(p: float | None, half_width: float | None) -> dict[str, float] | None:
-    """``{"lower", "upper"}``: ``p`` ± ``half_width`` clipped to [0, 1] and shown rounded (None if either is)."""
+def interval(p: float | None, half_width: float | None) -> dict[str, float | None] | None:
+    """``{"lower", "upper", "level"}``: ``p`` ± ``half_width`` clipped to [0, 1] and shown rounded (None if
+    either is); ``level`` None: a population-level margin (bundles without an ensemble), no stated coverage."""
     if p is None or half_width is None:
         return None
     return {"lower": round(max(0.0, p - half_width), SHOWN_DECIMALS),
-            "upper": round(min(1.0, p + half_width), SHOWN_DECIMALS)}
+            "upper": round(min(1.0, p + half_width), SHOWN_DECIMALS), "level": None}
 
 
 def patient_interval(p: float | None, lower: Any, upper: Any, level: float) -> dict[str, float] | None:

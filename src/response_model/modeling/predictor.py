@@ -167,8 +167,9 @@ class Predictor:
         """The predictor of ``bundle`` (a ResponseModelBundle): the evaluators stored in it (bundles
         saved before evaluators were stored get them compiled and checked now)."""
         evaluators = getattr(bundle, "evaluators", None) or compile_evaluators(bundle.models, bundle.feature_names)
+        uncertainty = getattr(bundle, "uncertainty", None)
         return cls(evaluators, bundle.feature_names, bundle.catalogue, bundle.metadata,
-                   getattr(bundle, "uncertainty", None))
+                   None if uncertainty is None else uncertainty.serving())
 
     @classmethod
     def reference(cls, bundle: Any) -> Predictor:

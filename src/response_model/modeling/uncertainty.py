@@ -29,6 +29,7 @@ MLflow nor the training code (batch workers unpickle it with the Predictor).
 
 from __future__ import annotations
 
+import copy
 import math
 import typing
 from collections.abc import Mapping, Sequence
@@ -381,6 +382,15 @@ class PatientUncertainty:
         """Decide each member's evaluator (checked against its own methods), as the bundle does for its models."""
         self.evaluators_ = {key: [MemberEvaluator.of(m, feature_names) for m in members]
                             for key, members in self.members.items()}
+
+    def serving(self) -> PatientUncertainty:
+        """This uncertainty without the members' fitted estimators, only their evaluators: what a predictor
+        (and each batch worker it is sent to) needs, without the training code behind the estimators."""
+        if not self.evaluators_:
+            raise RuntimeError("PatientUncertainty.serving(): compile() it first (the bundle does when it is made)")
+        view = copy.copy(self)
+        view.members = {key: [None] * len(models) for key, models in self.members.items()}
+        return view
 
     def method(self) -> str:
         """The interval's method in words (shown with every answer)."""
