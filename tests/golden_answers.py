@@ -3,7 +3,8 @@
 ``answers(model_dir, folder)`` collects, for a fixed set of patients: the API's single and batch
 answers (prediction ids removed), batch scoring's table with explanations, ``evaluate``'s metrics
 and the MLflow pyfunc's ``predict``. ``tests/data/golden_answers.json.gz`` holds what the code gave
-before the prediction core was rewritten; regenerate it only when a change of numbers is intended::
+after issue 13 (augmentation, per-patient intervals, grouped terms, per-regimen validation); regenerate
+it only when a change of numbers is intended::
 
     .venv/bin/python tests/golden_answers.py
 """
