@@ -31,8 +31,14 @@ LIMITATIONS = [
     "and the spread over the missing fields drawn independently from the training population's per-field "
     "distribution, which ignores how fields go together. Bundles without an ensemble fall back to a "
     "population-level calibration margin (cross-validated ECE), and say so.",
-    "No out-of-distribution check unless the bundle stores training-feature ranges (current bundles do not).",
-    "Clinical-only estimates (no genomic profile) average over unknown genomic status.",
+    "The out-of-distribution check compares each value with the training cohort's 1st–99th percentiles and "
+    "the pattern of missing inputs with training's (bundles without these summaries say it was not checked); "
+    "a category the training vocabulary lacks is flagged.",
+    "With inputs missing, estimates approximate the probability given what is recorded, as learned from "
+    "training copies with fields hidden (missingness augmentation); the information block says how much "
+    "of the model's influence is missing.",
+    "A regimen whose own validation (per-regimen discrimination and calibration) failed or rests on too few "
+    "patients is served with a warning naming the metric, or withheld, as the model's gate says.",
     "Not validated for prospective clinical use.",
 ]
 
