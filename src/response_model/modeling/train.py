@@ -43,7 +43,7 @@ from response_model.modeling.uncertainty import (
     PatientUncertainty,
     estimate_scale,
     fit_members,
-    hide_fields,
+    hide_at_random,
     logodds,
     training_spread,
 )
@@ -412,7 +412,7 @@ def _uncertainty_of(settings: Uncertainty, data: Any, rows: pd.Index, outcome: s
     shifted = logodds(oof.loc[sample].to_numpy(dtype=float)) + (recorded.centre - logodds(p_final))
     versions = [(shifted, recorded, band)]
     for share, seed in ((0.5, 1), (1.0, 2)):  # each optional field hidden w.p. 0.5; the required fields only
-        _, hidden, hidden_band = training_spread(final, members, population, hide_fields(records, share, seed),
+        _, hidden, hidden_band = training_spread(final, members, population, hide_at_random(records, share, seed),
                                                  regimens, feature_names(), settings.draws)
         versions.append((hidden.centre, hidden, hidden_band))
     scale = estimate_scale(truth.loc[sample].to_numpy(dtype=float), versions, settings.level)

@@ -337,7 +337,7 @@ def estimate_scale(truth: np.ndarray, versions: Sequence[tuple[np.ndarray, Sprea
     return solve(ok & (draw_var == 0), model_var, overall), per_band
 
 
-def hide_fields(records: Sequence[PatientRecord], share: float, seed: int) -> list[PatientRecord]:
+def hide_at_random(records: Sequence[PatientRecord], share: float, seed: int) -> list[PatientRecord]:
     """Copies of ``records`` with each optional field given hidden with probability ``share`` (seeded),
     re-validated so that derived fields follow; age, sex and cancer type are kept."""
     rng = np.random.default_rng(seed)
