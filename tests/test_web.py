@@ -338,7 +338,11 @@ def test_end_to_end_in_headless_chromium(live_server):
                                                        args=CHROMIUM_ARGS)
         try:
             page = context.new_page()
+            refused = []  # what the page's Content-Security-Policy blocked (none expected)
+            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
             page.goto(base + "/")
+            # the style sheet applies under the policy (allowed by its hash): the body has the page's background
+            assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 248, 250)"
             page.fill("#api_key", token)
             page.click("button[type=submit]")
             expect(page.locator("#patient-form")).to_be_visible()
@@ -404,5 +408,9 @@ def test_end_to_end_in_headless_chromium(live_server):
             expect(page.locator("#albumin")).to_have_value("34")
             expect(page.locator("#afp")).to_have_value("1200")
             assert page.locator("#ranking").count() == 0
+            # signing out ends the session: back to the sign-in form
+            page.click("form[action='/sign-out'] button")
+            expect(page.locator("#api_key")).to_be_visible()
+            assert not refused, refused
         finally:
             context.close()
