@@ -8,8 +8,8 @@ database nor a stolen cookie gives the API key, and a stolen cookie stops workin
 
 Every use of a session (:meth:`SessionStore.resume`) checks, in one read joined with the key's
 row: the session exists and was not ended (sign-out), it was used within the idle lifetime (default
-30 minutes) and started within the absolute lifetime (default 12 hours), and its key is not revoked
-— so ``keys revoke`` ends the key's page sessions at once, from any process. The lifetimes come from
+30 minutes, to within a minute) and started within the absolute lifetime (default 12 hours), and its
+key is not revoked — so ``keys revoke`` ends the key's page sessions at once, from any process. The lifetimes come from
 ``$RESPONSE_MODEL_SESSION_IDLE_MINUTES`` and ``$RESPONSE_MODEL_SESSION_MAX_HOURS``
 (:meth:`Lifetimes.from_env`), read once at start-up.
 
@@ -43,6 +43,7 @@ IDLE_ENV = "RESPONSE_MODEL_SESSION_IDLE_MINUTES"
 ABSOLUTE_ENV = "RESPONSE_MODEL_SESSION_MAX_HOURS"
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_ABSOLUTE_HOURS = 12.0
+TOUCH_INTERVAL = timedelta(minutes=1)
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 page_sessions = sa.Table(
@@ -181,12 +182,19 @@ class SessionStore:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         self._check(row, now)
-        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
-            conn.execute(page_sessions.update()
-                         .where(page_sessions.c.session_hash == hashed, page_sessions.c.ended.is_(None))
-                         .values(last_used=_text(now)))
+        # A durable write costs milliseconds: the time of use is written at most once per touch interval,
+        # so a session may end up to that much before its idle lifetime (never after it).
+        if now - parse_time(row.last_used) >= self._touch_interval():
+            with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
+                conn.execute(page_sessions.update()
+                             .where(page_sessions.c.session_hash == hashed, page_sessions.c.ended.is_(None))
+                             .values(last_used=_text(now)))
         key = KeyInfo(key_id=row.key_id, name=row.name, role=row.role, created=parse_time(row.key_created))
         return PageSession(session_id, key, parse_time(row.created), parse_time(row.expires))
+
+    def _touch_interval(self) -> timedelta:
+        """Return how stale the stored time of last use may get: a tenth of the idle lifetime, at most a minute."""
+        return min(TOUCH_INTERVAL, self.lifetimes.idle / 10)
 
     def _check(self, row, now: datetime) -> None:
         """Raise SessionEnded unless ``row`` (a session joined with its key) is usable at ``now``."""
