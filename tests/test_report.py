@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import tempfile
 
@@ -124,9 +126,28 @@ def test_endpoint_roles_and_cache(store, monkeypatch, tmp_path):
             response = client.get("/v1/model/report", headers={"Authorization": f"Bearer {tokens[role]}"})
             assert response.status_code == 200, response.text
             assert response.headers["content-type"].startswith("text/html")
+            assert_policy_fits(response.headers["content-security-policy"], response.text)
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-content-type-options"] == "nosniff"
             pages.append(response.text)
     assert "<h2>TRIPOD+AI checklist</h2>" in pages[0] and "research use — trained on simulated data" in pages[0]
     assert pages[0] == pages[1] and calls == [store["model_uri"]]   # rendered once per loaded model
+
+
+def assert_policy_fits(header: str, html: str) -> None:
+    """The report's Content-Security-Policy is strict (no script, nothing fetched, never framed) and fits the
+    page: its style sheets allowed by hash, its images embedded, no script, no style attribute."""
+    policy = dict(part.strip().split(" ", 1) for part in header.split(";"))
+    assert policy["default-src"] == "'none'" and policy["img-src"] == "data:" and policy["frame-ancestors"] == "'none'"
+    assert "script-src" not in policy and "unsafe" not in policy["style-src"]
+    styles = re.findall(r"<style>(.*?)</style>", html, re.S)
+    assert styles
+    for style in styles:
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy["style-src"]
+    images = re.findall(r'<img[^>]*\ssrc="([^"]+)"', html)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "<script" not in html and " style=" not in html
 
 
 def test_chromium_renders_every_section_and_figure(written):

@@ -17,7 +17,7 @@ from response_model.schema import PatientRecord
 from response_model.service.app import create_app
 from response_model.service.audit import AuditTrail
 from response_model.service.keys import DB_URL_ENV, KeyStore
-from response_model.service.web import CSRF_COOKIE, PAGE_ENDPOINT, SESSION_COOKIE, contribution_chart
+from response_model.service.web import PAGE_ENDPOINT, PRESESSION_COOKIE, SESSION_COOKIE, contribution_chart
 
 from service_process import served_in_thread
 
@@ -98,10 +98,12 @@ def test_without_a_key_the_page_asks_to_sign_in(web):
         (PAGE_ENDPOINT, "rejected", 401, None)]
 
 
-def test_sign_in_keeps_the_key_in_an_httponly_strict_cookie_never_in_the_page(web):
+def test_sign_in_starts_a_session_in_an_httponly_strict_cookie_never_the_key(web):
     client, token = web["client"], web["tokens"]["clinician"]
     client.cookies.clear()
     page = client.get("/")
+    (presession,) = [c.lower() for c in page.headers.get_list("set-cookie") if c.startswith(f"{PRESESSION_COOKIE}=")]
+    assert "httponly" in presession and "samesite=strict" in presession
     bad = client.post("/sign-in", data={"csrf_token": csrf_of(page.text), "api_key": token[:-3] + "xyz"})
     assert bad.status_code == 401
     assert "not a valid, active API key" in " ".join(errors_in(field_block(bad.text, "api_key")))
@@ -110,8 +112,9 @@ def test_sign_in_keeps_the_key_in_an_httponly_strict_cookie_never_in_the_page(we
                            follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/"
     cookies = {c.split("=", 1)[0]: c.lower() for c in response.headers.get_list("set-cookie")}
-    for name in (SESSION_COOKIE, CSRF_COOKIE):
-        assert "httponly" in cookies[name] and "samesite=strict" in cookies[name]
+    assert "httponly" in cookies[SESSION_COOKIE] and "samesite=strict" in cookies[SESSION_COOKIE]
+    assert "max-age=0" in cookies[PRESESSION_COOKIE]  # the pre-session ends at sign-in
+    assert token.split("_")[-1] not in cookies[SESSION_COOKIE].lower()
     form = client.get("/")
     assert form.status_code == 200 and 'id="patient-form"' in form.text
     assert token not in form.text and "web clinician (clinician)" in form.text
@@ -131,7 +134,7 @@ def test_a_revoked_key_is_sent_back_to_sign_in(web):
         sign_in(client, created.token)
         store.revoke(created.key_id)
     response = client.get("/")
-    assert response.status_code == 401 and "not valid any more" in response.text
+    assert response.status_code == 401 and "not valid any more" in response.text and "revoked" in response.text
     assert any(c.startswith(f"{SESSION_COOKIE}=") and "max-age=0" in c.lower()
                for c in response.headers.get_list("set-cookie"))
 
@@ -335,7 +338,17 @@ def test_end_to_end_in_headless_chromium(live_server):
                                                        args=CHROMIUM_ARGS)
         try:
             page = context.new_page()
+            refused = []  # what the page's Content-Security-Policy blocked (none expected; Chromium's own
+            # favicon request, which the page does not make, aside)
+
+            def on_console(message) -> None:
+                if "Content Security Policy" in message.text and "favicon" not in message.text:
+                    refused.append(message.text)
+
+            page.on("console", on_console)
             page.goto(base + "/")
+            # the style sheet applies under the policy (allowed by its hash): the body has the page's background
+            assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 248, 250)"
             page.fill("#api_key", token)
             page.click("button[type=submit]")
             expect(page.locator("#patient-form")).to_be_visible()
@@ -401,5 +414,9 @@ def test_end_to_end_in_headless_chromium(live_server):
             expect(page.locator("#albumin")).to_have_value("34")
             expect(page.locator("#afp")).to_have_value("1200")
             assert page.locator("#ranking").count() == 0
+            # signing out ends the session: back to the sign-in form
+            page.click("form[action='/sign-out'] button")
+            expect(page.locator("#api_key")).to_be_visible()
+            assert not refused, refused
         finally:
             context.close()

@@ -32,6 +32,7 @@ from response_model.service.audit import AuditTrail
 from response_model.service.auth import AuthError
 from response_model.service.errors import GUARDED_ROLES, on_auth_error, on_guard_refusal, on_validation_error
 from response_model.service.guard import BodyGuard
+from response_model.service.headers import ServiceApp
 from response_model.service.holder import LoadedModel, is_alias_uri, load_at_start, watch_alias
 from response_model.service.keys import KeyStore, make_engine
 from response_model.service.routers import ROUTERS, docs
@@ -81,13 +82,14 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     swapped in. ``fallback_model_dir`` (default ``$RESPONSE_MODEL_FALLBACK_MODEL_DIR``): an exported model
     folder served, loudly labelled, when ``model_uri`` cannot be loaded at start-up
     (:func:`~response_model.service.holder.load_at_start`). Request bodies are limited in size and checked
-    for duplicate keys (:mod:`response_model.service.guard`). ``/docs`` and ``/redoc`` need no internet.
+    for duplicate keys (:mod:`response_model.service.guard`); every answer carries the security headers of
+:mod:`response_model.service.headers`. ``/docs`` and ``/redoc`` need no internet.
     """
     try:
         pseudonym_key()
     except PseudonymKeyError as error:
         raise PseudonymKeyError(f"cannot start the prediction service: {error}") from None
-    app = FastAPI(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
+    app = ServiceApp(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
     app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
     app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES))

@@ -11,7 +11,8 @@ it must never be a patient's name, record number or any other identifier of a pe
 
 The store is a SQLAlchemy URL (portable Core only): by default ``sqlite:///<cwd>/service.db``, or
 ``$RESPONSE_MODEL_DB_URL``; a ``postgresql+psycopg://…`` URL works too. The same database can hold
-the audit trail (:mod:`response_model.service.audit`), and both can share one engine.
+the audit trail (:mod:`response_model.service.audit`), and both can share one engine; the clinician page's
+sessions (:mod:`response_model.service.sessions`) live beside the keys, bound to a key id.
 """
 
 from __future__ import annotations

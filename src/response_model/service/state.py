@@ -1,4 +1,5 @@
-"""The service's state: its settings, the model holder, the key store and the audit trail, in one typed object.
+"""The service's state: its settings, the model holder, the key store, page sessions and the audit trail, in one
+typed object.
 
 :func:`~response_model.service.app.create_app` stores one :class:`ServiceState` as
 ``app.state.service``; routes and handlers reach it through :mod:`response_model.service.deps`.
@@ -14,6 +15,7 @@ from pathlib import Path
 from response_model.service.audit import AuditTrail
 from response_model.service.holder import FALLBACK_ENV, ModelHolder, alias_check_seconds, default_model_uri
 from response_model.service.keys import KeyStore
+from response_model.service.sessions import Lifetimes, SessionStore
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Settings:
     alias_check: float | None = None
     #: exported model folder served when ``model_uri`` cannot be loaded at start-up
     fallback_dir: str | Path | None = None
+    #: how long a clinician page session lasts (``$RESPONSE_MODEL_SESSION_…``, read when the settings are made)
+    session_lifetimes: Lifetimes = field(default_factory=Lifetimes.from_env)
 
     @classmethod
     def resolve(cls, model_uri: str | None = None, db_url: str | None = None, alias_check: float | None = None,
@@ -59,10 +63,12 @@ class ServiceState:
     report_lock: threading.Lock = field(default_factory=threading.Lock)
     _keys: KeyStore | None = None
     _trail: AuditTrail | None = None
+    _sessions: SessionStore | None = None
 
     def open(self, keys: KeyStore, trail: AuditTrail) -> None:
-        """Attach the key store and audit trail (at start-up)."""
+        """Attach the key store and audit trail; open the page sessions in the key store's database (at start-up)."""
         self._keys, self._trail = keys, trail
+        self._sessions = SessionStore(keys.engine, self.settings.session_lifetimes)
 
     @property
     def keys(self) -> KeyStore:
@@ -70,6 +76,13 @@ class ServiceState:
         if self._keys is None:
             raise RuntimeError("the service has not started: the key store opens in the app's lifespan")
         return self._keys
+
+    @property
+    def sessions(self) -> SessionStore:
+        """Return the clinician page's sessions; raises RuntimeError before start-up."""
+        if self._sessions is None:
+            raise RuntimeError("the service has not started: the page sessions open in the app's lifespan")
+        return self._sessions
 
     @property
     def trail(self) -> AuditTrail:

@@ -1,13 +1,35 @@
 """The clinician page at ``/``: a server-rendered form (Jinja2, plain HTML and CSS, no JavaScript).
 
-A clinician signs in by pasting their API key (``POST /sign-in``); the key is kept in an HttpOnly,
-``SameSite=Strict`` cookie — never logged, never written into a page — and ``POST /sign-out`` clears
-it. Predicting needs the clinician or admin role; a missing or revoked key renders the sign-in page
-(401), another role a page saying which roles may use it (403).
+Sessions: a clinician signs in by pasting their API key (``POST /sign-in``). The key is checked once
+and not kept: the browser gets an opaque random session id in an HttpOnly, ``SameSite=Strict``
+cookie (``rm_session``), and the server keeps only the id's SHA-256, bound to the key id, in the
+key store's database (:mod:`response_model.service.sessions`). Every request with the cookie checks
+that the session is open, within its idle and absolute lifetimes, and that its key is not revoked;
+``POST /sign-out`` ends the session on the server, so a copied cookie is worthless from then on. A
+fresh id is issued at every sign-in (a planted session cookie cannot be adopted). Predicting needs
+the clinician or admin role; no session renders the sign-in page (401 saying why a session ended),
+another role a page saying which roles may use it (403).
 
-CSRF: besides the ``SameSite=Strict`` cookies (not sent with requests started by another site), every
-form carries a per-browser-session token that must equal the HttpOnly ``rm_csrf`` cookie (double
-submit); the token is renewed at sign-in. A form without it, or with another, is refused (403).
+CSRF: besides the ``SameSite=Strict`` cookies (not sent with requests started by another site), a
+form sent by a browser that says another site started it (``Sec-Fetch-Site: cross-site`` or
+``same-site``) is refused, and every form carries a token that must be the HMAC of the browser's
+secret id for that form's purpose (:func:`~response_model.service.sessions.form_token`):
+
+* signed in, the session id — a token is valid for that session only, and no cookie the browser
+  holds besides the session's can change that (a planted ``rm_csrf``-style cookie with an attacker's
+  own token is simply not what the token is checked against);
+* on the sign-in form, before any session exists, a pre-session id the server issues in its own
+  HttpOnly cookie (``rm_presession``) — double submit, the token bound to that cookie rather than
+  equal to it, so the cookie's value never appears in a page; it is dropped at sign-in. Double submit
+  cannot stop an attacker able to write cookies for this host (a sibling subdomain over plain HTTP)
+  from signing a browser in with the attacker's key; ``SameSite`` and ``Sec-Fetch-Site`` are what
+  refuse such a request from another site, and serving over HTTPS keeps others from writing cookies.
+
+A form without its token, or with another, is refused (403).
+
+Every answer carries the service's security headers (:mod:`response_model.service.headers`); the
+page's own Content-Security-Policy (:func:`page_policy`) allows its one style sheet by hash and
+forms posted to itself, nothing else.
 
 The form is generated from :class:`~response_model.schema.PatientRecord` (field types, descriptions,
 units) and ``configs/ranges.yaml`` (plausible ranges); a pasted JSON record is the alternative. Both
@@ -21,20 +43,18 @@ The raw patient id is never written back into a page.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import math
 import re
-import secrets
 import textwrap
 import types
 import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from importlib.resources import files
 from typing import Any, Union, get_args, get_origin
 
 import jinja2
@@ -46,11 +66,20 @@ from response_model.modeling.bundle import OUTCOMES
 from response_model.schema import PatientRecord, cancer_types, field_ranges
 from response_model.service.audit import input_digest
 from response_model.service.auth import CLINICAL_ROLES, AuthError, authenticate
-from response_model.service.deps import ServiceDep
+from response_model.service.deps import ServiceDep, state_of
+from response_model.service.headers import style_policy
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
 from response_model.service.prediction import predict_one
 from response_model.service.recording import record_rejection
+from response_model.service.sessions import (
+    PageSession,
+    SessionEnded,
+    form_token,
+    new_browser_id,
+    token_matches,
+    well_formed,
+)
 from response_model.service.state import ServiceState
 from response_model.service.validation import raw_patient_id, request_errors
 
@@ -58,20 +87,15 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
 
-SESSION_COOKIE = "rm_session"
-CSRF_COOKIE = "rm_csrf"
+SESSION_COOKIE = "rm_session"  # the session id (never the API key)
+PRESESSION_COOKIE = "rm_presession"  # the sign-in form's browser id, before a session exists
 CSRF_FIELD = "csrf_token"
+PAGE_PURPOSE = "signed-in forms"  # the patient form and sign-out, bound to the session
+SIGN_IN_PURPOSE = "sign-in"  # the sign-in form, bound to the pre-session
 PAGE_ENDPOINT = "POST / (clinician page)"
 MAX_FORM_BYTES = 256 * 1024  # the service's body guard (guard.py) refuses larger bodies first by default
 #: what the alterations box accepts for "sequenced, nothing found" (empty = not sequenced)
 NOTHING_FOUND = ("none", "[]", "none found")
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",  # patient data: not kept in the browser's or a proxy's cache
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("response_model.service", "templates"),
@@ -252,17 +276,20 @@ def _form_target(error_field: str, source: str) -> str:
 # -- sessions and CSRF -----------------------------------------------------------------------------
 
 
-def _csrf(request: Request) -> tuple[str, bool]:
-    """(the browser session's CSRF token, whether it is new and must be set as a cookie)."""
-    token = request.cookies.get(CSRF_COOKIE, "")
-    if 20 <= len(token) <= 100 and token.replace("-", "").replace("_", "").isalnum():
-        return token, False
-    return secrets.token_urlsafe(32), True
+@lru_cache(maxsize=1)
+def page_policy() -> str:
+    """Return the page's Content-Security-Policy: its one inline style sheet by hash, forms to itself, nothing else."""
+    source = (files("response_model.service") / "templates" / "base.html").read_text(encoding="utf-8")
+    return (f"default-src 'none'; style-src {style_policy(source)}; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'")
 
 
-def _csrf_ok(request: Request, form: Form) -> bool:
-    cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get(CSRF_FIELD)
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+def _token_ok(request: Request, form: Form, browser_id: str | None, purpose: str) -> bool:
+    """True if the form's token is ``purpose``'s token of ``browser_id`` (the session or pre-session cookie)
+    and the browser does not say that another site sent the form (``Sec-Fetch-Site``)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    return token_matches(browser_id, purpose, form.get(CSRF_FIELD))
 
 
 def _set_cookie(response: Response, request: Request, name: str, value: str) -> None:
@@ -270,41 +297,63 @@ def _set_cookie(response: Response, request: Request, name: str, value: str) -> 
                         secure=request.url.scheme == "https")
 
 
-def _render(request: Request, template: str, status: int = 200, *, clear_session: bool = False,
-            **context: Any) -> HTMLResponse:
-    token, is_new = _csrf(request)
-    html = _ENV.get_template(template).render(csrf_token=token, csrf_field=CSRF_FIELD, **context)
-    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
-    if is_new:
-        _set_cookie(response, request, CSRF_COOKIE, token)
+def _forget_cookie(response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="strict")
+
+
+def _render(request: Request, template: str, status: int = 200, *, session: PageSession | None,
+            clear_session: bool = False, **context: Any) -> HTMLResponse:
+    """Return the page ``template`` for ``session`` (None: signed out), its forms carrying the session's token,
+    or, signed out, the sign-in token of the browser's pre-session cookie (set here when missing)."""
+    presession = None
+    if session is not None:
+        token = form_token(session.session_id, PAGE_PURPOSE)
+    else:
+        current = request.cookies.get(PRESESSION_COOKIE)
+        presession = None if well_formed(current) else new_browser_id()
+        token = form_token(presession or current, SIGN_IN_PURPOSE)
+    html = _ENV.get_template(template).render(csrf_token=token, csrf_field=CSRF_FIELD,
+                                              key=session.key if session else None, **context)
+    response = HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": page_policy()})
+    if presession is not None:
+        _set_cookie(response, request, PRESESSION_COOKIE, presession)
     if clear_session:
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        _forget_cookie(response, SESSION_COOKIE)
     return response
 
 
 def _redirect(request: Request) -> RedirectResponse:
-    return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+    return RedirectResponse("/", status_code=303, headers={"Content-Security-Policy": page_policy()})
 
 
-def _session_key(request: Request, state: ServiceState, roles: tuple[str, ...]) -> KeyInfo:
-    """The signed-in key with one of ``roles``; AuthError 401 (no or bad key) or 403 (role)."""
-    token = request.cookies.get(SESSION_COOKIE, "")
-    if not token:
-        raise AuthError(401, "not signed in")
-    return authenticate(state.keys, token, roles)
+def _resume(request: Request, state: ServiceState) -> PageSession:
+    """Return the browser's open session (any role); SessionEnded saying why there is none."""
+    return state.sessions.resume(request.cookies.get(SESSION_COOKIE))
 
 
-def _auth_page(request: Request, error: AuthError, **context: Any) -> HTMLResponse:
-    if error.status_code == 401:
-        signed_in = bool(request.cookies.get(SESSION_COOKIE))
-        message = ("Your API key is not valid any more (revoked, or the service's key store changed). "
-                   "Sign in again with a current key." if signed_in else None)
-        status = 401 if signed_in or request.method == "POST" else 200
-        return _render(request, "signin.html", status, key=None, message=message, error=None,
-                       clear_session=signed_in, **context)
-    key = error.key
-    return _render(request, "message.html", 403, title="Access denied", key=key,
-                   message=f"You are signed in with a key of role '{key.role if key else '?'}'. "
+def _role_error(key: KeyInfo) -> str | None:
+    """The refusal of a key whose role may not estimate responses, or None."""
+    if key.role in CLINICAL_ROLES:
+        return None
+    return f"role {key.role!r} may not use this endpoint; needs one of {', '.join(CLINICAL_ROLES)}"
+
+
+def _signed_out_page(request: Request, ended: SessionEnded) -> HTMLResponse:
+    """The sign-in page; 401 saying why the session ended when the browser had one (its cookie is cleared)."""
+    had_session = bool(request.cookies.get(SESSION_COOKIE))
+    message = f"Your session is not valid any more: {ended}. Sign in again with a current key." if had_session else None
+    status = 401 if had_session or request.method == "POST" else 200
+    return _render(request, "signin.html", status, session=None, message=message, error=None,
+                   lifetimes=_lifetimes(request), clear_session=had_session)
+
+
+def _lifetimes(request: Request) -> str:
+    return state_of(request).sessions.lifetimes.describe()
+
+
+def _role_page(request: Request, session: PageSession) -> HTMLResponse:
+    return _render(request, "message.html", 403, title="Access denied", session=session,
+                   message=f"You are signed in with a key of role '{session.key.role}'. "
                            f"Estimating responses needs the role {' or '.join(CLINICAL_ROLES)}; "
                            "ask an administrator for a clinician key, or sign out and sign in with one.")
 
@@ -319,12 +368,12 @@ async def _read_form(request: Request) -> Form | None:
 
 
 def _too_large(request: Request) -> HTMLResponse:
-    return _render(request, "message.html", 413, title="Form too large", key=None,
+    return _render(request, "message.html", 413, title="Form too large", session=None,
                    message=f"The form is larger than {MAX_FORM_BYTES // 1024} KiB; paste one patient at a time.")
 
 
 def _csrf_refused(request: Request) -> HTMLResponse:
-    return _render(request, "message.html", 403, title="Form expired", key=None,
+    return _render(request, "message.html", 403, title="Form expired", session=None,
                    message="This form's security token is missing or out of date (it may come from an old tab "
                            "or another site). Nothing was done. Go back to the page, reload it and submit again.")
 
@@ -336,28 +385,22 @@ def _csrf_refused(request: Request) -> HTMLResponse:
 def page(request: Request, state: ServiceDep) -> HTMLResponse:
     """The sign-in page, or the empty patient form for a signed-in clinician."""
     try:
-        key = _session_key(request, state, CLINICAL_ROLES)
-    except AuthError as error:
-        return _auth_page(request, error)
-    return _page(request, state, key, status=200)
-
-
-async def _checked_form(request: Request) -> Form | Response:
-    """The posted form of the sign-in and sign-out buttons, or the page refusing it (too large, bad CSRF token)."""
-    form = await _read_form(request)
-    if form is None:
-        return _too_large(request)
-    if not _csrf_ok(request, form):
-        return _csrf_refused(request)
-    return form
+        session = _resume(request, state)
+    except SessionEnded as ended:
+        return _signed_out_page(request, ended)
+    if _role_error(session.key):
+        return _role_page(request, session)
+    return _page(request, state, session, status=200)
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request, state: ServiceDep) -> Response:
-    """Check the pasted API key; on success keep it in the session cookie and go to the form."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
+    """Check the pasted API key; on success start a session (its id in the cookie) and go to the form."""
+    form = await _read_form(request)
+    if form is None:
+        return _too_large(request)
+    if not _token_ok(request, form, request.cookies.get(PRESESSION_COOKIE), SIGN_IN_PURPOSE):
+        return _csrf_refused(request)
     token = form.get("api_key").strip()
     try:
         key = await run_in_threadpool(authenticate, state.keys, token, ROLES)
@@ -365,22 +408,34 @@ async def sign_in(request: Request, state: ServiceDep) -> Response:
         log.info("page sign-in refused: invalid or revoked key")
         message = ("api_key: not a valid, active API key; paste the whole key as printed by "
                    "'response-model keys create' (it starts with rm_)") if token else "api_key: required"
-        return _render(request, "signin.html", 401, key=None, message=None, error=message)
+        return _render(request, "signin.html", 401, session=None, message=None, error=message,
+                       lifetimes=_lifetimes(request))
+    session_id = await run_in_threadpool(_new_session, state, request.cookies.get(SESSION_COOKIE), key)
     log.info("key %s (%s) signed in to the page", key.key_id, key.role)
     response = _redirect(request)
-    _set_cookie(response, request, SESSION_COOKIE, token)
-    _set_cookie(response, request, CSRF_COOKIE, secrets.token_urlsafe(32))  # a new session, a new token
+    _set_cookie(response, request, SESSION_COOKIE, session_id)  # a new id at every sign-in: none can be planted
+    _forget_cookie(response, PRESESSION_COOKIE)
     return response
 
 
+def _new_session(state: ServiceState, previous: str | None, key: KeyInfo) -> str:
+    """End the browser's previous session, if any, and return the id of a new one for ``key``."""
+    state.sessions.end(previous)
+    return state.sessions.start(key)
+
+
 @router.post("/sign-out", response_class=HTMLResponse)
-async def sign_out(request: Request) -> Response:
-    """Forget the session cookie."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
+async def sign_out(request: Request, state: ServiceDep) -> Response:
+    """End the session on the server (its cookie is worthless from now on) and forget the cookie."""
+    form = await _read_form(request)
+    if form is None:
+        return _too_large(request)
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not _token_ok(request, form, session_id, PAGE_PURPOSE):  # also for a session already expired
+        return _csrf_refused(request)
+    await run_in_threadpool(state.sessions.end, session_id)
     response = _redirect(request)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    _forget_cookie(response, SESSION_COOKIE)
     return response
 
 
@@ -393,25 +448,37 @@ async def submit(request: Request, state: ServiceDep) -> HTMLResponse:
     return await run_in_threadpool(_submit, request, state, form)
 
 
-def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
-    """Return the page answering a submitted form: the result, the form with its errors beside the fields,
-    or the refusal (CSRF, sign-in, role); every outcome but a model still loading is audited."""
-    if not _csrf_ok(request, form):
-        key = None
-        with contextlib.suppress(AuthError):  # any key, or none: the refusal is recorded either way
-            key = _session_key(request, state, tuple(ROLES))
-        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, 403, key, None, None,
+def _admitted(request: Request, state: ServiceState, form: Form) -> PageSession | HTMLResponse:
+    """Return the session of a submitted form, or the audited refusal: no session (401), a wrong CSRF
+    token or a role that may not estimate (403)."""
+    try:
+        session = _resume(request, state)
+    except SessionEnded as ended:
+        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, 401, None, None, None,
+                         {"error": str(ended)})
+        return _signed_out_page(request, ended)
+    if not _token_ok(request, form, session.session_id, PAGE_PURPOSE):
+        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, 403, session.key, None, None,
                          {"error": "CSRF token missing or wrong"})
         return _csrf_refused(request)
-    try:
-        key = _session_key(request, state, CLINICAL_ROLES)
-    except AuthError as error:
-        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, error.status_code, error.key, None, None,
-                         {"error": error.detail})
-        return _auth_page(request, error)
+    refusal = _role_error(session.key)
+    if refusal:
+        record_rejection(state.trail, state.holder.current, PAGE_ENDPOINT, 403, session.key, None, None,
+                         {"error": refusal})
+        return _role_page(request, session)
+    return session
+
+
+def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
+    """Return the page answering a submitted form: the result, the form with its errors beside the fields,
+    or the refusal (sign-in, CSRF, role); every outcome but a model still loading is audited."""
+    session = _admitted(request, state, form)
+    if isinstance(session, HTMLResponse):
+        return session
+    key = session.key
     loaded = state.holder.current
     if loaded is None:
-        return _render(request, "message.html", 503, title="Not ready", key=key,
+        return _render(request, "message.html", 503, title="Not ready", session=session,
                        message="The model is still loading; try again in a minute.")
 
     source = "json" if form.get("source") == "json" else "fields"
@@ -434,10 +501,10 @@ def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
     if not errors:
         status, answer = predict_one(loaded, state.trail, PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
         if status == 500:
-            return _render(request, "message.html", 500, title="Prediction failed", key=key,
+            return _render(request, "message.html", 500, title="Prediction failed", session=session,
                            message=answer["detail"])
         if status == 200:
-            return _page(request, state, key, 200, entered=entered, chosen=chosen, source=source,
+            return _page(request, state, session, 200, entered=entered, chosen=chosen, source=source,
                          json_text=json_text, result=_result_view(answer))
         errors = answer["errors"]  # already audited
     else:
@@ -449,7 +516,7 @@ def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
         if raw_id and raw_id in message:
             message = message.replace(raw_id, "…")
         shown.setdefault(_form_target(error["field"], source), []).append(message)
-    return _page(request, state, key, 422, entered=entered, chosen=chosen, source=source, json_text=json_text,
+    return _page(request, state, session, 422, entered=entered, chosen=chosen, source=source, json_text=json_text,
                  errors=shown)
 
 
@@ -504,13 +571,14 @@ def _digest(body: Any, text: str) -> str | None:
 # -- rendering ------------------------------------------------------------------------------------
 
 
-def _page(request: Request, state: ServiceState, key: KeyInfo, status: int, *, entered: dict[str, str] | None = None,
-          chosen: list[str] | None = None, source: str = "fields", json_text: str = "",
-          errors: dict[str, list[str]] | None = None, result: dict[str, Any] | None = None) -> HTMLResponse:
+def _page(request: Request, state: ServiceState, session: PageSession, status: int, *,
+          entered: dict[str, str] | None = None, chosen: list[str] | None = None, source: str = "fields",
+          json_text: str = "", errors: dict[str, list[str]] | None = None,
+          result: dict[str, Any] | None = None) -> HTMLResponse:
     """Return the patient form (as entered, with errors and the result when given), or 503 while no model is loaded."""
     loaded = state.holder.current
     if loaded is None:
-        return _render(request, "message.html", 503, title="Not ready", key=key,
+        return _render(request, "message.html", 503, title="Not ready", session=session,
                        message="The model is still loading; try again in a minute.")
     regimens = [{"name": r.name, "label": r.label, "regimen_class": r.regimen_class}
                 for r in loaded.bundle.candidate_regimens()]
@@ -518,7 +586,7 @@ def _page(request: Request, state: ServiceState, key: KeyInfo, status: int, *, e
     if entered is not None:
         values.update(entered)
     return _render(
-        request, "page.html", status, key=key, groups=form_groups(), values=values,
+        request, "page.html", status, session=session, groups=form_groups(), values=values,
         chosen=set(chosen) if chosen is not None else {r["name"] for r in regimens}, regimens=regimens,
         errors=errors or {}, source=source, json_text=json_text, result=result,
         model={"name": loaded.name, "version": loaded.version, "label": loaded.bundle.metadata.get("label")},
