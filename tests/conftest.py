@@ -37,6 +37,35 @@ def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(PSEUDONYM_KEY_ENV)
 
 
+TEST_AUDIT_KEY = "shared-test-audit-chain-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def _checkpoint_signing_key(tmp_path_factory):
+    """(private key file, trusted public keys file) of one Ed25519 checkpoint key for the session."""
+    from response_model.service.audit.checkpoints import new_signing_key
+
+    folder = tmp_path_factory.mktemp("checkpoint-key")
+    new_signing_key(folder / "checkpoint.key", folder / "checkpoint.pub")
+    return folder / "checkpoint.key", folder / "checkpoint.pub"
+
+
+@pytest.fixture(autouse=True)
+def _audit_trail_keys(tmp_path_factory, monkeypatch, _checkpoint_signing_key):
+    """Every test has the audit chain's HMAC key, a checkpoint signing key and a witness file of its own
+    (so that no test's checkpoints land in the checkout's ``.response-model`` or in another test's
+    witness), unless the environment sets them."""
+    from response_model.privacy import AUDIT_KEY_ENV, AUDIT_KEY_FILE_ENV
+    from response_model.service.audit.checkpoints import PUBLIC_KEYS_ENV, SIGNING_KEY_FILE_ENV, WITNESS_ENV
+
+    folder = tmp_path_factory.mktemp("trail")
+    defaults = {AUDIT_KEY_ENV: TEST_AUDIT_KEY, AUDIT_KEY_FILE_ENV: str(folder / "audit.key"),
+                SIGNING_KEY_FILE_ENV: str(_checkpoint_signing_key[0]),
+                PUBLIC_KEYS_ENV: str(_checkpoint_signing_key[1]), WITNESS_ENV: str(folder / "witness.jsonl")}
+    for name, value in defaults.items():
+        monkeypatch.setenv(name, os.environ.get(name) or value)
+
+
 @pytest.fixture(scope="session")
 def simulated_small():
     """A simulated cohort of 2,000 patients (seed 7): ``SimulatedCohort`` with ``cohort`` and ``truth``."""
