@@ -378,3 +378,41 @@ def test_cli_checkpoint_and_verify_name_the_case(url):
     execute(url, "DELETE FROM audit_records WHERE seq = 10")
     out = runner.invoke(audit_group, ["verify", "--db", url])
     assert out.exit_code == 1 and "BROKEN at record 10 [deleted-newest]" in out.output, out.output
+
+
+# -- the service ------------------------------------------------------------------------------------
+
+
+def test_the_service_needs_both_trail_keys(tmp_path, monkeypatch):
+    from response_model.service.app import create_app
+
+    url = f"sqlite:///{tmp_path}/service.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(AUDIT_KEY_ENV)
+        mp.setenv(AUDIT_KEY_FILE_ENV, str(tmp_path / "missing.key"))
+        with pytest.raises(AuditKeyError, match=f"cannot start the prediction service.*{AUDIT_KEY_ENV}"):
+            create_app("models:/hcc-smoke/1", url)
+    monkeypatch.setenv(SIGNING_KEY_FILE_ENV, str(tmp_path / "missing-checkpoint.key"))
+    with pytest.raises(AuditKeyError, match=f"cannot start the prediction service.*{SIGNING_KEY_FILE_ENV}"):
+        create_app("models:/hcc-smoke/1", url)
+
+
+def test_the_service_checkpoints_its_head_at_shutdown(smoke_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from response_model.service.app import create_app
+    from response_model.service.keys import KeyStore
+    from response_model.service.models import EXAMPLE_PATIENT
+
+    url = f"sqlite:///{tmp_path}/service.db"
+    with KeyStore(url) as store:
+        token = store.create("clinician", "trail test").token
+    with TestClient(create_app(str(smoke_model["export_dir"]), url)) as client:
+        answer = client.post("/v1/predictions", json={"patient": EXAMPLE_PATIENT},
+                             headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+    with AuditTrail(url) as trail:
+        head = trail.head_seq()
+        result = trail.verify()
+    assert head >= 1 and (result.ok, result.checkpoint_seq) == (True, head)
+    assert [e.checkpoint.seq for e in open_witness().read()] == [head]
