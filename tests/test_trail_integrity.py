@@ -416,3 +416,21 @@ def test_the_service_checkpoints_its_head_at_shutdown(smoke_model, tmp_path):
         result = trail.verify()
     assert head >= 1 and (result.ok, result.checkpoint_seq) == (True, head)
     assert [e.checkpoint.seq for e in open_witness().read()] == [head]
+
+
+def test_postgresql_trail_with_a_witness_database(tmp_path):
+    from conftest import require_service
+
+    url = require_service("RESPONSE_MODEL_TEST_POSTGRES_URL", "PostgreSQL server (e.g. postgresql+psycopg://user@host/db)")
+    execute(url, "DROP TABLE IF EXISTS audit_records", "DROP TABLE IF EXISTS audit_checkpoints")
+    witness = f"sqlite:///{tmp_path}/witness.db"
+    with AuditTrail(url, witness=witness, checkpoint_every=5) as trail:
+        trail.append_many([record(i) for i in range(1, N + 1)])
+        assert trail.verify().ok and trail.verify().checkpoint_seq == N
+    execute(url, "UPDATE audit_records SET seq = -1 WHERE seq = 3", "UPDATE audit_records SET seq = 3 WHERE seq = 6",
+            "UPDATE audit_records SET seq = 6 WHERE seq = -1")
+    assert verify(url, witness=witness).case == "swapped"
+    execute(url, "UPDATE audit_records SET seq = -1 WHERE seq = 3", "UPDATE audit_records SET seq = 3 WHERE seq = 6",
+            "UPDATE audit_records SET seq = 6 WHERE seq = -1", f"DELETE FROM audit_records WHERE seq > {N - 2}")
+    result = verify(url, witness=witness)
+    assert (result.ok, result.first_bad, result.case) == (False, N - 1, "deleted-newest")
