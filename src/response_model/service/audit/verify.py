@@ -85,10 +85,9 @@ def verify_chain(conn: Connection, keyring: AuditKeyring, entries: list[WitnessE
         walk.prev_hash = row.hash
     if newest is not None and newest > walk.n:
         cut = f"record {walk.n + 1}" if newest == walk.n + 1 else f"records {walk.n + 1}–{newest}"
-        signed = by_seq[newest][-1]
-        return _bad(walk, walk.n + 1, "deleted-newest",
-                    f"{cut} deleted: the trail ends at record {walk.n}, but the checkpoint signed at "
-                    f"{signed.time} covers record {newest}", checkpoints)
+        ends = f"ends at record {walk.n}" if walk.n else "is empty"
+        return _bad(walk, walk.n + 1, "deleted-newest", f"{cut} deleted: the trail {ends}, but the checkpoint "
+                    f"signed at {by_seq[newest][-1].time} covers record {newest}", checkpoints)
     return VerifyResult(True, walk.n, None, None, None if walk.n == 0 else walk.prev_hash, None, walk.n_legacy,
                         walk.n_legacy or None, len(checkpoints), newest, tuple(sorted(walk.key_ids)))
 
@@ -143,7 +142,8 @@ def _mac_problem(conn: Connection, row: Any, keyring: AuditKeyring, newest: int 
     seq = int(row.seq)
     what = (f"hash mismatch: record {seq} is an unkeyed record (format 1) after keyed ones (from record "
             f"{walk.keyed_from})" if unkeyed else
-            f"hash mismatch: record {seq}'s MAC does not verify with any key of the audit keyring")
+            f"hash mismatch: record {seq}'s MAC does not verify with any key of the audit keyring "
+            f"({', '.join(sorted(keyring.keys))})")
     moved = _moved_from(conn, row, keyring, walk.hint)
     if moved is not None:
         return "swapped", f"{what}; its content was written as record {moved} (records {seq} and {moved} swapped)"
@@ -164,10 +164,10 @@ def _mac_problem(conn: Connection, row: Any, keyring: AuditKeyring, newest: int 
         return "edited", f"{what}: the content of record {seq} was changed after it was written (record {seq + 1} " \
                          "still links to its MAC)"
     if beyond:
-        return "forged", (f"{what}, nor does the next one's, though they link: forged records appended from record "
-                          f"{seq} ({last}), or edited and re-hashed without the key")
-    return "rehashed", (f"{what}, nor does the next one's, though they link: record {seq} was edited and the tail "
-                        "re-hashed without the key")
+        return "forged", (f"{what}; record {seq + 1} does not verify either, though it links to it: forged "
+                          f"records appended from record {seq} ({last}), or edited and re-hashed without the key")
+    return "rehashed", (f"{what}; record {seq + 1} does not verify either, though it links to it: record {seq} was "
+                        "edited and the tail re-hashed without the key (or the key that made them left the keyring)")
 
 
 def _moved_from(conn: Connection, row: Any, keyring: AuditKeyring, hint: str | None) -> int | None:
