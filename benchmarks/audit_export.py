@@ -9,7 +9,8 @@ must then be empty) with ``--records`` prediction records shaped like the servic
 regimen of the catalogue × both outcomes, each with the base value and the SHAP value of every
 feature of the default feature set, random numbers — and one access record between every ten. Then
 times :func:`response_model.service.audit.start_export` + writing the file for each format, reading
-it back with pandas, and a page of 100 records through :meth:`AuditTrail.select`; prints one table.
+it back with pandas, ``AuditTrail.verify`` (every MAC) and a page of 100 records through
+:meth:`AuditTrail.select`; prints one table. The chain key is the environment's, else a throwaway one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from response_model.features import feature_names
+from response_model.privacy import AuditKeyError, AuditKeyring, audit_keyring
 from response_model.regimens import load_catalogue
 from response_model.service.audit import AuditTrail, TrailFilter, start_export
 
@@ -98,6 +100,12 @@ def run(trail: AuditTrail) -> pd.DataFrame:
                      "records_per_s": round(export.n_records / seconds), "MB": round(buffer.tell() / 1e6, 1),
                      "pandas_read_s": round(read, 2)})
     started = time.perf_counter()
+    verified = trail.verify()
+    seconds = time.perf_counter() - started
+    rows.append({"what": f"verify ({'intact' if verified.ok else verified.case})", "records": verified.n_records,
+                 "rows": None, "columns": None, "prepare_s": None, "total_s": round(seconds, 2),
+                 "records_per_s": round(verified.n_records / seconds), "MB": None, "pandas_read_s": None})
+    started = time.perf_counter()
     page = trail.select(TrailFilter(), after_seq=trail.head_seq() // 2, kind="prediction", limit=101,
                         explanations=False)  # as GET /v1/predictions reads them
     seconds = time.perf_counter() - started
@@ -107,6 +115,14 @@ def run(trail: AuditTrail) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"rows": "Int64", "columns": "Int64"})
 
 
+def _keyring() -> AuditKeyring:
+    """The environment's audit keyring, else a throwaway key (the benchmark's trail is its own)."""
+    try:
+        return audit_keyring()
+    except AuditKeyError:
+        return AuditKeyring.of(os.urandom(32).hex())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="prediction records in the trail (default 2000)")
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="audit-export-bench-") as folder:
         url = args.db or f"sqlite:///{Path(folder) / 'trail.db'}"
-        with AuditTrail(url) as trail:
+        with AuditTrail(url, keyring=_keyring(), witness=Path(folder) / "witness.jsonl") as trail:
             if trail.count():
                 parser.error(f"{trail.url} already holds an audit trail; give an empty database")
             built = build_trail(trail, args.records)

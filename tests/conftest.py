@@ -37,6 +37,44 @@ def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(PSEUDONYM_KEY_ENV)
 
 
+TEST_AUDIT_KEY = "shared-test-audit-chain-key-0123456789"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_trail_keys(tmp_path_factory):
+    """The whole session (module-scoped services included) has the audit chain's HMAC key, a checkpoint
+    signing key and its public key, and a witness file, unless the environment sets them — so that no
+    test's keys or checkpoints land in the checkout's ``.response-model``. Returns the names set here."""
+    from response_model.privacy import AUDIT_KEY_ENV, AUDIT_KEY_FILE_ENV
+    from response_model.service.audit.checkpoints import (
+        PUBLIC_KEYS_ENV,
+        SIGNING_KEY_FILE_ENV,
+        WITNESS_ENV,
+        new_signing_key,
+    )
+
+    folder = tmp_path_factory.mktemp("trail-keys")
+    new_signing_key(folder / "checkpoint.key", folder / "checkpoint.pub")
+    defaults = {AUDIT_KEY_ENV: TEST_AUDIT_KEY, AUDIT_KEY_FILE_ENV: str(folder / "audit.key"),
+                SIGNING_KEY_FILE_ENV: str(folder / "checkpoint.key"), PUBLIC_KEYS_ENV: str(folder / "checkpoint.pub"),
+                WITNESS_ENV: str(folder / "witness.jsonl")}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in defaults.items():
+            if not os.environ.get(name):
+                mp.setenv(name, value)
+        yield {name for name in defaults if os.environ[name] == defaults[name]}
+
+
+@pytest.fixture(autouse=True)
+def _witness_per_test(tmp_path_factory, monkeypatch, _audit_trail_keys):
+    """Each test verifies against a witness file of its own (one witness serves one trail), unless the
+    environment names one."""
+    from response_model.service.audit.checkpoints import WITNESS_ENV
+
+    if WITNESS_ENV in _audit_trail_keys:
+        monkeypatch.setenv(WITNESS_ENV, str(tmp_path_factory.mktemp("witness") / "witness.jsonl"))
+
+
 @pytest.fixture(scope="session")
 def simulated_small():
     """A simulated cohort of 2,000 patients (seed 7): ``SimulatedCohort`` with ``cohort`` and ``truth``."""

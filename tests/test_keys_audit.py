@@ -215,8 +215,9 @@ def test_edited_record_is_named(db):
     assert (result.ok, result.first_bad) == (False, 7) and "hash mismatch" in result.reason
 
 
-def test_edited_record_with_recomputed_hash_is_caught_by_the_next(db):
-    """A forger who also recomputes the edited record's own hash is caught by the next record's prev_hash."""
+def test_edited_record_with_recomputed_hash_is_caught_at_once(db):
+    """A forger who also recomputes the edited record's own hash (unkeyed SHA-256: the forger has no
+    audit key) is caught at that record, and the next record's prev_hash says it was re-hashed."""
     from response_model.service.audit import CONTENT_FIELDS, audit_records, record_hash
 
     url, _ = db
@@ -230,7 +231,8 @@ def test_edited_record_with_recomputed_hash_is_caught_by_the_next(db):
             outputs=content["outputs"], hash=record_hash(9, row.prev_hash, content)))
     engine.dispose()
     result = AuditTrail(url).verify()
-    assert (result.ok, result.first_bad) == (False, 10) and "prev_hash" in result.reason
+    assert (result.ok, result.first_bad, result.case) == (False, 9, "rehashed")
+    assert "record 10 links to another MAC" in result.reason
 
 
 def test_deleted_middle_record_names_the_next(db):

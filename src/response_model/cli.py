@@ -460,9 +460,12 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
     from response_model.modeling.train import train as run_training
     from response_model.privacy import (
         PSEUDONYM_KEY_ENV,
+        ensure_local_audit_key,
         ensure_local_key,
+        local_audit_key_file,
         local_key_file,
     )
+    from response_model.service.audit.checkpoints import ensure_local_signing_key
     from response_model.sources import load_source
     from response_model.sources.simulator import simulate_cohort, write_simulation
     from response_model.validate import validation_report
@@ -470,6 +473,9 @@ def run(n: int, seed: int, out_dir: Path, config_path: str, then_serve: bool, ho
     if ensure_local_key():  # the one key every later command run from this folder finds (privacy.pseudonym_key)
         log.warning("created a local pseudonymisation key in %s; every command run from this folder uses it "
                     "(set %s in production, from a secret store)", local_key_file(), PSEUDONYM_KEY_ENV)
+    if ensure_local_audit_key() | ensure_local_signing_key():  # the audit trail's keys, outside its database
+        log.warning("created the audit trail's local keys (chain key %s, checkpoint signing key beside it); "
+                    "in production they come from a secret store (docs/audit-trail.md)", local_audit_key_file())
     log.info("step 1/5: simulate %d patients (seed %d) into %s", n, seed, out_dir)
     written = write_simulation(simulate_cohort(n, seed), out_dir)
     log.info("step 2/5: validate %s", written["cohort"])

@@ -27,8 +27,9 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from response_model.privacy import PseudonymKeyError, pseudonym_key
+from response_model.privacy import AuditKeyError, PseudonymKeyError, audit_keyring, pseudonym_key
 from response_model.service.audit import AuditTrail
+from response_model.service.audit.checkpoints import checkpoint_records, checkpoint_seconds, load_signing_key
 from response_model.service.auth import AuthError
 from response_model.service.errors import GUARDED_ROLES, on_auth_error, on_guard_refusal, on_validation_error
 from response_model.service.guard import BodyGuard
@@ -53,7 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     settings = state.settings
     engine = make_engine(settings.db_url)
-    state.open(KeyStore(engine), AuditTrail(engine))
+    trail = AuditTrail(engine, checkpoint_every=checkpoint_records())
+    state.open(KeyStore(engine), trail)
+    checkpoints = asyncio.create_task(_checkpoint_periodically(trail, checkpoint_seconds()))
     log.info("loading model %s", settings.model_uri)
     model = await run_in_threadpool(load_at_start, state.holder, settings.model_uri, settings.fallback_dir)
     log.info("model %s version %s loaded; ready", model.name, model.version)
@@ -66,7 +69,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if watcher is not None:
             watcher.cancel()
+        checkpoints.cancel()
+        await run_in_threadpool(_checkpoint, trail)  # the head at shutdown
         engine.dispose()
+
+
+def _checkpoint(trail: AuditTrail) -> None:
+    """Publish a checkpoint of the trail's head if it moved; a failure is logged (the records are stored)."""
+    try:
+        trail.checkpoint_if_moved()
+    except Exception:  # noqa: BLE001 - a witness that is down must not stop the service
+        log.exception("could not publish a checkpoint of the audit trail")
+
+
+async def _checkpoint_periodically(trail: AuditTrail, seconds: float) -> None:
+    """Every ``seconds``, publish a checkpoint of the trail's head if records were added (runs until cancelled)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await run_in_threadpool(_checkpoint, trail)
 
 
 def create_app(model_uri: str | None = None, db_url: str | None = None,
@@ -76,21 +96,29 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
 
     ``db_url``: SQLAlchemy URL of the key store and audit trail (default ``$RESPONSE_MODEL_DB_URL``
     or ``sqlite:///<cwd>/service.db``). Raises PseudonymKeyError now if
-    ``$RESPONSE_MODEL_PSEUDONYM_KEY`` is unset: the audit trail could not pseudonymise patient ids.
+    ``$RESPONSE_MODEL_PSEUDONYM_KEY`` is unset: the audit trail could not pseudonymise patient ids; and
+    AuditKeyError if the audit chain's HMAC key or the checkpoint signing key is missing. While it runs,
+    the service publishes a signed checkpoint of the trail's head every ``$RESPONSE_MODEL_CHECKPOINT_RECORDS``
+    records, every ``$RESPONSE_MODEL_CHECKPOINT_SECONDS`` seconds (when records were added) and at shutdown.
     For an alias URI (``models:/NAME@champion``) the alias is checked every ``alias_check``
     seconds (default ``$RESPONSE_MODEL_ALIAS_CHECK_SECONDS``, else 60; 0 = never) and a newly promoted version
     swapped in. ``fallback_model_dir`` (default ``$RESPONSE_MODEL_FALLBACK_MODEL_DIR``): an exported model
     folder served, loudly labelled, when ``model_uri`` cannot be loaded at start-up
     (:func:`~response_model.service.holder.load_at_start`). Request bodies are limited in size and checked
     for duplicate keys (:mod:`response_model.service.guard`); every answer carries the security headers of
-:mod:`response_model.service.headers`. ``/docs`` and ``/redoc`` need no internet.
+    :mod:`response_model.service.headers`. ``/docs`` and ``/redoc`` need no internet.
     """
     try:
         pseudonym_key()
     except PseudonymKeyError as error:
         raise PseudonymKeyError(f"cannot start the prediction service: {error}") from None
+    try:  # the trail's keys, outside the database: the chain's HMAC key and the checkpoint signing key
+        audit_keyring()
+        load_signing_key()
+    except AuditKeyError as error:
+        raise AuditKeyError(f"cannot start the prediction service: {error}") from None
     app = ServiceApp(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
+                     docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
     app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
     app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES))
     app.add_exception_handler(AuthError, on_auth_error)

@@ -1,5 +1,6 @@
 """Command-line commands for API keys and the audit trail, registered on the main CLI elsewhere:
-``keys_group`` (``keys create | list | revoke``) and ``audit_group`` (``audit verify | export``)."""
+``keys_group`` (``keys create | list | revoke``) and ``audit_group`` (``audit verify | checkpoint | export |
+rotate-key | rotate-signing-key``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from response_model.privacy import AuditKeyError, local_audit_key_file, rotate_local_audit_key
 from response_model.service.audit import (
     EXPORT_COLUMNS,
     EXPORT_FORMATS,
@@ -22,6 +24,7 @@ from response_model.service.audit import (
     parse_filter,
     start_export,
 )
+from response_model.service.audit.checkpoints import new_signing_key
 from response_model.service.keys import (
     DB_URL_ENV,
     DEFAULT_DB_FILE,
@@ -38,7 +41,7 @@ def _clean_errors():
     """Turn expected failures (bad input, missing database or driver, unreachable server) into one line."""
     try:
         yield
-    except (KeyStoreError, AuditError) as exc:
+    except (KeyStoreError, AuditError, AuditKeyError) as exc:
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:
         raise click.ClickException(f"the database driver is not installed: {exc}") from None
@@ -132,29 +135,84 @@ def audit_group() -> None:
     """Check and export the tamper-evident audit trail of prediction requests."""
 
 
+def _witness_option(func):
+    return click.option(
+        "--witness", metavar="PATH|URL", default=None,
+        help="Where the signed checkpoints are: an append-only file or a SQLAlchemy URL of a second database. "
+             "Default: $RESPONSE_MODEL_AUDIT_WITNESS, else .response-model/audit-checkpoints.jsonl.",
+    )(func)
+
+
 @audit_group.command("verify", context_settings=_CONTEXT)
 @_db_option
-def audit_verify(db_url: str | None) -> None:
-    """Recompute the audit trail's hash chain.
+@_witness_option
+def audit_verify(db_url: str | None, witness: str | None) -> None:
+    """Recompute the audit trail's keyed chain (HMAC-SHA-256) and check it against the signed checkpoints.
 
-    Exits 0 when every record is intact, printing the number of records and the head hash (keep it
-    elsewhere: a later verify must end in a chain that contains it). Exits 1 naming the first
-    edited, deleted or reordered record and why.
+    Exits 0 when every record is intact and no checkpoint is contradicted, printing the number of
+    records, how many are of the old unkeyed kind and the head MAC. Exits 1 naming the case (edited,
+    deleted-middle, deleted-newest, swapped, forged, rehashed, bad-checkpoint), the record and why.
+    Needs the audit keyring ($RESPONSE_MODEL_AUDIT_KEY) and the checkpoints' public keys.
     """
-    with _clean_errors(), AuditTrail(db_url, create=False) as trail:
+    with _clean_errors(), AuditTrail(db_url, create=False, witness=witness) as trail:
         result = trail.verify()
-        where = trail.url
+        where, witnessed = trail.url, repr(trail.witness)
+    if result.legacy_through:
+        click.echo(f"{result.n_legacy} records of the old, unkeyed kind (chain format 1): records 1–"
+                   f"{result.legacy_through}; an edit or deletion among them shows, a rewrite by someone with "
+                   "write access would not", err=True)
     if result.ok:
-        click.echo(f"audit trail intact: {result.n_records} records in {where}")
+        click.echo(f"audit trail intact: {result.n_records} records in {where}"
+                   + (f" (keys {', '.join(result.key_ids)})" if result.key_ids else ""))
+        click.echo(f"checkpoints: {result.checkpoints} signed, verified, in the {witnessed}"
+                   + (f"; the newest covers record {result.checkpoint_seq}" if result.checkpoint_seq else ""))
         if result.head_hash:
-            click.echo(f"head hash (record {result.n_records}): {result.head_hash}")
+            click.echo(f"head MAC (record {result.n_records}): {result.head_hash}")
         return
-    click.echo(
-        f"audit trail BROKEN at record {result.first_bad}: {result.reason} "
-        f"({result.n_records} records read from {where})",
-        err=True,
-    )
+    where_bad = f"at record {result.first_bad}" if result.first_bad is not None else "in its checkpoints"
+    click.echo(f"audit trail BROKEN {where_bad} [{result.case}]: {result.reason} "
+               f"({result.n_records} records read from {where})", err=True)
     sys.exit(1)
+
+
+@audit_group.command("checkpoint", context_settings=_CONTEXT)
+@_db_option
+@_witness_option
+def audit_checkpoint(db_url: str | None, witness: str | None) -> None:
+    """Sign the trail's head (record, MAC, key id, time) with the checkpoint key and publish it to the witness.
+
+    The service does this by itself every $RESPONSE_MODEL_CHECKPOINT_RECORDS records (default 1000),
+    every $RESPONSE_MODEL_CHECKPOINT_SECONDS (default 60) and at shutdown; use this e.g. from cron, or
+    before a backup.
+    """
+    with _clean_errors(), AuditTrail(db_url, create=False, witness=witness) as trail:
+        checkpoint = trail.checkpoint()
+        witnessed = repr(trail.witness)
+    if checkpoint is None:
+        click.echo("the audit trail is empty: nothing to sign", err=True)
+        return
+    click.echo(f"checkpoint of record {checkpoint.seq} (MAC {checkpoint.head}, chain key {checkpoint.key_id}) "
+               f"signed by {checkpoint.signer} at {checkpoint.time}, published to the {witnessed}")
+
+
+@audit_group.command("rotate-key", context_settings=_CONTEXT)
+def audit_rotate_key() -> None:
+    """Add a new chain key to the local audit keyring file (.response-model/audit.key or
+    $RESPONSE_MODEL_AUDIT_KEY_FILE); older keys stay, to verify older records. Restart the service."""
+    with _clean_errors():
+        key = rotate_local_audit_key()
+    click.echo(f"new audit chain key {key.key_id} appended to {local_audit_key_file()}; restart the service "
+               "to sign new records with it (keep the older keys: they verify the older records)")
+
+
+@audit_group.command("rotate-signing-key", context_settings=_CONTEXT)
+def audit_rotate_signing_key() -> None:
+    """Replace the checkpoint signing key; its public key is added to the trusted public keys, where the old
+    ones stay, so that older checkpoints still verify. Restart the service."""
+    with _clean_errors():
+        key_id = new_signing_key()
+    click.echo(f"new checkpoint signing key {key_id}; its public key was added to the trusted keys. "
+               "Give verifiers the new public key file; restart the service")
 
 
 CLI_EXPORT_ENDPOINT = "CLI audit export"

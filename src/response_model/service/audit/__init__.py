@@ -1,9 +1,12 @@
-"""The audit trail: an append-only, tamper-evident record of every prediction request.
+"""The audit trail: an append-only, tamper-evident record of every prediction request (keyed chain +
+signed checkpoints; docs/audit-trail.md).
 
 - :mod:`.chain`: what a record holds, its canonical JSON, its hash and the rules of the hash chain;
   the checks that keep the raw patient id out of the trail.
 - :mod:`.records`: the ``audit_records`` table and :class:`AuditEntry` (a record as read back).
-- :mod:`.store`: :class:`AuditTrail` (appends with group commit, verify, get, check_record, count).
+- :mod:`.store`: :class:`AuditTrail` (appends with group commit, verify, checkpoint, get, check_record, count).
+- :mod:`.checkpoints`: signed (Ed25519) checkpoints of the chain's head and the witnesses they go to.
+- :mod:`.verify`: the walk of ``AuditTrail.verify`` that names the tamper case and the record.
 - :mod:`.readers`: filters, paging and the flat CSV/Parquet export for auditors.
 
 This package re-exports the names that the rest of the project imports from

@@ -9,26 +9,28 @@ replaces it by ``response_model.privacy.pseudonymise(patient_id)`` (a keyed hash
 written, and refuses to append — rather than store the raw id — when no pseudonymisation key is
 configured. Nothing else in a record may identify a patient: no names, record numbers or dates of birth.
 
-Hash chain: record ``n`` (``seq`` = 1, 2, 3, … without gaps) stores ``prev_hash`` = the ``hash`` of
-record ``n − 1`` (:data:`GENESIS_HASH` for the first) and ``hash`` = SHA-256 of the canonical JSON of
-``{"v": 1, "seq": n, "prev_hash": …, "record": {every stored field}}``. ``AuditTrail.verify``
-(:mod:`response_model.service.audit.store`) recomputes the chain with :func:`chain_break` and names
-the first record that was edited (hash mismatch), follows a deletion (sequence gap or prev_hash
-mismatch) or was moved (a record's hash covers its sequence number). The chain alone cannot reveal
-that the *newest* records were cut off, or that somebody with write access rewrote the whole chain;
-keep the head hash that ``verify`` reports somewhere else (a ticket, a signed e-mail) and compare it later.
+Keyed chain: record ``n`` (``seq`` = 1, 2, 3, … without gaps) stores ``prev_hash`` = the ``hash`` of
+record ``n − 1`` (:data:`GENESIS_HASH` for the first) and ``hash`` = its MAC, HMAC-SHA-256 with the
+audit key (``response_model.privacy.audit_keyring``, kept outside the database) of the canonical JSON
+of ``{"v": 2, "seq": n, "prev_hash": …, "key_id": …, "record": {every stored field}}``. Records
+written before the chain was keyed (format 1) have ``hash`` = SHA-256 of the same without ``key_id``;
+they still verify, and only before the first keyed record. Without the key nobody can compute a MAC,
+so an edited record cannot be re-hashed and a record cannot be forged; signed checkpoints of the head
+(:mod:`.checkpoints`) reveal records cut off the end. ``AuditTrail.verify`` (:mod:`.verify`) tells
+the cases apart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from response_model.privacy import pseudonymise
+from response_model.privacy import AuditKeyring, ChainKey, pseudonymise
 from response_model.service.keys import ROLES, TIME_FORMAT
 
 try:  # optional: a faster writer of the records' JSON fields (see stored_json)
@@ -40,7 +42,9 @@ _ORJSON_OPTIONS = 0 if _orjson is None else (  # sorted keys; anything not plain
     | _orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 GENESIS_HASH = "0" * 64
-CHAIN_FORMAT = 1
+CHAIN_FORMAT = 2  # keyed: HMAC-SHA-256 (format 1: unkeyed SHA-256, the records written before)
+LEGACY_FORMAT = 1
+LEGACY_KEY = "v1"  # what record_key answers for an unkeyed record of format 1
 STATUSES = ("accepted", "rejected")
 
 # The stored fields that the hash covers, in the table's order (besides seq and prev_hash).
@@ -135,19 +139,52 @@ def input_digest(body: Any) -> str:
 # The hash chain
 
 
-def record_hash(seq: int, prev_hash: str, content: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``{"v", "seq", "prev_hash", "record"}``.
+def record_hash(seq: int, prev_hash: str, content: Mapping[str, Any], key: ChainKey | None = None) -> str:
+    """The record's MAC (hex): HMAC-SHA-256 with ``key`` of the canonical JSON of ``{"v": 2, "seq",
+    "prev_hash", "key_id", "record"}`` (chain format 2); without a key, SHA-256 of ``{"v": 1, "seq",
+    "prev_hash", "record"}`` (format 1, the unkeyed records written before the chain was keyed).
 
     ``content`` maps every name in :data:`CONTENT_FIELDS` to its stored value (JSON fields as their
     stored canonical text), so verification never depends on how a database round-trips floats.
     """
     envelope = {
-        "v": CHAIN_FORMAT,
+        "v": LEGACY_FORMAT if key is None else CHAIN_FORMAT,
         "seq": int(seq),
         "prev_hash": prev_hash,
         "record": {name: content[name] for name in CONTENT_FIELDS},
     }
-    return hashlib.sha256(canonical_json(envelope).encode("utf-8")).hexdigest()
+    if key is None:
+        return hashlib.sha256(canonical_json(envelope).encode("utf-8")).hexdigest()
+    envelope["key_id"] = key.key_id
+    return hmac.new(key.secret, canonical_json(envelope).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _row_content(row: Any) -> dict[str, Any]:
+    """A stored row's hashed fields (``http_status`` as an int, whatever the driver returned)."""
+    content = {name: getattr(row, name) for name in CONTENT_FIELDS}
+    if content["http_status"] is not None:
+        content["http_status"] = int(content["http_status"])
+    return content
+
+
+def record_key(row: Any, keyring: AuditKeyring | None, hint: str | None = None, *,
+               seq: int | None = None, prev_hash: str | None = None) -> str | None:
+    """Which key made the stored row's MAC: a key id of ``keyring``, :data:`LEGACY_KEY` when its hash is
+    the unkeyed SHA-256 of format 1, None when nothing recomputes it (edited or forged).
+
+    ``hint`` (the answer for the previous record) is tried first, so a chain costs one MAC a record.
+    ``seq``/``prev_hash`` override the row's own (to ask whether the row was written at another place).
+    """
+    seq = int(row.seq) if seq is None else seq
+    prev_hash = row.prev_hash if prev_hash is None else prev_hash
+    content = _row_content(row)
+    keys: list[ChainKey | None] = list(keyring.keys.values()) if keyring is not None else []
+    keys.append(None)
+    keys.sort(key=lambda k: (LEGACY_KEY if k is None else k.key_id) != hint)
+    for key in keys:
+        if hmac.compare_digest(record_hash(seq, prev_hash, content, key), str(row.hash)):
+            return LEGACY_KEY if key is None else key.key_id
+    return None
 
 
 def _sequence_break(seq: int, expected_seq: int) -> str | None:
@@ -161,13 +198,12 @@ def _sequence_break(seq: int, expected_seq: int) -> str | None:
 
 
 def chain_break(row: Any, expected_seq: int, prev_hash: str) -> str | None:
-    """Why a stored record breaks the chain where it stands, or None when it is intact.
+    """Why a stored record does not stand where it should in the chain, or None when it links.
 
-    ``row`` has the record's ``seq``, ``prev_hash``, ``hash`` and every field of :data:`CONTENT_FIELDS`
-    as stored (attributes); ``expected_seq`` is the sequence number due at its place and ``prev_hash``
-    the hash of the record before it (:data:`GENESIS_HASH` for the first). Returns the reason as text:
-    a sequence gap (deletion) or disorder, a prev_hash that does not link, or a hash that does not
-    recompute (the content, sequence number or hash was changed).
+    ``row`` has the record's ``seq``, ``prev_hash`` and ``hash`` (attributes); ``expected_seq`` is the
+    sequence number due at its place and ``prev_hash`` the MAC of the record before it
+    (:data:`GENESIS_HASH` for the first). Returns the reason as text: a sequence gap (deletion) or
+    disorder, or a prev_hash that does not link. Whether the MAC recomputes: :func:`record_key`.
     """
     seq = int(row.seq)
     reason = _sequence_break(seq, expected_seq)
@@ -176,21 +212,23 @@ def chain_break(row: Any, expected_seq: int, prev_hash: str) -> str | None:
     if row.prev_hash != prev_hash:
         where = f"the hash of record {seq - 1}" if seq > 1 else "the genesis value"
         return f"prev_hash does not match {where} (a record before it was deleted, edited or moved)"
-    content = {name: getattr(row, name) for name in CONTENT_FIELDS}
-    if content["http_status"] is not None:
-        content["http_status"] = int(content["http_status"])
-    if record_hash(seq, row.prev_hash, content) != row.hash:
-        return "hash mismatch: the record's content, sequence number or hash was changed"
     return None
+
+
+#: The six ways of tampering that ``AuditTrail.verify`` tells apart, and a failed checkpoint.
+TAMPER_CASES = ("edited", "deleted-middle", "deleted-newest", "swapped", "forged", "rehashed", "bad-checkpoint")
 
 
 @dataclass(frozen=True)
 class VerifyResult:
     """Outcome of ``AuditTrail.verify``.
 
-    ``first_bad`` is the sequence number of the first bad record and ``reason`` says why (both None
-    when ``ok``); ``n_records`` counts the records read; ``head_hash`` is the hash of the last record
-    (keep it elsewhere to detect later truncation or a rewritten chain).
+    ``first_bad`` is the sequence number of the first bad record (or of the checkpoint's record) and
+    ``reason`` says why, ``case`` which of :data:`TAMPER_CASES` it is (all None when ``ok``);
+    ``n_records`` counts the records read; ``head_hash`` is the MAC of the last record. ``n_legacy``
+    records (seqs 1…``legacy_through``) are of the old, unkeyed kind (format 1): their chain shows
+    edits and deletions, but not a rewrite by someone with write access. ``checkpoints`` counts the
+    signed checkpoints checked, ``checkpoint_seq`` the newest one's record; ``key_ids`` the chain keys met.
     """
 
     ok: bool
@@ -198,12 +236,18 @@ class VerifyResult:
     first_bad: int | None = None
     reason: str | None = None
     head_hash: str | None = None
+    case: str | None = None
+    n_legacy: int = 0
+    legacy_through: int | None = None
+    checkpoints: int = 0
+    checkpoint_seq: int | None = None
+    key_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RecordCheck:
-    """``AuditTrail.check_record``: the record's hash recomputes (``hash_intact``), its
-    ``prev_hash`` is the previous record's hash, and the next record (None: there is none yet)
+    """``AuditTrail.check_record``: the record's MAC recomputes (``hash_intact``), its
+    ``prev_hash`` is the previous record's MAC, and the next record (None: there is none yet)
     points back to it."""
 
     seq: int
@@ -213,18 +257,20 @@ class RecordCheck:
 
     @property
     def ok(self) -> bool:
-        """True when the hash recomputes and both links hold (a missing next record is no fault)."""
+        """True when the MAC recomputes and both links hold (a missing next record is no fault)."""
         return self.hash_intact and self.linked_to_previous and self.linked_to_next is not False
 
 
-def record_check(row: Any, before: Any | None, after: Any | None) -> RecordCheck:
+def record_check(row: Any, before: Any | None, after: Any | None, keyring: AuditKeyring | None) -> RecordCheck:
     """The :class:`RecordCheck` of one stored record ``row`` from it and its neighbours as stored
     (``before``/``after``: records ``seq − 1`` and ``seq + 1``, None where there is none; rows as
-    for :func:`chain_break`): its hash recomputes, and it links to both."""
+    for :func:`chain_break`): its MAC recomputes with a key of ``keyring`` (or it is an unkeyed
+    record of format 1 before any keyed neighbour), and it links to both."""
     seq = int(row.seq)
-    content = {name: getattr(row, name) for name in CONTENT_FIELDS}
-    content["http_status"] = int(content["http_status"])
-    intact = record_hash(seq, row.prev_hash, content) == row.hash
+    key = record_key(row, keyring, keyring.current.key_id if keyring is not None else None)
+    # an unkeyed record stands only before the first keyed one
+    downgraded = key == LEGACY_KEY and before is not None and record_key(before, keyring) not in (None, LEGACY_KEY)
+    intact = key is not None and not downgraded
     expected_prev = GENESIS_HASH if seq == 1 else (before.hash if before is not None else None)
     return RecordCheck(seq=seq, hash_intact=intact, linked_to_previous=row.prev_hash == expected_prev,
                        linked_to_next=None if after is None else after.prev_hash == row.hash)

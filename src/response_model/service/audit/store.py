@@ -19,25 +19,38 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from response_model.privacy import AuditKeyring, audit_keyring
 from response_model.service.audit.chain import (
     GENESIS_HASH,
+    LEGACY_KEY,
     AuditError,
     RecordCheck,
     VerifyResult,
-    chain_break,
     record_check,
     record_hash,
+    record_key,
     stored_content,
+)
+from response_model.service.audit.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    DatabaseWitness,
+    FileWitness,
+    load_signing_key,
+    open_witness,
+    sign_checkpoint,
+    trusted_public_keys,
 )
 from response_model.service.audit.readers import TrailFilter, count_records, query_records, select_records
 from response_model.service.audit.records import _CHAIN_COLUMNS, AuditEntry, _Row, audit_records, metadata, row_to_entry
+from response_model.service.audit.verify import verify_chain
 from response_model.service.keys import (
     KeyStoreError,
     describe_url,
@@ -58,6 +71,10 @@ class AuditTrail:
 
     ``pseudonym_key`` defaults to ``$RESPONSE_MODEL_PSEUDONYM_KEY`` (read at each append).
     ``create=False`` opens an existing trail only (raises AuditError if there is none).
+    ``keyring``: the chain's HMAC keys (default ``response_model.privacy.audit_keyring()``, read at
+    the first append or verify); ``witness``: where checkpoints go (a path, a URL or a witness;
+    default :func:`~.checkpoints.open_witness`'s). ``checkpoint_every``: publish a signed checkpoint
+    each time the trail passes a multiple of this many records (None: only :meth:`checkpoint`).
     """
 
     def __init__(
@@ -66,10 +83,19 @@ class AuditTrail:
         *,
         pseudonym_key: bytes | str | None = None,
         create: bool = True,
+        keyring: AuditKeyring | None = None,
+        witness: str | FileWitness | DatabaseWitness | None = None,
+        checkpoint_every: int | None = None,
     ) -> None:
         self._owns_engine = not isinstance(url, Engine)
         self.engine: Engine = url if isinstance(url, Engine) else make_engine(url)
         self._pseudonym_key = pseudonym_key
+        self._keyring = keyring
+        self._witness = witness
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed: int | None = None  # the seq of this process's last checkpoint
+        self._anchor: str | None = None  # the MAC of record 1, named by every checkpoint
         self._group = _GroupCommit(self._append_durably)
         if create:
             metadata.create_all(self.engine, tables=[audit_records])
@@ -89,6 +115,20 @@ class AuditTrail:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def keyring(self) -> AuditKeyring:
+        """The chain's HMAC keys; raises AuditKeyError (saying how to set one) when there is none."""
+        if self._keyring is None:
+            self._keyring = audit_keyring()
+        return self._keyring
+
+    @property
+    def witness(self) -> FileWitness | DatabaseWitness:
+        """Where this trail's checkpoints are published (opened on first use)."""
+        if not isinstance(self._witness, (FileWitness, DatabaseWitness)):
+            self._witness = open_witness(self._witness)
+        return self._witness
 
     @property
     def url(self) -> str:
@@ -143,7 +183,9 @@ class AuditTrail:
         contents = [self._content(record) for record in records]  # checked in the caller's thread
         if not contents:
             return [] if entries else None
+        self.keyring  # noqa: B018 - a missing key is this caller's error, raised before the group commit
         rows = self._group.submit(contents)
+        self._maybe_checkpoint(rows)
         return [row_to_entry(_Row(values)) for values in rows] if entries else None
 
     def _append_durably(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,7 +218,7 @@ class AuditTrail:
                 if values["time"] is None:
                     values["time"] = now
                 values["seq"], values["prev_hash"] = seq, prev_hash
-                values["hash"] = prev_hash = record_hash(seq, values["prev_hash"], values)
+                values["hash"] = prev_hash = record_hash(seq, values["prev_hash"], values, self.keyring.current)
                 rows.append(values)
             conn.execute(audit_records.insert(), rows)
         # leaving conn.begin() committed: with synchronous=FULL the records are on disk now
@@ -185,22 +227,62 @@ class AuditTrail:
     # -- reading ------------------------------------------------------------------------------------
 
     def verify(self, *, batch_size: int = 1_000) -> VerifyResult:
-        """Recompute the chain from the first record; stop at the first bad one and say why.
+        """Recompute the chain from the first record with the keyring and check it against the signed
+        checkpoints of the witness; stop at the first problem and say which case it is and where.
 
-        Returns a :class:`VerifyResult` (the records read, the first bad one and why, the head hash).
-        ``batch_size``: records read per query.
+        Returns a :class:`VerifyResult` (see :mod:`.verify` for the cases). ``batch_size``: records
+        read per query. Raises AuditKeyError when no audit keyring is configured.
         """
-        n, prev_hash = 0, GENESIS_HASH
+        keyring, entries, trusted = self.keyring, self.witness.read(), trusted_public_keys()
         # One read transaction: a single snapshot on SQLite (WAL); on PostgreSQL (read committed)
         # records appended meanwhile may be included, which cannot break a chain read in seq order.
         with self.engine.connect() as conn, conn.begin():
-            for row in _chain_rows(conn, batch_size):
-                n += 1
-                reason = chain_break(row, n, prev_hash)
-                if reason is not None:
-                    return VerifyResult(False, n, int(row.seq), reason)
-                prev_hash = row.hash
-        return VerifyResult(True, n, None, None, None if n == 0 else prev_hash)
+            return verify_chain(conn, keyring, entries, trusted, repr(self.witness), batch_size)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the head (seq, MAC, key id, time) and publish it to the witness; returns the checkpoint,
+        None for an empty trail. Raises CheckpointError when there is no signing key, or the newest
+        record's MAC does not verify with the keyring (a forged head is never signed)."""
+        with self.engine.connect() as conn:
+            head = conn.execute(sa.select(*_CHAIN_COLUMNS).order_by(audit_records.c.seq.desc()).limit(1)).first()
+        if head is None:
+            return None
+        key_id = record_key(head, self.keyring, self.keyring.current.key_id)
+        if key_id in (None, LEGACY_KEY):
+            raise CheckpointError(f"the newest record ({head.seq}) does not verify with the audit keyring, so it "
+                                  "is not signed: run `response-model audit verify`")
+        return self._publish(int(head.seq), head.hash, key_id)
+
+    def checkpoint_if_moved(self) -> Checkpoint | None:
+        """:meth:`checkpoint` unless this process's last checkpoint is already of the head; returns it or None."""
+        if self._checkpointed is not None and self.head_seq() == self._checkpointed:
+            return None
+        return self.checkpoint()
+
+    def _publish(self, seq: int, head: str, key_id: str) -> Checkpoint:
+        """Sign and publish a checkpoint of record ``seq`` (MAC ``head``); returns it."""
+        with self._checkpoint_lock:
+            if self._anchor is None:
+                with self.engine.connect() as conn:
+                    self._anchor = conn.execute(
+                        sa.select(audit_records.c.hash).where(audit_records.c.seq == 1)).scalar()
+            checkpoint = sign_checkpoint(self._anchor or "", seq, head, key_id, load_signing_key())
+            self.witness.publish(checkpoint)
+            self._checkpointed = max(seq, self._checkpointed or 0)
+        return checkpoint
+
+    def _maybe_checkpoint(self, rows: list[dict[str, Any]]) -> None:
+        """Publish a checkpoint of the last of ``rows`` when they passed a multiple of ``checkpoint_every``.
+        A witness that fails is logged, never the request's error: its record is stored already."""
+        every = self._checkpoint_every
+        if not every or rows[-1]["seq"] // every == (rows[0]["seq"] - 1) // every:
+            return
+        try:
+            self._publish(rows[-1]["seq"], rows[-1]["hash"], self.keyring.current.key_id)
+        except Exception:  # noqa: BLE001 - the witness being down must not fail a stored request
+            log.exception("could not publish the audit trail's checkpoint of record %s", rows[-1]["seq"])
 
     def get(self, prediction_id: str) -> AuditEntry | None:
         """The record of a prediction (the earliest, if the id was used twice), or None."""
@@ -269,27 +351,12 @@ class AuditTrail:
         row = rows.get(int(seq))
         if row is None:
             raise AuditError(f"no audit record {seq}")
-        return record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1))
+        return record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1), self.keyring)
 
     def count(self) -> int:
         """The number of records."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar_one())
-
-
-def _chain_rows(conn: Connection, batch_size: int) -> Iterator[Any]:
-    """Every record's links and hashed fields (:data:`_CHAIN_COLUMNS`), in seq order, read in
-    batches of ``batch_size`` with a cursor on seq."""
-    last_seq = 0
-    while True:
-        chunk = conn.execute(
-            sa.select(*_CHAIN_COLUMNS).where(audit_records.c.seq > last_seq)
-            .order_by(audit_records.c.seq).limit(batch_size)
-        ).all()
-        if not chunk:
-            return
-        yield from chunk
-        last_seq = int(chunk[-1].seq)
 
 
 # ---------------------------------------------------------------------------------------------------
