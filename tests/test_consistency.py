@@ -102,6 +102,9 @@ def test_a_malformed_rule_is_a_configuration_error_naming_the_rule():
     assert consistency._rule(good, "r").fires({"ecog": 3})
     for change, named in [({"fields": ["ecogg"], "when": {"ecogg": {"min": 3}}}, "ecogg"),
                           ({"when": {"ecog": {"above": 3}}}, "above"), ({"severity": "fatal"}, "fatal"),
+                          ({"when": {"ecog": {"in": 3}}}, "when.ecog.in"),
+                          ({"when": {"ecog": {"above_field": "ecogg"}}}, "ecogg"),
+                          ({"when": {"ecog": {"matches": "("}}}, "not a regular expression"),
                           ({"message": "{albumin}"}, "albumin"), ({"source": "a hunch"}, "a hunch")]:
         with pytest.raises(ConfigError, match=named) as caught:
             consistency._rule({**good, **change}, "consistency.yaml: rules[0]")

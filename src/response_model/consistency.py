@@ -60,7 +60,7 @@ class Rule:
     scope: str
     severity: str
     fields: tuple[str, ...]
-    when: tuple[tuple[str, Mapping[str, Any]], ...]
+    when: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
     message: str
     source: str
 
@@ -78,24 +78,58 @@ class Rule:
                        self.message.format_map(shown))
 
 
-def _holds(value: Any, tests: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+def _holds(value: Any, tests: Sequence[tuple[str, Any]], values: Mapping[str, Any]) -> bool:
     """True when ``value`` passes every test of ``tests`` (``values``: the other fields, for comparisons)."""
-    for test, expected in tests.items():
-        if test == "in" and not any(_same(value, option) for option in expected):
-            return False
-        if test in ("min", "max") and not (_is_number(value) and (
-                value >= expected if test == "min" else value <= expected)):
-            return False
-        if test == "present" and expected is not (value is not None):
-            return False
-        if test == "matches" and not (isinstance(value, str) and re.fullmatch(expected, value)):
-            return False
-        other = values.get(expected) if test in ("above_field", "differs_from_field") else None
-        if test == "above_field" and not (_is_number(value) and _is_number(other) and value > other):
-            return False
-        if test == "differs_from_field" and (other is None or _same(value, other)):
+    for test, expected in tests:
+        if test == "in":  # expected: (options that are not yes/no, yes/no options), see _compiled
+            holds = value in expected[isinstance(value, bool)]
+        elif test in ("min", "max"):
+            holds = _is_number(value) and (value >= expected if test == "min" else value <= expected)
+        elif test == "present":
+            holds = expected is (value is not None)
+        elif test == "matches":
+            holds = isinstance(value, str) and expected.fullmatch(value) is not None
+        elif test == "above_field":
+            other = values.get(expected)
+            holds = _is_number(value) and _is_number(other) and value > other
+        else:  # differs_from_field
+            other = values.get(expected)
+            holds = other is not None and not _same(value, other)
+        if not holds:
             return False
     return True
+
+
+def _checked_tests(where: str, tests: Any, names: frozenset[str] | set[str]) -> tuple[tuple[str, Any], ...]:
+    """A field's tests, compiled (:func:`_compiled`); raises :class:`ConfigError` for an unknown test, a value
+    of the wrong type, a comparison with a field ``names`` lacks or a malformed pattern."""
+    if not isinstance(tests, dict) or not tests or set(tests) - TESTS:
+        raise ConfigError(f"{where}: {tests!r}; expected a mapping of tests among {sorted(TESTS)}")
+    expected_types = {"in": list, "min": (int, float), "max": (int, float), "present": bool, "matches": str,
+                      "above_field": str, "differs_from_field": str}
+    for test, value in tests.items():
+        if not isinstance(value, expected_types[test]) or (test.endswith("_field") and value not in names):
+            wanted = "a field the rule may read" if test.endswith("_field") else str(expected_types[test])
+            raise ConfigError(f"{where}.{test}: {value!r}; expected {wanted}")
+    try:
+        return _compiled(tests)
+    except re.error as error:
+        raise ConfigError(f"{where}.matches: {tests['matches']!r} is not a regular expression ({error})") from None
+
+
+def _compiled(tests: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A field's tests as :func:`_holds` reads them: ``in`` as two sets (True == 1 in Python, not in a
+    record), ``matches`` as a compiled pattern."""
+    compiled = []
+    for test, expected in tests.items():
+        if test == "in":
+            options = list(expected)
+            expected = (frozenset(o for o in options if not isinstance(o, bool)),
+                        frozenset(o for o in options if isinstance(o, bool)))
+        elif test == "matches":
+            expected = re.compile(expected)
+        compiled.append((test, expected))
+    return tuple(compiled)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -147,9 +181,8 @@ def _rule(spec: Any, where: str) -> Rule:
     if not fields or not when or wrong:
         raise ConfigError(f"{where}: fields {wrong or fields} not known to a {spec['scope']} rule or not in its "
                           "'fields'; expected 'fields' to list every input field its 'when' reads")
-    for name, tests in when.items():
-        if not isinstance(tests, dict) or not tests or set(tests) - TESTS:
-            raise ConfigError(f"{where}: when.{name}: {tests!r}; expected a mapping of tests among {sorted(TESTS)}")
+    compiled = tuple((name, _checked_tests(f"{where}: when.{name}", tests, known | derived))
+                     for name, tests in when.items())
     placeholders = {name for _, name, _, _ in string.Formatter().parse(spec["message"]) if name}
     if placeholders - set(fields) - derived:
         raise ConfigError(f"{where}: message names {sorted(placeholders - set(fields) - derived)}; expected only "
@@ -158,7 +191,7 @@ def _rule(spec: Any, where: str) -> Rule:
     if not (source.startswith("hcc-evidence.md") or source.startswith("assumption")):
         raise ConfigError(f"{where}: source {source!r}; expected its row of hcc-evidence.md or 'assumption: …'")
     return Rule(id=str(spec["id"]), scope=spec["scope"], severity=spec["severity"], fields=tuple(fields),
-                when=tuple(when.items()), message=spec["message"], source=source)
+                when=compiled, message=spec["message"], source=source)
 
 
 @lru_cache(maxsize=1)
