@@ -92,9 +92,14 @@ def test_chowell_cohort_loads_every_row():
 # ---------------------------------------------------------------------------------------------
 
 
+STAGE_B_WITH_ECOG_1 = ("bclc_stage: 'B' with ecog 1 is unusual (a cancer-related ECOG 1–2 stages BCLC C); check the "
+                       "stage and the performance status")
+
+
 def test_example_hospital_csv_maps_units_codes_and_alterations(key):
     parsed = load_source(REPO / "configs" / "sources" / "example_hospital.yaml", HOSPITAL_CSV).parsed
-    assert parsed.n_read == 6 and parsed.ok and parsed.warnings == []
+    # its second patient is BCLC B with ECOG 1: accepted, with consistency.yaml's warning
+    assert parsed.n_read == 6 and parsed.ok and parsed.warnings == [f"line 3: {STAGE_B_WITH_ECOG_1}"]
     frame = parsed.frame()
     first = frame.iloc[0]
     assert first["albumin"] == pytest.approx(3.8)  # 38 g/L
@@ -136,7 +141,7 @@ def test_csv_xlsx_and_parquet_give_identical_canonical_tables(tmp_path, key):
     xlsx_spec = {**spec, "sheet": "Patients", "header_row": 2}
     for kind, path in variants.items():
         parsed = read_table(xlsx_spec if kind == "xlsx" else spec, path)
-        assert parsed.ok and parsed.warnings == [], kind
+        assert parsed.ok and [w.split(": ", 1)[1] for w in parsed.warnings] == [STAGE_B_WITH_ECOG_1], kind
         pd.testing.assert_frame_equal(parsed.frame(), reference.frame(), check_exact=False, rtol=1e-9)
     # the sheet can also be chosen by index
     by_index = read_table({**spec, "sheet": 1, "header_row": 2}, variants["xlsx"])

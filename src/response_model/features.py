@@ -276,6 +276,8 @@ def _probe_value(name: str, variant: int):
         return 1 + variant
     if name == "prior_systemic_therapy":
         return bool(variant)  # consistent with the line above
+    if name == "bclc_stage":  # consistent with the invasion and spread below (true in variant 0)
+        return BCLCStage.terminal if variant == 0 else BCLCStage.advanced
     if base is bool:
         return not variant
     if isinstance(base, type) and issubclass(base, enum.Enum):

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from response_model import clinical
+from response_model import clinical, consistency
 from response_model.config import load_yaml
 from response_model.genes import UnknownGeneError, normalise_symbol
 
@@ -479,16 +479,13 @@ class PatientRecord(BaseModel):
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> PatientRecord:
+        # impossible combinations (configs/consistency.yaml), judged on the values as given
+        if errors := consistency.record_problems(self, "error"):
+            raise consistency.rejection(errors)
         self._derive_nlr()
         self._derive_child_pugh_class()
         if self.line_of_therapy is not None and self.line_of_therapy > 1:
-            if self.prior_systemic_therapy is False:
-                raise _reject(
-                    "inconsistent_line",
-                    f"prior_systemic_therapy: false contradicts line_of_therapy {self.line_of_therapy} "
-                    "(a line above 1 means an earlier systemic therapy); expected true",
-                )
-            self.prior_systemic_therapy = True
+            self.prior_systemic_therapy = True  # a later line implies one (the contrary is refused above)
         return self
 
     def _derive_nlr(self) -> None:
@@ -511,14 +508,8 @@ class PatientRecord(BaseModel):
         points = self.child_pugh_score
         if points is None:
             return
-        computed = ChildPughClass(clinical.child_pugh_class(points))
-        if self.child_pugh_class is not None and self.child_pugh_class != computed:
-            raise _reject(
-                "inconsistent_child_pugh",
-                f"child_pugh_class: given {self.child_pugh_class.value!r} but the five items give "
-                f"{points} points, class {computed.value}",
-            )
-        self.child_pugh_class = computed
+        # a class given that disagrees with the items is refused by consistency.yaml's child_pugh_class_vs_items
+        self.child_pugh_class = ChildPughClass(clinical.child_pugh_class(points))
 
     # -- computed scores ----------------------------------------------------------------------
 
@@ -559,13 +550,14 @@ class PatientRecord(BaseModel):
         return self.cancer_type not in cancer_types()
 
     def warnings(self) -> list[str]:
-        """Return warnings for plausible but unusual values (e.g. age under 18) and an unseen cancer type."""
+        """Return warnings for plausible but unusual values (e.g. age under 18), an unseen cancer type and
+        implausible combinations or units (configs/consistency.yaml, the unit hints of configs/ranges.yaml)."""
         found = [unseen_cancer_type_warning(self.cancer_type)] if self.unseen_cancer_type else []
         for name, spec in field_ranges().items():
             value = getattr(self, name, None)
             if value is not None and (message := spec.warning(float(value))):
                 found.append(message)
-        return found
+        return found + consistency.messages(consistency.record_problems(self, "warning"))
 
 
 INPUT_FIELDS: tuple[str, ...] = tuple(PatientRecord.model_fields)
@@ -611,6 +603,11 @@ def field_errors(error: ValidationError, known_fields: str = "the patient-record
     found = []
     for item in error.errors(include_url=False):
         path = ".".join(str(part) for part in item["loc"])
+        if problems := (item.get("ctx") or {}).get(consistency.CONTEXT_KEY):  # one error per inconsistency
+            prefix = f"{path}." if path else ""
+            found += [FieldError(field=prefix + name, value=consistency.value_at(item.get("input"), name),
+                                 message=message) for name, message in problems]
+            continue
         value = item.get("input")
         message = item["msg"]
         if not path:  # a cross-field check names its field at the start of its message

@@ -118,7 +118,8 @@ class RecordSummary(BaseModel):
     regimens: list[str] | None
     outputs: Any = Field(description="What the caller was told: per regimen rank, eligibility, probability, "
                                      "interval and band per outcome; genomics; out-of-distribution flag")
-    detail: Any = Field(description="Why a request was rejected (field-level errors)")
+    detail: Any = Field(description="Why a request was rejected (field-level errors); for an accepted one, "
+                                    "the warnings its answer carried ({\"warnings\": [...]}, null when none)")
     hash: str
     href: str | None = Field(description="Where the whole record is (null for a rejected request)")
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from response_model import consistency
 from response_model.schema import PatientRecord
 
 MAX_BATCH = 1_000
@@ -52,6 +53,15 @@ class PredictionRequest(BaseModel):
         default=None, max_length=128,
         description="Raw local identifier; stored in the audit trail only as a keyed hash, never returned",
     )
+
+    @model_validator(mode="after")
+    def _one_patient(self) -> PredictionRequest:
+        # the request's rules of configs/consistency.yaml (two different patient ids); the 422 answer's
+        # texts come from validation.request_errors, which applies the same rules to the raw body
+        ids = {"patient_id": self.patient_id, "patient": {"patient_id": self.patient.patient_id}}
+        if problems := consistency.request_problems(ids):
+            raise consistency.rejection(problems)
+        return self
 
 
 class BatchRequest(BaseModel):

@@ -35,11 +35,15 @@ def _base(model: LoadedModel, key: KeyInfo, endpoint: str) -> dict[str, Any]:
 
 
 def _accepted(response: dict[str, Any], index: int | None = None) -> dict[str, Any]:
-    """Return the fields of an accepted record of ``response`` (its outputs tagged with the batch ``index``)."""
+    """Return the fields of an accepted record of ``response`` (its outputs tagged with the batch ``index``;
+    ``detail`` holds the answer's warnings, when it has any)."""
     outputs, explanations = audit_outputs(response)
-    return {"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
-            "regimens": [it["regimen"] for it in response["regimens"]],
-            "outputs": outputs if index is None else {"index": index, **outputs}, "explanations": explanations}
+    accepted = {"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
+                "regimens": [it["regimen"] for it in response["regimens"]],
+                "outputs": outputs if index is None else {"index": index, **outputs}, "explanations": explanations}
+    if response["warnings"]:  # what the answer warned of (unusual values, implausible combinations)
+        accepted["detail"] = {"warnings": response["warnings"]}
+    return accepted
 
 
 def predict_one(model: LoadedModel, trail: AuditTrail, body: PredictionRequest, key: KeyInfo,

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import ValidationError
 
+from response_model.consistency import request_problems
 from response_model.modeling.bundle import ResponseModelBundle
 from response_model.schema import PatientRecord, field_errors
 from response_model.service.audit import input_digest
@@ -34,7 +35,8 @@ def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) 
 
 
 def request_errors(body: Any) -> list[dict[str, Any]]:
-    """Field-level errors of a prediction request body, with the CLI's texts for the patient record."""
+    """Field-level errors of a prediction request body, with the CLI's texts for the patient record
+    (its consistency rules included) and the request's own consistency rules."""
     if not isinstance(body, dict):
         return [{"field": "body", "value": None,
                  "message": f"body: expected a JSON object with 'patient', not {type(body).__name__}"}]
@@ -49,6 +51,8 @@ def request_errors(body: Any) -> list[dict[str, Any]]:
                 value = None if e.message.endswith("required field is missing") else jsonable(e.value)
                 errors.append({"field": f"patient.{e.field}" if e.field != "record" else "patient",
                                "value": value, "message": e.message})
+    # the request's own rules (configs/consistency.yaml: two patient ids); ids are never echoed
+    errors += [{"field": p.field, "value": None, "message": p.message} for p in request_problems(body)]
     try:
         PredictionRequest.model_validate({**body, "patient": {"age": 60, "sex": "female"}})
     except ValidationError as error:
