@@ -30,6 +30,7 @@ from typing import Any
 
 from response_model.privacy import pseudonymise
 from response_model.service.audit.bounded import bounded_detail
+from response_model.service.audit.packing import PACKED_FIELDS, pack_field
 from response_model.service.keys import ROLES, TIME_FORMAT
 
 try:  # optional: a faster writer of the records' JSON fields (see stored_json)
@@ -434,7 +435,8 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     """Check a caller's record (see ``AuditTrail.append``) and turn it into the stored content.
 
     Returns a dict of every name in :data:`CONTENT_FIELDS` → its stored value: JSON fields as their
-    stored text, the raw patient id replaced by its pseudonym, the input digest computed from
+    stored text (outputs and explanations packed: :mod:`.packing`; detail bounded: :mod:`.bounded`),
+    the raw patient id replaced by its pseudonym, the input digest computed from
     ``request_body`` if given, ``time`` as UTC text (None: the append takes the time under its lock).
     Raises AuditError (or RawIdentifierError) for a bad record and PseudonymKeyError when a patient
     id is given but no pseudonymisation key is configured (``pseudonym_key`` None: the environment's).
@@ -454,4 +456,6 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     content["patient_pseudonym"] = _pseudonym(record, content, pseudonym_key)
     content["time"] = _time_text(record["time"]) if record.get("time") is not None else None
     _require_storable(content)
+    for name in PACKED_FIELDS:  # after the checks, which read the plain text
+        content[name] = pack_field(name, content[name])
     return content
