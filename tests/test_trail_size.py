@@ -148,3 +148,35 @@ def test_readers_tolerate_any_stored_record(service, monkeypatch):
     assert export.status_code == 200, export.text[:300]
     missing = [i for i in ids if i not in export.text]
     assert missing == [], (missing, export.text[:200])
+
+
+def test_a_rejected_value_is_stored_bounded(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, KEY)
+    huge = "GENE" * 50_000
+    nested: list = []
+    for _ in range(500):
+        nested = [nested]
+    errors = [{"field": "alterations", "value": huge, "message": f"unknown gene {huge}"},
+              {"field": "age", "value": 150, "message": "age: 150 is above 120"},
+              {"field": "patient.deep", "value": nested, "message": "nested"},
+              {"field": "count", "value": 10**5000, "message": "too many digits"}]
+    errors += [{"field": f"regimens.{k}", "value": f"r{k}", "message": "unknown"} for k in range(200)]
+    record = {"endpoint": "POST /v1/predictions", "status": "rejected", "http_status": 422,
+              "detail": {"errors": errors}}
+    with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:
+        entry = trail.append(record)
+        with trail.engine.connect() as conn:
+            stored = conn.execute(sa.select(audit_records.c.detail)).scalar_one()
+    assert len(stored) < 20_000  # from a detail of more than 400 KB
+    kept = entry.detail["errors"]
+    big = kept[0]["value"]
+    assert big["type"] == "string" and big["length"] == len(huge) and big["preview"] == huge[:24]
+    assert big["sha256"] == hashlib.sha256(json.dumps(huge).encode()).hexdigest()
+    assert kept[0]["message"].endswith(f"[{len(huge) + 13} characters, sha256 "
+                                       f"{hashlib.sha256(json.dumps(f'unknown gene {huge}').encode()).hexdigest()}]")
+    assert kept[1] == errors[1]  # a short scalar is kept as it is
+    assert kept[2]["value"]["type"] == "array" and kept[2]["value"]["sha256"] is not None
+    assert kept[3]["value"]["type"] == "integer" and kept[3]["value"]["length"] == 5001
+    assert len(kept) == 51 and kept[-1] == {"truncated": f"{len(errors) - 50} more items left out"}
