@@ -87,7 +87,7 @@ def _float_lists(compact: dict[str, Any]) -> tuple[list[list[Any]], list[float]]
     for regimen, outcomes in (compact.get("regimens") or {}).items():
         for outcome, explanation in (outcomes or {}).items() if isinstance(outcomes, dict) else ():
             values = explanation.get("values") if isinstance(explanation, dict) else None
-            if isinstance(values, list) and all(type(v) is float for v in values):
+            if isinstance(values, list) and values and set(map(type, values)) == {float}:  # floats only
                 where.append([regimen, outcome, len(values)])
                 floats.extend(values)
                 del explanation["values"]
