@@ -180,3 +180,15 @@ def test_a_rejected_value_is_stored_bounded(tmp_path, monkeypatch):
     assert kept[2]["value"]["type"] == "array" and kept[2]["value"]["sha256"] is not None
     assert kept[3]["value"]["type"] == "integer" and kept[3]["value"]["length"] == 5001
     assert len(kept) == 51 and kept[-1] == {"truncated": f"{len(errors) - 50} more items left out"}
+
+
+def test_a_summary_never_previews_the_raw_patient_id(tmp_path, monkeypatch):
+    monkeypatch.setenv(PSEUDONYM_KEY_ENV, KEY)
+    raw = "MRN-" + "7" * 80  # an over-long id, echoed in the refused value
+    record = {"endpoint": "POST /v1/predictions", "status": "rejected", "http_status": 422, "patient_id": "MRN-X1",
+              "detail": {"errors": [{"field": "patient_id", "value": raw + "!", "message": "too long"}]}}
+    with AuditTrail(f"sqlite:///{tmp_path}/audit.db") as trail:
+        shown = trail.append(record).detail["errors"][0]["value"]
+        hidden = trail.append({**record, "patient_id": raw}).detail["errors"][0]["value"]
+    assert shown["preview"] == (raw + "!")[:24] and hidden["preview"] is None
+    assert hidden["length"] == len(raw) + 1 and hidden["sha256"] == shown["sha256"]

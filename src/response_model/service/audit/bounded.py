@@ -81,16 +81,18 @@ def _int_digits(value: int) -> int:
     return int(bits * math.log10(2)) + 1  # approximate by at most one digit; text conversion is refused
 
 
-def value_summary(value: Any) -> dict[str, Any]:
+def value_summary(value: Any, hide: str | None = None) -> dict[str, Any]:
     """The stored summary of a refused value: ``{"type", "length", "sha256", "preview"}``.
 
     ``length``: characters of a string, digits of an integer, items of an array or object (None
     otherwise); ``sha256``: of its canonical JSON (None if it has none); ``preview``: its first
-    :data:`PREVIEW` characters (strings, integers) with unprintable characters escaped, else None.
+    :data:`PREVIEW` characters (strings, integers) with unprintable characters escaped, else None —
+    and None for a string holding ``hide`` (the record's raw patient id: e.g. an over-long id).
     """
     kind, length, preview = _type_name(value), None, None
     if isinstance(value, str):
-        length, preview = len(value), _safe_text(value[:PREVIEW])
+        length = len(value)
+        preview = None if hide and hide in value else _safe_text(value[:PREVIEW])
     elif isinstance(value, int) and not isinstance(value, bool):
         length = _int_digits(value)
         preview = str(value)[:PREVIEW] if length < 4000 else None
@@ -120,20 +122,20 @@ def _bounded_text(text: str) -> Any:
     return f"{_safe_text(text[:MAX_TEXT])}… [{len(text)} characters, sha256 {_digest(text)}]"
 
 
-def bounded_detail(detail: Any, depth: int = 0) -> Any:
+def bounded_detail(detail: Any, depth: int = 0, hide: str | None = None) -> Any:
     """``detail`` as stored: JSON with every string, list and nesting level bounded (see the module).
 
     Returns a new value (``detail`` is not changed); a member named ``value`` that is not a short
-    scalar becomes its :func:`value_summary`.
+    scalar becomes its :func:`value_summary` (no preview of a value holding ``hide``, the raw id).
     """
     if isinstance(detail, str):
         return _bounded_text(detail)
     if isinstance(detail, float) and not math.isfinite(detail):
         return str(detail)  # NaN and infinity have no JSON form: stored as text
     if detail is None or isinstance(detail, (bool, int, float)):
-        return detail if _is_short_scalar(detail) else value_summary(detail)
+        return detail if _is_short_scalar(detail) else value_summary(detail, hide)
     if depth >= MAX_DEPTH:
-        return {"truncated": "nested too deeply", **value_summary(detail)}
+        return {"truncated": "nested too deeply", **value_summary(detail, hide)}
     if isinstance(detail, Mapping):
         out: dict[str, Any] = {}
         for n, (key, value) in enumerate(detail.items()):
@@ -142,16 +144,16 @@ def bounded_detail(detail: Any, depth: int = 0) -> Any:
                 break
             key = _bounded_text(str(key))
             if key == "value" and not _is_short_scalar(value):
-                out[key] = value_summary(value)
+                out[key] = value_summary(value, hide)
             else:
-                out[key] = bounded_detail(value, depth + 1)
+                out[key] = bounded_detail(value, depth + 1, hide)
         return out
     if isinstance(detail, (list, tuple)):
-        items = [bounded_detail(item, depth + 1) for item in list(detail[:MAX_ITEMS])]
+        items = [bounded_detail(item, depth + 1, hide) for item in list(detail[:MAX_ITEMS])]
         if len(detail) > MAX_ITEMS:
             items.append({"truncated": f"{len(detail) - MAX_ITEMS} more items left out"})
         return items
-    return bounded_detail(_plain(detail), depth)
+    return bounded_detail(_plain(detail), depth, hide)
 
 
 def _plain(value: Any) -> Any:

@@ -375,9 +375,10 @@ def _json_texts(record: Mapping[str, Any]) -> dict[str, str | None]:
         if isinstance(regimens, str) or not all(isinstance(r, str) for r in regimens):
             raise AuditError("audit field regimens must be a list of regimen ids")
         regimens = list(regimens)
-    detail = record.get("detail")
-    values = {"regimens": regimens, "outputs": record.get("outputs"),
-              "explanations": record.get("explanations"), "detail": None if detail is None else bounded_detail(detail)}
+    detail, raw_id = record.get("detail"), record.get("patient_id")
+    hide = str(raw_id).strip() or None if raw_id is not None else None  # no preview may show the raw id
+    values = {"regimens": regimens, "outputs": record.get("outputs"), "explanations": record.get("explanations"),
+              "detail": None if detail is None else bounded_detail(detail, hide=hide)}
     return {name: None if value is None else stored_json(value) for name, value in values.items()}
 
 
