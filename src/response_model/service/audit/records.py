@@ -116,7 +116,9 @@ def parse_stored(name: str, text: str | None) -> Any:
         return None
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return _unreadable(text, f"nested more than {MAX_READ_DEPTH} levels")
+    except ValueError:
         return _unreadable(text, "not JSON")
     try:
         unpacked = unpack_field(name, value)
