@@ -10,12 +10,17 @@ regimen of the catalogue × both outcomes, each with the base value and the SHAP
 feature of the default feature set, random numbers — and one access record between every ten. Then
 times :func:`response_model.service.audit.start_export` + writing the file for each format, reading
 it back with pandas, ``AuditTrail.verify`` (every MAC) and a page of 100 records through
-:meth:`AuditTrail.select`; prints one table. The chain key is the environment's, else a throwaway one.
+:meth:`AuditTrail.select`; prints one table per stored form: ``plain`` (outputs and explanations as
+JSON text, as before issue 14) and ``packed`` (:mod:`response_model.service.audit.packing`), each with
+the records appended per second and the bytes per prediction record. The random SHAP values here are
+all distinct (the worst case for packing); a real model's repeat across regimens, so real records pack
+better. The chain key is the environment's, else a throwaway one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -30,7 +35,7 @@ import pandas as pd
 from response_model.features import feature_names
 from response_model.privacy import AuditKeyError, AuditKeyring, audit_keyring
 from response_model.regimens import load_catalogue
-from response_model.service.audit import AuditTrail, TrailFilter, start_export
+from response_model.service.audit import AuditTrail, TrailFilter, chain, compact_explanations, start_export
 
 OUTCOMES = ("objective_response", "primary_resistance")
 
@@ -58,7 +63,7 @@ def synthetic_record(rng: np.random.Generator, regimens: list[str], features: li
     return {"endpoint": "POST /v1/predictions", "status": "accepted", "http_status": 200, "key_id": "0123456789ab",
             "role": "clinician", "model_name": "hcc-response", "model_version": "1",
             "input_digest": "0" * 64, "prediction_id": str(uuid.uuid4()), "regimens": regimens,
-            "outputs": outputs, "explanations": explanations}
+            "outputs": outputs, "explanations": compact_explanations(explanations)}  # as the service stores them
 
 
 def build_trail(trail: AuditTrail, n: int, seed: int = 0) -> float:
@@ -123,21 +128,58 @@ def _keyring() -> AuditKeyring:
         return AuditKeyring.of(os.urandom(32).hex())
 
 
+def bytes_per_record(trail: AuditTrail) -> float:
+    """The mean stored bytes (UTF-8, every column) of the trail's prediction records."""
+    import sqlalchemy as sa
+
+    from response_model.service.audit import audit_records
+
+    query = sa.select(audit_records).where(audit_records.c.endpoint.startswith("POST "))
+    with trail.engine.connect() as conn:
+        sizes = [sum(len(str(v).encode("utf-8")) for v in row if v is not None) for row in conn.execute(query)]
+    return sum(sizes) / max(1, len(sizes))
+
+
+@contextlib.contextmanager
+def stored_form(form: str):
+    """Write records ``packed`` (the trail's form) or ``plain`` (as before packing: JSON text)."""
+    saved = chain.PACKED_FIELDS
+    chain.PACKED_FIELDS = () if form == "plain" else saved
+    try:
+        yield
+    finally:
+        chain.PACKED_FIELDS = saved
+
+
+def measure(url: str, n: int, form: str) -> tuple[float, float, pd.DataFrame]:
+    """(records appended per second, bytes per prediction record, the export table) of a fresh
+    trail at ``url`` written in ``form``."""
+    with tempfile.TemporaryDirectory(prefix="audit-witness-") as folder, \
+            AuditTrail(url, keyring=_keyring(), witness=Path(folder) / "witness.jsonl") as trail, stored_form(form):
+        if trail.count():
+            raise SystemExit(f"{trail.url} already holds an audit trail; give an empty database")
+        built = build_trail(trail, n)
+        return n / built, bytes_per_record(trail), run(trail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="prediction records in the trail (default 2000)")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL of an empty database (default: temporary SQLite)")
+    parser.add_argument("--form", choices=("both", "packed", "plain"), default="both",
+                        help="stored form of outputs and explanations (default both: before/after packing)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="audit-export-bench-") as folder:
-        url = args.db or f"sqlite:///{Path(folder) / 'trail.db'}"
-        with AuditTrail(url, keyring=_keyring(), witness=Path(folder) / "witness.jsonl") as trail:
-            if trail.count():
-                parser.error(f"{trail.url} already holds an audit trail; give an empty database")
-            built = build_trail(trail, args.records)
-            table = run(trail)
-    print(f"audit trail: {args.records} prediction records × {len(OUTCOMES)} outcomes × every candidate regimen "
-          f"(built in {built:.1f} s) on {url.split(':')[0]}; {os.cpu_count()} CPUs")
-    print(table.to_string(index=False))
+    forms = ("plain", "packed") if args.form == "both" else (args.form,)
+    if args.db and len(forms) > 1:
+        parser.error("with --db give one --form (each form needs an empty database)")
+    for form in forms:
+        with tempfile.TemporaryDirectory(prefix="audit-export-bench-") as folder:
+            url = args.db or f"sqlite:///{Path(folder) / 'trail.db'}"
+            rate, size, table = measure(url, args.records, form)
+        print(f"audit trail ({form}): {args.records} prediction records × {len(OUTCOMES)} outcomes × every "
+              f"candidate regimen on {url.split(':')[0]}; {os.cpu_count()} CPUs; appended {rate:.0f} records/s; "
+              f"{size / 1000:.1f} KB per prediction record")
+        print(table.to_string(index=False))
     return 0
 
 

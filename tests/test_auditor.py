@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import uuid
 
 import numpy as np
@@ -19,6 +20,7 @@ from response_model.privacy import PSEUDONYM_KEY_ENV
 from response_model.schema import PatientRecord
 from response_model.service.app import create_app
 from response_model.service.audit import EXPORT_COLUMNS, SHAP_PREFIX, AuditTrail
+from response_model.service.audit.packing import pack_field, unpack_field
 from response_model.service.keys import DB_URL_ENV, KeyStore
 from response_model.service.models import EXAMPLE_PATIENT
 
@@ -204,8 +206,10 @@ def test_unknown_malformed_and_tampered_records(service):
     with engine.begin() as conn:
         original = conn.execute(sa.text("SELECT outputs FROM audit_records WHERE prediction_id = :p"),
                                 {"p": pid}).scalar_one()
+        plain = json.dumps(unpack_field("outputs", json.loads(original)), separators=(",", ":"))  # stored packed
+        assert '"rank":1' in plain
         conn.execute(sa.text("UPDATE audit_records SET outputs = :o WHERE prediction_id = :p"),
-                     {"o": original.replace('"rank":1', '"rank":2', 1), "p": pid})
+                     {"o": pack_field("outputs", plain.replace('"rank":1', '"rank":2', 1)), "p": pid})
     try:
         record = client.get(f"/v1/predictions/{pid}", headers=auth(tokens["auditor"])).json()
         assert record["integrity"]["hash_intact"] is False and record["integrity"]["ok"] is False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from response_model.service.answers import audit_outputs, predict_many
-from response_model.service.audit import AuditTrail, RawIdentifierError, input_digest
+from response_model.service.audit import AuditError, AuditTrail, RawIdentifierError, input_digest
 from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
 from response_model.service.models import MAX_BATCH, BatchRequest, PredictionRequest
@@ -66,6 +66,8 @@ def predict_one(model: LoadedModel, trail: AuditTrail, body: PredictionRequest, 
         record_rejected(trail, {**base, "status": "rejected", "http_status": 422,
                                 "detail": {"errors": ECHOED_ID_ERRORS}})
         return 422, {"errors": ECHOED_ID_ERRORS}
+    except AuditError as error:  # this record alone cannot be stored: its own 500, with a minimal record
+        return 500, record_server_failure(trail, {**base, "patient_id": None}, error)
     return 200, response
 
 

@@ -31,6 +31,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from response_model.privacy import AuditKeyring, ChainKey, pseudonymise
+from response_model.service.audit.bounded import bounded_detail
+from response_model.service.audit.packing import PACKED_FIELDS, pack_field
 from response_model.service.keys import ROLES, TIME_FORMAT
 
 try:  # optional: a faster writer of the records' JSON fields (see stored_json)
@@ -132,7 +134,9 @@ def stored_json(value: Any) -> str:
 
 def input_digest(body: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of a request body (a parsed JSON value)."""
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    # surrogatepass: a body holding lone surrogates (json.loads lets them through) still has a digest;
+    # every other text encodes exactly as before, so digests already stored stay valid
+    return hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -409,15 +413,18 @@ def _digest(record: Mapping[str, Any]) -> str | None:
 
 
 def _json_texts(record: Mapping[str, Any]) -> dict[str, str | None]:
-    """The JSON fields (regimens, outputs, explanations, detail) as their stored text, None if absent.
+    """The JSON fields (regimens, outputs, explanations, detail) as their stored text, None if absent;
+    ``detail`` bounded first (:func:`~.bounded.bounded_detail`: no rejected value is stored whole).
     Raises AuditError if ``regimens`` is not a list of ids or a value has no JSON form."""
     regimens = record.get("regimens")
     if regimens is not None:
         if isinstance(regimens, str) or not all(isinstance(r, str) for r in regimens):
             raise AuditError("audit field regimens must be a list of regimen ids")
         regimens = list(regimens)
-    values = {"regimens": regimens, "outputs": record.get("outputs"),
-              "explanations": record.get("explanations"), "detail": record.get("detail")}
+    detail, raw_id = record.get("detail"), record.get("patient_id")
+    hide = str(raw_id).strip() or None if raw_id is not None else None  # no preview may show the raw id
+    values = {"regimens": regimens, "outputs": record.get("outputs"), "explanations": record.get("explanations"),
+              "detail": None if detail is None else bounded_detail(detail, hide=hide)}
     return {name: None if value is None else stored_json(value) for name, value in values.items()}
 
 
@@ -445,15 +452,38 @@ def _pseudonym(record: Mapping[str, Any], content: Mapping[str, Any],
     if raw_id is None or not str(raw_id).strip():
         return None
     raw = str(raw_id).strip()
+    _require_utf8("patient_id", raw)
     _refuse_raw_id(raw, record, content)
     return pseudonymise(raw, key=pseudonym_key)
+
+
+def _require_utf8(name: str, text: str) -> None:
+    """Raise AuditError naming the field and the code point when ``text`` cannot be stored as UTF-8
+    (a lone surrogate): checked before the record joins a group commit, so it fails alone."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(text[exc.start])
+        raise AuditError(f"audit field {name} holds a lone surrogate U+{bad:04X} at character {exc.start}; "
+                         "text that is not valid Unicode cannot be stored") from None
+
+
+def _require_storable(content: Mapping[str, Any]) -> None:
+    """Raise AuditError unless every text of the stored content encodes as UTF-8 and holds no NUL
+    (PostgreSQL refuses it in text), i.e. unless the database can store the record as it is."""
+    for name, value in content.items():
+        if isinstance(value, str):
+            _require_utf8(name, value)
+            if "\x00" in value:
+                raise AuditError(f"audit field {name} holds a NUL character (U+0000), which cannot be stored")
 
 
 def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None = None) -> dict[str, Any]:
     """Check a caller's record (see ``AuditTrail.append``) and turn it into the stored content.
 
     Returns a dict of every name in :data:`CONTENT_FIELDS` → its stored value: JSON fields as their
-    stored text, the raw patient id replaced by its pseudonym, the input digest computed from
+    stored text (outputs and explanations packed: :mod:`.packing`; detail bounded: :mod:`.bounded`),
+    the raw patient id replaced by its pseudonym, the input digest computed from
     ``request_body`` if given, ``time`` as UTC text (None: the append takes the time under its lock).
     Raises AuditError (or RawIdentifierError) for a bad record and PseudonymKeyError when a patient
     id is given but no pseudonymisation key is configured (``pseudonym_key`` None: the environment's).
@@ -472,4 +502,7 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     content.update(_json_texts(record))
     content["patient_pseudonym"] = _pseudonym(record, content, pseudonym_key)
     content["time"] = _time_text(record["time"]) if record.get("time") is not None else None
+    _require_storable(content)
+    for name in PACKED_FIELDS:  # after the checks, which read the plain text
+        content[name] = pack_field(name, content[name])
     return content

@@ -13,7 +13,6 @@ then ``shap.<feature>`` columns) written as CSV or Parquet chunk by chunk. ``Aud
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -29,7 +28,7 @@ from response_model.service.audit.chain import (
     canonical_json,
     expand_explanations,
 )
-from response_model.service.audit.records import AuditEntry, audit_records, row_to_entry
+from response_model.service.audit.records import AuditEntry, audit_records, parse_stored, row_to_entry
 from response_model.service.keys import TIME_FORMAT
 
 if TYPE_CHECKING:
@@ -273,7 +272,8 @@ def shap_features(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | Non
     with trail.engine.connect() as conn:
         for row in conn.execute(query):
             new = False
-            for regimen in json.loads(row.regimens or "[]"):
+            regimens = parse_stored("regimens", row.regimens)
+            for regimen in regimens if isinstance(regimens, list) else []:
                 key = (row.model_name, row.model_version, regimen)
                 if key not in seen:
                     seen.add(key)
@@ -285,10 +285,15 @@ def shap_features(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | Non
             rows = conn.execute(sa.select(c.explanations).where(c.seq.in_(firsts[start:start + 500]))
                                 .order_by(c.seq))
             for row in rows:
-                for outcomes in expand_explanations(json.loads(row.explanations)).values():
-                    for explanation in outcomes.values():
-                        features.update(dict.fromkeys((explanation or {}).get("values") or {}))
+                for outcomes in _mapping(expand_explanations(parse_stored("explanations", row.explanations))).values():
+                    for explanation in _mapping(outcomes).values():
+                        features.update(dict.fromkeys(_mapping(_mapping(explanation).get("values"))))
     return list(features)
+
+
+def _mapping(value: Any) -> Mapping:
+    """``value`` if it is a mapping, else an empty one (a stored record of another shape is skipped)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _export_rows(entry: AuditEntry, shap_index: Mapping[str, int],
@@ -316,25 +321,26 @@ def _export_rows(entry: AuditEntry, shap_index: Mapping[str, int],
     explanations = entry.explanations if isinstance(entry.explanations, Mapping) else {}
     rows = []
     for regimen, out in regimens.items():
+        out = _mapping(out)  # a damaged record's other shapes read as empty, never fail the export
         for outcome in ("objective_response", "primary_resistance"):
             estimate = out.get(outcome)
-            if estimate is None:
+            if not isinstance(estimate, Mapping):
                 continue
-            interval = estimate.get("interval") or {}
+            interval = _mapping(estimate.get("interval"))
             row = {**base, "regimen": regimen, "outcome": outcome, "rank": out.get("rank"),
                    "eligible": out.get("eligible"), "ineligible_reason": out.get("ineligible_reason"),
                    "probability": estimate.get("probability"), "interval_lower": interval.get("lower"),
                    "interval_upper": interval.get("upper"), "interval_level": interval.get("level"),
                    "band": estimate.get("band")}
-            explanation = (explanations.get(regimen) or {}).get(outcome) or {}
-            values = explanation.get("values") or {}
+            explanation = _mapping(_mapping(explanations.get(regimen)).get(outcome))
+            values = _mapping(explanation.get("values"))
             if values or explanation.get("base_value") is not None:
                 row["explanation_scale"] = explanation.get("scale")
                 row["base_value"] = explanation.get("base_value")
             positions = _shap_positions(entry, tuple(values), shap_index, layouts) if values else None
             rows.append((row, positions, None if positions is None else
                          np.array(list(values.values()), dtype=np.float64)))  # None → NaN
-    return rows
+    return rows or [(base, None, None)]  # a record without estimates still has its row
 
 
 def _shap_positions(entry: AuditEntry, order: tuple[str, ...], shap_index: Mapping[str, int],

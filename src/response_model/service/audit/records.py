@@ -4,6 +4,7 @@ the readers, which select them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from response_model.service.audit.chain import _JSON_FIELDS, CONTENT_FIELDS, expand_explanations
+from response_model.service.audit.packing import PackingError, unpack_field
 from response_model.service.keys import TIME_FORMAT, parse_time
 
 metadata = sa.MetaData()
@@ -79,13 +81,63 @@ class AuditEntry:
         return out
 
 
+MAX_READ_DEPTH = 32  # deeper stored JSON is shown as a summary: no reader recurses without bound
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when ``value`` nests lists and objects more than ``limit`` levels deep (iterative walk)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _unreadable(text: str, reason: str) -> dict[str, Any]:
+    """The stand-in for a stored JSON field that cannot be read safely: why, its length and digest."""
+    return {"unreadable": reason, "length": len(text),
+            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
+
+
+def parse_stored(name: str, text: str | None) -> Any:
+    """A stored JSON field's value (None for None), tolerant of any stored text: text that is not
+    JSON, or nests more than :data:`MAX_READ_DEPTH` levels, reads as a summary
+    (``{"unreadable", "length", "sha256"}``) rather than failing the page or export that reads it;
+    outputs and explanations in a packed form are unpacked (:mod:`.packing`)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return _unreadable(text, f"nested more than {MAX_READ_DEPTH} levels")
+    except ValueError:
+        return _unreadable(text, "not JSON")
+    try:
+        unpacked = unpack_field(name, value)
+    except PackingError as exc:
+        return _unreadable(text, str(exc))
+    shallow = unpacked is value and text.count("[") + text.count("{") <= MAX_READ_DEPTH
+    if not shallow and _depth_exceeds(unpacked, MAX_READ_DEPTH):
+        return _unreadable(text, f"nested more than {MAX_READ_DEPTH} levels")
+    return unpacked
+
+
 def row_to_entry(row) -> AuditEntry:
     """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded."""
     values = dict(row._mapping)
     for name in _JSON_FIELDS:
-        text = values.get(name)  # absent: not selected (AuditTrail.select(explanations=False))
-        values[name] = None if text is None else json.loads(text)
+        values[name] = parse_stored(name, values.get(name))  # absent: not selected (explanations=False)
     values["explanations"] = expand_explanations(values.get("explanations"))
+    regimens = values.get("regimens")  # a list of ids; anything else (a damaged record) reads as None
+    values["regimens"] = [str(r) for r in regimens] if isinstance(regimens, list) else None
     values["time"] = parse_time(values["time"])
     return AuditEntry(**values)
 

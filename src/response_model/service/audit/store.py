@@ -378,7 +378,11 @@ class _Ticket:
 
 class _GroupCommit:
     """Leader/follower group commit: the first caller writes every waiting caller's records in one
-    transaction; callers arriving meanwhile wait, and the first of them writes the next group."""
+    transaction; callers arriving meanwhile wait, and the first of them writes the next group.
+
+    Isolation: when a group's transaction fails (it was rolled back: nothing of it is stored), each
+    caller's records are written again in a transaction of their own, so a record the database
+    refuses fails its own caller only, never the others of its group."""
 
     def __init__(self, write) -> None:
         self._write = write
@@ -401,6 +405,15 @@ class _GroupCommit:
             raise ticket.error
         return ticket.entries
 
+    def _write_each(self, group: list[_Ticket]) -> None:
+        """Write each ticket's records in a transaction of its own, so that a record the database
+        refuses fails only its own caller (isolation); hand each ticket its rows or its error."""
+        for ticket in group:
+            try:
+                ticket.entries = self._write(ticket.contents)
+            except BaseException as error:  # noqa: BLE001 - this caller learns that its records are not stored
+                ticket.error = error
+
     def _write_group(self) -> None:
         """Write every waiting ticket's records in one call of ``write``; hand each ticket its rows
         (or the error), then promote the next waiting caller to writer. Returns None."""
@@ -408,7 +421,14 @@ class _GroupCommit:
             group, self._waiting = self._waiting, []
         try:
             entries = self._write([content for ticket in group for content in ticket.contents])
-        except BaseException as error:  # every caller of the group learns that its records are not stored
+        except Exception as error:  # noqa: BLE001 - nothing was stored: each caller's records alone
+            if len(group) == 1:
+                group[0].error = error
+            else:
+                log.warning("audit group commit of %d callers failed (%s); writing each alone",
+                            len(group), type(error).__name__)
+                self._write_each(group)
+        except BaseException as error:  # e.g. KeyboardInterrupt: no caller's records are stored
             for ticket in group:
                 ticket.error = error
         else:
