@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.routing import Match, Mount
 
 from response_model.service.recording import answer_records, log_failure
 from response_model.service.routers import docs
@@ -53,10 +54,27 @@ def audited(path: str) -> bool:
 
 
 def route_of(scope: dict) -> str:
-    """The route template that answered (e.g. ``/v1/predictions/{prediction_id}``), or ``(no route)``."""
+    """The route template of a request (e.g. ``/v1/predictions/{prediction_id}``), or ``(no route)``: the
+    route that answered, else (a refusal of the body guard, before routing) the first route matching it."""
     route = scope.get("route")
+    if route is None:
+        route = _matching(getattr(getattr(scope.get("app"), "router", None), "routes", ()), scope)
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else NO_ROUTE
+    return path if isinstance(path, str) and not isinstance(route, Mount) else NO_ROUTE
+
+
+def _matching(routes, scope: dict):
+    """The first route of ``routes`` (looking into included routers) that matches ``scope``, or None."""
+    for candidate in routes:
+        try:
+            match, _ = candidate.matches(scope)
+        except Exception:  # noqa: BLE001 - a route that cannot judge this scope does not match it
+            continue
+        if match == Match.NONE:
+            continue
+        inner = getattr(candidate, "original_router", None)  # FastAPI's wrapper of an included router
+        return _matching(inner.routes, scope) if inner is not None else candidate
+    return None
 
 
 def endpoint_of(scope: dict) -> str:
