@@ -3,7 +3,10 @@
 ``create_app(model_uri, db_url)`` loads the model once at start-up (``/readyz`` answers 200 only
 then), checks bearer tokens against :class:`~response_model.service.keys.KeyStore` and appends every
 prediction request — accepted or rejected (401, 403, 413, 422) — to the
-:class:`~response_model.service.audit.AuditTrail` before answering. ``POST /v1/admin/reload`` loads a
+:class:`~response_model.service.audit.AuditTrail` before answering; every other answer but the probes'
+and the documentation's is recorded too, once, with its status
+(:mod:`~response_model.service.every_answer`, which also answers a clean 500 for an unhandled error and
+writes the access log). ``POST /v1/admin/reload`` loads a
 model fully and then swaps one reference, so requests in flight finish on the model they started with.
 
 Where things are: the state (:mod:`~response_model.service.state`) and the dependencies that reach
