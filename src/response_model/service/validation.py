@@ -109,8 +109,9 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 @functools.cache
 def known_names() -> frozenset[str]:
-    """Every field name of a prediction request, at any depth, and the names errors use for a body's parts."""
-    names = {"body", "record", "<key>"}
+    """Every field name of a prediction request, at any depth, and the names errors use for a body's parts
+    (``patient_json``: the page's pasted record)."""
+    names = {"body", "record", "<key>", "patient_json"}
     todo: list[type[BaseModel]] = [PredictionRequest, BatchRequest, PatientRecord]
     seen: set[type[BaseModel]] = set()
     while todo:
@@ -147,6 +148,9 @@ def _without(message: str, stand_ins: dict[str, str]) -> str:
     return re.sub(pattern, lambda m: stand_ins[m.group(0)], message)
 
 
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
 def _scrubbed(value: Any) -> Any:
     """A JSON value with identifier values and unknown field names (and their values) redacted."""
     if isinstance(value, dict):
@@ -177,6 +181,8 @@ def redacted_error(error: dict[str, Any]) -> dict[str, Any]:
         raws = {repr(value), json.dumps(value, default=str), str(value) if isinstance(value, str) else ""}
         stand_ins.update(dict.fromkeys(raws - {""}, REDACTED_ID))
         value = REDACTED_ID
+    if any(_is_id_field(s) for s in segments):  # any quoted text of an id's error may be an id (e.g. the other one)
+        message = _QUOTED.sub(REDACTED_ID, message)
     elif unknown:
         value = None if value is None else f"<{type(value).__name__} redacted>"
     else:
