@@ -194,3 +194,15 @@ def test_the_access_log_has_route_templates_not_ids_or_query_strings(service, ca
     lines = [r.getMessage() for r in caplog.records if r.name == "response_model.access"]
     assert any(line.startswith("GET /v1/predictions/{prediction_id} 422 ") for line in lines), lines
     assert "MRN-IN-THE-PATH" not in caplog.text and "SECRET-TOKEN" not in caplog.text
+
+
+def test_an_answer_the_trail_cannot_record_is_not_sent(service, monkeypatch):
+    import response_model.service.recording as recording
+
+    def trail_down(trail, records):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(recording, "append", trail_down)
+    answer = service["client"].get("/v1/model", headers=auth(service["tokens"]["clinician"]))
+    assert answer.status_code == 503 and "could not record" in answer.json()["detail"]
+    assert "model_name" not in answer.json()  # the model endpoint's own answer was not sent

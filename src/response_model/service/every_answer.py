@@ -46,7 +46,8 @@ NO_ROUTE = "(no route)"
 FAILED_MESSAGE = ("the service failed to answer ({error}); the request was recorded in the audit trail and "
                   "the error in the service log")
 UNRECORDED_MESSAGE = ("the audit trail could not record this request, so it was not answered; "
-                      "try again, or tell the service's administrator")
+                      "try again, or tell the service's administrator (the error is in the service log)")
+
 
 def audited(path: str) -> bool:
     """True unless ``path`` is a probe or the documentation (answered without an audit record)."""
@@ -152,11 +153,11 @@ class _Answer:
         log_failure(log, f"{endpoint_of(self.scope)} failed", error)
         if self.replaced:
             return
-        if 500 not in self.recorded and audited(self.scope.get("path", "")):
-            await self._append(500, error)
+        recorded = 500 in self.recorded or not audited(self.scope.get("path", "")) or await self._append(500, error)
         if self.status is None:
             self.replaced = True
-            await self._answer(500, {"detail": FAILED_MESSAGE.format(error=type(error).__name__)})
+            await self._answer(500, {"detail": FAILED_MESSAGE.format(error=type(error).__name__) if recorded
+                                     else UNRECORDED_MESSAGE})
 
 
 async def _no_body() -> dict[str, Any]:
