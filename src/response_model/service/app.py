@@ -3,7 +3,10 @@
 ``create_app(model_uri, db_url)`` loads the model once at start-up (``/readyz`` answers 200 only
 then), checks bearer tokens against :class:`~response_model.service.keys.KeyStore` and appends every
 prediction request — accepted or rejected (401, 403, 413, 422) — to the
-:class:`~response_model.service.audit.AuditTrail` before answering. ``POST /v1/admin/reload`` loads a
+:class:`~response_model.service.audit.AuditTrail` before answering; every other answer but the probes'
+and the documentation's is recorded too, once, with its status
+(:mod:`~response_model.service.every_answer`, which also answers a clean 500 for an unhandled error and
+writes the access log). ``POST /v1/admin/reload`` loads a
 model fully and then swaps one reference, so requests in flight finish on the model they started with.
 
 Where things are: the state (:mod:`~response_model.service.state`) and the dependencies that reach
@@ -18,6 +21,8 @@ it (:mod:`~response_model.service.deps`); the routes, one router per resource
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,10 +37,12 @@ from response_model.service.audit import AuditTrail
 from response_model.service.audit.checkpoints import checkpoint_records, checkpoint_seconds, load_signing_key
 from response_model.service.auth import AuthError
 from response_model.service.errors import GUARDED_ROLES, on_auth_error, on_guard_refusal, on_validation_error
+from response_model.service.every_answer import AuditEveryAnswer
 from response_model.service.guard import BodyGuard
 from response_model.service.headers import ServiceApp
 from response_model.service.holder import LoadedModel, is_alias_uri, load_at_start, watch_alias
 from response_model.service.keys import KeyStore, make_engine
+from response_model.service.recording import record_answer
 from response_model.service.routers import ROUTERS, docs
 from response_model.service.state import ServiceState, Settings
 
@@ -119,8 +126,10 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
         raise AuditKeyError(f"cannot start the prediction service: {error}") from None
     app = ServiceApp(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
                      docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
-    app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
+    state = app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
     app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES))
+    # outermost: it sees the guard's refusals and every exception (see every_answer's docstring)
+    app.add_middleware(AuditEveryAnswer, record=functools.partial(record_answer, state))
     app.add_exception_handler(AuthError, on_auth_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")
@@ -132,8 +141,22 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
 def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None,
           fallback_model_dir: str | Path | None = None) -> None:
     """Run the service with uvicorn (one process; the model is loaded once at start-up). Exits non-zero
-    (uvicorn's start-up failure) when neither the model nor a fallback folder loads."""
+    (uvicorn's start-up failure) when neither the model nor a fallback folder loads.
+
+    uvicorn's access log is off: it would keep query strings (``?access_token=…``) and path parameters
+    (a prediction id typed by a user may be a record number); the service writes its own
+    (:mod:`~response_model.service.every_answer`: method, route template, status, duration)."""
     import uvicorn
 
     uvicorn.run(create_app(model_uri, db_url, fallback_model_dir=fallback_model_dir), host=host, port=port,
-                log_level="info")
+                log_level="info", access_log=False, log_config=log_config())
+
+
+def log_config() -> dict:
+    """uvicorn's logging configuration plus the service's loggers (``response_model``, its access log
+    included), written to standard error like uvicorn's own."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["response_model"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

@@ -26,6 +26,7 @@ record number typed in the wrong place): the access record says only that it was
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -202,6 +203,22 @@ def _summary(entry: AuditEntry) -> dict[str, Any]:
 
 # -- query parameters --------------------------------------------------------------------------------
 
+MAX_SEQ = 2**63 - 1  # the largest sequence number a BIGINT column holds
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() and int() also take '١٢' or '²'
+
+
+def _whole_number(field: str, text: str | None, low: int, high: int, expected: str,
+                  errors: list[dict[str, Any]]) -> int | None:
+    """The whole number of a query parameter (None when absent); a bad one adds its error to ``errors``."""
+    if text is None or not text.strip():
+        return None
+    if _DIGITS.fullmatch(text.strip()) and low <= int(text.strip()) <= high:
+        return int(text.strip())
+    shown = text if len(text) <= 40 else f"{text[:40]}… ({len(text)} characters)"
+    errors.append({"field": field, "value": shown, "message": f"{field}: {shown!r}; expected {expected}"})
+    return None
+
+
 _FROM = Query(None, alias="from", description="Start of the window, inclusive: ISO 8601 with a zone "
               "(`2026-11-27T09:00:00Z`, `…+01:00`) or a date (00:00 UTC)",
               openapi_examples={"utc": {"value": "2026-11-01T00:00:00Z"}, "date": {"value": "2026-11-01"}})
@@ -302,22 +319,10 @@ def list_predictions(key: AuditorKey, trail: TrailDep,
     being made. The full record of each (with SHAP values) is at its `href`.
     """
     errors = []
-    size = DEFAULT_PAGE_SIZE
-    if page_size is not None and page_size.strip():
-        try:
-            size = int(page_size)
-            if not 1 <= size <= MAX_QUERY_LIMIT:
-                raise ValueError
-        except ValueError:
-            errors.append({"field": "page_size", "value": page_size,
-                           "message": f"page_size: {page_size!r}; expected a whole number from 1 to {MAX_QUERY_LIMIT}"})
-    after = 0
-    if page_token is not None and page_token.strip():
-        if not page_token.strip().isdigit():
-            errors.append({"field": "page_token", "value": page_token,
-                           "message": f"page_token: {page_token!r} is not a token from next_page_token"})
-        else:
-            after = int(page_token)
+    size = _whole_number("page_size", page_size, 1, MAX_QUERY_LIMIT, f"a whole number from 1 to {MAX_QUERY_LIMIT}",
+                         errors)
+    size = DEFAULT_PAGE_SIZE if size is None else size
+    after = _whole_number("page_token", page_token, 0, MAX_SEQ, "a token from next_page_token", errors) or 0
     try:
         flt = parse_filter(from_=from_, to=to, model_version=model_version, regimen=regimen, status=status)
     except FilterError as exc:

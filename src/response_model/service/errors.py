@@ -27,7 +27,8 @@ GUARDED_ROLES: dict[str, tuple[str, ...]] = {**dict.fromkeys(PREDICTION_ENDPOINT
 
 
 async def audit_rejection(request: Request, status: int, key: KeyInfo | None, detail: Any) -> None:
-    """Append the record of a refused prediction request (``POST`` on a prediction endpoint; others are not audited)."""
+    """Append the record of a refused prediction request (``POST`` on a prediction endpoint); other refusals
+    are recorded by :class:`~response_model.service.every_answer.AuditEveryAnswer`, under their route."""
     endpoint = PREDICTION_ENDPOINTS.get(request.url.path)
     if endpoint is None or request.method != "POST":
         return

@@ -63,6 +63,30 @@ class PredictionRequest(BaseModel):
             raise consistency.rejection(problems)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_numbers(cls, value: Any) -> Any:
+        # checked before the fields: pydantic would fail on a whole number of hundreds of digits with an
+        # OverflowError (a 500), not a field error; the 422 handler names the field (validation.number_errors)
+        if _beyond_exact(value):
+            raise ValueError(f"a whole number beyond ±{MAX_EXACT_INT}")
+        return value
+
+
+#: the largest whole number read exactly: past it a count has no exact float value (and past ~10^308 none)
+MAX_EXACT_INT = 2**53
+
+
+def _beyond_exact(value: Any) -> bool:
+    """True when a JSON value holds a whole number beyond ±:data:`MAX_EXACT_INT`, at any depth."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+            return True
+        stack.extend(value.values() if isinstance(value, dict) else value if isinstance(value, list) else ())
+    return False
+
 
 class BatchRequest(BaseModel):
     """Up to 1,000 prediction requests; each row is validated on its own."""

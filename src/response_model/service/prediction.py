@@ -8,6 +8,7 @@ appended in one transaction. What an answer holds is :func:`~response_model.serv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,10 @@ from response_model.service.audit import AuditError, AuditTrail, RawIdentifierEr
 from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
 from response_model.service.models import MAX_BATCH, BatchRequest, PredictionRequest
-from response_model.service.recording import append, record_rejected, record_server_failure
+from response_model.service.recording import append, log_failure, record_rejected, record_server_failure
 from response_model.service.validation import raw_patient_id, regimen_errors, request_errors
+
+log = logging.getLogger(__name__)
 
 SINGLE_ENDPOINT = "POST /v1/predictions"
 BATCH_ENDPOINT = "POST /v1/predictions:batch"
@@ -92,16 +95,29 @@ def _digest(item: Any) -> str | None:
         return None
 
 
+def _parsed_row(model: LoadedModel, item: Any) -> tuple[PredictionRequest | None, list[dict[str, Any]]]:
+    """(the parsed request, []) of a valid batch row, or (None, its errors); a row that breaks validation
+    itself is refused alone, with an error of that row."""
+    try:
+        errors = request_errors(item)
+        if errors:
+            return None, errors
+        parsed = PredictionRequest.model_validate(item)
+        errors = regimen_errors(model.bundle, parsed.regimens)
+        return (None, errors) if errors else (parsed, [])
+    except Exception as error:  # noqa: BLE001 - this row alone is refused, the others go on
+        log_failure(log, "validating a batch row", error)
+        return None, [{"field": "body", "value": None,
+                       "message": f"body: this row could not be validated ({type(error).__name__}); check its values"}]
+
+
 def _check_rows(model: LoadedModel, base: dict[str, Any], patients: list[Any]) -> _Batch:
     """Return the batch with every invalid row rejected (result and record) and the valid rows parsed."""
     batch = _Batch(base, [None] * len(patients), [{} for _ in patients])
     for index, item in enumerate(patients):
         digest = _digest(item)
-        errors = request_errors(item)
-        if not errors:
-            parsed = PredictionRequest.model_validate(item)
-            errors = regimen_errors(model.bundle, parsed.regimens)
-        if errors:
+        parsed, errors = _parsed_row(model, item)
+        if parsed is None:
             batch.results[index] = {"index": index, "ok": False, "errors": errors}
             batch.records[index] = {**base, "status": "rejected", "http_status": 422, "input_digest": digest,
                                     "patient_id": raw_patient_id(item), "detail": {"index": index, "errors": errors}}
@@ -113,9 +129,27 @@ def _check_rows(model: LoadedModel, base: dict[str, Any], patients: list[Any]) -
 
 
 def _score_rows(model: LoadedModel, batch: _Batch) -> None:
-    """Score the valid rows in one call and fill in their results and accepted records (raises what scoring raises)."""
-    predictions = predict_many(model, [p for _, p in batch.valid]) if batch.valid else []
-    for (index, _), response in zip(batch.valid, predictions):
+    """Score the valid rows in one call and fill in their results and accepted records; if that call
+    fails, score them one by one, so that a row that cannot be scored fails alone (a 500 of that row)."""
+    try:
+        predictions = predict_many(model, [p for _, p in batch.valid]) if batch.valid else []
+    except Exception:  # noqa: BLE001 - find the row(s) that fail, score the others
+        predictions = None
+    for position, (index, parsed) in enumerate(batch.valid):
+        if predictions is not None:
+            response = predictions[position]
+        else:
+            try:
+                response = predict_many(model, [parsed])[0]
+            except Exception as error:  # noqa: BLE001 - this row alone failed, audited as a 500
+                log_failure(log, f"scoring batch row {index}", error)
+                message = (f"the prediction of this row failed ({type(error).__name__}); "
+                           "it was recorded in the audit trail")
+                batch.results[index] = {"index": index, "ok": False, "errors": [
+                    {"field": "body", "value": None, "message": message}]}
+                batch.records[index].update({"status": "rejected", "http_status": 500,
+                                             "detail": {"index": index, "error": message}})
+                continue
         batch.records[index].update(_accepted(response, index))
         batch.results[index] = {"index": index, "ok": True, "prediction": response}
 
@@ -160,7 +194,8 @@ def predict_batch(model: LoadedModel, trail: AuditTrail, body: BatchRequest,
                   key: KeyInfo) -> tuple[int, dict[str, Any]]:
     """(HTTP status, answer) of a batch request, every row audited before it returns: 200 and the
     per-row results (``n_ok``, ``n_rejected``, ``results``), 413 for more than :data:`MAX_BATCH`
-    patients, or 500 and ``{"detail": ...}`` when scoring failed."""
+    patients. A row that cannot be scored fails alone (its result an error, its record a 500); the
+    others are scored."""
     base = _base(model, key, BATCH_ENDPOINT)
     if len(body.patients) > MAX_BATCH:
         message = f"patients: {len(body.patients)} given; at most {MAX_BATCH} per batch request"
@@ -168,11 +203,7 @@ def predict_batch(model: LoadedModel, trail: AuditTrail, body: BatchRequest,
                         "input_digest": input_digest(body.model_dump(mode="json")), "detail": {"error": message}}])
         return 413, {"errors": [{"field": "patients", "value": len(body.patients), "message": message}]}
     batch = _check_rows(model, base, body.patients)
-    try:
-        _score_rows(model, batch)
-    except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
-        return 500, record_server_failure(trail, {**base, "input_digest": input_digest(body.model_dump(mode="json"))},
-                                          error)
+    _score_rows(model, batch)
     _append_rows(trail, batch)
     n_ok = sum(1 for r in batch.results if r and r["ok"])
     return 200, {"model_name": model.name, "model_version": model.version, "n_ok": n_ok,

@@ -1,20 +1,29 @@
-"""Field-level errors of prediction request bodies (the CLI's texts), shared by the JSON API and the page."""
+"""Field-level errors of prediction request bodies (the CLI's texts), shared by the JSON API and the page,
+and their redacted form for the audit trail (:func:`redacted_errors`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from response_model.consistency import request_problems
 from response_model.modeling.bundle import ResponseModelBundle
+from response_model.privacy import PseudonymKeyError, pseudonymise
 from response_model.schema import PatientRecord, field_errors
 from response_model.service.audit import input_digest
-from response_model.service.models import PredictionRequest
+from response_model.service.models import MAX_EXACT_INT, BatchRequest, PredictionRequest
+
+#: what stands in the audit trail for the value of an identifier field
+REDACTED_ID = "<patient_id redacted>"
 
 
 def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -34,13 +43,33 @@ def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) 
     return errors
 
 
+def number_errors(value: Any, path: str = "") -> list[dict[str, Any]]:
+    """Errors of the whole numbers in a JSON value beyond ±:data:`MAX_EXACT_INT` (hundreds of digits in a
+    count field would otherwise fail deep in validation or scoring), each naming its dotted path."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) <= MAX_EXACT_INT:
+            return []
+        field = path or "body"
+        digits = len(str(abs(value))) if abs(value).bit_length() < 13000 else "thousands of"
+        return [{"field": field, "value": None,
+                 "message": f"{field}: a whole number of {digits} digits; expected a number between "
+                            f"-{MAX_EXACT_INT} and {MAX_EXACT_INT}"}]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    errors: list[dict[str, Any]] = []
+    for key, child in items:
+        errors += number_errors(child, f"{path}.{key}" if path else str(key))
+    return errors
+
+
 def request_errors(body: Any) -> list[dict[str, Any]]:
     """Field-level errors of a prediction request body, with the CLI's texts for the patient record
     (its consistency rules included) and the request's own consistency rules."""
     if not isinstance(body, dict):
         return [{"field": "body", "value": None,
                  "message": f"body: expected a JSON object with 'patient', not {type(body).__name__}"}]
-    errors: list[dict[str, Any]] = []
+    errors = number_errors(body)
+    if errors:  # checked first: pydantic would fail on them with an OverflowError, not a field error
+        return errors
     if "patient" not in body:
         errors.append({"field": "patient", "value": None, "message": "patient: required field is missing"})
     else:
@@ -68,6 +97,109 @@ def jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
+
+
+# -- redaction for the audit trail ------------------------------------------------------------------
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models named in a field's annotation (``list[Alteration] | None`` → [Alteration])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if isinstance(annotation, (types.UnionType, types.GenericAlias)) or typing.get_origin(annotation) is not None:
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+@functools.cache
+def known_names() -> frozenset[str]:
+    """Every field name of a prediction request, at any depth, and the names errors use for a body's parts
+    (``patient_json``: the page's pasted record)."""
+    names = {"body", "record", "<key>", "patient_json"}
+    todo: list[type[BaseModel]] = [PredictionRequest, BatchRequest, PatientRecord]
+    seen: set[type[BaseModel]] = set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.update({name, info.alias} - {None})
+            todo += _models_in(info.annotation)
+    return frozenset(names)
+
+
+def redacted_name(text: str, what: str = "field name") -> str:
+    """A bounded stand-in for a name that may be an identifier: its length and keyed digest, e.g.
+    ``<field name: 9 characters, 3fa2c1d0>`` (the same name always gives the same stand-in)."""
+    try:
+        digest = pseudonymise(text)[:8] if text.strip() else "blank"
+    except PseudonymKeyError:  # pragma: no cover - the service does not start without a key
+        digest = "no key"
+    return f"<{what}: {len(text)} characters, {digest}>"
+
+
+def _is_id_field(segment: str) -> bool:
+    return segment == "patient_id"
+
+
+def _without(message: str, stand_ins: dict[str, str]) -> str:
+    """``message`` with every whole occurrence of a key of ``stand_ins`` replaced by its value, in one pass."""
+    raws = sorted((raw for raw in stand_ins if raw), key=len, reverse=True)
+    if not raws:
+        return message
+    pattern = "|".join(rf"(?<!\w){re.escape(raw)}(?!\w)" for raw in raws)
+    return re.sub(pattern, lambda m: stand_ins[m.group(0)], message)
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _scrubbed(value: Any) -> Any:
+    """A JSON value with identifier values and unknown field names (and their values) redacted."""
+    if isinstance(value, dict):
+        out = {}
+        for key, child in value.items():
+            key = str(key)
+            if _is_id_field(key):
+                out[key] = None if child is None else REDACTED_ID
+            elif key not in known_names():
+                out[redacted_name(key)] = f"<{type(child).__name__} redacted>"
+            else:
+                out[key] = _scrubbed(child)
+        return out
+    if isinstance(value, list):
+        return [_scrubbed(child) for child in value]
+    return value
+
+
+def redacted_error(error: dict[str, Any]) -> dict[str, Any]:
+    """The field-level ``error`` as the audit trail stores it: the value of an identifier field replaced by
+    :data:`REDACTED_ID` (in the message too), an unknown field name (it might be an identifier, e.g.
+    ``{"MRN-12345": 1}``) by :func:`redacted_name` and its value by its type."""
+    field, value, message = str(error.get("field", "")), error.get("value"), str(error.get("message", ""))
+    segments = field.split(".")
+    unknown = [s for s in segments if not s.isdigit() and s not in known_names()]
+    stand_ins = {s: redacted_name(s) for s in unknown}
+    if any(_is_id_field(s) for s in segments) and value is not None:
+        raws = {repr(value), json.dumps(value, default=str), str(value) if isinstance(value, str) else ""}
+        stand_ins.update(dict.fromkeys(raws - {""}, REDACTED_ID))
+        value = REDACTED_ID
+    if any(_is_id_field(s) for s in segments):  # any quoted text of an id's error may be an id (e.g. the other one)
+        message = _QUOTED.sub(REDACTED_ID, message)
+    elif unknown:
+        value = None if value is None else f"<{type(value).__name__} redacted>"
+    else:
+        value = _scrubbed(value)
+    field = ".".join(stand_ins.get(s, s) for s in segments) if unknown else field
+    return {**error, "field": field, "value": value, "message": _without(message, stand_ins)}
+
+
+def redacted_errors(errors: Any) -> Any:
+    """:func:`redacted_error` of each error of a list (anything else is returned as it is)."""
+    if not isinstance(errors, list):
+        return errors
+    return [redacted_error(e) if isinstance(e, dict) else e for e in errors]
 
 
 def raw_patient_id(body: Any) -> str | None:

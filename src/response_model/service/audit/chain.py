@@ -430,10 +430,13 @@ def _json_texts(record: Mapping[str, Any]) -> dict[str, str | None]:
 
 def _refuse_raw_id(raw: str, record: Mapping[str, Any], content: Mapping[str, Any]) -> None:
     """Raise RawIdentifierError if the raw patient id leaks through another field (e.g. an output
-    echoing the input): contained in a short text field, or equal to a string in a JSON field."""
+    echoing the input): equal to a short text field, or to a string (key or value) in a JSON field.
+
+    Whole values only, so the outcome is deterministic: a part of the random prediction id or of
+    the key id that happens to equal a short patient id (``"42"``) is not the id leaking."""
     for name in ("key_id", "endpoint", "model_name", "model_version", "prediction_id"):
-        if content[name] is not None and raw in content[name]:
-            raise RawIdentifierError(f"audit field {name} contains the raw patient id; it must not be stored")
+        if content[name] is not None and content[name].strip() == raw:
+            raise RawIdentifierError(f"audit field {name} is the raw patient id; it must not be stored")
     # JSON escaping maps each character on its own, so a string equal to the raw id (after
     # stripping) can only be in a field whose canonical text contains the escaped id: walk only those
     needle = stored_json(raw)[1:-1]

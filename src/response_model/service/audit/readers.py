@@ -1,7 +1,8 @@
 """Reading the audit trail for auditors: one filter, one flat export (the API and ``audit export`` share both).
 
-Records of prediction requests have a ``POST …`` endpoint; every other record is an *access* record
-(someone read the trail: ``GET /v1/predictions…`` or ``CLI audit export``), kept in the same chain.
+Records of prediction requests have one of the endpoints :data:`PREDICTION_REQUEST_ENDPOINTS`; every
+other record is an *access* record (someone read the trail: ``GET /v1/predictions…`` or ``CLI audit
+export``; an admin reloaded the model; any other answer of the service), kept in the same chain.
 The auditors' endpoints in :mod:`response_model.service.auditor` and ``response-model audit export``
 read the trail through this module: :func:`parse_filter` validates a filter given as text,
 :func:`select_records` (``AuditTrail.select``) pages with a cursor on ``seq``, and
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 MAX_QUERY_LIMIT = 1_000
 
 PREDICTION_KIND, ACCESS_KIND = "prediction", "access"
+#: the endpoints of prediction requests (the JSON API's and the clinician page's); every other record is an access one
+PREDICTION_REQUEST_ENDPOINTS = ("POST /v1/predictions", "POST /v1/predictions:batch", "POST / (clinician page)")
 KINDS = (PREDICTION_KIND, ACCESS_KIND)
 EXPORT_FORMATS = ("csv", "parquet")
 SHAP_PREFIX = "shap."
@@ -129,7 +132,12 @@ def parse_time_filter(value: str | None, field: str) -> str | None:
         raise FilterError([{"field": field, "value": text,
                             "message": f"{field}: {text!r} has no time zone; add 'Z' for UTC or an offset "
                                        f"like '+01:00' ({example})"}])
-    return parsed.astimezone(UTC).strftime(TIME_FORMAT)
+    try:
+        return parsed.astimezone(UTC).strftime(TIME_FORMAT)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00: its UTC time is before year 1
+        raise FilterError([{"field": field, "value": text,
+                            "message": f"{field}: {text!r} is outside the years 1–9999 once converted to UTC; "
+                                       f"{example}"}]) from None
 
 
 def parse_filter(from_: str | None = None, to: str | None = None, model_version: str | None = None,
@@ -238,9 +246,9 @@ def _filtered(query, flt: TrailFilter, after_seq: int | None = None, through_seq
     if through_seq is not None:
         query = query.where(c.seq <= int(through_seq))
     if kind == PREDICTION_KIND:
-        query = query.where(c.endpoint.startswith("POST ", autoescape=True))
+        query = query.where(c.endpoint.in_(PREDICTION_REQUEST_ENDPOINTS))
     elif kind == ACCESS_KIND:
-        query = query.where(sa.not_(c.endpoint.startswith("POST ", autoescape=True)))
+        query = query.where(c.endpoint.not_in(PREDICTION_REQUEST_ENDPOINTS))
     elif kind is not None:
         raise AuditError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
     return query

@@ -312,8 +312,8 @@ class AuditTrail:
         Optionally only one model version, records covering one regimen id, or one status;
         ``limit`` (at most 1,000) and ``offset`` page through the result. Keywords for cursor
         paging: only records with ``seq > after_seq`` and ``seq <= through_seq``; ``kind``
-        ``"prediction"`` (prediction requests: endpoint ``POST …``) or ``"access"`` (everything
-        else, e.g. auditors reading the trail); None = both. See :func:`~.readers.query_records`.
+        ``"prediction"`` (prediction requests: ``readers.PREDICTION_REQUEST_ENDPOINTS``) or ``"access"``
+        (everything else, e.g. auditors reading the trail); None = both. See :func:`~.readers.query_records`.
         """
         return query_records(self, from_, to, model_version, regimen, limit, offset, status=status,
                                      after_seq=after_seq, through_seq=through_seq, kind=kind)
