@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/response-model run
 
-## test: the whole test suite
+## test: the whole test suite, one worker per CPU (pytest-xdist; a test file stays on one worker)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 ## lint: ruff with the project's configuration (pyproject.toml)
 lint: $(STAMP)

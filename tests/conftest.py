@@ -20,6 +20,31 @@ def require_service(env_var: str, what: str) -> str:
     return value
 
 
+POSTGRES_URL_ENVS = ("RESPONSE_MODEL_TEST_POSTGRES_URL", "RESPONSE_MODEL_TEST_MLFLOW_POSTGRES_URL")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets PostgreSQL schemas of its own: tests that drop and create
+    tables in the database they are given must not drop another worker's tables mid-test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    import sqlalchemy as sa
+
+    for name in POSTGRES_URL_ENVS:
+        url = os.environ.get(name)
+        if not url:
+            continue
+        schema = f"xdist_{worker}"
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        engine.dispose()
+        os.environ[name] = sa.make_url(url).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
 @pytest.fixture(autouse=True)
 def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
     """Every test starts without a local key file — a ``.response-model/pseudonym.key`` that ``make run``
