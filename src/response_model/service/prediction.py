@@ -11,13 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from response_model.genes import suggestions_at_most
 from response_model.service.answers import audit_outputs, predict_many
 from response_model.service.audit import AuditTrail, RawIdentifierError, input_digest
 from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
 from response_model.service.models import MAX_BATCH, BatchRequest, PredictionRequest
 from response_model.service.recording import append, record_rejected, record_server_failure
-from response_model.service.validation import raw_patient_id, regimen_errors, request_errors
+from response_model.service.validation import (
+    SUGGESTED_PER_REQUEST,
+    raw_patient_id,
+    regimen_errors,
+    request_errors,
+)
 
 SINGLE_ENDPOINT = "POST /v1/predictions"
 BATCH_ENDPOINT = "POST /v1/predictions:batch"
@@ -161,7 +167,8 @@ def predict_batch(model: LoadedModel, trail: AuditTrail, body: BatchRequest,
         append(trail, [{**base, "status": "rejected", "http_status": 413,
                         "input_digest": input_digest(body.model_dump(mode="json")), "detail": {"error": message}}])
         return 413, {"errors": [{"field": "patients", "value": len(body.patients), "message": message}]}
-    batch = _check_rows(model, base, body.patients)
+    with suggestions_at_most(SUGGESTED_PER_REQUEST):  # per request, not per row: a batch's cost stays bounded
+        batch = _check_rows(model, base, body.patients)
     try:
         _score_rows(model, batch)
     except Exception as error:  # noqa: BLE001 - audited, then answered with a 500

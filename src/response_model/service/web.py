@@ -42,6 +42,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from response_model.genes import suggestions_at_most
 from response_model.modeling.bundle import OUTCOMES
 from response_model.schema import PatientRecord, cancer_types, field_ranges
 from response_model.service.audit import input_digest
@@ -52,7 +53,7 @@ from response_model.service.models import PredictionRequest
 from response_model.service.prediction import predict_one
 from response_model.service.recording import record_rejection
 from response_model.service.state import ServiceState
-from response_model.service.validation import raw_patient_id, request_errors
+from response_model.service.validation import SUGGESTED_PER_REQUEST, raw_patient_id, request_errors
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,8 @@ def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
     if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
         errors.append({"field": "regimens", "value": [], "message": "regimens: none chosen; tick at least one"})
     if body is not None and not errors:
-        errors = request_errors(body)
+        with suggestions_at_most(SUGGESTED_PER_REQUEST):
+            errors = request_errors(body)
     if not errors:
         status, answer = predict_one(loaded, state.trail, PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
         if status == 500:
