@@ -109,10 +109,12 @@ def _suggestions(symbol: str) -> list[str]:
 def normalise_symbol(symbol: str) -> str:
     """Return the approved HGNC symbol for ``symbol``.
 
-    Accepts approved symbols in any letter case and previous symbols (``C11orf30`` → ``EMSY``);
+    Accepts approved symbols in any ASCII letter case and previous symbols (``C11orf30`` → ``EMSY``);
     raises :class:`UnknownGeneError` with the nearest approved symbols otherwise.
     """
     cleaned = symbol.strip()
+    if not cleaned.isascii():  # str.upper() folds 'ı' to 'I' and 'ſ' to 'S': never a symbol by accident
+        raise UnknownGeneError(cleaned, [])
     if cleaned in approved_symbols():
         return cleaned
     by_case = _upper_index().get(cleaned.upper())
