@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from response_model.schema import PatientRecord
+from response_model.schema import PatientRecord, checked_patient_id
 
 MAX_BATCH = 1_000
 
@@ -52,6 +52,11 @@ class PredictionRequest(BaseModel):
         default=None, max_length=128,
         description="Raw local identifier; stored in the audit trail only as a keyed hash, never returned",
     )
+
+    @field_validator("patient_id", mode="before")
+    @classmethod
+    def _pseudonymous_id(cls, value: Any) -> Any:
+        return checked_patient_id(value)
 
 
 class BatchRequest(BaseModel):

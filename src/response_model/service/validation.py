@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from response_model.modeling.bundle import ResponseModelBundle
-from response_model.schema import PatientRecord, field_errors
+from response_model.schema import PatientRecord, field_errors, odd_code_points, shown
 from response_model.service.audit import input_digest
 from response_model.service.models import PredictionRequest
 
@@ -31,7 +31,12 @@ def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) 
         errors.append({"field": "regimens", "value": [],
                        "message": "regimens: empty list; give null for every candidate"})
     for i, name in enumerate(regimens):
-        if name not in allowed:
+        odd = odd_code_points(name)
+        if odd is not None:  # a look-alike would read, on screen, as the regimen it imitates
+            errors.append({"field": f"regimens.{i}", "value": shown(name),
+                           "message": f"regimens: {shown(name)} contains {odd}; expected a regimen id in ASCII, "
+                                      f"one of {', '.join(allowed)}"})
+        elif name not in allowed:
             errors.append({"field": f"regimens.{i}", "value": name,
                            "message": f"regimens: {name!r} is not a regimen this model scores; expected one of "
                                       f"{', '.join(allowed)}"})
