@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
 from rapidfuzz import fuzz, process
 
 #: suggestions are symbols whose length is within this of the query's (where typos land)
@@ -89,10 +90,13 @@ def nearest_symbols(symbol: str, n: int = 3) -> list[str]:
         return []
     pools = _suggestion_pools()
     for pool in (pools.get((query[0], len(query)), ()), pools.get(("", len(query)), ())):
-        found = process.extract(query, pool, scorer=fuzz.ratio, limit=n, score_cutoff=SUGGESTION_CUTOFF)
-        if found:
+        # cdist, not extract: it scores in C++ with the GIL released, so other threads (the event loop) run
+        scores = process.cdist([query], pool, scorer=fuzz.ratio, score_cutoff=SUGGESTION_CUTOFF,
+                               dtype=np.float32, workers=1)[0]
+        hits = np.flatnonzero(scores)  # below the cutoff scores 0
+        if hits.size:
             index = _upper_index()
-            return [index[upper] for upper, _, _ in found]
+            return [index[pool[i]] for i in hits[np.argsort(-scores[hits], kind="stable")][:n]]
     return []
 
 

@@ -30,7 +30,13 @@ from fastapi.exceptions import RequestValidationError
 from response_model.privacy import PseudonymKeyError, pseudonym_key
 from response_model.service.audit import AuditTrail
 from response_model.service.auth import AuthError
-from response_model.service.errors import GUARDED_ROLES, on_auth_error, on_guard_refusal, on_validation_error
+from response_model.service.errors import (
+    GUARDED_ROLES,
+    on_auth_error,
+    on_guard_refusal,
+    on_validation_error,
+    prediction_body_errors,
+)
 from response_model.service.guard import BodyGuard
 from response_model.service.holder import LoadedModel, is_alias_uri, load_at_start, watch_alias
 from response_model.service.keys import KeyStore, make_engine
@@ -90,7 +96,8 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     app = FastAPI(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
     app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
-    app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES))
+    app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES),
+                       checks={"/v1/predictions": prediction_body_errors})
     app.add_exception_handler(AuthError, on_auth_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.mount(docs.ASSETS_URL, docs.assets(), name="docs-assets")

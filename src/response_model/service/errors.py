@@ -65,8 +65,9 @@ def _schema_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
-def _answer_errors(body: Any) -> list[dict[str, Any]]:
-    """The CLI's texts for a single prediction's body, suggestions bounded (runs in a worker thread)."""
+def prediction_body_errors(body: Any) -> list[dict[str, Any]]:
+    """The field-level errors of a ``POST /v1/predictions`` body (the CLI's texts), gene suggestions
+    bounded per request; empty when valid. Run in a worker thread: it can take milliseconds."""
     with suggestions_at_most(SUGGESTED_PER_REQUEST):
         return request_errors(body)
 
@@ -78,7 +79,7 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
     if isinstance(key, JSONResponse):
         return key
     body, _ = await body_json(request)
-    errors = await run_in_threadpool(_answer_errors, body) \
+    errors = await run_in_threadpool(prediction_body_errors, body) \
         if request.url.path == "/v1/predictions" and body is not None else []
     errors = errors or _schema_errors(exc)
     await audit_rejection(request, 422, key, {"errors": errors})

@@ -16,9 +16,11 @@
 * **Cost limits** (:data:`LIMITS`, all in this module) — nesting depth, characters of a string or key,
   items of a list (per field), characters of a number (checked before Python converts it: ``int()`` of
   a 4,300-digit number is slow, then raises) and JSON's non-numbers ``NaN``/``Infinity``: each refused
-  with 422 naming the field and the limit. Larger bodies are checked in a worker thread, and the
-  validation FastAPI runs on the event loop computes no gene-symbol suggestions
-  (:func:`response_model.genes.suggestions_at_most`): nothing CPU-bound stays on the loop.
+  with 422 naming the field and the limit. Larger bodies are checked in a worker thread.
+* **Validation off the event loop** — a path may have a check (``checks``: the service validates
+  ``POST /v1/predictions`` with the record's own messages) run in a worker thread: an invalid body is
+  refused from here, and FastAPI's own validation, on the loop, sees only valid ones; it computes no
+  gene-symbol suggestions either (:func:`response_model.genes.suggestions_at_most`).
 * **Malformed bodies** — on those endpoints, a body that is not JSON (line and column named), not
   UTF-8, nested too deeply for the parser, or holding a NUL character or an unpaired surrogate (which
   no database text column accepts) is refused with 422 and a clear message, never a 400 or a 500.
@@ -34,7 +36,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,7 @@ class Limits:
 LIMITS = Limits()
 
 Reject = Callable[[dict, bytes | None, int, list[dict[str, Any]]], Awaitable[Callable]]
+Check = Callable[[Any], list[dict[str, Any]]]
 
 
 def _env_bytes(name: str, default: int) -> int:
@@ -355,15 +358,28 @@ class BodyGuard:
     keys and the cost limits of :data:`LIMITS` (422).
 
     ``reject(scope, body, status, errors)`` returns the ASGI response to send (``body`` is None when
-    the body was not read). ``json_paths``: the paths whose JSON bodies are checked for duplicate
-    keys. ``limits``: as :func:`body_limits` (read once, at construction, by default).
+    the body was not read). ``checks``: per path, a function of the parsed body returning its field-level
+    errors, run in a worker thread before the app sees the body: a body it refuses is answered 422 from
+    here, so the validation FastAPI then runs on the event loop only ever sees valid (cheap) bodies.
+    ``json_paths``: the paths whose JSON bodies are checked (media type, encoding, duplicate keys,
+    limits). ``limits``: as :func:`body_limits` (read once, at construction, by default).
     """
 
-    def __init__(self, app, reject: Reject, json_paths: Collection[str] = (), limits: dict[str, int] | None = None):
+    def __init__(self, app, reject: Reject, json_paths: Collection[str] = (), limits: dict[str, int] | None = None,
+                 checks: Mapping[str, Check] | None = None):
         self.app = app
         self.reject = reject
         self.json_paths = frozenset(json_paths)
         self.limits = dict(limits or body_limits())
+        self.checks = dict(checks or {})
+
+    def _judge(self, path: str, body: bytes) -> list[dict[str, Any]]:
+        """The errors of ``body`` (:func:`body_errors`, then the check of ``path`` on its JSON value)."""
+        errors = body_errors(body)
+        check = self.checks.get(path)
+        if errors or check is None:
+            return errors
+        return check(json.loads(body))
 
     def limit_for(self, path: str) -> int:
         """The body size limit in bytes of ``path``."""
@@ -410,8 +426,8 @@ class BodyGuard:
             if media is not None:
                 await self._refuse(scope, receive, send, body, 415, [media])
                 return
-            errors = body_errors(body) if len(body) <= LIMITS.inline_bytes else \
-                await run_in_threadpool(body_errors, body)
+            inline = len(body) <= LIMITS.inline_bytes and path not in self.checks
+            errors = self._judge(path, body) if inline else await run_in_threadpool(self._judge, path, body)
             if errors:
                 await self._refuse(scope, receive, send, body, 422, errors)
                 return
