@@ -158,15 +158,20 @@ def _canonical_enum(field: str, value: Any, enum: type[StrEnum]) -> Any:
     error naming the value (bounded) and the choices for anything else."""
     if value is None or isinstance(value, enum):
         return value
-    choices = ", ".join(repr(m.value) for m in enum)
     if not isinstance(value, str):
         kind = "true/false" if isinstance(value, bool) else type(value).__name__
-        raise _reject("enum_type", f"{field}: a {kind} value; expected text, one of {choices}")
+        raise _reject("enum_type", f"{field}: a {kind} value; expected text, one of {_choices(enum)}")
     lowered = ascii_code(field, value).strip().lower()
     found = _enum_values(enum).get(lowered) or _SYNONYMS.get(field, {}).get(lowered)
     if found is None:
-        raise _reject("enum", f"{field}: {shown(value)} is not one of {choices}")
+        raise _reject("enum", f"{field}: {shown(value)} is not one of {_choices(enum)}")
     return enum(found)
+
+
+@cache
+def _choices(enum: type[StrEnum]) -> str:
+    """The values of ``enum`` as a message lists them: ``'A', 'B', 'C'``."""
+    return ", ".join(repr(m.value) for m in enum)
 
 
 @cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,6 +47,9 @@ from response_model.service.state import ServiceState, Settings
 __all__ = ["LoadedModel", "create_app", "lifespan", "serve"]  # LoadedModel: named here by answers.py's type hints
 
 log = logging.getLogger(__name__)
+
+#: the interpreter's thread switch interval while serving (see :func:`serve`)
+SWITCH_INTERVAL_SECONDS = 0.001
 
 TITLE = "HCC response model"
 DESCRIPTION = ("Probabilities of objective response and primary resistance per regimen for advanced HCC, "
@@ -112,5 +116,9 @@ def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 800
     (uvicorn's start-up failure) when neither the model nor a fallback folder loads."""
     import uvicorn
 
+    # the event loop waits for the GIL while a worker thread validates or scores; CPython hands it over
+    # only every switch interval (5 ms by default), several times per answer: 1 ms keeps /healthz and
+    # small answers quick while other requests are worked on in the threadpool
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     uvicorn.run(create_app(model_uri, db_url, fallback_model_dir=fallback_model_dir), host=host, port=port,
                 log_level="info")

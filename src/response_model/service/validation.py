@@ -18,7 +18,7 @@ from response_model.service.models import PredictionRequest
 #: unknown gene symbols of one request whose errors suggest the symbols meant (each search costs up to a
 #: millisecond; the others are refused without suggestions): callers wrap request_errors in
 #: ``genes.suggestions_at_most(SUGGESTED_PER_REQUEST)``
-SUGGESTED_PER_REQUEST = 5
+SUGGESTED_PER_REQUEST = 3
 
 
 def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) -> list[dict[str, Any]]:
