@@ -48,6 +48,7 @@ from response_model.schema import PatientRecord, cancer_types, field_ranges
 from response_model.service.audit import input_digest
 from response_model.service.auth import CLINICAL_ROLES, AuthError, authenticate
 from response_model.service.deps import ServiceDep
+from response_model.service.guard import body_errors
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
 from response_model.service.prediction import predict_one
@@ -466,6 +467,13 @@ def _body_from_json(text: str, chosen: list[str]) -> tuple[Any, list[dict[str, A
         return None, [{"field": "patient_json", "value": None,
                        "message": f"patient_json: not valid JSON: {error.msg} at line {error.lineno}, "
                                   f"column {error.colno}"}]
+    except (ValueError, RecursionError):  # e.g. an integer of thousands of digits: judged below
+        value = None
+    # the limits of the JSON API (depth, lengths, digits, duplicate keys, control characters)
+    problems = body_errors(text.encode("utf-8", "surrogatepass"))
+    if problems:
+        return None, [{"field": "patient_json", "value": None, "message": f"patient_json: {p['message']}"}
+                      for p in problems]
     if not isinstance(value, dict):
         return None, [{"field": "patient_json", "value": None,
                        "message": f"patient_json: expected a JSON object (a patient record), "
@@ -482,8 +490,8 @@ def _without_ids(text: str) -> str:
     """The pasted JSON to show again, without any patient_id (identifiers are never written back)."""
     try:
         value = json.loads(text)
-    except ValueError:
-        return text  # not JSON: shown as entered, so that it can be corrected
+    except (ValueError, RecursionError):
+        return text  # not JSON (or nested too deeply): shown as entered, so that it can be corrected
     if not isinstance(value, dict):
         return text
     removed = False
