@@ -209,7 +209,9 @@ def clean_row_to_record(data: dict[str, Any]) -> PatientRecord:
                 [{"type": _reject("alterations_json", f"alterations: not valid JSON ({error.msg})"),
                   "loc": ("alterations",), "input": alterations}],
             ) from None
-    return PatientRecord.model_validate(data)
+    # lax: a table's cells are text or numbers of any kind ("64", 1 for yes), converted by the schema;
+    # JSON clients are held to the strict schema
+    return PatientRecord.model_validate(data, strict=False)
 
 
 def row_to_outcome(row: Mapping[str, Any]) -> TreatmentOutcome:

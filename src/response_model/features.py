@@ -136,7 +136,8 @@ def _patient_block(records: Sequence[PatientRecord]) -> np.ndarray:
             [v == c for v in cancer_type])
     alterations = field("alterations")
     put([v is not None for v in alterations])
-    put([nan if v is None else len(v) for v in alterations])
+    # each distinct alteration once (the schema refuses repeats; a record built another way counts the same)
+    put([nan if v is None else len({alt.label() for alt in v}) for v in alterations])
     n_pathways = len(load_pathways())
     flags = np.array([[nan] * n_pathways if v is None else pathway_flags(v) for v in alterations],
                      dtype=np.float64).reshape(len(records), n_pathways)

@@ -1,5 +1,11 @@
 """The patient record: one typed definition used by ingestion, training, batch scoring and the API.
 
+Strict by default: numbers must be numbers and yes/no fields booleans (``"64"`` or ``1`` for a yes/no
+field are refused), as a JSON client must send them. Table sources, whose cells are text or numbers of
+any kind, validate with ``model_validate(..., strict=False)`` (:func:`response_model.dataset.clean_row_to_record`):
+one schema, two input modes. Code-like text (gene symbols, protein changes, enumerated values) must be
+printable ASCII: a dotless ı or a Cyrillic look-alike is refused naming its code point, never folded.
+
 Units are fixed by the schema (albumin g/dL, bilirubin mg/dL, AFP ng/mL, platelets 10^3/µL, …);
 plausible ranges and unit mix-up hints come from ``configs/ranges.yaml``. Every field but ``age``
 and ``sex`` may be missing (``None``); the models cope with missing values.
@@ -11,6 +17,7 @@ import difflib
 import math
 import re
 import typing
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache, lru_cache
@@ -121,15 +128,50 @@ def _reject(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """``repr`` of ``value``, cut to ``limit`` characters (a message never echoes a whole huge value)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"… ({len(value)} characters)"
+
+
+def odd_code_points(value: str) -> str | None:
+    """The characters of ``value`` outside printable ASCII, as ``U+0131 LATIN SMALL LETTER DOTLESS I``
+    (the first three, then how many more); None when there are none."""
+    odd = [ch for ch in dict.fromkeys(value) if not " " <= ch <= "~"]
+    if not odd:
+        return None
+    names = ", ".join(f"U+{ord(ch):04X} {unicodedata.name(ch, 'CONTROL CHARACTER')}" for ch in odd[:3])
+    return names + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+
+
+def ascii_code(field: str, value: str) -> str:
+    """``value`` if it is printable ASCII; else raises a validation error naming the odd code points:
+    ``str.upper`` would fold 'ı' to 'I' and 'ſ' to 'S', and a look-alike reads as another code on screen."""
+    odd = odd_code_points(value)
+    if odd is not None:
+        raise _reject("non_ascii_code", f"{field}: {shown(value)} contains {odd}; expected ASCII letters, digits "
+                                        "and punctuation only")
+    return value
+
+
 def _canonical_enum(field: str, value: Any, enum: type[StrEnum]) -> Any:
-    """Map a case-insensitive spelling or synonym of an enum value to the value itself."""
-    if not isinstance(value, str):
+    """Return the member of ``enum`` a case-insensitive spelling or synonym names; raises a validation
+    error naming the value (bounded) and the choices for anything else."""
+    if value is None or isinstance(value, enum):
         return value
-    lowered = value.strip().lower()
-    found = _enum_values(enum).get(lowered)
-    if found is not None:
-        return found
-    return _SYNONYMS.get(field, {}).get(lowered, value)
+    if not isinstance(value, str):
+        kind = "true/false" if isinstance(value, bool) else type(value).__name__
+        raise _reject("enum_type", f"{field}: a {kind} value; expected text, one of {_choices(enum)}")
+    lowered = ascii_code(field, value).strip().lower()
+    found = _enum_values(enum).get(lowered) or _SYNONYMS.get(field, {}).get(lowered)
+    if found is None:
+        raise _reject("enum", f"{field}: {shown(value)} is not one of {_choices(enum)}")
+    return enum(found)
+
+
+@cache
+def _choices(enum: type[StrEnum]) -> str:
+    """The values of ``enum`` as a message lists them: ``'A', 'B', 'C'``."""
+    return ", ".join(repr(m.value) for m in enum)
 
 
 @cache
@@ -248,7 +290,7 @@ def infer_kind(protein_change: str) -> AlterationKind:
 class Alteration(BaseModel):
     """One somatic alteration: an HGNC gene, the kind of change and, for variants, the protein change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     gene: str = Field(description="HGNC approved gene symbol", examples=["CTNNB1"])
     kind: AlterationKind = Field(description="Kind of alteration")
@@ -261,6 +303,7 @@ class Alteration(BaseModel):
     def _known_gene(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
+        ascii_code("gene", value)
         try:
             return normalise_symbol(value)
         except UnknownGeneError as error:
@@ -278,7 +321,7 @@ class Alteration(BaseModel):
             return None
         if not isinstance(value, str):
             return value
-        value = value.strip()
+        value = ascii_code("protein_change", value).strip()
         if not value:
             return None
         if not value.startswith("p."):
@@ -347,6 +390,36 @@ _ENUM_OF_FIELD: dict[str, type[StrEnum]] = {
 _DECLARED_NUMERIC_FIELDS: tuple[str, ...] = (*field_ranges(), "ecog")
 
 
+#: the yes/no fields: JSON true or false only (strict), whatever a table source writes (lax)
+_BOOLEAN_FIELDS: tuple[str, ...] = ("macrovascular_invasion", "extrahepatic_spread", "stage_iv", "diabetes",
+                                    "prior_systemic_therapy", "hla_loh")
+#: the longest patient id accepted (characters)
+MAX_PATIENT_ID_CHARS = 128
+
+
+def checked_patient_id(value: Any) -> Any:
+    """``value`` if it can be a patient id (None, or printable text of at most
+    :data:`MAX_PATIENT_ID_CHARS` characters); raises a validation error that says its type or length
+    but never echoes it (it is an identifier)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        kind = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+            type(value), type(value).__name__)
+        raise _reject("patient_id_type", f"patient_id: {kind} given; expected text of at most "
+                                         f"{MAX_PATIENT_ID_CHARS} printable characters")
+    if len(value) > MAX_PATIENT_ID_CHARS:
+        raise _reject("patient_id_length", f"patient_id: a text of {len(value)} characters given; expected at most "
+                                           f"{MAX_PATIENT_ID_CHARS}")
+    bad = next((i for i, ch in enumerate(value) if not ch.isprintable()), None)
+    if bad is not None:
+        ch = value[bad]
+        raise _reject("patient_id_text", f"patient_id: holds U+{ord(ch):04X} "
+                                         f"{unicodedata.name(ch, 'CONTROL CHARACTER')} at position {bad}, which is "
+                                         "not printable; expected printable text")
+    return value
+
+
 def _unit(unit: str) -> dict[str, Any]:
     return {"json_schema_extra": {"unit": unit}}
 
@@ -354,7 +427,7 @@ def _unit(unit: str) -> dict[str, Any]:
 class PatientRecord(BaseModel):
     """Genomic and clinical features of one patient with advanced HCC (or, in pan-cancer cohorts, another cancer)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False, strict=True)
 
     patient_id: str | None = Field(
         default=None, max_length=128,
@@ -462,10 +535,46 @@ class PatientRecord(BaseModel):
         if isinstance(value, bool):
             raise _reject("number_type", f"{info.field_name}: {str(value).lower()} is a yes/no value; "
                                          f"expected a number{_unit_text(info.field_name)}")
-        value = handler(value)
+        try:
+            value = handler(value)
+        except ValidationError:
+            if isinstance(value, str):  # strict input: "64" is text, not a number
+                raise _reject("number_type", f"{info.field_name}: {shown(value)} is text; expected a "
+                                             f"number{_unit_text(info.field_name)}") from None
+            raise
         spec = field_ranges().get(info.field_name)
         if spec is not None and value is not None and not spec.min <= value <= spec.max:
             raise _reject("implausible_value", spec.error(float(value)))
+        return value
+
+    @field_validator(*_BOOLEAN_FIELDS, mode="wrap")
+    @classmethod
+    def _yes_no(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            if isinstance(value, (str, int, float)):
+                given = f"{shown(value)} is text" if isinstance(value, str) else f"{value!r} is a number"
+                raise _reject("bool_type", f"{info.field_name}: {given}; expected true or false") from None
+            raise
+
+    @field_validator("patient_id", mode="before")
+    @classmethod
+    def _pseudonymous_id(cls, value: Any) -> Any:
+        return checked_patient_id(value)
+
+    @field_validator("alterations")
+    @classmethod
+    def _each_alteration_once(cls, value: list[Alteration] | None) -> list[Alteration] | None:
+        # refused rather than merged: a repeat is a copy-paste or export error the sender should see, and
+        # counted twice it would raise a probability (the features count each alteration once anyway)
+        first: dict[str, int] = {}
+        for position, alteration in enumerate(value or ()):
+            earlier = first.setdefault(alteration.label(), position)
+            if earlier != position:
+                raise _reject("duplicate_alteration",
+                              f"alterations: {alteration.label()!r} is listed twice, at positions {earlier} and "
+                              f"{position} (counting from 0); give each alteration once")
         return value
 
     @field_validator("alterations", mode="before")
@@ -614,6 +723,8 @@ def field_errors(error: ValidationError, known_fields: str = "the patient-record
             named = re.match(r"^(\w+):", message)
             path = named.group(1) if named else "record"
             value = value.get(path) if isinstance(value, dict) else None
+        if path.split(".")[-1] == "patient_id":  # an identifier: never echoed, neither as value nor in text
+            value = None
         if item["type"] in {"missing"}:
             message = f"{path}: required field is missing"
         elif item["type"] == "extra_forbidden":

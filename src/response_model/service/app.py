@@ -24,6 +24,7 @@ import asyncio
 import copy
 import functools
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,7 +37,13 @@ from response_model.privacy import AuditKeyError, PseudonymKeyError, audit_keyri
 from response_model.service.audit import AuditTrail
 from response_model.service.audit.checkpoints import checkpoint_records, checkpoint_seconds, load_signing_key
 from response_model.service.auth import AuthError
-from response_model.service.errors import GUARDED_ROLES, on_auth_error, on_guard_refusal, on_validation_error
+from response_model.service.errors import (
+    GUARDED_ROLES,
+    on_auth_error,
+    on_guard_refusal,
+    on_validation_error,
+    prediction_body_errors,
+)
 from response_model.service.every_answer import AuditEveryAnswer
 from response_model.service.guard import BodyGuard
 from response_model.service.headers import ServiceApp
@@ -49,6 +56,9 @@ from response_model.service.state import ServiceState, Settings
 __all__ = ["LoadedModel", "create_app", "lifespan", "serve"]  # LoadedModel: named here by answers.py's type hints
 
 log = logging.getLogger(__name__)
+
+#: the interpreter's thread switch interval while serving (see :func:`serve`)
+SWITCH_INTERVAL_SECONDS = 0.001
 
 TITLE = "HCC response model"
 DESCRIPTION = ("Probabilities of objective response and primary resistance per regimen for advanced HCC, "
@@ -127,7 +137,8 @@ def create_app(model_uri: str | None = None, db_url: str | None = None,
     app = ServiceApp(title=TITLE, version="1", description=DESCRIPTION, lifespan=lifespan,
                      docs_url=None, redoc_url=None)  # served by routers.docs, from the service's own assets
     state = app.state.service = ServiceState(Settings.resolve(model_uri, db_url, alias_check, fallback_model_dir))
-    app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES))
+    app.add_middleware(BodyGuard, reject=on_guard_refusal, json_paths=list(GUARDED_ROLES),
+                       checks={"/v1/predictions": prediction_body_errors})
     # outermost: it sees the guard's refusals and every exception (see every_answer's docstring)
     app.add_middleware(AuditEveryAnswer, record=functools.partial(record_answer, state))
     app.add_exception_handler(AuthError, on_auth_error)
@@ -148,6 +159,10 @@ def serve(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 800
     (:mod:`~response_model.service.every_answer`: method, route template, status, duration)."""
     import uvicorn
 
+    # the event loop waits for the GIL while a worker thread validates or scores; CPython hands it over
+    # only every switch interval (5 ms by default), several times per answer: 1 ms keeps /healthz and
+    # small answers quick while other requests are worked on in the threadpool
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     uvicorn.run(create_app(model_uri, db_url, fallback_model_dir=fallback_model_dir), host=host, port=port,
                 log_level="info", access_log=False, log_config=log_config())
 

@@ -13,13 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from response_model.genes import suggestions_at_most
 from response_model.service.auth import ADMIN_ROLES, CLINICAL_ROLES, AuthError
 from response_model.service.deps import caller_key, state_of
 from response_model.service.guard import replay
 from response_model.service.keys import KeyInfo
 from response_model.service.prediction import PREDICTION_ENDPOINTS
 from response_model.service.recording import record_rejection
-from response_model.service.validation import body_json, jsonable, request_errors
+from response_model.service.validation import SUGGESTED_PER_REQUEST, body_json, jsonable, request_errors
 
 #: the endpoints whose refusals are authenticated first, with the roles they need
 GUARDED_ROLES: dict[str, tuple[str, ...]] = {**dict.fromkeys(PREDICTION_ENDPOINTS, CLINICAL_ROLES),
@@ -65,13 +66,22 @@ def _schema_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def prediction_body_errors(body: Any) -> list[dict[str, Any]]:
+    """The field-level errors of a ``POST /v1/predictions`` body (the CLI's texts), gene suggestions
+    bounded per request; empty when valid. Run in a worker thread: it can take milliseconds."""
+    with suggestions_at_most(SUGGESTED_PER_REQUEST):
+        return request_errors(body)
+
+
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """Return the 422 answer ``{"errors": [...]}`` (the CLI's texts for a single prediction), audited."""
+    """Return the 422 answer ``{"errors": [...]}`` (the CLI's texts for a single prediction), audited.
+    The texts are made in a worker thread: validating a record can take milliseconds."""
     key = await _authenticated(request)
     if isinstance(key, JSONResponse):
         return key
     body, _ = await body_json(request)
-    errors = request_errors(body) if request.url.path == "/v1/predictions" and body is not None else []
+    errors = await run_in_threadpool(prediction_body_errors, body) \
+        if request.url.path == "/v1/predictions" and body is not None else []
     errors = errors or _schema_errors(exc)
     await audit_rejection(request, 422, key, {"errors": errors})
     return JSONResponse({"errors": errors}, status_code=422)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from response_model import consistency
-from response_model.schema import PatientRecord
+from response_model.schema import PatientRecord, checked_patient_id
 
 MAX_BATCH = 1_000
 
@@ -53,6 +53,11 @@ class PredictionRequest(BaseModel):
         default=None, max_length=128,
         description="Raw local identifier; stored in the audit trail only as a keyed hash, never returned",
     )
+
+    @field_validator("patient_id", mode="before")
+    @classmethod
+    def _pseudonymous_id(cls, value: Any) -> Any:
+        return checked_patient_id(value)
 
     @model_validator(mode="after")
     def _one_patient(self) -> PredictionRequest:

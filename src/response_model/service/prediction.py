@@ -12,13 +12,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from response_model.genes import suggestions_at_most
 from response_model.service.answers import audit_outputs, predict_many
 from response_model.service.audit import AuditError, AuditTrail, RawIdentifierError, input_digest
 from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
 from response_model.service.models import MAX_BATCH, BatchRequest, PredictionRequest
 from response_model.service.recording import append, log_failure, record_rejected, record_server_failure
-from response_model.service.validation import raw_patient_id, regimen_errors, request_errors
+from response_model.service.validation import (
+    SUGGESTED_PER_REQUEST,
+    raw_patient_id,
+    regimen_errors,
+    request_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +208,8 @@ def predict_batch(model: LoadedModel, trail: AuditTrail, body: BatchRequest,
         append(trail, [{**base, "status": "rejected", "http_status": 413,
                         "input_digest": input_digest(body.model_dump(mode="json")), "detail": {"error": message}}])
         return 413, {"errors": [{"field": "patients", "value": len(body.patients), "message": message}]}
-    batch = _check_rows(model, base, body.patients)
+    with suggestions_at_most(SUGGESTED_PER_REQUEST):  # per request, not per row: a batch's cost stays bounded
+        batch = _check_rows(model, base, body.patients)
     _score_rows(model, batch)
     _append_rows(trail, batch)
     n_ok = sum(1 for r in batch.results if r and r["ok"])

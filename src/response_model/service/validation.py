@@ -18,12 +18,17 @@ from pydantic import BaseModel, ValidationError
 from response_model.consistency import request_problems
 from response_model.modeling.bundle import ResponseModelBundle
 from response_model.privacy import PseudonymKeyError, pseudonymise
-from response_model.schema import PatientRecord, field_errors
+from response_model.schema import PatientRecord, field_errors, odd_code_points, shown
 from response_model.service.audit import input_digest
 from response_model.service.models import MAX_EXACT_INT, BatchRequest, PredictionRequest
 
 #: what stands in the audit trail for the value of an identifier field
 REDACTED_ID = "<patient_id redacted>"
+
+#: unknown gene symbols of one request whose errors suggest the symbols meant (each search costs up to a
+#: millisecond; the others are refused without suggestions): callers wrap request_errors in
+#: ``genes.suggestions_at_most(SUGGESTED_PER_REQUEST)``
+SUGGESTED_PER_REQUEST = 3
 
 
 def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) -> list[dict[str, Any]]:
@@ -36,7 +41,12 @@ def regimen_errors(bundle: ResponseModelBundle, regimens: Sequence[str] | None) 
         errors.append({"field": "regimens", "value": [],
                        "message": "regimens: empty list; give null for every candidate"})
     for i, name in enumerate(regimens):
-        if name not in allowed:
+        odd = odd_code_points(name)
+        if odd is not None:  # a look-alike would read, on screen, as the regimen it imitates
+            errors.append({"field": f"regimens.{i}", "value": shown(name),
+                           "message": f"regimens: {shown(name)} contains {odd}; expected a regimen id in ASCII, "
+                                      f"one of {', '.join(allowed)}"})
+        elif name not in allowed:
             errors.append({"field": f"regimens.{i}", "value": name,
                            "message": f"regimens: {name!r} is not a regimen this model scores; expected one of "
                                       f"{', '.join(allowed)}"})

@@ -62,11 +62,13 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from response_model.genes import suggestions_at_most
 from response_model.modeling.bundle import OUTCOMES
 from response_model.schema import PatientRecord, cancer_types, field_ranges
 from response_model.service.audit import input_digest
 from response_model.service.auth import CLINICAL_ROLES, AuthError, authenticate
 from response_model.service.deps import ServiceDep, state_of
+from response_model.service.guard import body_errors
 from response_model.service.headers import style_policy
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
@@ -81,7 +83,7 @@ from response_model.service.sessions import (
     well_formed,
 )
 from response_model.service.state import ServiceState
-from response_model.service.validation import raw_patient_id, request_errors
+from response_model.service.validation import SUGGESTED_PER_REQUEST, raw_patient_id, request_errors
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +499,8 @@ def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
     if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
         errors.append({"field": "regimens", "value": [], "message": "regimens: none chosen; tick at least one"})
     if body is not None and not errors:
-        errors = request_errors(body)
+        with suggestions_at_most(SUGGESTED_PER_REQUEST):
+            errors = request_errors(body)
     if not errors:
         status, answer = predict_one(loaded, state.trail, PredictionRequest.model_validate(body), key, PAGE_ENDPOINT)
         if status == 500:
@@ -531,6 +534,13 @@ def _body_from_json(text: str, chosen: list[str]) -> tuple[Any, list[dict[str, A
         return None, [{"field": "patient_json", "value": None,
                        "message": f"patient_json: not valid JSON: {error.msg} at line {error.lineno}, "
                                   f"column {error.colno}"}]
+    except (ValueError, RecursionError):  # e.g. an integer of thousands of digits: judged below
+        value = None
+    # the limits of the JSON API (depth, lengths, digits, duplicate keys, control characters)
+    problems = body_errors(text.encode("utf-8", "surrogatepass"))
+    if problems:
+        return None, [{"field": "patient_json", "value": None, "message": f"patient_json: {p['message']}"}
+                      for p in problems]
     if not isinstance(value, dict):
         return None, [{"field": "patient_json", "value": None,
                        "message": f"patient_json: expected a JSON object (a patient record), "
@@ -547,8 +557,8 @@ def _without_ids(text: str) -> str:
     """The pasted JSON to show again, without any patient_id (identifiers are never written back)."""
     try:
         value = json.loads(text)
-    except ValueError:
-        return text  # not JSON: shown as entered, so that it can be corrected
+    except (ValueError, RecursionError):
+        return text  # not JSON (or nested too deeply): shown as entered, so that it can be corrected
     if not isinstance(value, dict):
         return text
     removed = False

@@ -453,7 +453,7 @@ def _constants(raw: Mapping[str, Any], columns: Mapping[str, ColumnMapping]) -> 
     inputs = {k: v for k, v in constants.items() if k in INPUT_FIELDS and v is not None}
     outcomes = {k: v for k, v in constants.items() if k in OUTCOME_FIELDS and v is not None}
     try:
-        PatientRecord.model_validate({"age": 50, "sex": "male", **inputs})
+        PatientRecord.model_validate({"age": 50, "sex": "male", **inputs}, strict=False)
         TreatmentOutcome.model_validate(outcomes)
     except ValidationError as error:
         raise SourceSpecError(
