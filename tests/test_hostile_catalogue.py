@@ -46,6 +46,7 @@ class Service:
     client: TestClient
     tokens: dict[str, str]
     engine: sa.Engine
+    page_bytes: int = 0  # the signed-in clinician's empty page: what any page answer holds anyway
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,10 @@ def service(smoke_model, tmp_path_factory):
         app = create_app(str(smoke_model["export_dir"]), url, alias_check=0)
         engine = sa.create_engine(url)
         with TestClient(app, raise_server_exceptions=False) as client:
-            yield Service(client, tokens, engine)
+            svc = Service(client, tokens, engine)
+            page_session({"role": "page-clinician"}, svc)
+            svc.page_bytes = len(client.get("/").content)
+            yield svc
         engine.dispose()
 
 
@@ -191,13 +195,14 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def database_text(engine: sa.Engine) -> str:
-    """Every text (and byte) value of every table of the database, one per line."""
+def database_text(engine: sa.Engine, after_seq: int) -> str:
+    """Every text (and byte) value in the database that a request may have written: the audit records after
+    ``after_seq`` and every row of every other table (keys, sessions, …), one value per line."""
     parts = []
-    inspector = sa.inspect(engine)
     with engine.connect() as conn:
-        for table in inspector.get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+        for table in sa.inspect(engine).get_table_names():
+            where = " WHERE seq > :s" if table == "audit_records" else ""
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"{where}'), {"s": after_seq}):
                 parts.extend(_text(v) for v in row)
     return "\n".join(parts)
 
@@ -208,10 +213,11 @@ def logged_text(caplog) -> str:
 
 
 def _errors(value: Any) -> list[dict[str, Any]]:
-    """Every field-level error (a dict with a ``field``) anywhere in an answer."""
+    """Every field-level error (an item of an ``errors`` list) anywhere in an answer."""
     if isinstance(value, dict):
-        found = [value] if isinstance(value.get("field"), str) else []
-        return found + [e for v in value.values() for e in _errors(v)]
+        listed = value.get("errors") if isinstance(value.get("errors"), list) else []
+        own = [e for e in listed if isinstance(e, dict)]
+        return own + [e for k, v in value.items() if k != "errors" for e in _errors(v)]
     if isinstance(value, list):
         return [e for v in value for e in _errors(v)]
     return []
@@ -250,7 +256,7 @@ def field_problems(case: dict[str, Any], response: httpx.Response, batch_200: bo
             return []
         return [f"the page shows no error beside {wanted}"]
     answer = _json(response)
-    fields = [e["field"] for e in _errors(answer)]
+    fields = [str(e.get("field")) for e in _errors(answer)]
     if any(_names(f, w) for f in fields for w in wanted):
         return []
     where = "a batch row's errors" if batch_200 else "the errors"
@@ -275,13 +281,31 @@ def audit_problems(case: dict[str, Any], response: httpx.Response, records: list
     return []
 
 
-def size_bound_problems(case: dict[str, Any], request: httpx.Request, response: httpx.Response) -> list[str]:
-    """The answer-size bound: at most max(4 × the request, 16 KB); 2xx reads of the trail are the trail's size."""
-    if case.get("method", "POST") == "GET" and response.status_code < 300 and case.get("category") == "auditors":
+def _predictions_bytes(answer: Any) -> int:
+    """The size of the predictions an answer carries (a single prediction, or a batch's scored rows)."""
+    if not isinstance(answer, dict):
+        return 0
+    if "prediction_id" in answer and "regimens" in answer:
+        return len(json.dumps(answer, ensure_ascii=False).encode())
+    rows = answer.get("results") if isinstance(answer.get("results"), list) else []
+    return sum(len(json.dumps(r["prediction"], ensure_ascii=False).encode()) for r in rows
+               if isinstance(r, dict) and isinstance(r.get("prediction"), dict))
+
+
+def size_bound_problems(svc: Service, request: httpx.Request, response: httpx.Response) -> list[str]:
+    """The answer-size bound: what an answer holds beyond its predictions (and, for a page, beyond the empty
+    page) is at most max(4 × the request, 16 KB). 2xx reads of the trail are as large as the records they hold."""
+    if request.method == "GET" and request.url.path.startswith("/v1/predictions") and response.status_code < 300:
         return []
     request_size = len(request.content or b"") + len(str(request.url))
     bound = max(4 * request_size, MIN_SIZE_BOUND)
-    return [] if len(response.content) <= bound else [f"answer of {len(response.content)} bytes > bound {bound}"]
+    if "html" in response.headers.get("content-type", ""):
+        bound += svc.page_bytes
+    size = len(response.content)
+    if response.status_code < 300:
+        size -= _predictions_bytes(_json(response))
+    return [] if size <= bound else [f"answer of {len(response.content)} bytes ({size} beyond its predictions) "
+                                     f"> bound {bound}"]
 
 
 def check_case(case: dict[str, Any], svc: Service, caplog) -> list[str]:
@@ -294,10 +318,10 @@ def check_case(case: dict[str, Any], svc: Service, caplog) -> list[str]:
     request = build_request(case, svc, csrf)
     response = svc.client.send(request, follow_redirects=False)
     status = response.status_code
-    problems = [] if status < 500 else [f"server error {status}: {response.text[:300]!r}"]
+    problems = [] if status < 500 else [f"server error {status}"]
     expected = _as_list(case["status"])
     if status not in expected:
-        problems.append(f"status {status}, expected {expected}: {response.text[:300]!r}")
+        problems.append(f"status {status}, expected {expected} — answer {response.text[:200]!r}")
     batch_200 = case.get("path") == "/v1/predictions:batch" and status == 200
     if case.get("field") and (status >= 400 or batch_200) and status in expected:
         problems += field_problems(case, response, batch_200)
@@ -316,9 +340,9 @@ def check_case(case: dict[str, Any], svc: Service, caplog) -> list[str]:
         except ValueError:
             request_json = None
         problems += audit_problems(case, response, records, batch_200, request_json)
-    problems += size_bound_problems(case, request, response)
+    problems += size_bound_problems(svc, request, response)
     for raw in identifiers(case, svc.tokens):
-        if raw in database_text(svc.engine):
+        if raw in database_text(svc.engine, before):
             problems.append(f"the raw identifier {raw[:40]!r} is stored in the database")
         if raw in logged_text(caplog):
             problems.append(f"the raw identifier {raw[:40]!r} is in the logs")
@@ -330,7 +354,7 @@ def test_hostile_case(service, case, caplog):
     caplog.set_level(logging.DEBUG)
     for attempt in range(case.get("repeat", 1)):
         problems = check_case(case, service, caplog)
-        assert not problems, f"[{case['category']}] attempt {attempt + 1}: " + "; ".join(problems)
+        assert not problems, f"[{case['category']}] attempt {attempt + 1}: " + " || ".join(problems)
 
 
 def test_the_catalogue_is_large_and_well_formed():
@@ -367,6 +391,6 @@ def test_the_access_log_keeps_no_query_string_or_path_id(smoke_model, tmp_path):
             client.post("/v1/predictions", params={"patient_id": typed_id}, json={"patient": {"age": 64}})
     finally:
         server.stop()
-    log = server.log()
+    log = server.log_path.read_text(errors="replace")
     assert secret not in log, "the access log keeps the query string (?access_token=…)"
     assert typed_id not in log, "the access log keeps an identifier typed in the path or query"
