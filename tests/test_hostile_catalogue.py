@@ -229,9 +229,10 @@ def _names(field: str, wanted: str) -> bool:
 
 
 def _warnings(value: Any) -> list[Any]:
+    """Every ``warnings`` list anywhere in an answer (per answer, per regimen or per batch row)."""
     if isinstance(value, dict):
-        own = [value[k] for k in value if "warning" in k.lower()]
-        return own + [w for v in value.values() for w in _warnings(v)]
+        own = [value["warnings"]] if isinstance(value.get("warnings"), list) else []
+        return own + [w for k, v in value.items() if k != "warnings" for w in _warnings(v)]
     if isinstance(value, list):
         return [w for v in value for w in _warnings(v)]
     return []
@@ -332,7 +333,8 @@ def check_case(case: dict[str, Any], svc: Service, caplog) -> list[str]:
     if case.get("warns") and status == 200 and "json" in response.headers.get("content-type", ""):
         if not any(case["warns"] in json.dumps(w, ensure_ascii=False) for w in _warnings(_json(response))):
             problems.append(f"a 200 answer without a warning naming {case['warns']!r}")
-        elif not any("warning" in json.dumps(r, default=str).lower() for r in records):
+        elif not any("warnings" in json.dumps(r, default=str) and case["warns"] in json.dumps(r, default=str)
+                     for r in records):
             problems.append("the warning is not in the audit record")
     if case.get("audited", True):
         try:
