@@ -29,11 +29,11 @@ from fastapi.testclient import TestClient
 from response_model.privacy import PSEUDONYM_KEY_ENV
 from response_model.service.app import create_app
 from response_model.service.keys import DB_URL_ENV, KeyStore
+from response_model.service.web import CSRF_COOKIE, SESSION_COOKIE
 
 CATALOGUE_PATH = Path(__file__).parent / "data" / "hostile_catalogue.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(CATALOGUE_PATH.read_text(encoding="utf-8"))
 PSEUDONYM_KEY = "hostile-catalogue-pseudonym-key-0123456789"
-SESSION_COOKIE, CSRF_COOKIE = "rm_session", "rm_csrf"
 ATTACKER_CSRF = "attacker-chosen-csrf-token-0123456789abcdef"
 MIN_SIZE_BOUND = 16 * 1024
 CLIENT_LOGGERS = ("httpx", "httpcore")  # the test's own client logs the URLs it sends; not the service
