@@ -67,7 +67,8 @@ CASES = [
     ("GET", "/v1/predictions:export", "auditor", {"params": {"from": "0001-01-01T00:30:00+01:00"}}, 422,
      "GET /v1/predictions:export"),
     ("GET", "/v1/predictions", "auditor", {"params": {"page_size": "2"}}, 200, "GET /v1/predictions"),
-    ("GET", f"/v1/predictions/{uuid.uuid4()}", "auditor", {}, 404, "GET /v1/predictions/{prediction_id}"),
+    ("GET", "/v1/predictions/5f0c8a52-3d1e-4b7a-9c2f-0e6d4a1b8c73",
+     "auditor", {}, 404, "GET /v1/predictions/{prediction_id}"),
     ("GET", "/v1/predictions/MRN-TYPED-HERE", "auditor", {}, 422, "GET /v1/predictions/{prediction_id}"),
     ("GET", "/v1/predictions/MRN-TYPED-HERE", "clinician", {}, 403, "GET /v1/predictions/{prediction_id}"),
 ]
@@ -132,13 +133,21 @@ def test_reloads_and_other_answers_are_not_listed_as_predictions(service):
 
 
 def test_a_batch_row_that_breaks_validation_fails_alone(service):
-    rows = [{"patient": patient()}, {"patient": patient(lesion_count=HUGE)}, {"patient": patient(age=70)}]
+    # beyond 2**53 (no exact float), yet within the guard's 24 characters of a number
+    rows = [{"patient": patient()}, {"patient": patient(lesion_count=10**17)}, {"patient": patient(age=70)}]
     answer, new = call(service, "POST", "/v1/predictions:batch", "clinician", json={"patients": rows})
     assert answer.status_code == 200
     out = answer.json()
     assert [r["ok"] for r in out["results"]] == [True, False, True]
     assert out["results"][1]["errors"][0]["field"] == "patient.lesion_count"
     assert [r["http_status"] for r in new] == [200, 422, 200]
+
+
+def test_a_number_over_the_guards_limit_refuses_the_batch_naming_the_row(service):
+    rows = [{"patient": patient()}, {"patient": patient(lesion_count=HUGE)}]
+    answer, new = call(service, "POST", "/v1/predictions:batch", "clinician", json={"patients": rows})
+    assert answer.status_code == 422 and [r["http_status"] for r in new] == [422]
+    assert [e["field"] for e in answer.json()["errors"]] == ["patients.1.patient.lesion_count"]
 
 
 def test_a_batch_row_that_cannot_be_scored_fails_alone(service, monkeypatch):

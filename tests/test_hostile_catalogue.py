@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from response_model.privacy import PSEUDONYM_KEY_ENV
 from response_model.service.app import create_app
 from response_model.service.keys import DB_URL_ENV, KeyStore
-from response_model.service.web import CSRF_COOKIE, SESSION_COOKIE
+from response_model.service.web import PRESESSION_COOKIE, SESSION_COOKIE
 
 CATALOGUE_PATH = Path(__file__).parent / "data" / "hostile_catalogue.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(CATALOGUE_PATH.read_text(encoding="utf-8"))
@@ -168,7 +168,9 @@ def page_session(case: dict[str, Any], svc: Service) -> str | None:
         put_cookie(client, SESSION_COOKIE, session)
         token = csrf_of(client.get("/").text) or token
     if mode == "planted":
-        put_cookie(client, CSRF_COOKIE, ATTACKER_CSRF)
+        # the old scheme's double-submit cookie and a pre-session id of the attacker's choosing
+        put_cookie(client, "rm_csrf", ATTACKER_CSRF)
+        put_cookie(client, PRESESSION_COOKIE, ATTACKER_CSRF)
         return ATTACKER_CSRF
     if mode == "raw-key-cookie":
         put_cookie(client, SESSION_COOKIE, svc.tokens["clinician"])

@@ -186,7 +186,7 @@ def test_a_body_without_a_content_type_is_refused(api):
 ])
 def test_utf16_and_utf32_bodies_are_refused(api, encoding, bom, name):
     raw = bom + json.dumps({"patient": MINIMAL}).encode(encoding)
-    assert f"body: {name} text" in refused(api, raw=raw, field="body")
+    assert f"body: {name} text" in refused(api, raw=raw, status=415, field="body")
 
 
 def test_refusals_are_authenticated_first(api):

@@ -12,7 +12,8 @@
   given to the guard, a body with a key repeated in one object is refused with 422 naming the key.
 * **Media type** — on those endpoints a body must be sent as ``Content-Type: application/json`` (charset, if
   given, ``utf-8``) without a ``Content-Encoding``: anything else is refused with 415 naming what was sent.
-  UTF-16 and UTF-32 bodies (which Python's ``json`` would detect and read) are refused with 422.
+  UTF-16 and UTF-32 bodies (which Python's ``json`` would detect and read), and a UTF-8 byte-order mark,
+  are refused with 415 too.
 * **Cost limits** (:data:`LIMITS`, all in this module) — nesting depth, characters of a string or key,
   items of a list (per field), characters of a number (checked before Python converts it: ``int()`` of
   a 4,300-digit number is slow, then raises) and JSON's non-numbers ``NaN``/``Infinity``: each refused
@@ -423,6 +424,9 @@ class BodyGuard:
         body = b"".join(chunks)
         if body and path in self.json_paths:
             media = media_error(scope)
+            if media is None and (encoding := _encoding_error(body)) is not None:
+                # a body in another encoding than UTF-8 is a media type this service does not take
+                media = {"field": "body", "value": None, "message": encoding}
             if media is not None:
                 await self._refuse(scope, receive, send, body, 415, [media])
                 return

@@ -68,7 +68,7 @@ from response_model.schema import PatientRecord, cancer_types, field_ranges
 from response_model.service.audit import input_digest
 from response_model.service.auth import CLINICAL_ROLES, AuthError, authenticate
 from response_model.service.deps import ServiceDep, state_of
-from response_model.service.guard import body_errors
+from response_model.service.guard import LIMITS, body_errors
 from response_model.service.headers import style_policy
 from response_model.service.keys import ROLES, KeyInfo
 from response_model.service.models import PredictionRequest
@@ -230,6 +230,8 @@ class Form:
 
 def _number(text: str, kind: str) -> Any:
     """A finite number from the text of a numeric input, or the text itself (the schema then says why)."""
+    if not text.isascii():  # float() reads full-width and other non-ASCII digits; a clinician typed a slip
+        return text
     try:
         value = float(text)
     except ValueError:
@@ -498,6 +500,12 @@ def _submit(request: Request, state: ServiceState, form: Form) -> HTMLResponse:
         body["patient_id"] = raw_id
     if isinstance(body, dict) and not body.get("regimens") and "regimens" in body:
         errors.append({"field": "regimens", "value": [], "message": "regimens: none chosen; tick at least one"})
+    most = LIMITS.items_of("regimens")
+    if len(chosen) > most:  # a forged form; judged once, not regimen by regimen (a bounded answer)
+        errors.append({"field": "regimens", "value": None,
+                       "message": f"regimens: {len(chosen)} ticked; at most {most} accepted"})
+        if isinstance(body, dict):
+            body["regimens"] = None
     if body is not None and not errors:
         with suggestions_at_most(SUGGESTED_PER_REQUEST):
             errors = request_errors(body)

@@ -162,6 +162,11 @@ def parse_filter(from_: str | None = None, to: str | None = None, model_version:
     if model_version is not None and len(model_version) > _TEXT_LIMITS["model_version"]:
         errors.append({"field": "model_version", "value": model_version[:80],
                        "message": f"model_version: longer than {_TEXT_LIMITS['model_version']} characters"})
+    elif model_version is not None and not (model_version.isascii() and model_version.isprintable()):
+        # a version is printable ASCII; U+FFFD is what undecodable bytes of a query string become
+        odd = sorted({f"U+{ord(c):04X}" for c in model_version if not (c.isascii() and c.isprintable())})
+        errors.append({"field": "model_version", "value": None,
+                       "message": f"model_version: holds {', '.join(odd[:5])}; a model version is printable ASCII"})
     regimen = str(regimen).strip() if regimen is not None and str(regimen).strip() else None
     if regimen is not None:
         from response_model.regimens import load_catalogue
