@@ -81,8 +81,9 @@ def test_dask_training_has_the_local_runs_metrics_and_tracking(smoke_model, clus
     assert compared > 100
     tracked = mlflow.get_run(result.run_id)
     assert tracked.data.tags["compute.dask_scheduler"] == local_cluster.scheduler_address
+    # "report" is logged to the smoke run later, by the report tests (which may have run first)
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)} >= {
-        a.path for a in mlflow.MlflowClient().list_artifacts(smoke_model["run_id"])}
+        a.path for a in mlflow.MlflowClient().list_artifacts(smoke_model["run_id"])} - {"report"}
 
     # and the final models are the same: identical scores for new patients
     records = simulate_cohort(20, seed=99).cohort

@@ -21,9 +21,9 @@ from response_model.service.keys import KeyStore
 from response_model.service.models import EXAMPLE_PATIENT
 
 KEY = "trail-size-test-pseudonym-key-0123456789"
-# Measured on the smoke model (13 regimens × 2 outcomes × 93 SHAP values): ~190 KB plain, ~11 KB packed.
-# Issue 14 asks for ≤ 8 KB; the SHAP values alone are ~3 KB of incompressible float64 (see report).
-MAX_RECORD_BYTES = 12_000
+# The smoke model (13 regimens × 2 outcomes × 93 SHAP values): ~190 KB plain, ~14 KB packed with zlib.
+# Issue 14 asks for ≤ 8 KB, not reached (docs/performance.md says what remains).
+MAX_RECORD_BYTES = 15_000
 VARYING = {"seq", "time", "prediction_id", "prev_hash", "hash", "href", "integrity"}
 
 
@@ -123,7 +123,7 @@ def test_readers_tolerate_any_stored_record(service, monkeypatch):
     rows = [_raw_row(seq + 1, ids[0], detail=deep), _raw_row(seq + 2, ids[1], detail=deeper),
             _raw_row(seq + 3, ids[2], detail="{not json"),
             _raw_row(seq + 4, ids[3], status="accepted", http_status=200, regimens='["sorafenib"]',
-                     outputs='{"format":"lzma-json/1","json":"bm90IGx6bWE="}',
+                     outputs='{"format":"zlib-json/1","json":"bm90IHpsaWI="}',
                      explanations='{"format":"packed-f64/2","json":"AAAA","values":"AAAA"}'),
             _raw_row(seq + 5, ids[4], status="accepted", http_status=200, regimens='{"a":1}',
                      outputs='{"regimens":{"sorafenib":[1,2]}}', explanations='{"sorafenib":7}')]

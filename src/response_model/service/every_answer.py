@@ -32,7 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.routing import Match, Mount
 
-from response_model.service.recording import answer_records, log_failure
+from response_model.service.recording import NO_ROUTE, answer_records, log_failure
 from response_model.service.routers import docs
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ access_log = logging.getLogger("response_model.access")
 UNAUDITED_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", docs.DOCS_URL, docs.REDOC_URL,
                              docs.OAUTH2_REDIRECT_URL})
 UNAUDITED_PREFIXES = (docs.ASSETS_URL + "/",)
-NO_ROUTE = "(no route)"
 FAILED_MESSAGE = ("the service failed to answer ({error}); the request was recorded in the audit trail and "
                   "the error in the service log")
 UNRECORDED_MESSAGE = ("the audit trail could not record this request, so it was not answered; "
@@ -85,7 +84,7 @@ def endpoint_of(scope: dict) -> str:
 
 class AuditEveryAnswer:
     """ASGI middleware: one audit record for every answer that has none, a clean 500 for an unhandled
-    error, and the access log. ``record(scope, status, error)`` appends the record (a plain function:
+    error, and the access log. ``record(scope, endpoint, status, error)`` appends the record (a plain function:
     it runs in a worker thread); see :func:`response_model.service.recording.record_answer`."""
 
     def __init__(self, app, record) -> None:
@@ -122,7 +121,7 @@ class _Answer:
     async def _append(self, status: int, error: BaseException | None) -> bool:
         """Append the record of this answer; False (logged) when the trail could not store it."""
         try:
-            await run_in_threadpool(self.middleware.record, self.scope, status, error)
+            await run_in_threadpool(self.middleware.record, self.scope, endpoint_of(self.scope), status, error)
         except Exception as failure:  # noqa: BLE001 - the trail is down: the answer is replaced, logged
             log_failure(log, f"audit record of {endpoint_of(self.scope)} {status}", failure)
             return False

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from response_model.service.holder import LoadedModel
     from response_model.service.state import ServiceState
 
+
+#: the endpoint text of an answer to a path no route matched (its path may be an identifier)
+NO_ROUTE = "(no route)"
+
 log = logging.getLogger(__name__)
 
 #: the HTTP statuses recorded so far for the request being answered (None outside a request)
@@ -123,18 +127,17 @@ def _bearer(scope: dict) -> str | None:
     return None
 
 
-def record_answer(state: ServiceState, scope: dict, status: int, error: BaseException | None) -> None:
+def record_answer(state: ServiceState, scope: dict, endpoint: str, status: int,
+                  error: BaseException | None) -> None:
     """Append the record of an answer that its route did not record (see
     :class:`~response_model.service.every_answer.AuditEveryAnswer`): ``METHOD /route template``, the status,
-    the caller's key if a valid bearer token came with it, and — when no route matched — the path's
-    length and keyed digest only (it may be an identifier typed in the wrong place)."""
-    from response_model.service.every_answer import NO_ROUTE, endpoint_of
-
+    the caller's key if a valid bearer token came with it, and — when no route matched (``endpoint``
+    ends with :data:`NO_ROUTE`) — the path's length and keyed digest only (it may be an identifier
+    typed in the wrong place)."""
     try:
         key = state.keys.authenticate(_bearer(scope))
     except Exception:  # noqa: BLE001 - a failing key store must not stop the record
         key = None
-    endpoint = endpoint_of(scope)
     detail: dict[str, Any] = {"answer": HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_
                               else str(status)}
     if endpoint.endswith(NO_ROUTE):

@@ -4,16 +4,16 @@ An accepted one-patient prediction's explanations hold every SHAP value of every
 and the terms shown; stored as JSON text they took ~190 KB per record. They are stored packed, still
 inside the field's JSON text, so the record hash covers them:
 
-- ``outputs``: ``{"format": "lzma-json/1", "json": base64(LZMA2(the stored JSON text))}``.
-- ``explanations``: ``{"format": "packed-f64/2", "json": base64(LZMA2(JSON of the rest)),
-  "values": base64(LZMA2(every SHAP value list as little-endian float64))}`` — the rest being the
+- ``outputs``: ``{"format": "zlib-json/1", "json": base64(zlib(the stored JSON text))}``.
+- ``explanations``: ``{"format": "packed-f64/3", "json": base64(zlib(JSON of the rest)),
+  "values": base64(zlib(every SHAP value list as little-endian float64))}`` — the rest being the
   compact form (:func:`~.chain.compact_explanations`, ``"feature-lists/1"``) without the lists of
   floats, plus where each list goes back.
 
 Lossless: :func:`unpack_field` gives exactly the value that the plain stored text read back gives
 (same numbers bit for bit, same types, same key order), so every reader's answer is unchanged.
-Records written before this (plain JSON text) read as they are. LZMA2 (raw, preset 9e) and base64
-are in Python's standard library and common tools (``xz --format=raw --lzma2=preset=1,dict=64KiB``).
+Records written before this (plain JSON text) read as they are. zlib (RFC 1950, level 6) and base64 are
+in Python's standard library and every platform's tools.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import lzma
+import zlib
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,12 @@ try:  # optional: faster on an explanation's thousands of numbers (see chain.sto
 except ImportError:  # pragma: no cover - the json module does it
     _orjson = None
 
-OUTPUTS_FORMAT = "lzma-json/1"
-EXPLANATIONS_FORMAT = "packed-f64/2"
+OUTPUTS_FORMAT = "zlib-json/1"
+EXPLANATIONS_FORMAT = "packed-f64/3"
 _COMPACT_FORMAT = "feature-lists/1"  # chain.EXPLANATIONS_FORMAT (not imported: chain imports this module)
-# Preset 1 (fast mode) with a 64 KB window: within 5 % of the strongest preset (9e) on a record, at
-# about a hundredth of its time (9e took ~0.2 s a record); zlib is faster still but ~20 % larger.
-_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 1, "dict_size": 1 << 16}]
+# zlib level 6: within a few per cent of LZMA2's size on a record at a sixth of its time (the record is
+# packed before the answer is sent, so its cost is on every prediction's latency)
+_LEVEL = 6
 PACKED_FIELDS = ("outputs", "explanations")
 
 
@@ -45,8 +45,8 @@ class PackingError(ValueError):
 
 
 def _squeeze(data: bytes) -> str:
-    """``data`` compressed (raw LZMA2) as base64 text."""
-    return base64.b64encode(lzma.compress(data, format=lzma.FORMAT_RAW, filters=_FILTERS)).decode("ascii")
+    """``data`` compressed (zlib) as base64 text."""
+    return base64.b64encode(zlib.compress(data, _LEVEL)).decode("ascii")
 
 
 def _unsqueeze(text: Any) -> bytes:
@@ -54,8 +54,8 @@ def _unsqueeze(text: Any) -> bytes:
     if not isinstance(text, str):
         raise PackingError("a packed part is not text")
     try:
-        return lzma.decompress(base64.b64decode(text, validate=True), format=lzma.FORMAT_RAW, filters=_FILTERS)
-    except (binascii.Error, lzma.LZMAError, ValueError) as exc:
+        return zlib.decompress(base64.b64decode(text, validate=True))
+    except (binascii.Error, zlib.error, ValueError) as exc:
         raise PackingError(f"a packed part cannot be decompressed ({exc})") from None
 
 
