@@ -499,11 +499,29 @@ def measure(args, servers: dict[str, Server], targets: dict[str, Target]) -> tup
     return lat, load, round_ratios(windows[OURS], windows[THEIRS])
 
 
+def trail_keys(folder: Path) -> None:
+    """The audit trail's keys for this run, in ``folder`` (the environment, inherited by our server): a
+    throwaway chain key, a new checkpoint signing key and its public key, and the witness file."""
+    from response_model.service.audit.checkpoints import (
+        PUBLIC_KEYS_ENV,
+        SIGNING_KEY_FILE_ENV,
+        WITNESS_ENV,
+        ensure_local_signing_key,
+    )
+
+    os.environ["RESPONSE_MODEL_AUDIT_KEY"] = os.urandom(32).hex()
+    os.environ[SIGNING_KEY_FILE_ENV] = str(folder / "checkpoint.key")
+    os.environ[PUBLIC_KEYS_ENV] = str(folder / "checkpoint.pub")
+    os.environ[WITNESS_ENV] = str(folder / "witness.jsonl")
+    ensure_local_signing_key()
+
+
 def run(args, folder: Path, servers: dict[str, Server]) -> int:
     """Everything after the temporary folder exists; ``servers`` is filled in so the caller stops them."""
     from response_model.service.keys import KeyStore
 
     os.environ["RESPONSE_MODEL_PSEUDONYM_KEY"] = PSEUDONYM_KEY
+    trail_keys(folder)
     uri = prepare_model(folder, args.model_uri, args.quick)
     db_url = f"sqlite:///{folder}/service.db"
     with KeyStore(db_url) as store:
