@@ -26,7 +26,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from response_model.service.environment import positive_number
 from response_model.service.keys import TIME_FORMAT, KeyInfo, api_keys, metadata, parse_time
 
 log = logging.getLogger(__name__)
@@ -62,19 +62,6 @@ class SessionEnded(Exception):  # noqa: N818 - a state, not a programming error
     """The browser's session cannot be used; the message says why (for the sign-in page)."""
 
 
-def _env_positive(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"${name}={text[:40]!r}: expected a positive number") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"${name}={text[:40]!r}: expected a positive, finite number")
-    return value
-
-
 @dataclass(frozen=True)
 class Lifetimes:
     """How long a page session lasts: ``idle`` without use, ``absolute`` after sign-in at most."""
@@ -86,8 +73,8 @@ class Lifetimes:
     def from_env(cls) -> Lifetimes:
         """Return the lifetimes of ``$RESPONSE_MODEL_SESSION_IDLE_MINUTES`` / ``…_MAX_HOURS`` (else the defaults);
         ValueError naming the variable for a value that is not a positive number."""
-        return cls(timedelta(minutes=_env_positive(IDLE_ENV, DEFAULT_IDLE_MINUTES)),
-                   timedelta(hours=_env_positive(ABSOLUTE_ENV, DEFAULT_ABSOLUTE_HOURS)))
+        return cls(timedelta(minutes=positive_number(IDLE_ENV, DEFAULT_IDLE_MINUTES)),
+                   timedelta(hours=positive_number(ABSOLUTE_ENV, DEFAULT_ABSOLUTE_HOURS)))
 
     def describe(self) -> str:
         """Return the lifetimes in words, e.g. ``30 minutes without use, 12 hours after signing in``."""

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from response_model.privacy import AuditKeyError, write_secret_file
+from response_model.service.environment import positive_number, positive_whole_number
 from response_model.service.keys import make_engine, utc_now_text
 
 SIGNING_KEY_FILE_ENV = "RESPONSE_MODEL_CHECKPOINT_KEY_FILE"
@@ -274,11 +275,11 @@ def open_witness(target: str | Path | None = None) -> FileWitness | DatabaseWitn
 
 def checkpoint_records() -> int:
     """Records between the service's checkpoints: ``$RESPONSE_MODEL_CHECKPOINT_RECORDS`` (default 1000)."""
-    return max(1, int(os.environ.get("RESPONSE_MODEL_CHECKPOINT_RECORDS", "") or 1000))
+    return positive_whole_number("RESPONSE_MODEL_CHECKPOINT_RECORDS", 1000)
 
 
 def checkpoint_seconds() -> float:
     """Seconds between the service's checkpoints (when records were added): ``$RESPONSE_MODEL_CHECKPOINT_SECONDS``
     (default 60)."""
-    return max(0.1, float(os.environ.get("RESPONSE_MODEL_CHECKPOINT_SECONDS", "") or 60))
+    return positive_number("RESPONSE_MODEL_CHECKPOINT_SECONDS", 60)
 
