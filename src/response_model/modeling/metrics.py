@@ -270,14 +270,45 @@ def _fast_binary(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "calibration_slope": float(slope)}
 
 
-def _resample_metrics(y, p, time, event) -> dict[str, float]:
+def _resample_metrics(y, p) -> dict[str, float]:
     if len(np.unique(y)) < 2:
         return {}
-    out = _fast_binary(y, p)
-    if time is not None:
-        usable = ~(np.isnan(time) | np.isnan(event))
-        out["c_index"] = c_index(p[usable], time[usable], event[usable]) if usable.any() else math.nan
-    return {name: value for name, value in out.items() if math.isfinite(value)}
+    return {name: value for name, value in _fast_binary(y, p).items() if math.isfinite(value)}
+
+
+#: pair-matrix cells computed at once by :func:`resampled_c_index` (bounds its memory to ~0.3 GB)
+_PAIR_BLOCK_CELLS = 20_000_000
+
+
+def resampled_c_index(risk, time, event, draws: np.ndarray) -> np.ndarray:
+    """Return Harrell's c-index (as :func:`c_index` computes it) of each bootstrap resample: one value per
+    row of ``draws`` (indices into the arrays, drawn with replacement); NaN where a resample has no
+    comparable pair.
+
+    A resample's c-index is a ratio of weighted pair counts, the weight of a pair of patients being the
+    product of their copies in the resample, so every resample comes from one pair matrix of the
+    original patients: lifelines' count per resample is the slow part of a bootstrap. The pair rule is
+    lifelines' (i's event precedes j's exit, or j was censored at i's event time; a tie in risk counts
+    one half); a patient's copies never pair with each other (same time), so the values are exactly
+    lifelines' on the resampled rows."""
+    risk, time, event = (np.asarray(a, dtype=float).ravel() for a in (risk, time, event))
+    usable = ~(np.isnan(risk) | np.isnan(time) | np.isnan(event))
+    died = usable & (np.nan_to_num(event) != 0)
+    n = len(risk)
+    weights = np.zeros((len(draws), n))
+    np.add.at(weights, (np.repeat(np.arange(len(draws)), draws.shape[1]), draws.ravel()), 1.0)
+    credit, pairs = np.zeros(len(draws)), np.zeros(len(draws))
+    step = max(1, _PAIR_BLOCK_CELLS // max(n, 1))
+    for start in range(0, n, step):
+        block = slice(start, min(n, start + step))
+        t_i, t_j = time[block, None], time[None, :]
+        comparable = died[block, None] & usable[None, :] & ((t_i < t_j) | ((t_i == t_j) & ~died[None, :]))
+        r_i, r_j = risk[block, None], risk[None, :]
+        score = comparable * ((r_i > r_j) + 0.5 * (r_i == r_j))
+        credit += np.einsum("bi,bi->b", weights[:, block], weights @ score.T)
+        pairs += np.einsum("bi,bi->b", weights[:, block], weights @ comparable.T.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, credit / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
 def bootstrap_intervals(y, p, time=None, event=None, n_resamples: int = BOOTSTRAP_RESAMPLES,
@@ -293,13 +324,16 @@ def bootstrap_intervals(y, p, time=None, event=None, n_resamples: int = BOOTSTRA
     if len(rows) < 2:
         return {}
     rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(rows), size=(n_resamples, len(rows)))
     values: dict[str, list[float]] = {}
-    for draw in rng.integers(0, len(rows), size=(n_resamples, len(rows))):
-        chosen = rows[draw]
-        found = _resample_metrics(y[chosen], p[chosen], time[chosen] if has_time else None,
-                                  event[chosen] if has_time else None)
-        for name, value in found.items():
+    for draw in draws:
+        for name, value in _resample_metrics(y[rows[draw]], p[rows[draw]]).items():
             values.setdefault(name, []).append(value)
+    if has_time:
+        both_classes = np.ptp(y[rows][draws], axis=1) > 0  # a one-class resample is skipped for every metric
+        found = resampled_c_index(p[rows], time[rows], event[rows], draws[both_classes])
+        if np.isfinite(found).any():
+            values["c_index"] = list(found[np.isfinite(found)])
     tail = 100 * (1 - level) / 2
     return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
             for name, v in values.items()}
