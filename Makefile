@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/response-model run
 
-## test: the whole test suite, one worker per CPU (pytest-xdist; a test file stays on one worker)
+## test: the whole test suite, one worker per CPU (pytest-xdist; a test file stays on one worker, and the
+## files start in collection order — longest first, see tests/conftest.py — not by their number of tests)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n auto --dist loadfile
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 ## lint: ruff with the project's configuration (pyproject.toml)
 lint: $(STAMP)

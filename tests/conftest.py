@@ -45,6 +45,27 @@ def pytest_configure(config):
             {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
 
 
+#: the test files that take longest on CI (``--durations``), longest first: under ``make test`` (pytest-xdist,
+#: a file per worker in collection order, ``--no-loadscope-reorder``) they start first, so no worker is
+#: left with a minutes-long file when the others have finished
+LONGEST_FILES = ("test_readme.py", "test_notebooks.py", "test_mlflow_server.py", "test_dask_training.py",
+                 "test_reliability.py", "test_web.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the :data:`LONGEST_FILES` first, then the other files with ``slow`` tests, then the rest
+    (each file's tests keep their order)."""
+    slow_files = {item.path.name for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        name = item.path.name
+        if name in LONGEST_FILES:
+            return LONGEST_FILES.index(name)
+        return len(LONGEST_FILES) + (0 if name in slow_files else 1)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def _pseudonym_key_as_before(tmp_path_factory, monkeypatch):
     """Every test starts without a local key file — a ``.response-model/pseudonym.key`` that ``make run``

@@ -1,7 +1,5 @@
 """The response-model command line."""
 
-import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -75,46 +73,6 @@ def test_simulate_then_validate(tmp_path, fmt, source, target):
     assert "rows read: 200" in result.output and "rows rejected: 0" in result.output
 
 
-SMOKE = str(Path(__file__).parent / "data" / "train_smoke.yaml")
-
-
-@pytest.mark.slow
-def test_run_simulates_validates_trains_registers_and_promotes(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    runner = CliRunner()
-    result = runner.invoke(main, ["run", "--n", "1200", "--out", str(tmp_path / "sim"), "--config", SMOKE,
-                                  "--no-serve"])
-    assert result.exit_code == 0, result.output
-    assert "rows valid: 1200" in result.output
-    assert "label: research use — trained on simulated data" in result.output
-    assert "hcc-smoke version 1 promoted to champion" in result.output
-    assert "model URI: models:/hcc-smoke@champion" in result.output
-    assert (tmp_path / "mlflow.db").exists()
-
-    # a held-out simulated cohort the model never saw
-    held_out = tmp_path / "held-out"
-    assert runner.invoke(main, ["simulate", "--n", "600", "--seed", "99", "--out", str(held_out)]).exit_code == 0
-    result = runner.invoke(main, ["evaluate", "--model-uri", "models:/hcc-smoke@champion", "--source",
-                                  "configs/sources/canonical.yaml", str(held_out / "cohort.parquet")])
-    assert result.exit_code == 0, result.output
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer["n"] == 600 and 0.55 < answer["response"]["auc"] < 0.9
-    assert answer["resistance"]["c_index"] > 0.5
-
-    exported = tmp_path / "models" / "hcc-smoke-v1"
-    result = runner.invoke(main, ["export", "--model-uri", "models:/hcc-smoke/1", "--out", str(exported)])
-    assert result.exit_code == 0, result.output
-    assert (exported / "MLmodel").exists()
-
-    # version 2 against a gate it cannot pass: refused, exit 1, the reason named, champion unchanged
-    result = runner.invoke(main, ["train", "--config", SMOKE, "--data", str(tmp_path / "sim" / "cohort.parquet")])
-    assert result.exit_code == 0, result.output
-    strict = tmp_path / "strict.yaml"
-    strict.write_text(Path(SMOKE).read_text().replace("auc_lower: 0.5", "auc_lower: 0.99"))
-    result = runner.invoke(main, ["promote", "--name", "hcc-smoke", "--version", "2", "--config", str(strict)])
-    assert result.exit_code == 1
-    assert "hcc-smoke version 2 refused" in result.output and "auc_lower" in result.output and "fails" in result.output
 
 
 def test_malformed_file_exits_2_naming_file_and_line(tmp_path):

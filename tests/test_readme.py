@@ -7,6 +7,7 @@ run here are listed in HEAVY with the reason; the training config is swapped for
 (same keys, registered under the same name) so that the sequence takes minutes, not hours.
 """
 
+import json
 import os
 import shlex
 import subprocess
@@ -78,7 +79,7 @@ def test_the_readme_commands_run_as_written(tmp_path):
                         "RESPONSE_MODEL_URI", "RESPONSE_MODEL_DB_URL")}
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
 
-    ran, skipped = [], {}
+    ran, skipped, outputs = [], {}, {}
     for command in readme_commands():
         reason = _skip_reason(command)
         if reason:
@@ -93,7 +94,36 @@ def test_the_readme_commands_run_as_written(tmp_path):
         assert result.returncode == 0, \
             f"{command}\nexit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         ran.append(command)
+        outputs[args[0]] = result.stdout + result.stderr  # the last of each command
     assert len(ran) >= 15, ran
     assert set(skipped) <= {c for c in readme_commands() if _skip_reason(c)}
     assert (folder / ".response-model" / "pseudonym.key").is_file()
     assert (folder / "reports" / "hcc-response.html").is_file() and (folder / "data" / "scores.parquet").is_file()
+    _check_what_the_commands_said(outputs)
+    _check_a_gate_that_cannot_pass_refuses(folder, env)
+
+
+def _check_what_the_commands_said(outputs: dict[str, str]) -> None:
+    """`run` says what it did and what the model is; `evaluate` on the held-out cohort the model never
+    saw prints its metrics as JSON (last line)."""
+    run = outputs["run"]
+    for said in ("rows valid: 1200", "label: research use — trained on simulated data",
+                 "hcc-response version 1 promoted to champion", "model URI: models:/hcc-response@champion"):
+        assert said in run, f"`run` did not say {said!r}:\n{run[-3000:]}"
+    answer = json.loads(outputs["evaluate"].strip().splitlines()[-1])
+    assert answer["n"] == 600 and 0.55 < answer["response"]["auc"] < 0.9
+    assert answer["resistance"]["c_index"] > 0.5
+
+
+def _check_a_gate_that_cannot_pass_refuses(folder: Path, env: dict[str, str]) -> None:
+    """Promoting against a gate no model passes exits 1 naming the version and the failed item."""
+    strict = folder / "strict.yaml"
+    smoke = (ROOT / "tests" / "data" / "train_smoke.yaml").read_text(encoding="utf-8")
+    strict.write_text(smoke.replace("registered_model: hcc-smoke", "registered_model: hcc-response")
+                      .replace("auc_lower: 0.5", "auc_lower: 0.99"))
+    result = subprocess.run([sys.executable, "-m", "response_model.cli", "promote", "--name", "hcc-response",
+                             "--version", "2", "--config", str(strict)],
+                            cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said[-3000:]
+    assert "hcc-response version 2 refused" in said and "auc_lower" in said and "fails" in said, said[-3000:]
