@@ -27,7 +27,7 @@ from response_model.service.models import EXAMPLE_REQUEST
 
 from service_process import ServerProcess, cli, free_port, start_service
 
-TRAIN_CONFIG = Path(__file__).parent / "data" / "train_smoke.yaml"
+TRAIN_CONFIG = Path(__file__).parent / "data" / "train_tiny.yaml"  # where the model goes, not what it learns
 
 
 def with_schema(url: str, schema: str) -> str:
