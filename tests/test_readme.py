@@ -3,8 +3,9 @@
 Every `response-model` line of the README's bash blocks is run for real, in order, as a separate
 process, in a fresh folder laid out like the repository root after `make run` (``configs`` and
 ``tests/data`` linked in, ``../shared`` linked when it exists), and must exit 0. The few that cannot
-run here are listed in HEAVY with the reason; the training config is swapped for the smoke config
-(same keys, registered under the same name) so that the sequence takes minutes, not hours.
+run here are listed in HEAVY with the reason; the training config is swapped for a tiny test config
+(``tests/data/train_tiny.yaml``: same keys, registered under the same name) so that the sequence takes
+minutes, not hours.
 """
 
 import json
@@ -26,8 +27,9 @@ HEAVY = {
     "response-model serve": "serves until stopped (tests/test_service.py and test_cli_errors.py cover it)",
     "response-model audit verify": "verifies the audit trail the served requests write, and `serve` is not run here",
 }
-#: the README's training config → the smoke config (same keys, 1,200 patients, 3 folds), same model name
+#: the README's training config → the tiny test config (same keys, 2 folds), same model name
 SWAPPED_CONFIG = "configs/train/default.yaml"
+TEST_CONFIG = ROOT / "tests" / "data" / "train_tiny.yaml"
 
 
 def readme_commands() -> list[str]:
@@ -71,9 +73,9 @@ def test_the_readme_commands_run_as_written(tmp_path):
     (folder / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     if SHARED.is_dir():
         (tmp_path / "shared").symlink_to(SHARED)
-    smoke = (ROOT / "tests" / "data" / "train_smoke.yaml").read_text(encoding="utf-8")
-    swapped = folder / "train-smoke-as-default.yaml"
-    swapped.write_text(smoke.replace("registered_model: hcc-smoke", "registered_model: hcc-response"))
+    tiny = TEST_CONFIG.read_text(encoding="utf-8")
+    swapped = folder / "train-tiny-as-default.yaml"
+    swapped.write_text(tiny.replace("registered_model: hcc-smoke", "registered_model: hcc-response"))
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "RESPONSE_MODEL_PSEUDONYM_KEY", "RESPONSE_MODEL_PSEUDONYM_KEY_FILE",
                         "RESPONSE_MODEL_URI", "RESPONSE_MODEL_DB_URL")}
@@ -118,8 +120,8 @@ def _check_what_the_commands_said(outputs: dict[str, str]) -> None:
 def _check_a_gate_that_cannot_pass_refuses(folder: Path, env: dict[str, str]) -> None:
     """Promoting against a gate no model passes exits 1 naming the version and the failed item."""
     strict = folder / "strict.yaml"
-    smoke = (ROOT / "tests" / "data" / "train_smoke.yaml").read_text(encoding="utf-8")
-    strict.write_text(smoke.replace("registered_model: hcc-smoke", "registered_model: hcc-response")
+    tiny = TEST_CONFIG.read_text(encoding="utf-8")
+    strict.write_text(tiny.replace("registered_model: hcc-smoke", "registered_model: hcc-response")
                       .replace("auc_lower: 0.5", "auc_lower: 0.99"))
     result = subprocess.run([sys.executable, "-m", "response_model.cli", "promote", "--name", "hcc-response",
                              "--version", "2", "--config", str(strict)],
