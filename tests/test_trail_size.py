@@ -265,3 +265,43 @@ def test_a_summary_never_previews_the_raw_patient_id(tmp_path, monkeypatch):
         hidden = trail.append({**record, "patient_id": raw}).detail["errors"][0]["value"]
     assert shown["preview"] == (raw + "!")[:24] and hidden["preview"] is None
     assert hidden["length"] == len(raw) + 1 and hidden["sha256"] == shown["sha256"]
+
+
+def _same(a, b) -> bool:
+    """Equal values of equal types, keys in the same order, floats bit for bit."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a.hex() == b.hex() if isinstance(a, float) else a == b
+
+
+def _entry(term: str, contribution, **changes) -> dict:
+    entry = {"contribution": contribution, "direction": "raises", "display": "v", "fields": [term],
+             "label": term.upper(),
+             "missing": None, "scale": "s", "term": term, "tests": None, "text": f"{term.upper()}: v"}
+    return entry | changes
+
+
+def test_packing_is_lossless_off_the_usual_path():
+    names = ["a", "b", "c"]
+    missing = [{"field": "x", "label": "X"}, {"field": "y", "label": "Y"}]
+    explanation = {"base_value": -0.0, "features": 0, "scale": "s", "terms": {"t": ["a", "b"], "u": ["c"]},
+                   "top": [_entry("a", 0.5), _entry("b", -0.0, text="other"),
+                           _entry("n", 1.5, missing=missing, display="X, Y", fields=["x", "y"], text="N: X, Y")],
+                   "values": [0.0, -0.0, 1e-300]}
+    odd = {"features": 0, "terms": {"t": ["a", "zz"]}, "top": [_entry("a", 1)], "values": [1, 2.5, None]}
+    regimens = {f"r{k}": {"objective_response": json.loads(json.dumps(explanation)) | {"values": [k * 0.1, -0.0, 0.5]},
+                          "primary_resistance": explanation} for k in range(300)}  # > 256 rows: wider indices
+    regimens["odd"] = {"objective_response": odd, "primary_resistance": {**explanation, "values": [0.25] * 5}}
+    explanations = {"features": [names], "format": "feature-lists/1", "regimens": regimens}
+    outputs = {"big": 10**30, "text": "é\u2028", "regimens": {"r0": {"probability": 0.1}}}
+    for texts in ({"outputs": stored_json(outputs), "explanations": stored_json(explanations)},
+                  {"explanations": stored_json({"r": {"o": {"values": {"a": 1.0}}}})},  # the layout before compact
+                  {"outputs": stored_json(outputs)}):
+        refs, (digest, data) = pack_fields(texts)
+        for name, text in texts.items():
+            assert _same(unpack_field(name, json.loads(refs[name]), {digest: data}), json.loads(text)), name
+    assert pack_fields({"outputs": None, "explanations": None}) == ({"outputs": None, "explanations": None}, None)
