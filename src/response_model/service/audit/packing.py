@@ -31,7 +31,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 import struct
 import zlib
 from collections.abc import Mapping
@@ -56,7 +55,7 @@ _COMPACT_FORMAT = "feature-lists/1"  # chain.EXPLANATIONS_FORMAT (not imported: 
 # packed before the answer is sent, so its cost is on every prediction's latency)
 _LEVEL = 6
 PACKED_FIELDS = ("outputs", "explanations")
-_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_DIGITS_AS_ZERO, _LONG_DIGITS = bytes.maketrans(b"123456789", b"000000000"), b"0" * 19
 _WIDTHS = ((256, "<u1"), (65_536, "<u2"), (2**32, "<u4"))  # index type by a column's distinct values
 
 
@@ -84,12 +83,21 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _long_integer(data: bytes) -> bool:
+    """True when the JSON text ``data`` may hold an integer of 19 digits or more (orjson reads one beyond
+    64 bits as a float): a run of 19 digits after ``,``, ``:``, ``[`` or ``-`` or at the start — not
+    after ``.``, as the long fractions orjson writes (0.0015672766590152983). ~10× faster than a regex."""
+    zeros = data.translate(_DIGITS_AS_ZERO)
+    return zeros.startswith(_LONG_DIGITS) or any(lead + _LONG_DIGITS in zeros for lead in (b",", b":", b"[", b"-"))
+
+
 def _parse(text: str | bytes) -> Any:
     """The JSON value of ``text`` exactly as the json module reads it (orjson, faster, when it reads it the
-    same: not when the text has a run of 19 digits — a number beyond 64 bits, which orjson reads as a float)."""
-    if _orjson is not None and _LONG_DIGITS.search(text if isinstance(text, str) else text.decode("utf-8")) is None:
+    same: not for an integer beyond 64 bits, which orjson reads as a float)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if _orjson is not None and not _long_integer(data):
         try:
-            return _orjson.loads(text)
+            return _orjson.loads(data)
         except ValueError:
             pass
     return json.loads(text)
