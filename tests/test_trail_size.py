@@ -305,3 +305,35 @@ def test_packing_is_lossless_off_the_usual_path():
         for name, text in texts.items():
             assert _same(unpack_field(name, json.loads(refs[name]), {digest: data}), json.loads(text)), name
     assert pack_fields({"outputs": None, "explanations": None}) == ({"outputs": None, "explanations": None}, None)
+
+
+def test_side_blobs_on_postgresql(tmp_path, monkeypatch):
+    from conftest import require_service
+
+    url = require_service("RESPONSE_MODEL_TEST_POSTGRES_URL", "PostgreSQL server (e.g. postgresql+psycopg://user@host/db)")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in ("audit_records", "audit_blobs", "audit_checkpoints"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    engine.dispose()
+    values = [0.1 * k for k in range(5)] + [-0.0, 0.0, 1e-300]
+    compact = {"features": [[f"f{k}" for k in range(8)]], "format": "feature-lists/1",
+               "regimens": {r: {o: {"base_value": -1.5, "features": 0, "scale": "s", "terms": {"t": ["f0", "f7"]},
+                                    "top": [_entry("t", 0.25)], "values": values}
+                                for o in ("objective_response", "primary_resistance")} for r in ("a", "b")}}
+    record = {"endpoint": "POST /v1/predictions", "status": "accepted", "http_status": 200, "regimens": ["a", "b"],
+              "outputs": {"regimens": {"a": {"probability": 0.25}}, "big": 10**30}, "explanations": compact}
+    with AuditTrail(url, witness=tmp_path / "witness.jsonl") as trail:
+        with monkeypatch.context() as mp:
+            mp.setattr(chain_module, "PACKED_FIELDS", ())
+            plain = trail.append({**record, "prediction_id": "plain"})
+        trail.append({**record, "prediction_id": "packed"})
+        trail.append({**record, "prediction_id": "again"})  # the same blob: stored once
+        packed = trail.get("packed")
+        assert _same(packed.outputs, plain.outputs) and _same(packed.explanations, plain.explanations)
+        assert trail.verify().ok
+        with trail.engine.begin() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(audit_blobs)).scalar_one() == 1
+            conn.execute(audit_blobs.update().values(data=b"x"))
+        result = trail.verify()
+        assert (result.ok, result.case, result.first_bad) == (False, "edited", 2)
