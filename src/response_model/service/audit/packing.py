@@ -7,16 +7,19 @@ its key is the SHA-256 of its bytes); each field's stored text is only a referen
 ``{"blob": sha256, "format": "zlib-json/2" | "packed-f64/4"}``. The record's MAC covers the reference,
 so the blob's bytes are covered too: a reader recomputes the digest before using them, and
 ``audit verify`` checks every referenced blob (a changed or missing side row is reported). A binary
-column spares the text encoding (base64 costs a third more); the blob is one zlib stream (level 6) of:
+column spares the text encoding (base64 costs a third more). The blob holds three zlib streams (level 6):
 
-- the outputs' stored JSON text, as it is;
-- the explanations' compact form (:func:`~.chain.compact_explanations`) without the SHAP values,
-  with each distinct ``terms`` map and each distinct entry of ``top`` (its ``contribution`` aside)
-  written once — every regimen × outcome repeats them — and where everything goes back;
+- text: the outputs' stored JSON text, as it is, and the explanations' compact form
+  (:func:`~.chain.compact_explanations`) without the SHAP values, each distinct ``terms`` map (as
+  positions in the feature list) and each distinct entry of ``top`` (its ``contribution`` aside)
+  written once — every regimen × outcome repeats them — texts that are derived from the entry's other
+  fields (``"label: display"``, the missing labels joined) left out when they are, and where
+  everything goes back; this stream starts from the preset dictionary of :mod:`.vocabulary`;
 - the SHAP values, grouped by list length into matrices (one row per regimen × outcome), coded per
-  column: each column's distinct float64s once (bit for bit, so -0.0 stays -0.0), in order of first
-  appearance, and one small integer per cell (uint8 when a column has ≤ 256 distinct values). A
-  feature's SHAP value often repeats across regimens of the same class, and many are exactly 0.0.
+  column: one small integer per cell (uint8 up to 256 rows) indexing each column's distinct float64s
+  (bit for bit, so -0.0 stays -0.0), in order of first appearance — the indices in one stream, the
+  distinct values in another. A feature's SHAP value often repeats across regimens of the same class,
+  and many are exactly 0.0.
 
 Lossless: :func:`unpack_field` gives exactly the value that the plain stored text read back gives
 (same numbers bit for bit, same types, same key order), so every reader's answer is unchanged.
@@ -56,7 +59,7 @@ _COMPACT_FORMAT = "feature-lists/1"  # chain.EXPLANATIONS_FORMAT (not imported: 
 _LEVEL = 6
 PACKED_FIELDS = ("outputs", "explanations")
 _DIGITS_AS_ZERO, _LONG_DIGITS = bytes.maketrans(b"123456789", b"000000000"), b"0" * 19
-_WIDTHS = ((256, "<u1"), (65_536, "<u2"), (2**32, "<u4"))  # index type by a column's distinct values
+_WIDTHS = ((256, "<u1"), (65_536, "<u2"), (2**32, "<u4"))  # index type by rows (≥ a column's distinct values)
 
 
 class PackingError(ValueError):
@@ -188,6 +191,14 @@ def _interned_terms(slots: list[dict[str, Any]], names: list[Any]) -> dict[str, 
     def index(kind: str, value: Any) -> int:
         return tables[kind].setdefault(_dumps(value), (len(tables[kind]), value))[0]
 
+    entries: dict[str, int] = {}  # an entry's text (its contribution aside) → its index: each coded once
+
+    def entry_index(entry: dict[str, Any]) -> int:
+        key = _dumps({k: v for k, v in entry.items() if k != "contribution"})
+        if key not in entries:
+            entries[key] = index("top", _coded_entry(entry))
+        return entries[key]
+
     at = []
     for k, explanation in enumerate(slots):
         t = shown = None
@@ -200,7 +211,7 @@ def _interned_terms(slots: list[dict[str, Any]], names: list[Any]) -> dict[str, 
             del explanation["terms"]
         top = explanation.get("top")
         if isinstance(top, list) and all(isinstance(e, dict) and type(e.get("contribution")) is float for e in top):
-            shown = [[index("top", _coded_entry(e)), e["contribution"]] for e in explanation.pop("top")]
+            shown = [[entry_index(e), e["contribution"]] for e in explanation.pop("top")]
         if t is not None or shown is not None:
             at.append([k, t, shown])
     return {name: [v for _, v in table.values()] for name, table in tables.items()} | {"at": at}
@@ -210,13 +221,17 @@ def _column_codes(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index per cell, each column's distinct values in order of first appearance, column after
     column) of a float64 matrix, compared bit for bit (so -0.0 and 0.0 stay apart)."""
     bits = matrix.view("<u8")
-    codes = np.empty(bits.shape, dtype="<u4")
-    distinct: list[int] = []
-    for j, column in enumerate(bits.T.tolist()):
-        seen: dict[int, int] = {}
-        codes[:, j] = [seen.setdefault(x, len(seen)) for x in column]
-        distinct.extend(seen)
-    return codes, np.asarray(distinct, dtype="<u8")
+    rows = np.arange(bits.shape[0])[:, None]
+    order = np.argsort(bits, axis=0, kind="stable")  # stable: a run of equal values starts at its first row
+    ordered = np.take_along_axis(bits, order, axis=0)
+    starts = np.ones(bits.shape, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    run_start = np.maximum.accumulate(np.where(starts, rows, 0), axis=0)
+    first = np.empty_like(order)  # per cell: the row where its value first appears in its column
+    np.put_along_axis(first, order, np.take_along_axis(order, run_start, axis=0), axis=0)
+    is_first = first == rows
+    codes = np.take_along_axis(np.cumsum(is_first, axis=0) - 1, first, axis=0)
+    return codes, bits.T[is_first.T]
 
 
 def _coded_values(lists: list[tuple[int, list[float]]]) -> tuple[list[Any], bytes, bytes]:
@@ -364,20 +379,22 @@ def _restore_values(slots: list[dict[str, Any]], layout: list[Any], indices: byt
 
 def _restore_terms(slots: list[dict[str, Any]], names: list[Any], interned: Mapping[str, Any]) -> None:
     """Put each explanation's ``terms`` and ``top`` back (changed in place)."""
-    # each distinct map or entry decoded once, as text; each use parsed anew from it, so that no two
-    # explanations share an object (as after reading the plain text)
-    terms = []
+    # Each distinct map or entry is decoded once; each use is a copy of its own (no two explanations
+    # share an object, as after reading the plain text): a map coded as positions is {text: [text]},
+    # copied here; entries and other maps are parsed anew from their text, all in one parse.
+    terms: list[Any] = []
     for j, coded in interned["terms"]:
-        terms.append(_dumps(coded if j is None else {
-            term: [names[j][i] for i in positions] for term, positions in coded.items()}))
+        terms.append(_dumps(coded) if j is None else {
+            term: [names[j][i] for i in positions] for term, positions in coded.items()})
     top = [_dumps(_entry_back(flags, entry)) for flags, entry in interned["top"]]
     at = interned["at"]
-    pieces = ",".join("[" + ("null" if t is None else terms[t]) + ",["
+    pieces = ",".join("[" + (terms[t] if t is not None and isinstance(terms[t], str) else "null") + ",["
                       + ",".join(top[i] for i, _ in shown or ()) + "]]" for _, t, shown in at)
-    for (k, t, shown), (terms_map, entries) in zip(at, _parse("[" + pieces + "]"), strict=True):  # one parse: fast
+    for (k, t, shown), (parsed, entries) in zip(at, _parse("[" + pieces + "]"), strict=True):
         explanation = slots[k]
         if t is not None:
-            explanation["terms"] = terms_map
+            explanation["terms"] = parsed if isinstance(terms[t], str) else {
+                term: list(features) for term, features in terms[t].items()}
         if shown is not None:
             explanation["top"] = [dict(sorted({**entry, "contribution": c}.items()))
                                   for entry, (_, c) in zip(entries, shown, strict=True)]
