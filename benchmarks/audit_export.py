@@ -11,22 +11,29 @@ feature of the default feature set, random numbers — and one access record bet
 times :func:`response_model.service.audit.start_export` + writing the file for each format, reading
 it back with pandas, ``AuditTrail.verify`` (every MAC) and a page of 100 records through
 :meth:`AuditTrail.select`; prints one table per stored form: ``plain`` (outputs and explanations as
-JSON text, as before issue 14) and ``packed`` (:mod:`response_model.service.audit.packing`), each with
-the records appended per second and the bytes per prediction record. The random SHAP values here are
-all distinct (the worst case for packing); a real model's repeat across regimens, so real records pack
-better. The chain key is the environment's, else a throwaway one.
+JSON text, as before issue 14), ``inline`` (``zlib-json/1`` / ``packed-f64/3``: zlib + base64 inside
+the fields, as written before side blobs) and ``packed`` (``zlib-json/2`` / ``packed-f64/4``: one
+binary side blob, :mod:`response_model.service.audit.packing`), each with the records appended per
+second, the bytes per prediction record (every column, the side blob's row included) and the µs to
+pack and to unpack one record. The random SHAP values here are all distinct (the worst case for
+packing); a real model's repeat across regimens, so real records pack far better
+(``tests/test_trail_size.py``: ~6.7 KB for the smoke model). The chain key is the environment's, else
+a throwaway one.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,8 @@ from response_model.features import feature_names
 from response_model.privacy import AuditKeyError, AuditKeyring, audit_keyring
 from response_model.regimens import load_catalogue
 from response_model.service.audit import AuditTrail, TrailFilter, chain, compact_explanations, start_export
+from response_model.service.audit.packing import unpack_field
+from response_model.service.audit.records import audit_blobs, side_blobs
 
 OUTCOMES = ("objective_response", "primary_resistance")
 
@@ -129,26 +138,76 @@ def _keyring() -> AuditKeyring:
 
 
 def bytes_per_record(trail: AuditTrail) -> float:
-    """The mean stored bytes (UTF-8, every column) of the trail's prediction records."""
+    """The mean stored bytes (text as UTF-8, every column) of the trail's prediction records, each with
+    its side blob's row (key and bytes; a blob is the record's own, nothing is amortised)."""
     import sqlalchemy as sa
 
     from response_model.service.audit import audit_records
 
     query = sa.select(audit_records).where(audit_records.c.endpoint.startswith("POST "))
     with trail.engine.connect() as conn:
-        sizes = [sum(len(str(v).encode("utf-8")) for v in row if v is not None) for row in conn.execute(query)]
-    return sum(sizes) / max(1, len(sizes))
+        rows = conn.execute(query).all()
+        blobs = side_blobs(conn, rows) if sa.inspect(conn).has_table(audit_blobs.name) else {}
+    sizes = [sum(len(str(v).encode("utf-8")) for v in row if v is not None) for row in rows]
+    return (sum(sizes) + sum(len(k) + len(v) for k, v in blobs.items())) / max(1, len(sizes))
+
+
+def _squeeze(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data, 6)).decode("ascii")
+
+
+def inline_fields(texts: dict) -> tuple[dict, None]:
+    """``zlib-json/1`` / ``packed-f64/3``, as :mod:`~response_model.service.audit.packing` wrote them before
+    side blobs (what ``chain.pack_fields`` returns, without a blob)."""
+    out = dict(texts)
+    if texts.get("outputs") is not None:
+        out["outputs"] = chain.stored_json({"format": "zlib-json/1", "json": _squeeze(texts["outputs"].encode())})
+    if texts.get("explanations") is not None:
+        compact, where, floats = json.loads(texts["explanations"]), [], []
+        for regimen, outcomes in compact["regimens"].items():
+            for outcome, explanation in outcomes.items():
+                where.append([regimen, outcome, len(explanation["values"])])
+                floats.extend(explanation.pop("values"))
+        rest = chain.stored_json({"value": compact, "values_at": where}).encode()
+        out["explanations"] = chain.stored_json({"format": "packed-f64/3", "json": _squeeze(rest),
+                                                 "values": _squeeze(np.asarray(floats, "<f8").tobytes())})
+    return out, None
+
+
+FORMS = ("plain", "inline", "packed")
 
 
 @contextlib.contextmanager
 def stored_form(form: str):
-    """Write records ``packed`` (the trail's form) or ``plain`` (as before packing: JSON text)."""
-    saved = chain.PACKED_FIELDS
+    """Write records ``packed`` (the trail's form), ``inline`` (the packed form before side blobs) or
+    ``plain`` (as before packing: JSON text)."""
+    saved, pack = chain.PACKED_FIELDS, chain.pack_fields
     chain.PACKED_FIELDS = () if form == "plain" else saved
+    chain.pack_fields = inline_fields if form == "inline" else pack
     try:
         yield
     finally:
-        chain.PACKED_FIELDS = saved
+        chain.PACKED_FIELDS, chain.pack_fields = saved, pack
+
+
+def codec_micros(form: str, repeats: int = 20) -> tuple[float, float]:
+    """(µs to pack, µs to unpack) one synthetic record's outputs and explanations in ``form``, best of
+    ``repeats`` (packing: from the record to its stored content; unpacking: from the stored texts)."""
+    rng = np.random.default_rng(1)
+    record = synthetic_record(rng, [r.name for r in load_catalogue().values() if r.is_candidate],
+                              list(feature_names()))
+    packs, unpacks = [], []
+    with stored_form(form):
+        for _ in range(repeats):
+            started = time.perf_counter()
+            content = chain.stored_content(record)
+            packs.append(time.perf_counter() - started)
+            blobs = dict([content[chain.SIDE_BLOB]]) if content.get(chain.SIDE_BLOB) else {}
+            started = time.perf_counter()
+            for name in chain.PACKED_FIELDS or ("outputs", "explanations"):
+                unpack_field(name, json.loads(content[name]), blobs)
+            unpacks.append(time.perf_counter() - started)
+    return min(packs) * 1e6, min(unpacks) * 1e6
 
 
 def measure(url: str, n: int, form: str) -> tuple[float, float, pd.DataFrame]:
@@ -166,20 +225,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="prediction records in the trail (default 2000)")
     parser.add_argument("--db", default=None, help="SQLAlchemy URL of an empty database (default: temporary SQLite)")
-    parser.add_argument("--form", choices=("both", "packed", "plain"), default="both",
-                        help="stored form of outputs and explanations (default both: before/after packing)")
+    parser.add_argument("--form", choices=("all", *FORMS), default="all",
+                        help="stored form of outputs and explanations (default all, side by side)")
     args = parser.parse_args(argv)
-    forms = ("plain", "packed") if args.form == "both" else (args.form,)
+    forms = FORMS if args.form == "all" else (args.form,)
     if args.db and len(forms) > 1:
         parser.error("with --db give one --form (each form needs an empty database)")
+    summary = []
     for form in forms:
         with tempfile.TemporaryDirectory(prefix="audit-export-bench-") as folder:
             url = args.db or f"sqlite:///{Path(folder) / 'trail.db'}"
             rate, size, table = measure(url, args.records, form)
+        pack, unpack = codec_micros(form)
         print(f"audit trail ({form}): {args.records} prediction records × {len(OUTCOMES)} outcomes × every "
               f"candidate regimen on {url.split(':')[0]}; {os.cpu_count()} CPUs; appended {rate:.0f} records/s; "
               f"{size / 1000:.1f} KB per prediction record")
         print(table.to_string(index=False))
+        exports = table.set_index("what")["records_per_s"]
+        summary.append({"form": form, "KB_per_record": round(size / 1000, 1), "append_records_per_s": round(rate),
+                        "export_csv_records_per_s": exports["export csv"],
+                        "export_parquet_records_per_s": exports["export parquet"],
+                        "pack_us": round(pack), "unpack_us": round(unpack)})
+    print("side by side (random SHAP values: the worst case for packing)")
+    print(pd.DataFrame(summary).to_string(index=False))
     return 0
 
 

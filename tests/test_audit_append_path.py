@@ -137,14 +137,16 @@ def test_compact_explanations_read_as_the_documented_layout_and_old_records_stil
         shap = frame[[c for c in frame.columns if c.startswith("shap.")]]
         assert len(frame) == 2 * 3 and shap.iloc[:3].equals(shap.iloc[3:].reset_index(drop=True))
         assert frame.loc[frame["outcome"] == "primary_resistance", "shap.albumin"].tolist() == [-3.5, -3.5]
-        from response_model.service.audit.packing import pack_field, unpack_field
+        from response_model.service.audit.packing import pack_fields, unpack_field
 
         with trail.engine.begin() as conn:  # an edited SHAP value of a compact (packed) record breaks the chain
             text = conn.execute(sa.text("SELECT explanations FROM audit_records WHERE seq = 2")).scalar()
-            plain = json.dumps(unpack_field("explanations", json.loads(text)))
-            assert "-3.5" in plain and "-3.5" not in text  # stored packed
-            conn.execute(sa.text("UPDATE audit_records SET explanations = :t WHERE seq = 2"),
-                         {"t": pack_field("explanations", plain.replace("-3.5", "-3.25"))})
+            digest = json.loads(text)["blob"]  # stored packed, in the record's side blob
+            blob = conn.execute(sa.text("SELECT data FROM audit_blobs WHERE sha256 = :d"), {"d": digest}).scalar()
+            plain = json.dumps(unpack_field("explanations", json.loads(text), {digest: blob}))
+            assert "-3.5" in plain and "-3.5" not in text
+            edited = pack_fields({"explanations": plain.replace("-3.5", "-3.25")})[1][1]
+            conn.execute(sa.text("UPDATE audit_blobs SET data = :b WHERE sha256 = :d"), {"b": edited, "d": digest})
         assert trail.verify().first_bad == 2
 
 

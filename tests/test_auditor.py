@@ -20,7 +20,7 @@ from response_model.privacy import PSEUDONYM_KEY_ENV
 from response_model.schema import PatientRecord
 from response_model.service.app import create_app
 from response_model.service.audit import EXPORT_COLUMNS, SHAP_PREFIX, AuditTrail
-from response_model.service.audit.packing import pack_field, unpack_field
+from response_model.service.audit.packing import pack_fields, unpack_field
 from response_model.service.keys import DB_URL_ENV, KeyStore
 from response_model.service.models import EXAMPLE_PATIENT
 
@@ -203,20 +203,21 @@ def test_unknown_malformed_and_tampered_records(service):
     # a record edited in the database: the per-record check says so (restored afterwards)
     pid = made["ids"][1]
     engine = sa.create_engine(service["url"])
-    with engine.begin() as conn:
-        original = conn.execute(sa.text("SELECT outputs FROM audit_records WHERE prediction_id = :p"),
-                                {"p": pid}).scalar_one()
-        plain = json.dumps(unpack_field("outputs", json.loads(original)), separators=(",", ":"))  # stored packed
+    with engine.begin() as conn:  # stored packed: the outputs are in the record's side blob
+        reference = json.loads(conn.execute(sa.text("SELECT outputs FROM audit_records WHERE prediction_id = :p"),
+                                            {"p": pid}).scalar_one())
+        digest = reference["blob"]
+        original = conn.execute(sa.text("SELECT data FROM audit_blobs WHERE sha256 = :d"), {"d": digest}).scalar_one()
+        plain = json.dumps(unpack_field("outputs", reference, {digest: original}), separators=(",", ":"))
         assert '"rank":1' in plain
-        conn.execute(sa.text("UPDATE audit_records SET outputs = :o WHERE prediction_id = :p"),
-                     {"o": pack_field("outputs", plain.replace('"rank":1', '"rank":2', 1)), "p": pid})
+        edited = pack_fields({"outputs": plain.replace('"rank":1', '"rank":2', 1)})[1][1]
+        conn.execute(sa.text("UPDATE audit_blobs SET data = :b WHERE sha256 = :d"), {"b": edited, "d": digest})
     try:
         record = client.get(f"/v1/predictions/{pid}", headers=auth(tokens["auditor"])).json()
         assert record["integrity"]["hash_intact"] is False and record["integrity"]["ok"] is False
     finally:
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE audit_records SET outputs = :o WHERE prediction_id = :p"),
-                         {"o": original, "p": pid})
+            conn.execute(sa.text("UPDATE audit_blobs SET data = :b WHERE sha256 = :d"), {"b": original, "d": digest})
         engine.dispose()
     assert client.get(f"/v1/predictions/{pid}", headers=auth(tokens["auditor"])).json()["integrity"]["ok"]
 

@@ -69,9 +69,10 @@ def test_audit_export_benchmark_runs(capsys):
     assert "export csv" in out and "export parquet" in out and "list page" in out
     # 12 records × every candidate regimen × 2 outcomes, in both formats
     rows = 12 * 2 * module.candidate_count()
-    # … once per stored form (plain, packed), each with its bytes per record and append rate
-    assert len(re.findall(rf"export (?:csv|parquet)\s+12\s+{rows}\s", out)) == 2 * 2
-    assert len(re.findall(r"records/s; [0-9.]+ KB per prediction record", out)) == 2
+    # … once per stored form (plain, inline, packed), each with its bytes per record and append rate
+    assert len(re.findall(rf"export (?:csv|parquet)\s+12\s+{rows}\s", out)) == 3 * 2
+    assert len(re.findall(r"records/s; [0-9.]+ KB per prediction record", out)) == 3
+    assert "side by side" in out and all(re.search(rf"^\s*{form}\s+[0-9.]+\s", out, re.M) for form in module.FORMS)
 
 
 def test_serving_benchmark_percentiles_and_row():

@@ -466,6 +466,7 @@ def postgres_url():
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS audit_records")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS audit_blobs")
         conn.exec_driver_sql("DROP TABLE IF EXISTS api_keys")
     engine.dispose()
     return url

@@ -422,7 +422,8 @@ def test_postgresql_trail_with_a_witness_database(tmp_path):
     from conftest import require_service
 
     url = require_service("RESPONSE_MODEL_TEST_POSTGRES_URL", "PostgreSQL server (e.g. postgresql+psycopg://user@host/db)")
-    execute(url, "DROP TABLE IF EXISTS audit_records", "DROP TABLE IF EXISTS audit_checkpoints")
+    execute(url, "DROP TABLE IF EXISTS audit_records", "DROP TABLE IF EXISTS audit_checkpoints",
+            "DROP TABLE IF EXISTS audit_blobs")
     witness = f"sqlite:///{tmp_path}/witness.db"
     with AuditTrail(url, witness=witness, checkpoint_every=5) as trail:
         trail.append_many([record(i) for i in range(1, N + 1)])

@@ -32,7 +32,7 @@ from typing import Any
 
 from response_model.privacy import AuditKeyring, ChainKey, pseudonymise
 from response_model.service.audit.bounded import bounded_detail
-from response_model.service.audit.packing import PACKED_FIELDS, pack_field
+from response_model.service.audit.packing import PACKED_FIELDS, pack_fields
 from response_model.service.keys import ROLES, TIME_FORMAT
 
 try:  # optional: a faster writer of the records' JSON fields (see stored_json)
@@ -61,6 +61,9 @@ _TEXT_LIMITS = {"key_id": 32, "role": 16, "endpoint": 200, "model_name": 200, "m
 # What a caller may pass to append(): the content fields, except that the patient id comes raw and
 # the input digest may be computed here from the request body (which is not stored).
 RECORD_KEYS = frozenset(CONTENT_FIELDS) - {"patient_pseudonym"} | {"patient_id", "request_body"}
+# The key of stored_content's answer that holds the record's side blob, (sha256, bytes) or None: a row
+# of the audit_blobs table (records.audit_blobs), written with the record (see .packing).
+SIDE_BLOB = "side_blob"
 
 
 class AuditError(RuntimeError):
@@ -485,7 +488,8 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     """Check a caller's record (see ``AuditTrail.append``) and turn it into the stored content.
 
     Returns a dict of every name in :data:`CONTENT_FIELDS` → its stored value: JSON fields as their
-    stored text (outputs and explanations packed: :mod:`.packing`; detail bounded: :mod:`.bounded`),
+    stored text (outputs and explanations packed into a side blob, at :data:`SIDE_BLOB`, that their
+    texts refer to: :mod:`.packing`; detail bounded: :mod:`.bounded`),
     the raw patient id replaced by its pseudonym, the input digest computed from
     ``request_body`` if given, ``time`` as UTC text (None: the append takes the time under its lock).
     Raises AuditError (or RawIdentifierError) for a bad record and PseudonymKeyError when a patient
@@ -506,6 +510,10 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     content["patient_pseudonym"] = _pseudonym(record, content, pseudonym_key)
     content["time"] = _time_text(record["time"]) if record.get("time") is not None else None
     _require_storable(content)
-    for name in PACKED_FIELDS:  # after the checks, which read the plain text
-        content[name] = pack_field(name, content[name])
+    # packed after the checks, which read the plain text; the side blob is not a hashed field: the MAC
+    # covers it through its digest, in the packed fields' reference texts
+    content[SIDE_BLOB] = None
+    if PACKED_FIELDS:
+        refs, content[SIDE_BLOB] = pack_fields({name: content[name] for name in PACKED_FIELDS})
+        content.update(refs)
     return content

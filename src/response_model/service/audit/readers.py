@@ -29,7 +29,7 @@ from response_model.service.audit.chain import (
     canonical_json,
     expand_explanations,
 )
-from response_model.service.audit.records import AuditEntry, audit_records, parse_stored, row_to_entry
+from response_model.service.audit.records import AuditEntry, audit_records, parse_stored, row_to_entry, side_blobs
 from response_model.service.keys import TIME_FORMAT
 
 if TYPE_CHECKING:
@@ -219,7 +219,9 @@ def select_records(trail: AuditTrail, flt: TrailFilter, *, after_seq: int | None
     query = _filtered(sa.select(*columns), flt, after_seq, through_seq, kind)
     query = query.order_by(audit_records.c.seq).limit(int(limit)).offset(int(offset))
     with trail.engine.connect() as conn:
-        return [row_to_entry(row) for row in conn.execute(query)]
+        rows = conn.execute(query).all()
+        blobs = side_blobs(conn, rows)
+    return [row_to_entry(row, blobs) for row in rows]
 
 
 def count_records(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | None = None,
@@ -296,9 +298,11 @@ def shap_features(trail: AuditTrail, flt: TrailFilter, *, through_seq: int | Non
         features: dict[str, None] = {}
         for start in range(0, len(firsts), 500):
             rows = conn.execute(sa.select(c.explanations).where(c.seq.in_(firsts[start:start + 500]))
-                                .order_by(c.seq))
+                                .order_by(c.seq)).all()
+            blobs = side_blobs(conn, rows)
             for row in rows:
-                for outcomes in _mapping(expand_explanations(parse_stored("explanations", row.explanations))).values():
+                stored = parse_stored("explanations", row.explanations, blobs)
+                for outcomes in _mapping(expand_explanations(stored)).values():
                     for explanation in _mapping(outcomes).values():
                         features.update(dict.fromkeys(_mapping(_mapping(explanation).get("values"))))
     return list(features)

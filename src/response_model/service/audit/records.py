@@ -1,19 +1,21 @@
-"""The stored form of an audit record: the ``audit_records`` table and :class:`AuditEntry`, the record as
-read back (JSON fields parsed, explanations expanded). Used by the store, which writes records, and by
-the readers, which select them."""
+"""The stored form of an audit record: the ``audit_records`` table, the ``audit_blobs`` side table of
+packed records, and :class:`AuditEntry`, the record as read back (JSON fields parsed, explanations
+expanded). Used by the store, which writes records, and by the readers, which select them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from response_model.service.audit.chain import _JSON_FIELDS, CONTENT_FIELDS, expand_explanations
-from response_model.service.audit.packing import PackingError, unpack_field
+from response_model.service.audit.packing import PACKED_FIELDS, PackingError, blob_digest, blob_reference, unpack_field
 from response_model.service.keys import TIME_FORMAT, parse_time
 
 metadata = sa.MetaData()
@@ -39,6 +41,16 @@ audit_records = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),  # canonical JSON
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# The side blobs of packed records (audit/packing.py): content-addressed, the key is the SHA-256 (hex) of the
+# bytes. A record refers to its blob by that digest in its packed fields' text, which its MAC covers; a
+# blob shared by identical records is stored once.
+audit_blobs = sa.Table(
+    "audit_blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
 # What the chain checks read of each record: its links and every field the hash covers.
@@ -107,11 +119,53 @@ def _unreadable(text: str, reason: str) -> dict[str, Any]:
             "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()}
 
 
-def parse_stored(name: str, text: str | None) -> Any:
+def blob_references(rows: Iterable[Any]) -> set[str]:
+    """The digests of the side blobs that the rows' packed fields refer to (fields not selected skipped)."""
+    found = set()
+    for row in rows:
+        mapping = row._mapping
+        for name in PACKED_FIELDS:
+            digest = blob_reference(mapping.get(name))
+            if digest is not None:
+                found.add(digest)
+    return found
+
+
+def side_blobs(conn: Connection, rows: Iterable[Any]) -> dict[str, bytes]:
+    """The side blobs (digest → bytes) that ``rows`` refer to, read in ``conn``; a missing one is
+    absent (its field then reads as unreadable). Reads nothing when no row refers to one, so trails
+    written before side blobs need no ``audit_blobs`` table."""
+    wanted = sorted(blob_references(rows))
+    blobs: dict[str, bytes] = {}
+    for start in range(0, len(wanted), 500):
+        query = sa.select(audit_blobs.c.sha256, audit_blobs.c.data).where(
+            audit_blobs.c.sha256.in_(wanted[start:start + 500]))
+        blobs.update((digest, bytes(data)) for digest, data in conn.execute(query))
+    return blobs
+
+
+def blob_problem(row: Any, blobs: Mapping[str, bytes]) -> str | None:
+    """Why a record's side blob is not the one its MAC covers (missing, or its bytes changed), or None."""
+    mapping = row._mapping
+    for name in PACKED_FIELDS:
+        digest = blob_reference(mapping.get(name))
+        if digest is None:
+            continue
+        data = blobs.get(digest)
+        if data is None:
+            return f"the side blob of its {name} (audit_blobs {digest[:16]}…) is missing"
+        if blob_digest(data) != digest:
+            return (f"the side blob of its {name} (audit_blobs {digest[:16]}…) was changed: its bytes no longer "
+                    "hash to its key")
+    return None
+
+
+def parse_stored(name: str, text: str | None, blobs: Mapping[str, bytes] | None = None) -> Any:
     """A stored JSON field's value (None for None), tolerant of any stored text: text that is not
     JSON, or nests more than :data:`MAX_READ_DEPTH` levels, reads as a summary
     (``{"unreadable", "length", "sha256"}``) rather than failing the page or export that reads it;
-    outputs and explanations in a packed form are unpacked (:mod:`.packing`)."""
+    outputs and explanations in a packed form are unpacked (:mod:`.packing`; ``blobs``: the side blobs
+    by digest, :func:`side_blobs`), a side blob missing or changed also reading as a summary."""
     if text is None:
         return None
     try:
@@ -121,7 +175,7 @@ def parse_stored(name: str, text: str | None) -> Any:
     except ValueError:
         return _unreadable(text, "not JSON")
     try:
-        unpacked = unpack_field(name, value)
+        unpacked = unpack_field(name, value, blobs)
     except PackingError as exc:
         return _unreadable(text, str(exc))
     shallow = unpacked is value and text.count("[") + text.count("{") <= MAX_READ_DEPTH
@@ -130,11 +184,12 @@ def parse_stored(name: str, text: str | None) -> Any:
     return unpacked
 
 
-def row_to_entry(row) -> AuditEntry:
-    """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded."""
+def row_to_entry(row, blobs: Mapping[str, bytes] | None = None) -> AuditEntry:
+    """An :class:`AuditEntry` from a fetched row (or :class:`_Row`): JSON parsed, explanations expanded.
+    ``blobs``: the side blobs the row refers to (:func:`side_blobs`)."""
     values = dict(row._mapping)
     for name in _JSON_FIELDS:
-        values[name] = parse_stored(name, values.get(name))  # absent: not selected (explanations=False)
+        values[name] = parse_stored(name, values.get(name), blobs)  # absent: not selected (explanations=False)
     values["explanations"] = expand_explanations(values.get("explanations"))
     regimens = values.get("regimens")  # a list of ids; anything else (a damaged record) reads as None
     values["regimens"] = [str(r) for r in regimens] if isinstance(regimens, list) else None

@@ -17,6 +17,7 @@ and exports for auditors: :mod:`response_model.service.audit.readers` (:meth:`Au
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from response_model.privacy import AuditKeyring, audit_keyring
 from response_model.service.audit.chain import (
     GENESIS_HASH,
     LEGACY_KEY,
+    SIDE_BLOB,
     AuditError,
     RecordCheck,
     VerifyResult,
@@ -49,7 +51,17 @@ from response_model.service.audit.checkpoints import (
     trusted_public_keys,
 )
 from response_model.service.audit.readers import TrailFilter, count_records, query_records, select_records
-from response_model.service.audit.records import _CHAIN_COLUMNS, AuditEntry, _Row, audit_records, metadata, row_to_entry
+from response_model.service.audit.records import (
+    _CHAIN_COLUMNS,
+    AuditEntry,
+    _Row,
+    audit_blobs,
+    audit_records,
+    blob_problem,
+    metadata,
+    row_to_entry,
+    side_blobs,
+)
 from response_model.service.audit.verify import verify_chain
 from response_model.service.keys import (
     KeyStoreError,
@@ -97,8 +109,9 @@ class AuditTrail:
         self._checkpointed: int | None = None  # the seq of this process's last checkpoint
         self._anchor: str | None = None  # the MAC of record 1, named by every checkpoint
         self._group = _GroupCommit(self._append_durably)
+        self._blobs_table = create  # the side table of packed records exists (else made at the first append)
         if create:
-            metadata.create_all(self.engine, tables=[audit_records])
+            metadata.create_all(self.engine, tables=[audit_records, audit_blobs])
         else:
             try:
                 require_table(self.engine, audit_records, "audit trail")
@@ -184,9 +197,13 @@ class AuditTrail:
         if not contents:
             return [] if entries else None
         self.keyring  # noqa: B018 - a missing key is this caller's error, raised before the group commit
+        if not self._blobs_table:  # a trail opened with create=False, written before side blobs existed
+            metadata.create_all(self.engine, tables=[audit_blobs])
+            self._blobs_table = True
         rows = self._group.submit(contents)
         self._maybe_checkpoint(rows)
-        return [row_to_entry(_Row(values)) for values in rows] if entries else None
+        blobs = dict(content[SIDE_BLOB] for content in contents if content.get(SIDE_BLOB) is not None)
+        return [row_to_entry(_Row(values), blobs) for values in rows] if entries else None
 
     def _append_durably(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Append ``contents`` in one transaction, retrying when another writer took the same seq;
@@ -201,9 +218,10 @@ class AuditTrail:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _append_contents(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Chain ``contents`` onto the newest record and insert them under the write lock; returns
-        the rows as inserted (every column: seq, time, prev_hash and hash filled in), once committed."""
-        rows = []
+        """Chain ``contents`` onto the newest record and insert them (and their side blobs not stored yet)
+        under the write lock; returns the rows as inserted (every column: seq, time, prev_hash and hash
+        filled in), once committed."""
+        rows, blobs = [], {}
         with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
             self._lock(conn)
             last = conn.execute(
@@ -215,14 +233,29 @@ class AuditTrail:
             for content in contents:
                 seq += 1
                 values = dict(content)
+                blob = values.pop(SIDE_BLOB, None)
+                if blob is not None:
+                    blobs[blob[0]] = blob[1]
                 if values["time"] is None:
                     values["time"] = now
                 values["seq"], values["prev_hash"] = seq, prev_hash
                 values["hash"] = prev_hash = record_hash(seq, values["prev_hash"], values, self.keyring.current)
                 rows.append(values)
+            self._insert_blobs(conn, blobs)
             conn.execute(audit_records.insert(), rows)
         # leaving conn.begin() committed: with synchronous=FULL the records are on disk now
         return rows
+
+    @staticmethod
+    def _insert_blobs(conn: Connection, blobs: Mapping[str, bytes]) -> None:
+        """Insert the side blobs that are not stored yet (content-addressed: one stored is the same bytes)."""
+        if not blobs:
+            return
+        stored = set(conn.execute(sa.select(audit_blobs.c.sha256).where(audit_blobs.c.sha256.in_(list(blobs))))
+                     .scalars())
+        new = [{"sha256": digest, "data": data} for digest, data in blobs.items() if digest not in stored]
+        if new:
+            conn.execute(audit_blobs.insert(), new)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -291,7 +324,8 @@ class AuditTrail:
                 sa.select(audit_records).where(audit_records.c.prediction_id == prediction_id)
                 .order_by(audit_records.c.seq).limit(1)
             ).first()
-        return None if row is None else row_to_entry(row)
+            blobs = {} if row is None else side_blobs(conn, [row])
+        return None if row is None else row_to_entry(row, blobs)
 
     def query(
         self,
@@ -339,7 +373,8 @@ class AuditTrail:
             return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(audit_records.c.seq), 0))).scalar_one())
 
     def check_record(self, seq: int) -> RecordCheck:
-        """Cheap integrity check of one record: its own hash and its links to both neighbours.
+        """Cheap integrity check of one record: its own hash (and its side blob's) and its links to both
+        neighbours.
 
         Returns a :class:`RecordCheck`; raises AuditError if there is no record ``seq``. Reads records
         ``seq − 1``, ``seq`` and ``seq + 1`` only. It cannot see an edit elsewhere in the chain;
@@ -348,10 +383,14 @@ class AuditTrail:
         with self.engine.connect() as conn:
             rows = {int(r.seq): r for r in conn.execute(
                 sa.select(*_CHAIN_COLUMNS).where(audit_records.c.seq.between(int(seq) - 1, int(seq) + 1)))}
-        row = rows.get(int(seq))
+            row = rows.get(int(seq))
+            blobs = {} if row is None else side_blobs(conn, [row])
         if row is None:
             raise AuditError(f"no audit record {seq}")
-        return record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1), self.keyring)
+        check = record_check(row, rows.get(int(seq) - 1), rows.get(int(seq) + 1), self.keyring)
+        if check.hash_intact and blob_problem(row, blobs) is not None:  # its MAC covers the blob's digest
+            check = dataclasses.replace(check, hash_intact=False)
+        return check
 
     def count(self) -> int:
         """The number of records."""

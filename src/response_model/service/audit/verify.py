@@ -1,7 +1,9 @@
 """``AuditTrail.verify``: walk the keyed chain against the signed checkpoints and say which kind of
 tampering was found, and where (the cases of :data:`~.chain.TAMPER_CASES`).
 
-- ``edited``: a record's MAC does not recompute, and the next record still links to it;
+- ``edited``: a record's MAC does not recompute, and the next record still links to it; or its side
+  blob (``audit_blobs``, the packed outputs and explanations whose digest the MAC covers) is missing
+  or no longer hashes to its key;
 - ``rehashed``: an edited record whose MAC (and the tail's) was recomputed without the key — its
   MAC does not verify, or the next record links to its old MAC, or a checkpoint signed another MAC;
 - ``deleted-middle``: a sequence gap, or a record linking to a MAC no stored record has;
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Connection
 from response_model.privacy import AuditKeyring
 from response_model.service.audit.chain import GENESIS_HASH, LEGACY_KEY, VerifyResult, chain_break, record_key
 from response_model.service.audit.checkpoints import Checkpoint, WitnessEntry, signature_problem
-from response_model.service.audit.records import _CHAIN_COLUMNS, audit_records
+from response_model.service.audit.records import _CHAIN_COLUMNS, audit_records, blob_problem, side_blobs
 
 _SWAP_WINDOW = 64  # records either side where a record whose MAC fails is looked for as moved content
 
@@ -77,9 +79,11 @@ def verify_chain(conn: Connection, keyring: AuditKeyring, entries: list[WitnessE
     for checkpoint in checkpoints:
         by_seq.setdefault(checkpoint.seq, []).append(checkpoint)
     newest = _newest(checkpoints)
-    for row in _chain_rows(conn, batch_size):
+    for row, blobs in _chain_rows(conn, batch_size):
         walk.n += 1
         found = _record_problem(conn, row, walk, keyring, by_seq, newest)
+        if found is None and (side := blob_problem(row, blobs)) is not None:
+            found = "edited", f"record {int(row.seq)}'s MAC verifies, but {side}"
         if found is not None:
             return _bad(walk, int(row.seq), found[0], found[1], checkpoints)
         walk.prev_hash = row.hash
@@ -184,9 +188,9 @@ def _moved_from(conn: Connection, row: Any, keyring: AuditKeyring, hint: str | N
     return None
 
 
-def _chain_rows(conn: Connection, batch_size: int) -> Iterator[Any]:
+def _chain_rows(conn: Connection, batch_size: int) -> Iterator[tuple[Any, dict[str, bytes]]]:
     """Every record's links and hashed fields (:data:`_CHAIN_COLUMNS`), in seq order, read in
-    batches of ``batch_size`` with a cursor on seq."""
+    batches of ``batch_size`` with a cursor on seq; each with the side blobs of its batch."""
     last_seq = 0
     while True:
         chunk = conn.execute(
@@ -195,5 +199,6 @@ def _chain_rows(conn: Connection, batch_size: int) -> Iterator[Any]:
         ).all()
         if not chunk:
             return
-        yield from chunk
+        blobs = side_blobs(conn, chunk)
+        yield from ((row, blobs) for row in chunk)
         last_seq = int(chunk[-1].seq)
