@@ -1,0 +1,1 @@
+"""Trial design from observational cohorts: subsets, effects, discovery, design and the report."""
