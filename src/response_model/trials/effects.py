@@ -87,14 +87,14 @@ def estimate_effects(cohort: Any, subsets: Mapping[str, Any], pairs: Sequence[tu
                      config: str = SETTINGS_FILE, seed: int = 0) -> EffectEstimates:
     """The effects of every subset × pair × endpoint (see the module docstring) as :class:`EffectEstimates`.
 
-    ``cohort``: a ParsedCohort or LoadedCohort; ``subsets``: {name: membership per patient}
+    ``cohort``: a ParsedCohort, LoadedCohort or CohortTable; ``subsets``: {name: membership per patient}
     (:meth:`Subset.membership` or any boolean vector, <NA> = unknown); ``pairs``: (arm, comparator)
     regimen names; ``predictor``: a Predictor for the ``model`` rows (None: no model rows)."""
     endpoints = check_endpoints(endpoints)
     catalogue = list(load_catalogue())
     for arm, comparator in pairs:
         check_pair(arm, comparator, catalogue)
-    table = CohortTable.of(cohort)
+    table = cohort if isinstance(cohort, CohortTable) else CohortTable.of(cohort)
     cfg = settings(config)
     masks = {name: subset_mask(name, membership, len(table)) for name, membership in subsets.items()}
     rows, balance, verdict_rows = [], [], []

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from response_model.config import load_yaml
 from response_model.errors import InputError
@@ -132,6 +133,13 @@ def _cross_fitted(X: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, folds: lis
     """P(y = 1 | X) per row, each fold's rows predicted by a model fitted on the other folds'
     ``fit_rows``; a training set with one class only predicts its share (a constant)."""
     out = np.empty(len(X))
+    with threadpool_limits(limits=1, user_api="openmp"):  # the small fits lose to OpenMP's overhead on a busy machine
+        _fill_folds(out, X, y, fit_rows, folds, spec, seed)
+    return out
+
+
+def _fill_folds(out: np.ndarray, X: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, folds: list[np.ndarray],
+                spec: Mapping[str, Any], seed: int) -> None:
     for k, test in enumerate(folds):
         train = np.ones(len(X), dtype=bool)
         train[test] = False
@@ -144,7 +152,6 @@ def _cross_fitted(X: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, folds: lis
             out[test] = target[0]
             continue
         out[test] = _learner(spec, seed + k).fit(X[train], target.astype(int)).predict_proba(X[test])[:, 1]
-    return out
 
 
 def _folds(treated: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
