@@ -56,3 +56,44 @@ def list_subsets(subset_files: tuple[Path, ...]) -> None:
         if subset.description:
             click.echo(f"    {subset.description}")
         click.echo(f"    evidence: {subset.citation or '(none cited)'}")
+
+
+def _cohort(source: str, path: Path):
+    """(the cohort's subset frame, the loaded cohort) read through ``source`` as validate and train read it;
+    rejected rows are left out, and said so on stderr."""
+    from response_model.sources import load_source
+    from response_model.trials.subsets import subset_frame
+
+    loaded = load_source(source, path)
+    for notice in loaded.parsed.notices:
+        click.echo(f"notice: {notice}", err=True)
+    if not loaded.parsed.ok:
+        click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) left out; see `response-model "
+                   f"validate --source {source} {path}`", err=True)
+    return subset_frame(loaded.parsed.frame()), loaded
+
+
+def _chosen(subset_files: tuple[Path, ...], names: tuple[str, ...]):
+    """The subsets named (every defined one when none is)."""
+    from response_model.trials.subsets import get_subset
+
+    defined = load_named(subset_files)
+    return [get_subset(name, defined) for name in names] if names else list(defined.values())
+
+
+@trials_group.command("describe")
+@click.option("--source", required=True, help="Source configuration (YAML), e.g. configs/sources/canonical.yaml.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--subset", "names", multiple=True, help="Subset name; repeat for several. Default: every one.")
+@subsets_option
+def describe(source: str, path: Path, names: tuple[str, ...], subset_files: tuple[Path, ...]) -> None:
+    """Describe subsets in a cohort: prevalence (95 % CI) among all and among tested patients, the share
+    whose status is unknown, per sequencing panel or site, patients to screen per enrolled, Table 1."""
+    from response_model.trials.describe import describe_subset, description_text
+
+    subsets = _chosen(subset_files, names)
+    frame, _ = _cohort(source, path)
+    click.echo(f"cohort: {path} ({len(frame)} patients)")
+    for subset in subsets:
+        described = describe_subset(frame, subset)
+        click.echo("\n" + description_text(described))
