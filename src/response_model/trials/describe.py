@@ -135,3 +135,19 @@ def description_text(described: SubsetDescription) -> str:
                   *("    " + line for line in described.table_one.to_string().splitlines())]
     lines += [f"  warning: {warning}" for warning in described.warnings]
     return "\n".join(lines)
+
+
+def prevalence_table(frame: pd.DataFrame, subsets: list[Subset]) -> pd.DataFrame:
+    """One row per subset (index): prevalence among tested with its Wilson 95 % interval (lower, upper), the
+    share of unknown status and the counts; a subset nobody was tested for is left out (its description
+    says so)."""
+    rows = {}
+    for subset in subsets:
+        p = prevalence(subset.membership(frame))
+        if p.among_tested is None:
+            continue
+        rows[subset.name] = {"prevalence": p.among_tested[0], "lower": p.among_tested[1], "upper": p.among_tested[2],
+                             "unknown_share": p.share_unknown, "inside": p.inside, "outside": p.outside,
+                             "unknown": p.unknown}
+    columns = ["prevalence", "lower", "upper", "unknown_share", "inside", "outside", "unknown"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
