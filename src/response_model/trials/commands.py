@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 #: subcommands kept in their own modules: name -> "module:attribute" (imported when named or listed)
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "effects": "response_model.trials.estimation_commands:effects",
+    "discover": "response_model.trials.estimation_commands:discover_command",
+}
 
 
 class _TrialsGroup(click.Group):

@@ -20,16 +20,17 @@ subset and described or designed for. Everything here is exploratory: hypotheses
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from response_model.dataset import cohort_frame
 from response_model.regimens import load_catalogue
 from response_model.trials.estimation import (
     SETTINGS_FILE,
@@ -39,6 +40,7 @@ from response_model.trials.estimation import (
     fit_pair,
     settings,
 )
+from response_model.trials.subsets import Subset
 
 #: Columns of :attr:`Discovery.rules`, in order.
 RULE_COLUMNS: tuple[str, ...] = (
@@ -57,24 +59,15 @@ class Condition:
     value: Any
 
     def text(self) -> str:
-        """The condition as subset-rule text (numbers without trailing zeros)."""
-        value = f"{self.value:.4g}" if isinstance(self.value, float) else str(self.value)
-        return f"{self.field} {self.op} {value}"
-
-    def holds(self, column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """(holds, known) per patient of the rule frame's ``column``."""
-        known = column.notna().to_numpy()
-        values = column.where(column.notna(), None)
-        if self.op == ">=":
-            holds = known & (pd.to_numeric(column, errors="coerce").fillna(-np.inf).to_numpy() >= self.value)
-        else:
-            holds = known & (values.astype(object).to_numpy() == self.value)
-        return holds, known
+        """The condition as subset-rule text."""
+        return f"{self.field} {self.op} {self.value:g}" if isinstance(self.value, float) else \
+            f"{self.field} {self.op} {self.value}"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A conjunction of conditions (one or two markers)."""
+    """A conjunction of conditions (one or two markers), evaluated as a subset rule
+    (:class:`~response_model.trials.subsets.Subset`: <NA> where the rule cannot tell)."""
 
     conditions: tuple[Condition, ...]
 
@@ -83,14 +76,10 @@ class Rule:
         return " and ".join(c.text() for c in self.conditions)
 
     def evaluate(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(in the rule, status known) per row of ``frame``: known where every condition's field is."""
-        holds = np.ones(len(frame), dtype=bool)
-        known = np.ones(len(frame), dtype=bool)
-        for condition in self.conditions:
-            h, k = condition.holds(frame[condition.field])
-            holds &= h
-            known &= k
-        return holds & known, known
+        """(in the rule, status known) per row of ``frame`` (a subset frame)."""
+        membership = Subset("discovered", self.text()).membership(frame)
+        known = membership.notna().to_numpy()
+        return membership.fillna(False).to_numpy(dtype=bool), known
 
 
 @dataclass
@@ -121,36 +110,31 @@ class Discovery:
         return out
 
 
-def rule_frame(table: CohortTable, spec: Mapping[str, Any]) -> pd.DataFrame:
-    """The fields rules are written over, one row per patient: binary markers from the patient
-    features (0/1, NaN unknown), categorical and numeric fields from the records (enums as their values)."""
-    columns: dict[str, Any] = {}
-    for name in spec["binary"]:
-        columns[name] = table.covariates[name].to_numpy() if name in table.covariates else \
-            np.array([_plain(getattr(r, name)) for r in table.records], dtype=float)
-    for name in [*spec["categorical"], *spec["numeric"]]:
-        columns[name] = [_plain(getattr(r, name)) for r in table.records]
-    frame = pd.DataFrame(columns)
-    for name in spec["numeric"]:
-        frame[name] = pd.to_numeric(frame[name], errors="coerce")
-    return frame
+def rule_frame(table: CohortTable) -> pd.DataFrame:
+    """The subset frame of the cohort (:func:`~response_model.trials.subsets.subset_frame`'s columns: the
+    canonical table and the derived patient features), built from the already validated records."""
+    frame = cohort_frame(table.records, table.outcomes)
+    extra = table.covariates[[c for c in table.covariates.columns if c not in frame.columns]]
+    return pd.concat([frame, extra.set_axis(frame.index)], axis=1)
 
 
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+def _threshold(value: float) -> float:
+    """``value`` to four significant figures: the rule's text and the threshold applied are the same number."""
+    return float(f"{value:.4g}")
 
 
 def candidate_rules(frame: pd.DataFrame, spec: Mapping[str, Any]) -> list[Rule]:
     """Single-condition rules over ``frame`` (thresholds at the configured quantiles of its known values)."""
     rules = [Rule((Condition(name, "==", 1),)) for name in spec["binary"]]
     for name in spec["categorical"]:
-        levels = frame[name].dropna().unique().tolist()
+        # "unknown" means not known: a subset rule cannot select it (its membership is <NA>)
+        levels = [v for v in frame[name].dropna().unique().tolist() if v != "unknown"]
         rules += [Rule((Condition(name, "==", level),)) for level in sorted(levels, key=str)]
     for name in spec["numeric"]:
-        known = frame[name].dropna()
+        known = pd.to_numeric(frame[name], errors="coerce").dropna()
         if known.nunique() < 2:
             continue
-        thresholds = sorted({float(known.quantile(q)) for q in spec["quantiles"]})
+        thresholds = sorted({_threshold(float(known.quantile(q))) for q in spec["quantiles"]})
         rules += [Rule((Condition(name, ">=", t),)) for t in thresholds if t > known.min()]
     return rules
 
@@ -252,7 +236,7 @@ def discover(cohort: Any, arm: str, comparator: str, endpoint: str = "objective_
     _require_given(table, arm, comparator)
     pair_rows = np.flatnonzero(np.isin(table.given, [arm, comparator]))
     first, second = _halves(table.given[pair_rows] == arm, seed)
-    frame = rule_frame(table, spec)
+    frame = rule_frame(table)
     rows_a, phi_a = _pseudo_outcomes(table, arm, comparator, endpoint, pair_rows[first], cfg["adjusted"], seed)
     rows_b, phi_b = _pseudo_outcomes(table, arm, comparator, endpoint, pair_rows[second], cfg["adjusted"], seed + 1)
     carried, searched = _search(frame.iloc[rows_a].reset_index(drop=True), phi_a, spec)
@@ -297,7 +281,16 @@ def _require_given(table: CohortTable, arm: str, comparator: str) -> None:
                          "given each regimen (10 per half)")
 
 
-def rule_subset_yaml(rule: str, name: str, description: Sequence[str] = ()) -> dict[str, Any]:
-    """A found rule as the body of a configs/subsets entry (exploratory: says so in its description)."""
-    return {"name": name, "rule": rule,
-            "description": " ".join(["exploratory, found by `response-model trials discover`;", *description])}
+def save_rules(found: Discovery, path: str | Path) -> int:
+    """Write ``found``'s surviving rules as a subset file (configs/subsets format: names
+    ``discovered_<arm>_vs_<comparator>_<rank>``, each described as exploratory); return how many."""
+    import yaml
+
+    survivors = found.rules[found.rules["survives"].astype(bool)]
+    subsets = {f"discovered_{found.arm}_vs_{found.comparator}_{r.rank}": {
+        "rule": r.rule,
+        "description": (f"exploratory: found by `response-model trials discover` ({found.endpoint}, heterogeneity "
+                        f"{100 * r.heterogeneity:+.1f} points on the held-out half, BH q {r.q_bh:.2g}); "
+                        "a hypothesis to test, not a finding")} for r in survivors.itertuples()}
+    Path(path).write_text(yaml.safe_dump({"subsets": subsets}, sort_keys=False, allow_unicode=True))
+    return len(subsets)

@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from response_model.config import load_yaml
+from response_model.dataset import TreatmentOutcome
 from response_model.errors import InputError
 from response_model.features import FeatureBlocks
 from response_model.schema import PatientRecord
@@ -48,10 +49,11 @@ def settings(config: str = SETTINGS_FILE) -> dict[str, Any]:
 
 @dataclass
 class CohortTable:
-    """A validated cohort as arrays: the records, the regimen given ("" if none), the endpoint labels
+    """A validated cohort as arrays: the records and outcomes, the regimen given ("" if none), the endpoint labels
     (1.0 / 0.0, NaN = not labelled) and the patient features (response_model.features)."""
 
     records: list[PatientRecord]
+    outcomes: list[TreatmentOutcome]
     given: np.ndarray
     labels: dict[str, np.ndarray]
     covariates: pd.DataFrame
@@ -68,7 +70,7 @@ class CohortTable:
         labels = {e: np.array([np.nan if getattr(o, e) is None else float(getattr(o, e)) for o in outcomes])
                   for e in ENDPOINTS}
         covariates = FeatureBlocks.of_pairs(records, np.arange(len(records))).frame()
-        return cls(records, given, labels, covariates)
+        return cls(records, outcomes, given, labels, covariates)
 
     def nuisance_matrix(self) -> np.ndarray:
         """The covariates the nuisance models read: every patient feature not constant in the cohort."""
