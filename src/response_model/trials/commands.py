@@ -74,7 +74,7 @@ def _cohort(source: str, path: Path):
     if not loaded.parsed.ok:
         click.echo(f"warning: {len(loaded.parsed.rejected)} invalid row(s) left out; see `response-model "
                    f"validate --source {source} {path}`", err=True)
-    return subset_frame(loaded.parsed.frame()), loaded
+    return subset_frame(loaded.parsed), loaded
 
 
 def _chosen(subset_files: tuple[Path, ...], names: tuple[str, ...]):
