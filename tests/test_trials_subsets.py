@@ -54,7 +54,7 @@ EXPECTED = {
     "pi3k_mtor_altered": [False, False, NA, True, NA],
     "viral": [True, False, NA, True, NA],
     "non_viral": [False, True, NA, False, NA],
-    "pdl1_positive": [True, NA, True, NA, NA],
+    "pdl1_positive": [True, False, NA, NA, NA],  # the third has a CPS only: the TPS decides
     "afp_400": [True, False, NA, True, True],
     "afp_400_child_pugh_a": [True, False, False, NA, False],
 }
