@@ -146,6 +146,11 @@ def _monte_carlo(plan, frame, truth, subset, trials: int, seed: int, pool_size: 
 
         sim = simulate_cohort(pool_size, seed)
         pool = truth_pool(subset_frame(sim.cohort), sim.truth, subset, spec.arm, spec.comparator, spec.endpoint)
+        true = pool.rates("simulator's truth")
+        plan.design.warnings.append(
+            f"the Monte-Carlo trials draw from the simulator's truth ({pool_size} simulated patients: in the subset "
+            f"{true.p_arm:.1%} vs {true.p_comparator:.1%}), the analytic sizes from the {plan.design.rates.source}'s "
+            "rates: a gap between analytic and empirical power is the error of those rates, not of the formula")
     return simulate_power(plan.design, pool, n_trials=trials, seed=seed)
 
 
