@@ -54,7 +54,7 @@ EXPECTED = {
     "pi3k_mtor_altered": [False, False, NA, True, NA],
     "viral": [True, False, NA, True, NA],
     "non_viral": [False, True, NA, False, NA],
-    "pdl1_positive": [True, NA, True, NA, NA],
+    "pdl1_positive": [True, False, NA, NA, NA],  # the third has a CPS only: the TPS decides
     "afp_400": [True, False, NA, True, True],
     "afp_400_child_pugh_a": [True, False, False, NA, False],
 }
@@ -135,3 +135,30 @@ def test_an_invalid_cohort_or_a_frame_without_the_rules_column_is_an_input_error
         subset_frame(normalise_frame(pd.DataFrame([{"age": 60, "sex": "male", "albumin": 40.0}])))
     with pytest.raises(SubsetInputError, match="needs column"):
         get_subset("wnt_activated").membership(patients.drop(columns=["wnt_activation"]))
+
+
+def test_describe_counts_prevalence_among_all_and_tested_and_the_screening_burden(patients):
+    from response_model.trials.describe import describe_subset, description_text
+
+    described = describe_subset(patients, get_subset("wnt_activated"))
+    p = described.overall
+    assert (p.n, p.inside, p.outside, p.unknown) == (5, 1, 2, 2) and p.share_unknown == pytest.approx(0.4)
+    assert p.among_all[0] == pytest.approx(0.2) and p.among_tested[0] == pytest.approx(1 / 3)
+    assert p.among_tested[1] < 1 / 3 < p.among_tested[2]  # a Wilson interval around it
+    assert p.screen_per_enrolled[0] == pytest.approx(3.0)
+    assert list(described.table_one.columns) == ["inside", "outside", "unknown"]
+    assert described.table_one.loc["patients, n"].tolist() == ["1", "2", "2"]
+    assert "patients to screen per patient enrolled: 3.0" in description_text(described)
+
+
+def test_describe_warns_of_an_empty_subset_and_of_one_nobody_was_tested_for(patients):
+    from response_model.trials.describe import describe_subset, description_text
+
+    empty = describe_subset(patients, Subset("none", "afp < 0"))
+    assert empty.overall.screen_per_enrolled is None
+    assert any("empty — none of the 4 patients tested is inside" in w for w in empty.warnings)
+    untested = describe_subset(patients.iloc[[2, 4]], get_subset("wnt_activated"))
+    assert untested.overall.among_tested is None
+    assert untested.warnings == ["wnt_activated: no patient's status is known (wnt_activation missing for all 2); "
+                                 "prevalence is not estimable from this cohort"]
+    assert "not estimable" in description_text(untested) and "nan" not in description_text(untested).lower()

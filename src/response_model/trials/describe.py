@@ -96,7 +96,7 @@ def _warnings(subset: Subset, overall: Prevalence) -> list[str]:
     elif overall.inside == 0:
         notes.append(f"{name}: empty — none of the {overall.inside + overall.outside} patients tested is inside; "
                      "no number of screened patients is known to enrol one")
-    if overall.share_unknown and overall.share_unknown >= 0.5:
+    if overall.inside + overall.outside and overall.share_unknown >= 0.5:
         notes.append(f"{name}: status unknown for {overall.unknown} of {overall.n} patients "
                      f"({overall.share_unknown:.0%}; {fields} missing); the prevalence among tested rests on "
                      "the others, who may differ (unequal access to testing)")

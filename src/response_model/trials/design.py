@@ -308,7 +308,7 @@ def power_curve(design: TrialDesign, n_total: np.ndarray) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 #: random numbers held at once per batch of simulated trials (memory stays bounded whatever the size)
-_BATCH_CELLS = 4_000_000
+_BATCH_CELLS = 1_000_000
 
 
 def _rejects(x1: np.ndarray, n1: np.ndarray, x2: np.ndarray, n2: np.ndarray, alpha: float) -> np.ndarray:

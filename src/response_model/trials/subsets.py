@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ from pydantic import Field
 from response_model.config import config_dir, load_yaml
 from response_model.errors import ConfigError, InputError
 from response_model.schema import PatientRecord, cancer_types, shown
+
+if TYPE_CHECKING:
+    from response_model.dataset import ParsedCohort
 
 #: record fields a rule cannot name: identifiers, and the alteration list (use its pathway features)
 _NOT_RULE_FIELDS = frozenset({"patient_id", "alterations"})
@@ -364,22 +368,24 @@ class Subset:
         return self._expression.evaluate(frame).rename(self.name)
 
 
-def subset_frame(cohort: pd.DataFrame) -> pd.DataFrame:
-    """Return ``cohort`` (a canonical cohort table) with the derived patient features added: one row per
-    patient, on the cohort's index; the record's own columns keep their values (``child_pugh_class`` is
-    'A'/'B'/'C', not the feature's ordinal). Raises :class:`SubsetInputError` if a row is invalid."""
-    from response_model.dataset import parse_cohort
+def subset_frame(cohort: pd.DataFrame | ParsedCohort) -> pd.DataFrame:
+    """Return ``cohort`` (a canonical cohort table, or one already validated: a ParsedCohort) with the derived
+    patient features added: one row per patient, on the table's index; the record's own columns keep their
+    values (``child_pugh_class`` is 'A'/'B'/'C', not the feature's ordinal). Raises :class:`SubsetInputError`
+    if a row of a table is invalid (a ParsedCohort's rejected rows are already left out)."""
+    from response_model.dataset import ParsedCohort, parse_cohort
     from response_model.features import build_feature_matrix
 
-    parsed = parse_cohort(cohort.reset_index(drop=True))
-    if not parsed.ok:
+    parsed = cohort if isinstance(cohort, ParsedCohort) else parse_cohort(cohort.reset_index(drop=True))
+    if not parsed.ok and not isinstance(cohort, ParsedCohort):
         raise SubsetInputError(f"{len(parsed.rejected)} invalid row(s) in the cohort; first: {parsed.rejected[0]}; "
                                "validate it first (response-model validate)")
     frame = parsed.frame()
     features = build_feature_matrix(parsed.records)
     extra = features[[c for c in features.columns if c not in frame.columns]]
     frame = pd.concat([frame, extra], axis=1)
-    frame.index = cohort.index
+    if not isinstance(cohort, ParsedCohort):
+        frame.index = cohort.index
     return frame
 
 
