@@ -150,3 +150,39 @@ def test_model_rows_predict_every_patient_under_both_regimens(records_table, smo
     p = predictions.probability["objective_response"].reshape(300, 2)
     assert model.arm_rate == pytest.approx(p[:, 0].mean()) and model.comparator_rate == pytest.approx(p[:, 1].mean())
     assert model.lower <= model.difference <= model.upper and model.n_subset == 300
+
+
+@pytest.fixture(scope="module")
+def small_cohort_file(simulated_small, tmp_path_factory):
+    """The first 400 simulated patients as a canonical Parquet file."""
+    from response_model.dataset import write_cohort
+
+    return write_cohort(simulated_small.cohort.head(400), tmp_path_factory.mktemp("cohort") / "cohort.parquet")
+
+
+def test_effects_command_prints_the_three_estimates_and_writes_the_tables(small_cohort_file, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from response_model.cli import main
+
+    result = CliRunner().invoke(main, [
+        "trials", "effects", "--source", "configs/sources/canonical.yaml", str(small_cohort_file),
+        "--subset", "wnt_activated", "--arm", ARM, "--comparator", "lenvatinib", "--endpoint", "objective_response",
+        "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "naive" in result.output and "adjusted" in result.output and "verdict wnt_activated" in result.output
+    effects = pd.read_csv(tmp_path / "effects.csv")
+    assert set(effects.subset) == {"all", "wnt_activated"} and set(effects.estimator) == {"naive", "adjusted"}
+    assert set(pd.read_csv(tmp_path / "balance.csv").columns) >= {"covariate", "smd_unweighted", "smd_weighted"}
+
+
+def test_effects_command_refuses_a_comparator_equal_to_the_arm(small_cohort_file):
+    from click.testing import CliRunner
+
+    from response_model.cli import main
+
+    result = CliRunner().invoke(main, [
+        "trials", "effects", "--source", "configs/sources/canonical.yaml", str(small_cohort_file),
+        "--subset", "wnt_activated", "--arm", ARM, "--comparator", ARM])
+    assert result.exit_code == 2 and "equals the arm" in result.output

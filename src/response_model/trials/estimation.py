@@ -11,8 +11,9 @@ Nuisance models (configs/trial_effects.yaml ``adjusted``): a propensity model P(
 population and an outcome model P(y = 1 | X) per regimen on its labelled patients, each a
 HistGradientBoostingClassifier (missing values handled natively), cross-fitted over K folds.
 Propensities are clipped to ``propensity_bounds`` (weights truncated; the share outside is reported).
-Unlabelled patients (no response assessment, or censored before the resistance window) are treated
-as missing at random within each regimen: their weight goes to the labelled ones (1 / labelled share).
+Unlabelled patients carry their weight to the labelled ones: for primary resistance (unlabelled when
+censored before the window without progression) by inverse probability of censoring weighting, for
+objective response (no assessment) as missing at random within each regimen (1 / labelled share).
 
 Implemented here with scikit-learn rather than EconML because the report needs each regimen's own
 rate (EconML's DR learners give the difference) and discovery needs the per-patient pseudo-outcomes.
@@ -50,13 +51,14 @@ def settings(config: str = SETTINGS_FILE) -> dict[str, Any]:
 @dataclass
 class CohortTable:
     """A validated cohort as arrays: the records and outcomes, the regimen given ("" if none), the endpoint labels
-    (1.0 / 0.0, NaN = not labelled) and the patient features (response_model.features)."""
+    (1.0 / 0.0, NaN = not labelled), the patient features (response_model.features) and PFS times."""
 
     records: list[PatientRecord]
     outcomes: list[TreatmentOutcome]
     given: np.ndarray
     labels: dict[str, np.ndarray]
     covariates: pd.DataFrame
+    pfs: dict[str, np.ndarray] = field(default_factory=dict)  # "months", "event" (NaN = not recorded)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,7 +72,9 @@ class CohortTable:
         labels = {e: np.array([np.nan if getattr(o, e) is None else float(getattr(o, e)) for o in outcomes])
                   for e in ENDPOINTS}
         covariates = FeatureBlocks.of_pairs(records, np.arange(len(records))).frame()
-        return cls(records, outcomes, given, labels, covariates)
+        pfs = {key: np.array([np.nan if getattr(o, name) is None else float(getattr(o, name)) for o in outcomes])
+               for key, name in (("months", "pfs_months"), ("event", "pfs_event"))}
+        return cls(records, outcomes, given, labels, covariates, pfs)
 
     def nuisance_matrix(self) -> np.ndarray:
         """The covariates the nuisance models read: every patient feature not constant in the cohort."""
@@ -190,10 +194,36 @@ def fit_pair(table: CohortTable, arm: str, comparator: str, endpoints: Sequence[
         psi = []
         for given, e in ((treated, fit.propensity), (~treated, 1.0 - fit.propensity)):
             mu = _cross_fitted(X, y0, labelled & given, folds, spec["learner"], seed + 100)
-            labelled_share = (labelled & given).sum() / given.sum()
-            psi.append(mu + (given & labelled) * (y0 - mu) / (e * labelled_share))
+            seen = _labelled_probability(table, endpoint, pair_rows, given, labelled)
+            psi.append(mu + (given & labelled) * (y0 - mu) / (e * seen))
         fit.psi[endpoint] = (psi[0], psi[1])
     return fit
+
+
+def _labelled_probability(table: CohortTable, endpoint: str, pair_rows: np.ndarray, given: np.ndarray,
+                          labelled: np.ndarray) -> np.ndarray | float:
+    """Each labelled patient's probability of having been labelled, given the regimen.
+
+    Primary resistance is unlabelled when follow-up ends before the window without progression: that
+    depends on the outcome, so each labelled patient is weighted by the inverse probability of remaining
+    under follow-up until min(PFS time, window) — a Kaplan–Meier estimate of the regimen's censoring
+    distribution (IPCW). Elsewhere (and where a labelled patient lacks PFS times) the regimen's labelled
+    share: missing at random within the regimen."""
+    share = (labelled & given).sum() / given.sum()
+    if endpoint != "primary_resistance" or not table.pfs:
+        return share
+    months, event = (table.pfs[k][pair_rows] for k in ("months", "event"))
+    if np.isnan(months[given]).any() or np.isnan(event[given]).any():
+        return share
+    from lifelines import KaplanMeierFitter
+
+    from response_model.dataset import resistance_window_months
+
+    censoring = KaplanMeierFitter().fit(months[given], event_observed=event[given] == 0)
+    # the probability of still being followed just before min(PFS time, window): events precede censoring
+    until = np.minimum(np.nan_to_num(months), resistance_window_months()) - 1e-9
+    probability = np.asarray(censoring.survival_function_at_times(np.maximum(until, 0.0)), dtype=float)
+    return np.where(given & labelled, np.maximum(probability, 1e-3), 1.0)
 
 
 def mean_interval(values: np.ndarray, z: float = 1.959963984540054) -> tuple[float, float, float]:
