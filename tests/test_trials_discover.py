@@ -82,3 +82,15 @@ def test_too_few_patients_given_a_regimen_is_named(simulated_small):
     table = CohortTable.of(parse_cohort(simulated_small.cohort.head(200)))
     with pytest.raises(InputError, match="nivolumab_ipilimumab \\(given to"):
         discover(table, ARM, "nivolumab_ipilimumab")
+
+
+def test_discover_command_names_a_regimen_given_too_rarely(simulated_small, tmp_path):
+    from click.testing import CliRunner
+
+    from response_model.cli import main
+    from response_model.dataset import write_cohort
+
+    path = write_cohort(simulated_small.cohort.head(200), tmp_path / "cohort.parquet")
+    result = CliRunner().invoke(main, ["trials", "discover", "--source", "configs/sources/canonical.yaml", str(path),
+                                       "--arm", ARM, "--comparator", "nivolumab_ipilimumab"])
+    assert result.exit_code == 2 and "nivolumab_ipilimumab (given to" in result.output

@@ -233,7 +233,7 @@ def discover(cohort: Any, arm: str, comparator: str, endpoint: str = "objective_
     table = cohort if isinstance(cohort, CohortTable) else CohortTable.of(cohort)
     cfg = settings(config)
     spec, seed = cfg["discover"], int(cfg["discover"]["seed"] if seed is None else seed)
-    _require_given(table, arm, comparator)
+    _require_given(table, arm, comparator, int(spec["min_given"]))
     pair_rows = np.flatnonzero(np.isin(table.given, [arm, comparator]))
     first, second = _halves(table.given[pair_rows] == arm, seed)
     frame = rule_frame(table)
@@ -270,15 +270,15 @@ def _ranked(frame: pd.DataFrame, fdr: float) -> pd.DataFrame:
     return frame[list(RULE_COLUMNS)]
 
 
-def _require_given(table: CohortTable, arm: str, comparator: str) -> None:
+def _require_given(table: CohortTable, arm: str, comparator: str, least: int) -> None:
     """InputError naming the regimen(s) given to too few patients of the cohort to search with."""
     from response_model.errors import InputError
 
     counts = {name: int((table.given == name).sum()) for name in (arm, comparator)}
-    scarce = [f"{name} (given to {k})" for name, k in counts.items() if k < 20]
+    scarce = [f"{name} (given to {k})" for name, k in counts.items() if k < least]
     if scarce:
-        raise InputError(f"cannot search: {' and '.join(scarce)} in this cohort; expected at least 20 patients "
-                         "given each regimen (10 per half)")
+        raise InputError(f"cannot search: {' and '.join(scarce)} in this cohort; expected at least {least} "
+                         "patients given each regimen")
 
 
 def save_rules(found: Discovery, path: str | Path) -> int:
