@@ -133,7 +133,7 @@ def test_an_arm_never_given_an_unlabelled_endpoint_and_a_small_subset_are_warned
     text = " | ".join(plan.design.warnings)
     assert f"arm '{ARM}' was never given in this cohort" in text
     assert "labels no subset patient's objective_response" in text
-    assert "fewer than the" in text and "the rates rest on few patients" in text
+    assert "fewer than the" in text and "rests on few patients" in text
     assert plan.design.size("enrichment", 0.8).n_total is not None  # warned, still designed
 
 

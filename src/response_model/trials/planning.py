@@ -101,7 +101,8 @@ def plan_trial(frame: pd.DataFrame, subset: Subset, spec: DesignSpec, truth: pd.
     enrolled = [s.n_total for s in design.sizes if s.design == "enrichment" and s.n_total is not None]
     if enrolled and inside < min(enrolled):
         design.warnings.append(f"the cohort has {inside} patients in subset {subset.name!r}, fewer than the "
-                               f"{min(enrolled)} the smallest enrichment design enrols: the rates rest on few patients")
+                               f"{min(enrolled)} the smallest enrichment design enrols: what the design assumes "
+                               "rests on few patients")
     return Plan(design, pool if truth is not None else None,
                 {"cohort_patients": len(frame), "inside": inside, "outside": outside,
                  "unknown": len(frame) - inside - outside, "rate_source": source})
