@@ -275,7 +275,7 @@ def _verdict(cell: _Cell, endpoint: str, adjusted: Mapping[str, Any], fit: PairF
                 "reason": f"none trusted: after weighting {name} is still imbalanced (|SMD| {worst:.2f} ≥ {limit:g})"}
     return {**base, "trusted": "adjusted",
             "reason": f"adjusted: overlap adequate ({share:.0%} outside the bounds) and every covariate balanced "
-                      f"after weighting (max |SMD| {worst:.2f} < {limit:g}); naive is confounded by indication, "
+                      f"after weighting (max |SMD| {worst:.2f} < {limit:g}); naive ignores confounding by indication, "
                       "model relies on the model being right"}
 
 
