@@ -74,10 +74,10 @@ def test_analytic_and_monte_carlo_power_agree_within_a_few_points_on_the_simulat
     pool = truth_pool(frame, truth, subset, ARM, COMPARATOR, "objective_response")
     for split in ("fixed_sequence", "bonferroni"):
         design = design_trial(spec(alpha_split=split, powers=[0.8]), pool.rates("truth"))
-        checked = simulate_power(design, pool, n_trials=1000, seed=3)
+        checked = simulate_power(design, pool, n_trials=3000, seed=3)
         assert len(checked) == 3 and checked["empirical_power"].notna().all()
         worst = (checked["empirical_power"] - checked["analytic_power"]).abs().max()
-        assert worst < 0.04, checked
+        assert worst < 0.03, checked  # the issue's ±3 points (seeded: the same draws every run)
 
 
 def test_a_trial_without_effect_rejects_at_about_alpha(cohort):

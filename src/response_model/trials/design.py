@@ -3,12 +3,14 @@
 Two designs per target power (``configs/trial_design.yaml``):
 
 * **enrichment** — only the subset is enrolled: two proportions (objective response, primary resistance)
-  by :class:`statsmodels.stats.power.NormalIndPower` on Cohen's h, or PFS events by Schoenfeld's formula;
+  by the power of the pooled two-proportion z-test (statsmodels' ``power_proportions_2indep``), or PFS
+  events by Schoenfeld's formula;
   patients screened = enrolled / prevalence among tested;
 * **all-comers** — everyone is enrolled, randomisation stratified by subset status; the overall effect is
   the primary hypothesis and the subset's effect a secondary one, α split by fixed sequence (the subset
-  tested at α only after the overall test rejects) or Bonferroni. The trial is as large as the larger of
-  the two hypotheses needs.
+  tested at α only after the overall test rejects — its power is then that of both rejecting, from the
+  two differences' joint normal distribution) or Bonferroni. The trial is as large as the larger of the
+  two hypotheses needs.
 
 :func:`simulate_power` runs the designed trial many times on patients drawn from the simulator (their
 true probabilities under both arms), randomised 1:1, outcomes drawn, analysed with the two-sided pooled
@@ -22,9 +24,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
-from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import proportion_effectsize
+from scipy.optimize import brentq
+from scipy.stats import multivariate_normal, norm
+from statsmodels.stats.proportion import power_proportions_2indep
 
 from response_model.config import load_yaml
 from response_model.trials.rates import RESPONSE_ENDPOINTS, ArmRates, DesignError, TruthPool
@@ -146,22 +148,72 @@ class TrialDesign:
 # ---------------------------------------------------------------------------------------------
 
 
-def _per_arm(p_arm: float, p_comparator: float, alpha: float, power: float) -> float:
-    """Patients per arm for two proportions (1:1, two-sided); inf when the rates are equal."""
-    h = abs(proportion_effectsize(p_arm, p_comparator))
-    if h < 1e-9:
-        return math.inf
-    return float(NormalIndPower().solve_power(effect_size=h, alpha=alpha, power=power, ratio=1.0,
-                                              alternative="two-sided"))
-
-
 def proportion_power(p_arm: float, p_comparator: float, n_per_arm: float | np.ndarray, alpha: float):
-    """Analytic power of the two-sided two-proportion test with ``n_per_arm`` patients per arm."""
-    h = abs(proportion_effectsize(p_arm, p_comparator))
+    """Analytic power of the two-sided pooled two-proportion z-test — the test a trial's analysis and
+    :func:`simulate_power` use — with ``n_per_arm`` patients per arm (statsmodels'
+    ``power_proportions_2indep``: the null variance pooled, the alternative's unpooled)."""
     n = np.asarray(n_per_arm, dtype=float)
-    power = NormalIndPower().power(effect_size=h, nobs1=np.maximum(n, 1.0), alpha=alpha, ratio=1.0,
-                                   alternative="two-sided")
+    power = power_proportions_2indep(p_arm - p_comparator, p_comparator, np.maximum(n, 1.0), ratio=1.0,
+                                     alpha=alpha, alternative="two-sided", return_results=False)
     return np.where(n > 0, power, 0.0) if np.ndim(power) else (float(power) if n > 0 else 0.0)
+
+
+def _smallest_n(power_at, target: float, low: float, cap: float) -> float:
+    """The smallest (continuous) n ≥ ``low`` at which ``power_at(n)`` reaches ``target``; inf when not by ``cap``."""
+    if power_at(cap) < target:
+        return math.inf
+    if power_at(low) >= target:
+        return low
+    return float(brentq(lambda n: power_at(n) - target, low, cap, xtol=1e-3))
+
+
+def _per_arm(p_arm: float, p_comparator: float, alpha: float, power: float, cap: float = 1e7) -> float:
+    """Patients per arm for two proportions (1:1, two-sided, :func:`proportion_power`); inf when the
+    rates are equal or more than ``cap`` are needed."""
+    if math.isclose(p_arm, p_comparator, abs_tol=1e-9):
+        return math.inf
+    return _smallest_n(lambda n: proportion_power(p_arm, p_comparator, n, alpha), power, 2.0, cap)
+
+
+def _difference_moments(p_arm: float, p_comparator: float, n_per_arm: float) -> tuple[float, float, float]:
+    """(mean, sd under the alternative, sd under the null with the rates pooled) of the observed
+    difference in rates with ``n_per_arm`` patients per arm."""
+    pooled = (p_arm + p_comparator) / 2
+    return (p_arm - p_comparator, math.sqrt((p_arm * (1 - p_arm) + p_comparator * (1 - p_comparator)) / n_per_arm),
+            math.sqrt(2 * pooled * (1 - pooled) / n_per_arm))
+
+
+def gated_subset_power(rates: ArmRates, n_per_arm: float, alphas: tuple[float, float]) -> float:
+    """Analytic power of the subset hypothesis of an all-comers trial under fixed-sequence testing: the
+    probability that the overall two-sided test and then the subset's both reject, with ``n_per_arm``
+    patients per arm randomised within strata. The two differences in rates are jointly normal: the
+    overall one is the prevalence-weighted mix of the subset's and the rest's, so their covariance is
+    the prevalence × the subset difference's variance."""
+    w = rates.prevalence
+    inside = _difference_moments(rates.p_arm, rates.p_comparator, n_per_arm * w)
+    overall = _difference_moments(*rates.overall(), n_per_arm)
+    sd_outside = _difference_moments(rates.p_arm_outside, rates.p_comparator_outside,
+                                     n_per_arm * (1 - w))[1] if w < 1 else 0.0
+    sd_all = math.sqrt((w * inside[1]) ** 2 + ((1 - w) * sd_outside) ** 2)
+    rho = min(1.0, w * inside[1] / sd_all)
+    joint = multivariate_normal(mean=[0.0, 0.0], cov=[[1.0, rho], [rho, 1.0]], allow_singular=True)
+    # each test accepts while |difference| ≤ z · (its sd under the null): the bounds, standardised
+    bounds = [[(sign * norm.ppf(1 - alpha / 2) * moments[2] - moments[0]) / sd for sign in (-1, 1)]
+              for alpha, moments, sd in ((alphas[0], overall, sd_all), (alphas[1], inside, inside[1]))]
+    (lo_all, hi_all), (lo_sub, hi_sub) = bounds
+    both_accept = (joint.cdf([hi_all, hi_sub]) - joint.cdf([lo_all, hi_sub]) - joint.cdf([hi_all, lo_sub])
+                   + joint.cdf([lo_all, lo_sub]))
+    accept_all = norm.cdf(hi_all) - norm.cdf(lo_all)
+    accept_sub = norm.cdf(hi_sub) - norm.cdf(lo_sub)
+    return float(min(1.0, max(0.0, 1 - accept_all - accept_sub + both_accept)))
+
+
+def _subset_power(spec: DesignSpec, rates: ArmRates, n_per_arm: float) -> float:
+    """Analytic power of an all-comers trial's subset hypothesis (gated under fixed sequence)."""
+    alphas = spec.alphas()
+    if spec.alpha_split == "fixed_sequence":
+        return gated_subset_power(rates, n_per_arm, alphas)
+    return float(proportion_power(rates.p_arm, rates.p_comparator, n_per_arm * rates.prevalence, alphas[1]))
 
 
 def schoenfeld_events(hazard_ratio: float, alpha: float, power: float) -> float:
@@ -220,10 +272,11 @@ def _all_comers_response(spec: DesignSpec, rates: ArmRates, power: float) -> Sam
     p_arm, p_comparator = rates.overall()
     cap = spec.max_patients
     overall = _per_arm(p_arm, p_comparator, alpha_overall, power)
-    subset = _per_arm(rates.p_arm, rates.p_comparator, alpha_subset, power) / rates.prevalence
     if _whole(overall, cap // 2) is None:
         return SampleSize("all_comers", power, None, None, None, None, alpha_overall, alpha_subset, None, None,
                           _unreachable(p_arm, p_comparator, "among all patients", cap))
+    subset = math.inf if math.isclose(rates.p_arm, rates.p_comparator, abs_tol=1e-9) else _smallest_n(
+        lambda n: _subset_power(spec, rates, n), power, 2.0, cap / 2)
     per_arm = _whole(max(overall, subset), cap // 2)
     note = "sized by the overall hypothesis" if overall >= subset else "sized by the subset hypothesis"
     if per_arm is None:  # the subset's own test is out of reach: size for the overall one and say so
@@ -233,8 +286,7 @@ def _all_comers_response(spec: DesignSpec, rates: ArmRates, power: float) -> Sam
     n_total = 2 * per_arm
     return SampleSize("all_comers", power, n_total, int(round(n_total * rates.prevalence)), n_total, None,
                       alpha_overall, alpha_subset, float(proportion_power(p_arm, p_comparator, per_arm, alpha_overall)),
-                      float(proportion_power(rates.p_arm, rates.p_comparator, per_arm * rates.prevalence,
-                                             alpha_subset)), note)
+                      _subset_power(spec, rates, per_arm), note)
 
 
 def _pfs_sizes(spec: DesignSpec, rates: ArmRates, power: float) -> list[SampleSize]:
@@ -298,8 +350,7 @@ def power_curve(design: TrialDesign, n_total: np.ndarray) -> pd.DataFrame:
     out["enrichment"] = proportion_power(rates.p_arm, rates.p_comparator, n / 2, spec.alpha)
     if rates.has_outside:
         out["all_comers_overall"] = proportion_power(*rates.overall(), n / 2, alpha_overall)
-        out["all_comers_subset"] = proportion_power(rates.p_arm, rates.p_comparator, n / 2 * rates.prevalence,
-                                                    alpha_subset)
+        out["all_comers_subset"] = [_subset_power(spec, rates, half) if half > 0 else 0.0 for half in n / 2]
     return pd.DataFrame(out)
 
 
