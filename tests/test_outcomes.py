@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
-from response_model.privacy import AuditKeyring
+from response_model.privacy import PSEUDONYM_KEY_ENV, AuditKeyring
+from response_model.service.app import create_app
 from response_model.service.audit import AuditTrail
 from response_model.service.audit.outcomes import (
     CURRENT_COLUMNS,
@@ -17,6 +21,8 @@ from response_model.service.audit.outcomes import (
     derived_outcomes,
     outcome_record,
 )
+from response_model.service.keys import DB_URL_ENV, KeyStore
+from response_model.service.models import EXAMPLE_PATIENT
 
 DEFINITIONS = {"objective_response": ("CR", "PR"), "window_months": 6.0}
 
@@ -100,3 +106,116 @@ def test_reader_windows_on_the_prediction_time(direct_trail):
 def test_derived_outcomes_follow_configs_outcomes_yaml(changes, objective, resistance):
     derived = derived_outcomes(_outcome(**changes), DEFINITIONS)
     assert derived == {"objective_response": objective, "primary_resistance": resistance}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The service
+
+
+ROLES = ("clinician", "auditor", "registrar", "admin")
+RAW_IDS = ("OUTC-MRN-0001", "OUTC-MRN-0002", "OUTC-MRN-0003")
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _seq(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT coalesce(max(seq), 0) FROM audit_records")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _records_after(url: str, after: int) -> list[dict]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.text("SELECT * FROM audit_records WHERE seq > :a ORDER BY seq"),
+                                                  {"a": after}).mappings()]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def service(smoke_model, tmp_path_factory):
+    """The service on the smoke model with a key per role and three predictions (one for lenvatinib only)."""
+    folder = tmp_path_factory.mktemp("outcomes")
+    url = f"sqlite:///{folder}/trail.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PSEUDONYM_KEY_ENV, "outcomes-test-pseudonym-key-0123456789")
+        mp.delenv(DB_URL_ENV, raising=False)
+        with KeyStore(url) as store:
+            tokens = {role: store.create(role, f"outcomes {role}").token for role in ROLES}
+        client = TestClient(create_app(str(smoke_model["export_dir"]), url, alias_check=0),
+                            raise_server_exceptions=False)
+        with client:
+            made = []
+            for i, raw in enumerate(RAW_IDS):
+                body = {"patient": {**copy.deepcopy(EXAMPLE_PATIENT), "age": 60 + i}, "patient_id": raw}
+                if i == 2:
+                    body["regimens"] = ["lenvatinib"]
+                answer = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+                assert answer.status_code == 200, answer.text
+                made.append({"id": answer.json()["prediction_id"], "raw": raw,
+                             "regimens": [it["regimen"] for it in answer.json()["regimens"]]})
+            yield {"client": client, "tokens": tokens, "url": url, "made": made, "folder": folder}
+
+
+def _post(service, body, role="registrar", path="/v1/outcomes"):
+    return service["client"].post(path, json=body, headers=auth(service["tokens"][role]))
+
+
+def _body(prediction_id, **changes):
+    body = {"prediction_id": prediction_id, "regimen": "lenvatinib", "started": True, "start_date": "2026-01-10",
+            "best_response": "PR", "criteria": "mRECIST", "response_date": "2026-03-01",
+            "last_followup_date": "2026-05-01"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def test_a_registrar_records_an_outcome_and_an_auditor_reads_it(service):
+    pid = service["made"][0]["id"]
+    before = _seq(service["url"])
+    answer = _post(service, _body(pid))
+    assert answer.status_code == 201, answer.text
+    stored = answer.json()
+    assert stored["prediction_id"] == pid and stored["regimen"] == "lenvatinib" and stored["objective_response"] is True
+    assert stored["primary_resistance"] is None  # 4 months of follow-up: too short to tell
+    (record,) = _records_after(service["url"], before)
+    assert record["endpoint"] == "POST /v1/outcomes" and record["http_status"] == 201 and record["role"] == "registrar"
+    assert record["prediction_id"] == pid and len(stored["patient_pseudonym"]) == 16  # the prediction's pseudonym
+    before = _seq(service["url"])
+    read = service["client"].get("/v1/outcomes", params={"prediction_id": pid},
+                                 headers=auth(service["tokens"]["auditor"]))
+    assert read.status_code == 200 and [o["outcome_id"] for o in read.json()["current"]] == [stored["outcome_id"]]
+    (access,) = _records_after(service["url"], before)
+    assert access["endpoint"] == "GET /v1/outcomes" and access["http_status"] == 200
+    record = service["client"].get(f"/v1/predictions/{pid}", headers=auth(service["tokens"]["auditor"])).json()
+    assert record["outcomes"]["current"][0]["outcome_id"] == stored["outcome_id"]
+    frame = current_outcomes(AuditTrail(service["url"], create=False))
+    assert stored["outcome_id"] in set(frame["outcome_id"])
+
+
+@pytest.mark.parametrize(("role", "status"), [("clinician", 403), ("auditor", 403), ("registrar", 422),
+                                              ("admin", 422)])
+def test_roles(service, role, status):
+    before = _seq(service["url"])
+    answer = _post(service, {"regimen": "lenvatinib"}, role=role)
+    assert answer.status_code == status
+    assert [r["http_status"] for r in _records_after(service["url"], before)] == [status]
+
+
+def test_reads_need_an_auditor_or_admin_and_are_audited(service):
+    pid = service["made"][0]["id"]
+    for role, status in (("registrar", 403), ("clinician", 403), ("admin", 200)):
+        before = _seq(service["url"])
+        answer = service["client"].get("/v1/outcomes", params={"prediction_id": pid},
+                                       headers=auth(service["tokens"][role]))
+        assert answer.status_code == status
+        assert [r["http_status"] for r in _records_after(service["url"], before)] == [status]
+    bad = service["client"].get("/v1/outcomes", params={"prediction_id": "MRN-77"},
+                                headers=auth(service["tokens"]["auditor"]))
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "prediction_id"

@@ -16,6 +16,7 @@ per (prediction, regimen) the *current* outcome is the newest one that no other 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from response_model.config import load_yaml
-from response_model.service.audit.chain import _time_text
+from response_model.service.audit.chain import _time_text, canonical_json
 from response_model.service.audit.readers import PREDICTION_REQUEST_ENDPOINTS
 from response_model.service.audit.records import audit_records, parse_stored
 from response_model.service.keys import parse_time
@@ -90,6 +91,51 @@ def stored_outcome(outputs: Any) -> dict[str, Any] | None:
 def _engine(engine_or_trail: Any) -> Engine:
     """The engine of an AuditTrail (or the engine itself)."""
     return engine_or_trail if isinstance(engine_or_trail, Engine) else engine_or_trail.engine
+
+
+@dataclass(frozen=True)
+class Served:
+    """An accepted prediction as the trail holds it: what an outcome is linked to."""
+
+    prediction_id: str
+    patient_pseudonym: str | None
+    regimens: tuple[str, ...]
+    model_name: str | None
+    model_version: str | None
+    time: str
+
+
+def _served_query():
+    """SELECT of the accepted prediction records, as :class:`Served` reads them."""
+    c = audit_records.c
+    return (sa.select(c.prediction_id, c.patient_pseudonym, c.regimens, c.model_name, c.model_version, c.time)
+            .where(c.endpoint.in_(PREDICTION_REQUEST_ENDPOINTS), c.status == "accepted"))
+
+
+def _served(row) -> Served:
+    regimens = parse_stored("regimens", row.regimens)
+    return Served(prediction_id=row.prediction_id, patient_pseudonym=row.patient_pseudonym,
+                  regimens=tuple(str(r) for r in regimens) if isinstance(regimens, list) else (),
+                  model_name=row.model_name, model_version=row.model_version, time=row.time)
+
+
+def find_prediction(engine_or_trail: Any, prediction_id: str) -> Served | None:
+    """The accepted prediction ``prediction_id`` (the earliest record, if the id was used twice), or None."""
+    c = audit_records.c
+    with _engine(engine_or_trail).connect() as conn:
+        row = conn.execute(_served_query().where(c.prediction_id == prediction_id).order_by(c.seq).limit(1)).first()
+    return None if row is None else _served(row)
+
+
+def find_patient_prediction(engine_or_trail: Any, pseudonym: str, regimen: str | None) -> Served | None:
+    """The newest accepted prediction of the patient ``pseudonym`` covering ``regimen`` (None: any), or None."""
+    c = audit_records.c
+    query = _served_query().where(c.patient_pseudonym == pseudonym)
+    if regimen is not None:  # regimens is canonical JSON text: match the quoted id exactly
+        query = query.where(c.regimens.contains(canonical_json(regimen), autoescape=True))
+    with _engine(engine_or_trail).connect() as conn:
+        row = conn.execute(query.order_by(c.seq.desc()).limit(1)).first()
+    return None if row is None else _served(row)
 
 
 def outcome_history(engine_or_trail: Any, prediction_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
