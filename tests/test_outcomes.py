@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -367,3 +368,47 @@ def test_the_trail_verifies_after_outcomes_and_detects_an_edited_one(service, tm
     with AuditTrail(copy_url, create=False, witness=str(tmp_path / "w.jsonl")) as trail:
         result = trail.verify()
     assert not result.ok and result.first_bad == seq and result.case == "edited"
+
+
+def test_sixteen_clients_interleaving_predictions_and_outcomes(service):
+    """16 threads, each predicting, recording the outcome and correcting it; then all 16 race to correct one
+    shared outcome: no 5xx, every write audited with its status, exactly one correction wins the race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, tokens, url = service["client"], service["tokens"], service["url"]
+    before = _seq(url)
+
+    def work(i: int) -> list[tuple[str, int]]:
+        statuses = []
+        for j in range(3):
+            body = {"patient": {**copy.deepcopy(EXAMPLE_PATIENT), "age": 40 + i % 30 + j}, "regimens": ["lenvatinib"],
+                    "patient_id": f"LOAD-{i}-{j}"}
+            made = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+            statuses.append(("POST /v1/predictions", made.status_code))
+            if made.status_code != 200:
+                continue
+            pid = made.json()["prediction_id"]
+            first = client.post("/v1/outcomes", json=_body(pid), headers=auth(tokens["registrar"]))
+            statuses.append(("POST /v1/outcomes", first.status_code))
+            fix = _body(pid, best_response="SD", supersedes=first.json().get("outcome_id"))
+            statuses.append(("POST /v1/outcomes", client.post("/v1/outcomes", json=fix,
+                                                              headers=auth(tokens["admin"])).status_code))
+        return statuses
+
+    with ThreadPoolExecutor(16) as pool:
+        done = [s for batch in pool.map(work, range(16)) for s in batch]
+    shared = work(16)  # one more patient; then all 16 race to correct its current outcome
+    pid = _records_after(url, _seq(url) - 1)[0]["prediction_id"]
+    current = client.get("/v1/outcomes", params={"prediction_id": pid}, headers=auth(tokens["auditor"]))
+    assert current.status_code == 200, (pid, current.text, shared)
+    race = _body(pid, best_response="CR", supersedes=current.json()["current"][0]["outcome_id"])
+    with ThreadPoolExecutor(16) as pool:
+        raced = [("POST /v1/outcomes", status) for status in pool.map(lambda _: _post(service, race).status_code,
+                                                                       range(16))]
+    assert sorted(s for _, s in raced) == [201] + [422] * 15
+    assert {s for _, s in done} == {200, 201}  # no 5xx, no refusal
+    stored = Counter((r["endpoint"], r["http_status"]) for r in _records_after(url, before)
+                     if r["endpoint"] in ("POST /v1/predictions", "POST /v1/outcomes"))
+    assert stored == Counter(done + shared + raced)
+    with AuditTrail(url, create=False) as trail:
+        assert trail.verify().ok
