@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -412,3 +413,42 @@ def test_sixteen_clients_interleaving_predictions_and_outcomes(service):
     assert stored == Counter(done + shared + raced)
     with AuditTrail(url, create=False) as trail:
         assert trail.verify().ok
+
+
+def test_outcomes_import_through_a_source_mapping(service, tmp_path):
+    """``outcomes import``: a registry extract through configs/sources/registry-outcomes.yaml; a file with bad
+    rows is refused whole (each bad row by its line and column), a good one stored, a repeat refused."""
+    from click.testing import CliRunner
+
+    from response_model.cli import main
+
+    raw = "OUTC-CLI-0001"
+    made = service["client"].post("/v1/predictions", headers=auth(service["tokens"]["clinician"]), json={
+        "patient": copy.deepcopy(EXAMPLE_PATIENT), "patient_id": raw, "regimens": ["lenvatinib", "sorafenib"]})
+    assert made.status_code == 200
+    template = (Path(__file__).parent / "data" / "registry_outcomes.csv").read_text(encoding="utf-8")
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text(template.replace("{mrn}", raw), encoding="utf-8")
+    lines = template.replace("{mrn}", raw).splitlines()
+    bad.write_text("\n".join([lines[0], lines[1].replace("Lenvatinib", "Lenvatinibb"),
+                              lines[2].replace("15/01/2026", "31/02/2026")]) + "\n", encoding="utf-8")
+    args = ["outcomes", "import", "--source", "configs/sources/registry-outcomes.yaml", "--db", service["url"]]
+    before = _seq(service["url"])
+    refused = CliRunner().invoke(main, [*args, str(bad)])
+    assert refused.exit_code == 1, refused.output
+    assert "line 2:" in refused.output and "[column 'Treatment']" in refused.output
+    assert "line 3:" in refused.output and "[column 'Last seen']" in refused.output
+    assert "nothing stored" in refused.output
+    assert [r["status"] for r in _records_after(service["url"], before)] == ["rejected"]
+    stored = CliRunner().invoke(main, [*args, str(good)])
+    assert stored.exit_code == 0, stored.output
+    assert "stored 2 outcomes" in stored.output
+    records = _records_after(service["url"], before + 1)
+    assert [(r["endpoint"], r["role"]) for r in records] == [("CLI outcomes import", "registrar")] * 2
+    frame = current_outcomes(AuditTrail(service["url"], create=False)).set_index(["prediction_id", "regimen"])
+    row = frame.loc[(made.json()["prediction_id"], "lenvatinib")]
+    assert row["start_date"] == pd.Timestamp("2026-01-12") and bool(row["objective_response"])
+    assert bool(row["primary_resistance"]) is False  # progression 7.7 months after the start
+    again = CliRunner().invoke(main, [*args, str(good)])
+    assert again.exit_code == 1 and "already recorded" in again.output
+    assert raw not in "\n".join(str(v) for r in _records_after(service["url"], before) for v in r.values())
