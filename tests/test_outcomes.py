@@ -452,3 +452,21 @@ def test_outcomes_import_through_a_source_mapping(service, tmp_path):
     again = CliRunner().invoke(main, [*args, str(good)])
     assert again.exit_code == 1 and "already recorded" in again.output
     assert raw not in "\n".join(str(v) for r in _records_after(service["url"], before) for v in r.values())
+
+
+def test_the_export_carries_the_current_outcome_of_each_row(service):
+    import io
+
+    client, tokens = service["client"], service["tokens"]
+    made = client.post("/v1/predictions", headers=auth(tokens["clinician"]), json={
+        "patient": copy.deepcopy(EXAMPLE_PATIENT), "regimens": ["lenvatinib", "sorafenib"]}).json()["prediction_id"]
+    first = _post(service, _body(made, best_response="SD", last_followup_date="2026-09-01")).json()
+    second = _post(service, _body(made, best_response="PD", supersedes=first["outcome_id"])).json()
+    answer = client.get("/v1/predictions:export", params={"format": "csv"}, headers=auth(tokens["auditor"]))
+    assert answer.status_code == 200
+    table = pd.read_csv(io.BytesIO(answer.content), dtype={"model_version": str})
+    rows = table[(table["prediction_id"] == made) & (table["regimen"] == "lenvatinib")]
+    assert len(rows) == 2 and set(rows["outcome_id"]) == {second["outcome_id"]} and set(rows["outcome_versions"]) == {2}
+    assert dict(zip(rows["outcome"], rows["observed"])) == {"objective_response": False, "primary_resistance": True}
+    others = table[(table["prediction_id"] == made) & (table["regimen"] == "sorafenib")]
+    assert len(others) == 2 and others["outcome_id"].isna().all() and others["observed"].isna().all()
