@@ -52,7 +52,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "model_name", "model_version", "input_digest", "patient_pseudonym", "genomics",
     "out_of_distribution_flagged", "regimen", "outcome", "rank", "eligible", "ineligible_reason",
     "probability", "interval_lower", "interval_upper", "interval_level", "band", "explanation_scale", "base_value",
-    "detail", "record_hash",
+    "observed", "outcome_id", "outcome_versions", "detail", "record_hash",
 )
 EXPORT_COLUMN_DOC: dict[str, str] = {
     "seq": "sequence number of the audit record (its place in the hash chain)",
@@ -78,6 +78,10 @@ EXPORT_COLUMN_DOC: dict[str, str] = {
     "explanation_scale": "scale of base_value and the shap.* columns",
     "base_value": "explanation base value: base_value + the sum of the shap.* columns = the model's output "
                   "on explanation_scale",
+    "observed": "what happened (POST /v1/outcomes): the current recorded outcome's value of this outcome for "
+                "this regimen (configs/outcomes.yaml); empty when none is recorded or it cannot tell yet",
+    "outcome_id": "the current recorded outcome of this prediction and regimen (GET /v1/outcomes has its history)",
+    "outcome_versions": "how many outcomes were recorded for this prediction and regimen (corrections included)",
     "detail": "JSON text: why a request was rejected (field-level errors); empty when accepted",
     "record_hash": "the record's hash in the chain (response-model audit verify checks it)",
     "shap.<feature>": "SHAP value of that feature; empty when the feature is not an input of the model "
@@ -379,6 +383,23 @@ def _shap_positions(entry: AuditEntry, order: tuple[str, ...], shap_index: Mappi
     return positions
 
 
+def _with_observed(trail: AuditTrail, rows: list[tuple[dict[str, Any], Any, Any]]) -> None:
+    """Fill in the rows' ``observed``, ``outcome_id`` and ``outcome_versions`` from the current outcomes
+    recorded for their predictions (one query per chunk; :mod:`.outcomes`)."""
+    from response_model.service.audit.outcomes import current_of, derived_outcomes, outcome_definitions, outcome_history
+
+    ids = {row["prediction_id"] for row, _, _ in rows if row.get("regimen") and row.get("prediction_id")}
+    current = current_of(outcome_history(trail, ids)) if ids else {}
+    if not current:
+        return
+    definitions = outcome_definitions()
+    for row, _, _ in rows:
+        outcome = current.get((row.get("prediction_id"), row.get("regimen")))
+        if outcome is not None:
+            row["observed"] = derived_outcomes(outcome, definitions).get(row.get("outcome"))
+            row["outcome_id"], row["outcome_versions"] = outcome["outcome_id"], outcome["n_versions"]
+
+
 @dataclass
 class Export:
     """A flat export in progress: ``columns`` (fixed before the first row), ``n_records`` selected,
@@ -401,6 +422,7 @@ class Export:
         layouts: dict[tuple[str, ...], Any] = {}
         for entries in iter_records(self.trail, self.filter, through_seq=self.through_seq):
             rows = [row for entry in entries for row in _export_rows(entry, shap_index, layouts)]
+            _with_observed(self.trail, rows)
             fixed = pd.DataFrame.from_records([r for r, _, _ in rows], columns=list(EXPORT_COLUMNS))
             shap_values = np.full((len(rows), len(shap_names)), np.nan)
             for k, (_, positions, values) in enumerate(rows):
@@ -480,8 +502,8 @@ class Export:
 
 
 _FLOAT_COLUMNS = {"probability", "interval_lower", "interval_upper", "interval_level", "base_value"}
-_INT_COLUMNS = {"seq", "http_status", "rank"}
-_BOOL_COLUMNS = {"out_of_distribution_flagged", "eligible"}
+_INT_COLUMNS = {"seq", "http_status", "rank", "outcome_versions"}
+_BOOL_COLUMNS = {"out_of_distribution_flagged", "eligible", "observed"}
 
 
 def _arrow_types():
@@ -508,7 +530,7 @@ def _typed(frame):
     for name in frame.columns:
         if name in ("seq", "http_status"):
             frame[name] = frame[name].astype("int64")
-        elif name == "rank":
+        elif name in ("rank", "outcome_versions"):
             frame[name] = frame[name].astype("Int64")
         elif name in _BOOL_COLUMNS:
             frame[name] = frame[name].astype("boolean")
