@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from response_model.config import load_yaml
 from response_model.service.audit.chain import _time_text, canonical_json
 from response_model.service.audit.readers import PREDICTION_REQUEST_ENDPOINTS
-from response_model.service.audit.records import audit_records, parse_stored
+from response_model.service.audit.records import audit_records, parse_stored, side_blobs
 from response_model.service.keys import parse_time
 
 OUTCOME_ENDPOINT = "POST /v1/outcomes"
@@ -151,9 +151,10 @@ def outcome_history(engine_or_trail: Any, prediction_ids: Iterable[str] | None =
         for start in range(0, len(ids), 500) if ids is not None else [None]:
             part = query if start is None else query.where(c.prediction_id.in_(ids[start:start + 500]))
             rows += conn.execute(part).all()
+        blobs = side_blobs(conn, rows)
     history = []
     for row in sorted(rows, key=lambda r: int(r.seq)):
-        outcome = stored_outcome(parse_stored("outputs", row.outputs))
+        outcome = stored_outcome(parse_stored("outputs", row.outputs, blobs))
         if outcome is not None:
             history.append({**outcome, "seq": int(row.seq), "recorded_at": row.time, "key_id": row.key_id,
                             "role": row.role, "model_name": row.model_name, "model_version": row.model_version})
@@ -222,12 +223,13 @@ def _predictions(engine: Engine, ids: list[str]) -> dict[str, dict[str, Any]]:
                                           c.model_version, c.outputs)
                                 .where(c.prediction_id.in_(ids[start:start + 500]),
                                        c.endpoint.in_(PREDICTION_REQUEST_ENDPOINTS), c.status == "accepted")
-                                .order_by(c.seq))
+                                .order_by(c.seq)).all()
+            blobs = side_blobs(conn, rows)
             for row in rows:
                 found.setdefault(row.prediction_id, {"time": row.time, "patient_pseudonym": row.patient_pseudonym,
                                                      "model_name": row.model_name,
                                                      "model_version": row.model_version,
-                                                     "outputs": parse_stored("outputs", row.outputs)})
+                                                     "outputs": parse_stored("outputs", row.outputs, blobs)})
     return found
 
 
