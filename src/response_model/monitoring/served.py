@@ -89,3 +89,13 @@ def served(trail: AuditTrail, *, since: str | None = None, until: str | None = N
                                                            "model_version", "has_inputs"]),
                   inputs=input_frame(inputs), probabilities=pd.DataFrame(probabilities, columns=columns),
                   rejected=pd.DataFrame(rejected, columns=["time", "field"]))
+
+
+def recorded_outcomes(trail: AuditTrail) -> pd.DataFrame | None:
+    """The current outcome of every prediction recorded in the trail (POST /v1/outcomes; corrections
+    applied), or None where this version of the service records no outcomes."""
+    try:
+        from response_model.service.audit.outcomes import current_outcomes
+    except ImportError:  # outcomes are recorded by the service from issue 16 point 1 on
+        return None
+    return current_outcomes(trail)
