@@ -3,7 +3,8 @@
 Each statistic compares one window of served requests with the reference:
 
 - :func:`feature_drift`: per input feature, the population stability index (PSI) over the training
-  cohort's decile bins (numeric) or levels (categorical), missing values a bin of their own, and a
+  cohort's decile bins (numeric; values beyond its range in bins of their own) or levels
+  (categorical), missing values a bin of their own, and a
   chi-square test of the same counts (reference counts = its shares × its n).
 - :func:`pattern_drift`: PSI and chi-square over the missingness patterns (which fields are missing
   together), the training cohort's most frequent patterns and the rest pooled.
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from response_model.monitoring.profile import (
     CATEGORICAL_COLUMNS,
@@ -67,14 +69,17 @@ def _result(expected: np.ndarray, counts: np.ndarray, n_reference: int) -> dict[
 
 
 def _numeric_counts(spec: Mapping[str, Any], values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(reference shares, served counts) over the decile bins and a missing bin."""
+    """(reference shares, served counts) over the decile bins, a missing bin and two bins beyond the
+    training range (below its minimum, above its maximum: reference share 0)."""
     edges = np.asarray(spec["edges"], dtype=float)
     missing = float(spec["missing"])
     shares = np.asarray(spec["shares"] or [0.0], dtype=float)  # [0.0]: never given in training
-    expected = np.append((1 - missing) * shares, missing)
+    expected = np.concatenate([(1 - missing) * shares, [missing, 0.0, 0.0]])
     present = values.dropna().to_numpy()
-    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
-    return expected, np.append(counts, values.isna().sum())
+    low, high = spec.get("range") or (-np.inf, np.inf)
+    inside = present[(present >= low) & (present <= high)]
+    counts = np.bincount(np.searchsorted(edges, inside, side="right"), minlength=len(edges) + 1)
+    return expected, np.concatenate([counts, [values.isna().sum(), (present < low).sum(), (present > high).sum()]])
 
 
 def _categorical_counts(spec: Mapping[str, Any], values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +140,8 @@ def domain_auc(profile: Mapping[str, Any], inputs: pd.DataFrame, seed: int = 0, 
     model = HistGradientBoostingClassifier(max_iter=60, max_depth=3, learning_rate=0.1,
                                            categorical_features="from_dtype", random_state=seed)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, X, y, cv=cv, method="predict_proba")[:, 1]
+    with threadpool_limits(limits=1):  # small data: threads only contend (as the training does: train.py)
+        scores = cross_val_predict(model, X, y, cv=cv, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, scores))
 
 

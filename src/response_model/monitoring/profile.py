@@ -64,14 +64,16 @@ def missing_pattern(frame: pd.DataFrame) -> pd.Series:
 
 
 def _numeric(values: pd.Series) -> dict[str, Any]:
-    """Decile edges of the given values and the shares in each bin (PSI reference), missing share."""
+    """Decile edges of the given values and the shares in each bin (PSI reference), the missing share
+    and the range seen (values beyond it are binned apart when served: a unit change lands there)."""
     present = values.dropna().to_numpy()
     missing = float(values.isna().mean()) if len(values) else 0.0
     if present.size == 0:
         return {"edges": [], "shares": [], "missing": missing}
     edges = np.unique(np.quantile(present, np.linspace(0, 1, N_BINS + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
-    return {"edges": edges.tolist(), "shares": (counts / present.size).tolist(), "missing": missing}
+    return {"edges": edges.tolist(), "shares": (counts / present.size).tolist(), "missing": missing,
+            "range": [float(present.min()), float(present.max())]}
 
 
 def _categorical(values: pd.Series) -> dict[str, Any]:
