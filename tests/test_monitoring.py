@@ -193,3 +193,30 @@ def test_monitor_cli_writes_the_report(service, smoke_model, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "Drift per feature over time" in text and "data:image/png;base64," in text
     assert "mon-0" not in text
+
+
+def test_an_act_verdict_logged_to_the_run_blocks_promotion(smoke_model, monkeypatch):
+    from mlflow import MlflowClient
+
+    from response_model.modeling.registry import MONITORING_TAGS, monitoring_reasons
+    from response_model.monitoring.commands import log_to_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", smoke_model["tracking_uri"])
+    client = MlflowClient(smoke_model["tracking_uri"])
+    name, version = smoke_model["name"], smoke_model["version"]
+    run_id = client.get_model_version(name, version).run_id
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    window = {"start": start.isoformat(), "end": (start + timedelta(days=7)).isoformat(), "requests": 120,
+              "checks": {"domain_classifier": {"auc": 0.81, "verdict": "act"},
+                         "feature_drift": {"items": {"albumin": {"psi": 1.9}}}}}
+    state = {"windows": [window], "verdicts": {"domain_classifier": "act", "feature_drift": "act"}, "verdict": "act"}
+    try:
+        assert log_to_run(run_id, state) == 3
+        history = client.get_metric_history(run_id, "monitor.psi.albumin")
+        assert [(m.value, m.step) for m in history] == [(1.9, int(start.timestamp()) // 86_400)]
+        passed, reasons = monitoring_reasons(client, name, version)
+        assert not passed and "domain_classifier,feature_drift" in reasons[0]
+    finally:
+        for key in MONITORING_TAGS:
+            client.delete_tag(run_id, key)
+    assert monitoring_reasons(client, name, version)[0]

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from response_model.modeling.registry import MONITORING_TAGS
 from response_model.service.commands import _clean_errors, _db_option
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -54,7 +55,8 @@ def metric_points(state: dict[str, Any]) -> list[tuple[str, float, int, int]]:
 
 
 def log_to_run(run_id: str, state: dict[str, Any]) -> int:
-    """Log :func:`metric_points` to MLflow run ``run_id``; returns how many were logged."""
+    """Log :func:`metric_points` to MLflow run ``run_id`` and tag it with the verdict (the promotion
+    gate's ``block_on_monitoring_act`` reads it); returns how many points were logged."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -62,6 +64,10 @@ def log_to_run(run_id: str, state: dict[str, Any]) -> int:
     client = MlflowClient()
     for start in range(0, len(points), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=points[start:start + 1000])
+    acts = ",".join(check for check, verdict in state["verdicts"].items() if verdict == "act")
+    # what the promotion gate's block_on_monitoring_act reads (modeling/registry.monitoring_reasons)
+    for key, value in zip(MONITORING_TAGS, (state["verdict"], acts or "none", datetime.now(UTC).isoformat())):
+        client.set_tag(run_id, key, value)
     return len(points)
 
 
@@ -80,6 +86,7 @@ def monitor_command(model_uri: str, since: str, until: str | None, db_url: str |
     """Drift, live and expected performance of MODEL-URI's served predictions since SINCE: a verdict per
     check (ok / watch / act), the metrics logged to the model's run, an HTML report. Exit code 0."""
     from response_model.modeling.predict import as_bundle, load_model
+    from response_model.modeling.registry import require_model
     from response_model.monitoring import checks, report
     from response_model.monitoring.profile import ProfileError
     from response_model.service.audit import AuditTrail
@@ -88,6 +95,7 @@ def monitor_command(model_uri: str, since: str, until: str | None, db_url: str |
     if end <= start:
         raise click.BadParameter(f"{until!r} is not after --since {since!r}", param_hint="--until")
     cfg = checks.thresholds(config)
+    require_model(model_uri)
     model = load_model(model_uri)
     bundle = as_bundle(model)
     with _clean_errors(), AuditTrail(db_url, create=False) as trail:
