@@ -121,7 +121,7 @@ def _design(frame: pd.DataFrame, categories: Mapping[str, list[str]]) -> pd.Data
     return out
 
 
-def domain_auc(profile: Mapping[str, Any], inputs: pd.DataFrame, seed: int = 0, folds: int = 5) -> float | None:
+def domain_auc(profile: Mapping[str, Any], inputs: pd.DataFrame, seed: int = 0, folds: int = 3) -> float | None:
     """The cross-validated AUC of a gradient-boosted classifier separating served ``inputs`` from the
     profile's training sample (None when either side has fewer than ``folds`` rows); at most as many
     served rows as the sample has are used (drawn, seeded), so the classes stay balanced."""
@@ -137,7 +137,7 @@ def domain_auc(profile: Mapping[str, Any], inputs: pd.DataFrame, seed: int = 0, 
     both = pd.concat([reference, served], ignore_index=True)
     categories = {c: sorted(set(both[c].fillna(MISSING).astype(str))) for c in CATEGORICAL_COLUMNS}
     X, y = _design(both, categories), np.r_[np.zeros(len(reference)), np.ones(len(served))]
-    model = HistGradientBoostingClassifier(max_iter=60, max_depth=3, learning_rate=0.1,
+    model = HistGradientBoostingClassifier(max_iter=40, max_depth=3, learning_rate=0.1,
                                            categorical_features="from_dtype", random_state=seed)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with threadpool_limits(limits=1):  # small data: threads only contend (as the training does: train.py)

@@ -120,12 +120,15 @@ def labels_needed(p: np.ndarray, slope: float = 0.6, alpha: float = 0.05, power:
 def labelled(probabilities: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """Served probabilities joined with outcomes on prediction id and the regimen actually started:
     columns of ``probabilities`` plus ``y`` (0/1) for the outcome of the row; unlabelled rows dropped."""
+    if outcomes is not None and "started" in outcomes:  # an outcome of a regimen not started labels nothing
+        outcomes = outcomes[outcomes["started"].astype(bool)]
     if outcomes is None or not len(outcomes) or not len(probabilities):
         return probabilities.assign(y=pd.Series(dtype=float)).iloc[0:0]
     long = outcomes.melt(id_vars=["prediction_id", "regimen"],
                          value_vars=[c for c in ("objective_response", "primary_resistance") if c in outcomes],
                          var_name="outcome", value_name="y")
-    long = long[long["y"].notna()].assign(y=lambda f: f["y"].astype(float))
+    long = long[long["y"].notna()]
+    long = long.assign(y=long["y"].astype(float))  # pandas boolean (<NA> dropped) or 0/1
     return probabilities.merge(long, on=["prediction_id", "regimen", "outcome"], how="inner")
 
 
