@@ -48,6 +48,8 @@ from response_model.service.audit import (
 from response_model.service.deps import AuditorKey, ServiceDep, TrailDep
 from response_model.service.holder import LoadedModel
 from response_model.service.keys import KeyInfo
+from response_model.service.outcome_models import PredictionOutcomes
+from response_model.service.outcomes import outcomes_of
 from response_model.service.recording import record_access
 
 DEFAULT_PAGE_SIZE = 100
@@ -97,6 +99,7 @@ _EXAMPLE_RECORD = {
     "label": "research use — trained on simulated data",
     "integrity": {"hash_intact": True, "linked_to_previous": True, "linked_to_next": True, "ok": True,
                   "note": INTEGRITY_NOTE},
+    "outcomes": {"current": [], "history": []},
 }
 
 
@@ -146,6 +149,8 @@ class PredictionRecord(RecordSummary):
     label: str | None = Field(description="Research-use label of the model, when the record's model is the one "
                                           "loaded now")
     integrity: Integrity
+    outcomes: PredictionOutcomes = Field(description="What happened after the prediction (POST /v1/outcomes): "
+                                                     "the current outcome per regimen and every version")
 
 
 class RecordPage(BaseModel):
@@ -297,9 +302,11 @@ def get_prediction(key: AuditorKey, trail: TrailDep, state: ServiceDep,
         record_access(trail, key, ENDPOINT_GET, 404, {"access": "read", "prediction_id": wanted, "found": False})
         return JSONResponse({"detail": f"no prediction with id {wanted} in the audit trail"}, status_code=404)
     check = trail.check_record(entry.seq)
+    outcomes = outcomes_of(trail, wanted)
     record_access(trail, key, ENDPOINT_GET, 200,
                    {"access": "read", "prediction_id": wanted, "found": True, "seq": entry.seq})
     return {**entry.to_dict(), "href": f"/v1/predictions/{wanted}", "label": _label(state.holder.current, entry),
+            "outcomes": outcomes,
             "integrity": {"hash_intact": check.hash_intact, "linked_to_previous": check.linked_to_previous,
                           "linked_to_next": check.linked_to_next, "ok": check.ok, "note": INTEGRITY_NOTE}}
 

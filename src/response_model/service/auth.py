@@ -12,6 +12,7 @@ CLINICAL_ROLES = ("clinician", "admin")
 MODEL_ROLES = ("clinician", "auditor", "admin")
 AUDIT_ROLES = ("auditor", "admin")
 ADMIN_ROLES = ("admin",)
+OUTCOME_ROLES = ("registrar", "admin")  # who records outcomes (POST /v1/outcomes, outcomes import)
 
 
 class AuthError(HTTPException):

@@ -65,7 +65,7 @@ def _db_option(func):
 
 @click.group("keys", context_settings=_CONTEXT)
 def keys_group() -> None:
-    """Manage API keys (bearer tokens with one role each: clinician, auditor or admin).
+    """Manage API keys (bearer tokens with one role each: clinician, auditor, registrar or admin).
 
     Keys are stored only as salted hashes: a token is shown once, when it is created.
     """

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from response_model.genes import suggestions_at_most
-from response_model.service.auth import ADMIN_ROLES, CLINICAL_ROLES, AuthError
+from response_model.service.auth import ADMIN_ROLES, CLINICAL_ROLES, OUTCOME_ROLES, AuthError
 from response_model.service.deps import caller_key, state_of
 from response_model.service.guard import replay
 from response_model.service.keys import KeyInfo
@@ -24,7 +24,8 @@ from response_model.service.validation import SUGGESTED_PER_REQUEST, body_json, 
 
 #: the endpoints whose refusals are authenticated first, with the roles they need
 GUARDED_ROLES: dict[str, tuple[str, ...]] = {**dict.fromkeys(PREDICTION_ENDPOINTS, CLINICAL_ROLES),
-                                             "/v1/admin/reload": ADMIN_ROLES}
+                                             "/v1/admin/reload": ADMIN_ROLES,
+                                             "/v1/outcomes": OUTCOME_ROLES, "/v1/outcomes/batch": OUTCOME_ROLES}
 
 
 async def audit_rejection(request: Request, status: int, key: KeyInfo | None, detail: Any) -> None:

@@ -63,8 +63,9 @@ class Limits:
     string_chars: int = 256
     #: characters of one number as written, sign and exponent included
     number_chars: int = 24
-    #: items of a list, by field name (the batch's ``patients`` has its own limit, 413, in the router)
-    list_items: tuple[tuple[str, int], ...] = (("alterations", 500), ("regimens", 50))
+    #: items of a list, by field name (the batch's ``patients`` has its own limit, 413, in the router;
+    #: ``outcomes``: POST /v1/outcomes/batch)
+    list_items: tuple[tuple[str, int], ...] = (("alterations", 500), ("regimens", 50), ("outcomes", 1_000))
     #: items of any other list
     other_list_items: int = 100
     #: bodies larger than this are checked in a worker thread instead of on the event loop

@@ -1,4 +1,7 @@
-"""API keys: bearer tokens, each with exactly one role (clinician, auditor or admin).
+"""API keys: bearer tokens, each with exactly one role (clinician, auditor, registrar or admin).
+
+A registrar records what happened to patients after a prediction (``POST /v1/outcomes``); it reads
+no predictions and makes none.
 
 A token looks like ``rm_<key_id>_<secret>``: ``key_id`` is 12 hex digits (public: it names the key in
 ``keys list`` and in the audit trail), ``secret`` is ``secrets.token_urlsafe(32)`` (256 random bits).
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 
 DB_URL_ENV = "RESPONSE_MODEL_DB_URL"
 DEFAULT_DB_FILE = "service.db"
-ROLES: tuple[str, ...] = ("clinician", "auditor", "admin")
+ROLES: tuple[str, ...] = ("clinician", "auditor", "registrar", "admin")
 TOKEN_PREFIX = "rm"
 MAX_NAME_LENGTH = 200
 

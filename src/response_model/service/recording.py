@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from response_model.service.audit import AuditTrail, RawIdentifierError
+from response_model.service.audit import AuditEntry, AuditTrail, RawIdentifierError
 from response_model.service.audit.readers import PREDICTION_REQUEST_ENDPOINTS
 from response_model.service.keys import KeyInfo
 from response_model.service.validation import raw_patient_id, redacted_errors, redacted_name
@@ -68,12 +68,14 @@ def _stored(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def append(trail: AuditTrail, records: list[dict[str, Any]]) -> None:
-    """Append ``records`` to the trail in one transaction (raises what the trail raises), noted for the answer."""
-    trail.append_many([_stored(r) for r in records], entries=False)
+def append(trail: AuditTrail, records: list[dict[str, Any]], *, entries: bool = False) -> list[AuditEntry] | None:
+    """Append ``records`` to the trail in one transaction (raises what the trail raises), noted for the answer;
+    returns them as stored when ``entries`` (else None)."""
+    stored = trail.append_many([_stored(r) for r in records], entries=entries)
     noted = _recorded.get()
     if noted is not None:
         noted.extend(int(r["http_status"]) for r in records)
+    return stored
 
 
 def record_rejected(trail: AuditTrail, record: dict[str, Any]) -> None:

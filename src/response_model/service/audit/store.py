@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from response_model.privacy import AuditKeyring, audit_keyring
+from response_model.privacy import AuditKeyring, audit_keyring, pseudonymise
 from response_model.service.audit.chain import (
     GENESIS_HASH,
     LEGACY_KEY,
@@ -142,6 +142,11 @@ class AuditTrail:
         """The stored content of a caller's record (see :func:`~.chain.stored_content`), with this
         trail's pseudonymisation key."""
         return stored_content(record, self._pseudonym_key)
+
+    def pseudonym(self, patient_id: str) -> str:
+        """The pseudonym this trail stores for the raw ``patient_id`` (its keyed hash; raises
+        PseudonymKeyError without a key), e.g. to find a patient's records."""
+        return pseudonymise(patient_id, key=self._pseudonym_key)
 
     def check(self, record: Mapping[str, Any]) -> None:
         """Raise what :meth:`append` would raise for ``record`` (AuditError, RawIdentifierError,
