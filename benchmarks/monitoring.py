@@ -16,9 +16,9 @@ another seed than training): the training population, or shifted by reweighting 
 
 Each window is judged by :func:`response_model.monitoring.checks.drift_window` and the rejections
 check on frames (the statistics the service computes from its trail; the service path is tested in
-tests/test_monitoring.py). "Requests needed" is the smallest window on the ladder at which the check
-says watch or act in every repeat. False alarms: windows of ``--window`` unshifted requests with any
-check at watch or act (target ≤ 1 in 10). Labels: outcomes drawn from the simulator's true
+tests/test_monitoring.py). "Requests needed" is the smallest window on the ladder at which some check
+says watch or act in every repeat (and which checks do). False alarms: windows of ``--window``
+unshifted requests with any check at watch or act (target ≤ 1 in 10). Labels: outcomes drawn from the simulator's true
 probability of the regimen given; the served probability is distorted to a calibration slope of 0.6
 (p = expit(logit(p_true) / 0.6)); the smallest number of labelled patients at which the live verdict is
 ``act`` in at least 80 % of repeats, beside :func:`~response_model.monitoring.performance.labels_needed`.
@@ -99,19 +99,20 @@ def judge(bundle, profile, cfg, rows: pd.DataFrame, seed: int) -> dict[str, str]
 
 
 def requests_needed(bundle, profile, cfg, pool, repeats: int, ladder) -> pd.DataFrame:
-    """Per shift × check: the smallest window of ``ladder`` flagged (watch/act) in every repeat (None: none)."""
+    """Per shift: the smallest window of ``ladder`` that some check flags (watch/act) in every repeat, and
+    the checks that do there (the ladder stops at the first: larger windows only flag more)."""
     rows = []
     for shift in SHIFTS[1:]:
-        needed = dict.fromkeys(DRIFT_CHECKS)
+        found = {"shift": shift, "requests": None, "flagged by": ""}
         for n in ladder:
             verdicts = [judge(bundle, profile, cfg, draw(pool, shift, n, np.random.default_rng(r)), r)
                         for r in range(repeats)]
-            for check in DRIFT_CHECKS:
-                if needed[check] is None and all(v[check] in ("watch", "act") for v in verdicts):
-                    needed[check] = n
-            if all(v is not None for v in needed.values()):
+            flagged = [c for c in DRIFT_CHECKS if all(v[c] in ("watch", "act") for v in verdicts)]
+            if flagged:
+                found.update({"requests": n, "flagged by": ", ".join(
+                    f"{c} ({'act' if all(v[c] == 'act' for v in verdicts) else 'watch'})" for c in flagged)})
                 break
-        rows.append({"shift": shift, **needed})
+        rows.append(found)
     return pd.DataFrame(rows).set_index("shift")
 
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 160)
     print(f"Reference: {profile['n']} training patients; pool {len(pool)} simulated (seed {args.seed}); "
           f"{args.repeats} repeats\n")
-    print("Requests needed to flag each shift (watch or act in every repeat; None: not within the ladder)")
+    print("Requests needed to flag each shift (some check at watch or act in every repeat; None: not in the ladder)")
     print(requests_needed(bundle, profile, cfg, pool, args.repeats, args.ladder).to_string(), "\n")
     print(false_alarms(bundle, profile, cfg, pool, args.windows, size).to_string(), "\n")
     print("Labelled outcomes needed to detect a calibration slope of 0.6 (live verdict act in ≥ 80 % of repeats)")

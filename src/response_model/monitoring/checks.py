@@ -100,7 +100,9 @@ def drift_window(profile: Mapping[str, Any], inputs: pd.DataFrame, probabilities
 
 
 def _live_verdict(metrics: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
-    """ok / watch / act of live AUC, slope and intercept against ``rule`` (n/a below min_labelled)."""
+    """ok / watch / act of live AUC, slope and intercept against ``rule`` (n/a below min_labelled): the
+    slope is watch outside ``rule["slope"]``, act when its 95 % interval also excludes 1 (what
+    :func:`~.performance.labels_needed` sizes)."""
     if metrics["n"] < int(rule["min_labelled"]) or metrics["auc"] is None:
         return NA
     low, high = rule["slope"]
@@ -110,7 +112,7 @@ def _live_verdict(metrics: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
                     WATCH if metrics["auc"] < rule["auc_watch"] else OK)
     slope = metrics["calibration_slope"]
     outside = slope is not None and not low <= slope <= high
-    verdicts.append(ACT if outside and slope_ci and (slope_ci[1] < low or slope_ci[0] > high) else
+    verdicts.append(ACT if outside and slope_ci and (slope_ci[1] < 1 or slope_ci[0] > 1) else
                     WATCH if outside else OK)
     intercept = metrics["calibration_intercept"]
     verdicts.append(WATCH if intercept is not None and abs(intercept) > rule["intercept"] else OK)

@@ -39,6 +39,7 @@ from response_model.monitoring.profile import (
 )
 
 SHARE_FLOOR = 1e-4
+MIN_EXPECTED = 5.0
 NEW_LEVEL = "(not in training)"
 
 
@@ -51,9 +52,19 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def chi_square_p(expected_shares: np.ndarray, n_reference: int, counts: np.ndarray) -> float:
     """The p-value of the chi-square test that served ``counts`` and the reference (its shares × its
-    n) come from one distribution over the bins; 1.0 when fewer than two bins are occupied."""
-    reference = np.asarray(expected_shares, dtype=float) * n_reference
-    table = np.vstack([reference, np.asarray(counts, dtype=float)])
+    n) come from one distribution over the bins; 1.0 when fewer than two bins are occupied. Bins where
+    fewer than :data:`MIN_EXPECTED` served rows are expected are pooled first, into one bin or, still
+    sparse, with the smallest other bin (Cochran's rule: the chi-square approximation fails on sparse
+    cells — a level two training patients had — and would alarm on noise)."""
+    shares, counts = np.asarray(expected_shares, dtype=float), np.asarray(counts, dtype=float)
+    rare = shares * counts.sum() < MIN_EXPECTED
+    if rare.any() and (~rare).any():
+        shares, counts = np.append(shares[~rare], shares[rare].sum()), np.append(counts[~rare], counts[rare].sum())
+        if shares[-1] * counts.sum() < MIN_EXPECTED:  # still sparse: into the smallest other bin
+            j = int(np.argmin(shares[:-1]))
+            shares[j], counts[j] = shares[j] + shares[-1], counts[j] + counts[-1]
+            shares, counts = shares[:-1], counts[:-1]
+    table = np.vstack([shares * n_reference, counts])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or table[1].sum() == 0:
         return 1.0
