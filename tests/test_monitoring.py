@@ -172,8 +172,10 @@ def test_monitoring_endpoint_roles_and_audit(service):
         assert answer.json()["requests"] == 24 and set(answer.json()["verdicts"]) == set(checks.CHECKS)
     bad = client.get("/v1/monitoring?since=yesterday", headers=auth(tokens["auditor"]))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "since"
+    too_long = client.get("/v1/monitoring?since=1900-01-01", headers=auth(tokens["auditor"]))
+    assert too_long.status_code == 422 and "at most 120" in too_long.json()["errors"][0]["message"]
     reads = [r for r in records(service["url"]) if r["endpoint"] == "GET /v1/monitoring"]
-    assert [r["http_status"] for r in reads] == [403, 401, 200, 200, 422]
+    assert [r["http_status"] for r in reads] == [403, 401, 200, 200, 422, 422]
     assert reads[2]["detail"]["access"] == "monitoring"
 
 

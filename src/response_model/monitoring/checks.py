@@ -9,6 +9,7 @@ regimen class × outcome cell with fewer than ``privacy.k`` distinct patients sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,6 +62,19 @@ def patients(requests: pd.DataFrame) -> int:
     """Distinct patients of ``requests``: distinct pseudonyms, each request without one counted alone."""
     named = requests["patient_pseudonym"].dropna()
     return int(named.nunique() + requests["patient_pseudonym"].isna().sum())
+
+
+def period_problem(since: datetime, until: datetime, cfg: Mapping[str, Any]) -> str | None:
+    """Why ``since``–``until`` cannot be monitored (reversed, or more than ``windows.max_windows``
+    windows: every window costs a classifier fit), or None."""
+    if until <= since:
+        return f"since: {since.isoformat()} is not before until {until.isoformat()}"
+    days, most = float(cfg["windows"]["days"]), int(cfg["windows"]["max_windows"])
+    n = math.ceil((until - since) / timedelta(days=days))
+    if n > most:
+        return (f"since: the period {since.date()} to {until.date()} holds {n} windows of {days:g} days; at most "
+                f"{most} (a later since, or a longer windows.days in configs/monitoring.yaml)")
+    return None
 
 
 def window_edges(since: datetime, until: datetime, days: float) -> list[tuple[datetime, datetime]]:

@@ -92,9 +92,10 @@ def monitor_command(model_uri: str, since: str, until: str | None, db_url: str |
     from response_model.service.audit import AuditTrail
 
     start, end = _utc(since, "--since"), _utc(until, "--until") or datetime.now(UTC)
-    if end <= start:
-        raise click.BadParameter(f"{until!r} is not after --since {since!r}", param_hint="--until")
     cfg = checks.thresholds(config)
+    problem = checks.period_problem(start, end, cfg)
+    if problem:
+        raise click.BadParameter(problem.removeprefix("since: "), param_hint="--since")
     require_model(model_uri)
     model = load_model(model_uri)
     bundle = as_bundle(model)

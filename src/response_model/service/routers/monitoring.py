@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from response_model.monitoring.checks import monitoring_state
+from response_model.monitoring.checks import monitoring_state, period_problem, thresholds
 from response_model.monitoring.profile import ProfileError
 from response_model.service.audit import FilterError, parse_filter
 from response_model.service.deps import AuditorKey, CurrentModel, TrailDep
@@ -25,14 +25,14 @@ ENDPOINT = "GET /v1/monitoring"
 DEFAULT_DAYS = 28  # the default period: the last four weeks
 
 
-def _period(since: str | None, until: str | None) -> tuple[datetime, datetime]:
-    """The aware (since, until) of the query; raises FilterError naming a bad or reversed value."""
+def _period(since: str | None, until: str | None, cfg: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The aware (since, until) of the query; raises FilterError naming a bad, reversed or too long period."""
     flt = parse_filter(from_=since, to=until)
     end = parse_time(flt.to) if flt.to else datetime.now(UTC)
     start = parse_time(flt.from_) if flt.from_ else end - timedelta(days=DEFAULT_DAYS)
-    if start >= end:
-        raise FilterError([{"field": "since", "value": since,
-                            "message": f"since: {since!r} is not before until ({end.isoformat()})"}])
+    problem = period_problem(start, end, cfg)
+    if problem:
+        raise FilterError([{"field": "since", "value": since, "message": problem}])
     return start, end
 
 
@@ -47,15 +47,16 @@ def get_monitoring(key: AuditorKey, trail: TrailDep, model: CurrentModel,
                    until: str | None = Query(None, description="End, exclusive; default: now")) -> Any:
     """Per check a verdict (ok / watch / act; n/a where a window is too small), the statistics per time
     window, live performance once outcomes are recorded and the expected performance before."""
+    cfg = thresholds()
     try:
-        start, end = _period(since, until)
+        start, end = _period(since, until, cfg)
     except FilterError as exc:
         errors = [{**e, "field": {"from": "since", "to": "until"}.get(e["field"], e["field"]),
                    "message": e["message"].replace("from:", "since:").replace("to:", "until:")} for e in exc.errors]
         record_access(trail, key, ENDPOINT, 422, {"access": "refused", "errors": errors})
         return JSONResponse({"errors": errors}, status_code=422)
     try:
-        state = monitoring_state(model.bundle, trail, start, end)
+        state = monitoring_state(model.bundle, trail, start, end, cfg)
     except ProfileError as exc:
         record_access(trail, key, ENDPOINT, 409, {"access": "refused", "error": str(exc)})
         return JSONResponse({"detail": str(exc)}, status_code=409)
