@@ -137,8 +137,8 @@ def test_cells_with_fewer_than_k_patients_are_suppressed(bundle):
 def test_served_inputs_are_stored_without_the_identifier_and_hashed(service):
     accepted = [r for r in records(service["url"]) if r["status"] == "accepted" and r["prediction_id"]]
     assert len(accepted) == 24
-    stored = json.loads(accepted[0]["inputs"])
-    assert stored["format"] == "zlib-json/1"  # packed like outputs
+    stored = json.loads(accepted[0]["inputs"])  # canonical JSON text, hashed with the record
+    assert stored["age"] == 40 and "patient_id" not in stored
     with AuditTrail(service["url"], create=False) as trail:
         entry = trail.get(accepted[0]["prediction_id"])
         assert entry.inputs["age"] == 40 and "patient_id" not in entry.inputs

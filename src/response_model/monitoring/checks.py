@@ -195,6 +195,8 @@ def _window(profile: Mapping[str, Any], data: Served, joined: pd.DataFrame, star
         cells = performance.live_performance(labelled, int(cfg["performance"]["bootstrap"]))
         checks["live_performance"] = {c: (m if m["n"] >= k else suppressed(m["n"], k)) for c, m in cells.items()}
     head["patients"] = n_patients if n_patients >= k else f"< {k}"
+    if head["requests"] < k:  # a count under k is shown bounded, like the patients
+        head["requests"] = f"< {k}"
     return {**head, "checks": checks}
 
 

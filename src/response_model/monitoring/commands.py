@@ -41,7 +41,7 @@ def metric_points(state: dict[str, Any]) -> list[tuple[str, float, int, int]]:
         start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
         step, stamp = int(start.timestamp()) // _DAY_SECONDS, int(end.timestamp() * 1000)
         checks = window["checks"]
-        values: dict[str, Any] = {"monitor.requests": window["requests"],
+        values: dict[str, Any] = {"monitor.requests": window["requests"],  # text ("< k") when suppressed: skipped
                                   "monitor.domain_auc": checks.get("domain_classifier", {}).get("auc"),
                                   "monitor.pattern_psi": checks.get("missingness_pattern", {}).get("psi")}
         for check, prefix in (("feature_drift", "monitor.psi"), ("probability_drift", "monitor.probability_psi")):

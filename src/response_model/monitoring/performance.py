@@ -139,7 +139,9 @@ def live_performance(joined: pd.DataFrame, n_boot: int = 200) -> dict[str, dict[
 
 
 def expected_by_class(probabilities: pd.DataFrame, slope: float) -> dict[str, dict[str, Any]]:
-    """Per ``regimen_class/outcome`` served: :func:`expected_performance` and :func:`labels_needed`."""
+    """Per ``regimen_class/outcome`` served: :func:`expected_performance` and :func:`labels_needed`,
+    over every regimen of the class each answer estimated (which one a patient will start is not
+    known before the outcome is recorded)."""
     out: dict[str, dict[str, Any]] = {}
     for (c, o), g in probabilities.groupby(["regimen_class", "outcome"]):
         p = g["probability"].to_numpy()

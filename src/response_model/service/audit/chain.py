@@ -498,7 +498,7 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
     """Check a caller's record (see ``AuditTrail.append``) and turn it into the stored content.
 
     Returns a dict of every name in :data:`CONTENT_FIELDS` and :data:`OPTIONAL_FIELDS` → its stored
-    value: JSON fields as their stored text (outputs, explanations and inputs packed: :mod:`.packing`;
+    value: JSON fields as their stored text (outputs and explanations packed: :mod:`.packing`;
     detail bounded: :mod:`.bounded`), the raw patient id replaced by its pseudonym, the input digest computed from
     ``request_body`` if given, ``time`` as UTC text (None: the append takes the time under its lock).
     Raises AuditError (or RawIdentifierError) for a bad record and PseudonymKeyError when a patient

@@ -37,7 +37,7 @@ _COMPACT_FORMAT = "feature-lists/1"  # chain.EXPLANATIONS_FORMAT (not imported: 
 # zlib level 6: within a few per cent of LZMA2's size on a record at a sixth of its time (the record is
 # packed before the answer is sent, so its cost is on every prediction's latency)
 _LEVEL = 6
-PACKED_FIELDS = ("outputs", "explanations", "inputs")  # inputs: packed as outputs are (zlib-json/1)
+PACKED_FIELDS = ("outputs", "explanations")
 
 
 class PackingError(ValueError):
@@ -99,7 +99,7 @@ def pack_field(name: str, text: str | None) -> str | None:
     None, as they are)."""
     if text is None or name not in PACKED_FIELDS:
         return text
-    if name != "explanations":
+    if name == "outputs":
         return _dumps({"format": OUTPUTS_FORMAT, "json": _squeeze(text.encode("utf-8"))})
     value = _parse(text)  # what a reader of the plain text would get: that is what must come back
     where, floats = [], []
@@ -119,7 +119,7 @@ def _is_packed(value: Any, fmt: str, keys: set[str]) -> bool:
 def unpack_field(name: str, value: Any) -> Any:
     """The value of field ``name`` as its plain stored text would read, from the parsed stored text
     (packed or, for records written before, plain: returned as it is). Raises PackingError."""
-    if name in ("outputs", "inputs") and _is_packed(value, OUTPUTS_FORMAT, {"format", "json"}):
+    if name == "outputs" and _is_packed(value, OUTPUTS_FORMAT, {"format", "json"}):
         return _loads(_unsqueeze(value["json"]))
     if name != "explanations" or not _is_packed(value, EXPLANATIONS_FORMAT, {"format", "json", "values"}):
         return value

@@ -40,7 +40,7 @@ audit_records = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     # added for drift monitoring (issue 16): a trail created before has no such column until opened
-    sa.Column("inputs", sa.Text, nullable=True),  # canonical JSON (packed): the scored record without its id
+    sa.Column("inputs", sa.Text, nullable=True),  # canonical JSON: the scored record without its id (~0.7 KB)
 )
 
 # What the chain checks read of each record: its links and every field the hash covers.
