@@ -119,7 +119,7 @@ def _served(n_patients: int, n_requests: int, start: datetime) -> Served:
 
 
 def test_cells_with_fewer_than_k_patients_are_suppressed(bundle):
-    cfg = {**checks.thresholds(), "windows": {"days": 7, "min_requests": 1}, "privacy": {"k": 10}}
+    cfg = {**checks.thresholds(), "windows": {"days": 7, "min_requests": 1, "max_windows": 4}, "privacy": {"k": 10}}
     start = datetime(2026, 11, 2, tzinfo=UTC)
     data = _served(n_patients=4, n_requests=40, start=start)  # 40 requests, but 4 patients
     outcomes = pd.DataFrame({"prediction_id": data.requests["prediction_id"][:8], "regimen": "lenvatinib",
@@ -201,7 +201,8 @@ def test_monitor_cli_writes_the_report(service, smoke_model, tmp_path):
 
     config = tmp_path / "monitoring.yaml"
     cfg = checks.thresholds()
-    cfg.update(windows={"days": 7, "min_requests": 5}, privacy={"k": 3})
+    cfg["windows"].update(days=7, min_requests=5)
+    cfg["privacy"]["k"] = 3
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     report = tmp_path / "report.html"
     since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
