@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Requests needed to flag each shift (some check at watch or act in every repeat; None: not in the ladder)")
     print(requests_needed(bundle, profile, cfg, pool, args.repeats, args.ladder).to_string(), "\n")
     print(false_alarms(bundle, profile, cfg, pool, args.windows, size).to_string(), "\n")
-    print("Labelled outcomes needed to detect a calibration slope of 0.6 (live verdict act in ≥ 80 % of repeats)")
+    print("Labelled outcomes needed to detect a calibration slope of 0.6 (the slope makes the live verdict act "
+          "in ≥ 80 % of repeats)")
     print(labels_for_slope(simulated.truth, cfg, args.repeats, args.label_ladder).to_string())
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0

@@ -246,3 +246,19 @@ def test_an_act_verdict_logged_to_the_run_blocks_promotion(smoke_model):
         quiet = monitoring_reasons(client, name, version)[0]
         mlflow.set_tracking_uri(previous)
     assert quiet
+
+
+def test_the_monitoring_benchmark_runs_short(smoke_model, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "monitoring.py"
+    spec = importlib.util.spec_from_file_location("benchmark_monitoring", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model-uri", str(smoke_model["export_dir"]), "--pool", "400", "--repeats", "1",
+                        "--ladder", "60", "--windows", "1", "--window", "60", "--label-ladder", "100"]) == 0
+    out = capsys.readouterr().out
+    albumin = next(line for line in out.splitlines() if line.startswith("albumin_gl"))
+    assert "rejections (act)" in albumin  # one site in four sends g/L: refused, naming albumin
+    assert "alarms in 1 windows of 60" in out and "labels_needed" in out

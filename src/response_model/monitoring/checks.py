@@ -150,7 +150,28 @@ def calibration_curve(joined: pd.DataFrame, k: int, max_bins: int = 10) -> list[
     return [{"predicted": float(p[c].mean()), "observed": float(y[c].mean()), "n": len(c)} for c in chunks]
 
 
-def _performance(joined: pd.DataFrame, served: pd.DataFrame, cfg: Mapping[str, Any], k: int) -> dict[str, Any]:
+def reference_expected_auc(profile: Mapping[str, Any]) -> dict[str, float | None]:
+    """Per ``regimen_class/outcome``: the CBPE expected AUC of the bundle's predictions on its training
+    sample — what the served expected AUC is compared with."""
+    from response_model.regimens import load_catalogue
+
+    table = pd.DataFrame(profile.get("probabilities") or {"regimen": [], "outcome": [], "probability": []})
+    classes = {name: r.regimen_class for name, r in load_catalogue().items()}
+    table["regimen_class"] = table["regimen"].map(classes)
+    return {f"{c}/{o}": performance.expected_auc(g["probability"].to_numpy())
+            for (c, o), g in table.groupby(["regimen_class", "outcome"])}
+
+
+def _expected_verdict(auc: float | None, reference: float | None, rule: Mapping[str, Any]) -> str:
+    """watch / act when the served expected AUC fell by ``expected_auc_drop`` watch / act below the
+    training sample's; n/a without either."""
+    if auc is None or reference is None:
+        return NA
+    return band(reference - auc, rule["expected_auc_drop"])
+
+
+def _performance(joined: pd.DataFrame, served: pd.DataFrame, cfg: Mapping[str, Any], k: int,
+                 reference: Mapping[str, float | None]) -> dict[str, Any]:
     """Live metrics (labelled rows), expected ones (served rows) per class × outcome, with verdicts."""
     rule = cfg["performance"]
     live = {}
@@ -164,9 +185,9 @@ def _performance(joined: pd.DataFrame, served: pd.DataFrame, cfg: Mapping[str, A
                       "calibration_curve": calibration_curve(rows, k)}
     expected = {}
     for cell, metrics in performance.expected_by_class(served, float(rule["detect_slope"])).items():
-        auc = metrics["auc"]
-        verdict = NA if auc is None else WATCH if auc < rule["auc_watch"] else OK
-        expected[cell] = suppressed(metrics["n"], k) if metrics["n"] < k else {**metrics, "verdict": verdict}
+        verdict = _expected_verdict(metrics["auc"], reference.get(cell), rule)
+        expected[cell] = suppressed(metrics["n"], k) if metrics["n"] < k else {
+            **metrics, "reference_auc": reference.get(cell), "verdict": verdict}
     return {"live": live, "expected": expected,
             "verdict_live": worst([m["verdict"] for m in live.values()]),
             "verdict_expected": worst([m["verdict"] for m in expected.values()])}
@@ -210,7 +231,7 @@ def monitor(profile: Mapping[str, Any], data: Served, outcomes: pd.DataFrame | N
     joined = performance.labelled(data.probabilities, outcomes)
     windows = [_window(profile, data, joined, start, end, cfg)
                for start, end in window_edges(since, until, cfg["windows"]["days"])]
-    perf = _performance(joined, data.probabilities, cfg, k)
+    perf = _performance(joined, data.probabilities, cfg, k, reference_expected_auc(profile))
     verdicts = {name: worst([w["checks"][name]["verdict"] for w in windows if name in w["checks"]])
                 for name in CHECKS[:5]}
     verdicts["live_performance"], verdicts["expected_performance"] = perf["verdict_live"], perf["verdict_expected"]

@@ -27,7 +27,6 @@ import pandas as pd
 from scipy import stats
 
 from response_model.modeling.metrics import (
-    _newton_logistic,
     binary_metrics,
     calibration,
     expected_calibration_error,
@@ -99,14 +98,14 @@ def expected_performance(p: np.ndarray, seed: int = 0, draws: int = 200) -> dict
 def labels_needed(p: np.ndarray, slope: float = 0.6, alpha: float = 0.05, power: float = 0.8) -> int | None:
     """Labelled outcomes needed to tell a calibration slope of ``slope`` from 1 (two-sided ``alpha``,
     ``power``) on the case mix of ``p``: n = (z₁₋α/₂ + z_power)² · v / (1 − slope)², v the slope's
-    per-patient variance from the Fisher information of logit P(y) = a + slope · logit(p)
-    (a fitted so the mean is kept). None for fewer than 10 predictions."""
+    per-patient variance from the Fisher information of the recalibration model logit P(y) = a + b ·
+    logit(p) at the truth a = 0, b = ``slope`` (the estimates too extreme about even odds, as
+    benchmarks/monitoring.py simulates). None for fewer than 10 predictions."""
     p = np.asarray(p, dtype=float)
     if len(p) < 10:
         return None
     x = logit(p)
-    (a,) = _newton_logistic(np.ones((len(x), 1)), p, slope * x)  # keep the mean probability
-    q = 1 / (1 + np.exp(-(a + slope * x)))
+    q = 1 / (1 + np.exp(-slope * x))
     w = q * (1 - q)
     info = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum()]]) / len(x)
     try:
