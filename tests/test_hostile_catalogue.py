@@ -60,7 +60,8 @@ def service(smoke_model, tmp_path_factory):
         mp.delenv(DB_URL_ENV, raising=False)
         mp.chdir(folder)  # a reload of a relative path resolves here, never in the checkout
         with KeyStore(url) as store:
-            tokens = {role: store.create(role, f"hostile {role}").token for role in ("clinician", "auditor", "admin")}
+            tokens = {role: store.create(role, f"hostile {role}").token
+                      for role in ("clinician", "auditor", "registrar", "admin")}
             revoked = store.create("clinician", "hostile revoked")
             store.revoke(revoked.key_id)
             tokens["revoked"] = revoked.token

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,3 +221,234 @@ def test_reads_need_an_auditor_or_admin_and_are_audited(service):
     bad = service["client"].get("/v1/outcomes", params={"prediction_id": "MRN-77"},
                                 headers=auth(service["tokens"]["auditor"]))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "prediction_id"
+
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(("changes", "field", "words"), [
+    ({"response_date": "2025-12-01"}, "response_date", "before start_date"),
+    ({"progression_date": "2025-12-31"}, "progression_date", "before start_date"),
+    ({"death_date": "2026-01-09"}, "death_date", "before start_date"),
+    ({"progression_date": "2026-06-01", "death_date": "2026-05-01"}, "death_date", "before progression_date"),
+    ({"death_date": "2026-04-01", "last_followup_date": "2026-05-01"}, "last_followup_date", "after death_date"),
+    ({"last_followup_date": "2999-01-01"}, "last_followup_date", "in the future"),
+    ({"start_date": "2026-02-30"}, "start_date", "not a date"),
+    ({"start_date": "10/01/2026"}, "start_date", "not a date"),
+    ({"start_date": None}, "start_date", "required"),
+    ({"criteria": None}, "criteria", "required with best_response"),
+    ({"criteria": "RECIST"}, "criteria", "RECIST 1.1"),
+    ({"best_response": "partial"}, "best_response", "CR"),
+    ({"started": "yes"}, "started", "boolean"),
+    ({"started": 1}, "started", "boolean"),
+    ({"started": False}, "start_date", "started is false"),
+    ({"regimen": "lenvatinb"}, "regimen", "did you mean 'lenvatinib'"),
+    ({"regimen": 7}, "regimen", "string"),
+    ({"regimen": "lenvat\u0131nib"}, "regimen", "U+0131"),
+    ({"start_date": 20260110}, "start_date", "string"),
+    ({"prediction_id": UNKNOWN_ID}, "prediction_id", "no accepted prediction"),
+    ({"prediction_id": "MRN-1234"}, "prediction_id", "UUID"),
+    ({"prediction_id": None}, "prediction_id", "name the prediction"),
+    ({"patient_id": "OUTC-MRN-0001"}, "patient_id", "not prediction_id and patient_id"),
+    ({"supersedes": UNKNOWN_ID}, "supersedes", "no outcome"),
+    ({"ward": "3"}, "ward", "unknown field"),
+])
+def test_each_invalid_outcome_is_refused_naming_the_field(service, changes, field, words):
+    pid = service["made"][1]["id"]
+    before = _seq(service["url"])
+    body = _body(pid)
+    for name, value in changes.items():
+        body.pop(name, None) if value is None else body.__setitem__(name, value)
+    answer = _post(service, body)
+    assert answer.status_code == 422, answer.text
+    errors = answer.json()["errors"]
+    assert any(e["field"] == field and words in e["message"] for e in errors), errors
+    (record,) = _records_after(service["url"], before)
+    assert record["status"] == "rejected" and record["http_status"] == 422 and record["endpoint"] == "POST /v1/outcomes"
+
+
+def test_a_regimen_the_prediction_did_not_cover_is_refused(service):
+    only_lenvatinib = service["made"][2]
+    answer = _post(service, _body(only_lenvatinib["id"], regimen="sorafenib"))
+    assert answer.status_code == 422
+    (error,) = answer.json()["errors"]
+    assert error["field"] == "regimen" and "not covered by prediction" in error["message"]
+    assert "it covered lenvatinib" in error["message"]
+
+
+def test_corrections_supersede_and_never_edit(service):
+    made = service["made"][1]
+    first = _post(service, _body(made["id"], regimen=made["regimens"][0], best_response="SD"))
+    assert first.status_code == 201, first.text
+    again = _post(service, _body(made["id"], regimen=made["regimens"][0]))
+    assert again.status_code == 422 and again.json()["errors"][0]["field"] == "supersedes"
+    assert first.json()["outcome_id"] in again.json()["errors"][0]["message"]
+    second = _post(service, _body(made["id"], regimen=made["regimens"][0], supersedes=first.json()["outcome_id"],
+                                  best_response="PD"))
+    assert second.status_code == 201, second.text
+    stale = _post(service, _body(made["id"], regimen=made["regimens"][0], supersedes=first.json()["outcome_id"]))
+    assert stale.status_code == 422 and "already superseded" in stale.json()["errors"][0]["message"]
+    third = _post(service, _body(made["id"], regimen=made["regimens"][0], supersedes=second.json()["outcome_id"],
+                                 best_response="PR", progression_date="2026-04-01"))
+    assert third.status_code == 201 and third.json()["primary_resistance"] is True
+    read = service["client"].get("/v1/outcomes", params={"prediction_id": made["id"]},
+                                 headers=auth(service["tokens"]["auditor"])).json()
+    versions = [o for o in read["history"] if o["regimen"] == made["regimens"][0]]
+    assert [o["best_response"] for o in versions] == ["SD", "PD", "PR"]
+    assert [o["superseded_by"] for o in versions] == [second.json()["outcome_id"], third.json()["outcome_id"], None]
+    current = [o for o in read["current"] if o["regimen"] == made["regimens"][0]]
+    assert [o["outcome_id"] for o in current] == [third.json()["outcome_id"]]
+    frame = current_outcomes(AuditTrail(service["url"], create=False)).set_index(["prediction_id", "regimen"])
+    assert frame.loc[(made["id"], made["regimens"][0]), "n_versions"] == 3
+
+
+def test_a_patient_and_regimen_find_the_newest_prediction_covering_it(service):
+    made = service["made"][2]  # lenvatinib only
+    by_raw = _post(service, {"patient_id": made["raw"], "regimen": "lenvatinib", "started": False,
+                             "last_followup_date": "2026-02-01"})
+    assert by_raw.status_code == 201, by_raw.text
+    assert by_raw.json()["prediction_id"] == made["id"] and by_raw.json()["objective_response"] is None
+    pseudonym = by_raw.json()["patient_pseudonym"]
+    unknown = _post(service, {"patient_pseudonym": "0" * 16, "regimen": "lenvatinib", "start_date": "2026-01-02"})
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "patient_pseudonym"
+    not_covered = _post(service, {"patient_pseudonym": pseudonym, "regimen": "sorafenib", "start_date": "2026-01-02"})
+    assert "covered no 'sorafenib'" in not_covered.json()["errors"][0]["message"]
+    stored = "\n".join(str(v) for r in _records_after(service["url"], 0) for v in r.values())
+    assert all(raw not in stored for raw in RAW_IDS)
+
+
+def test_a_batch_with_bad_rows_is_refused_whole_naming_each_row(service):
+    made = service["made"][0]
+    regimens = [r for r in made["regimens"] if r != "lenvatinib"][:3]
+    good = [_body(made["id"], regimen=r) for r in regimens]
+    rows = [good[0], {**good[1], "start_date": "2026-13-01"}, good[2], {"regimen": "lenvatinib"}, "not a row"]
+    before = _seq(service["url"])
+    answer = _post(service, {"outcomes": rows}, path="/v1/outcomes/batch")
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["n_stored"] == 0 and body["n_refused_rows"] == 3
+    assert {(e["row"], e["field"]) for e in body["errors"]} >= {(1, "outcomes.1.start_date"),
+                                                              (3, "outcomes.3.prediction_id"), (4, "outcomes.4.body")}
+    (record,) = _records_after(service["url"], before)
+    assert record["status"] == "rejected" and record["endpoint"] == "POST /v1/outcomes/batch"
+    before = _seq(service["url"])
+    stored = _post(service, {"outcomes": good}, role="admin", path="/v1/outcomes/batch")
+    assert stored.status_code == 200 and stored.json()["n_stored"] == len(good)
+    records = _records_after(service["url"], before)
+    assert [r["http_status"] for r in records] == [200] * len(good) and {r["role"] for r in records} == {"admin"}
+    twice = _post(service, {"outcomes": [good[0], good[0]]}, path="/v1/outcomes/batch")
+    assert twice.status_code == 422 and {e["row"] for e in twice.json()["errors"]} == {0, 1}
+    empty = _post(service, {"outcomes": []}, path="/v1/outcomes/batch")
+    assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "outcomes"
+
+
+def test_the_trail_verifies_after_outcomes_and_detects_an_edited_one(service, tmp_path):
+    import sqlite3
+
+    from response_model.service.audit.outcomes import OUTCOME_WRITE_ENDPOINTS
+
+    made = service["made"][0]
+    answer = _post(service, _body(made["id"], regimen=made["regimens"][-1], best_response="CR"))
+    assert answer.status_code == 201, answer.text
+    read = service["client"].get("/v1/outcomes", params={"prediction_id": made["id"]},
+                                 headers=auth(service["tokens"]["auditor"]))
+    assert read.status_code == 200  # a record after the outcome: an edit of a newest record reads as forged
+    with AuditTrail(service["url"], create=False) as trail:
+        assert trail.verify().ok
+    copy_url = f"sqlite:///{tmp_path}/edited.db"
+    with sqlite3.connect(service["url"].removeprefix("sqlite:///")) as source, \
+            sqlite3.connect(tmp_path / "edited.db") as target:
+        source.backup(target)  # the committed trail, WAL included
+    engine = sa.create_engine(copy_url)
+    with engine.begin() as conn:
+        seq = conn.execute(sa.text("SELECT max(seq) FROM audit_records WHERE endpoint IN :e AND status = 'accepted'")
+                           .bindparams(sa.bindparam("e", expanding=True)), {"e": list(OUTCOME_WRITE_ENDPOINTS)}
+                           ).scalar_one()
+        conn.execute(sa.text("UPDATE audit_records SET regimens = :r WHERE seq = :s"), {"r": '["edited"]', "s": seq})
+    engine.dispose()
+    with AuditTrail(copy_url, create=False, witness=str(tmp_path / "w.jsonl")) as trail:
+        result = trail.verify()
+    assert not result.ok and result.first_bad == seq and result.case == "edited"
+
+
+def test_sixteen_clients_interleaving_predictions_and_outcomes(service):
+    """16 threads, each predicting, recording the outcome and correcting it; then all 16 race to correct one
+    shared outcome: no 5xx, every write audited with its status, exactly one correction wins the race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, tokens, url = service["client"], service["tokens"], service["url"]
+    before = _seq(url)
+
+    def work(i: int) -> list[tuple[str, int]]:
+        statuses = []
+        for j in range(3):
+            body = {"patient": {**copy.deepcopy(EXAMPLE_PATIENT), "age": 40 + i % 30 + j}, "regimens": ["lenvatinib"],
+                    "patient_id": f"LOAD-{i}-{j}"}
+            made = client.post("/v1/predictions", json=body, headers=auth(tokens["clinician"]))
+            statuses.append(("POST /v1/predictions", made.status_code))
+            if made.status_code != 200:
+                continue
+            pid = made.json()["prediction_id"]
+            first = client.post("/v1/outcomes", json=_body(pid), headers=auth(tokens["registrar"]))
+            statuses.append(("POST /v1/outcomes", first.status_code))
+            fix = _body(pid, best_response="SD", supersedes=first.json().get("outcome_id"))
+            statuses.append(("POST /v1/outcomes", client.post("/v1/outcomes", json=fix,
+                                                              headers=auth(tokens["admin"])).status_code))
+        return statuses
+
+    with ThreadPoolExecutor(16) as pool:
+        done = [s for batch in pool.map(work, range(16)) for s in batch]
+    shared = work(16)  # one more patient; then all 16 race to correct its current outcome
+    pid = _records_after(url, _seq(url) - 1)[0]["prediction_id"]
+    current = client.get("/v1/outcomes", params={"prediction_id": pid}, headers=auth(tokens["auditor"]))
+    assert current.status_code == 200, (pid, current.text, shared)
+    race = _body(pid, best_response="CR", supersedes=current.json()["current"][0]["outcome_id"])
+    with ThreadPoolExecutor(16) as pool:
+        raced = [("POST /v1/outcomes", status) for status in pool.map(lambda _: _post(service, race).status_code,
+                                                                       range(16))]
+    assert sorted(s for _, s in raced) == [201] + [422] * 15
+    assert {s for _, s in done} == {200, 201}  # no 5xx, no refusal
+    stored = Counter((r["endpoint"], r["http_status"]) for r in _records_after(url, before)
+                     if r["endpoint"] in ("POST /v1/predictions", "POST /v1/outcomes"))
+    assert stored == Counter(done + shared + raced)
+    with AuditTrail(url, create=False) as trail:
+        assert trail.verify().ok
+
+
+def test_outcomes_import_through_a_source_mapping(service, tmp_path):
+    """``outcomes import``: a registry extract through configs/sources/registry-outcomes.yaml; a file with bad
+    rows is refused whole (each bad row by its line and column), a good one stored, a repeat refused."""
+    from click.testing import CliRunner
+
+    from response_model.cli import main
+
+    raw = "OUTC-CLI-0001"
+    made = service["client"].post("/v1/predictions", headers=auth(service["tokens"]["clinician"]), json={
+        "patient": copy.deepcopy(EXAMPLE_PATIENT), "patient_id": raw, "regimens": ["lenvatinib", "sorafenib"]})
+    assert made.status_code == 200
+    template = (Path(__file__).parent / "data" / "registry_outcomes.csv").read_text(encoding="utf-8")
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text(template.replace("{mrn}", raw), encoding="utf-8")
+    lines = template.replace("{mrn}", raw).splitlines()
+    bad.write_text("\n".join([lines[0], lines[1].replace("Lenvatinib", "Lenvatinibb"),
+                              lines[2].replace("15/01/2026", "31/02/2026")]) + "\n", encoding="utf-8")
+    args = ["outcomes", "import", "--source", "configs/sources/registry-outcomes.yaml", "--db", service["url"]]
+    before = _seq(service["url"])
+    refused = CliRunner().invoke(main, [*args, str(bad)])
+    assert refused.exit_code == 1, refused.output
+    assert "line 2:" in refused.output and "[column 'Treatment']" in refused.output
+    assert "line 3:" in refused.output and "[column 'Last seen']" in refused.output
+    assert "nothing stored" in refused.output
+    assert [r["status"] for r in _records_after(service["url"], before)] == ["rejected"]
+    stored = CliRunner().invoke(main, [*args, str(good)])
+    assert stored.exit_code == 0, stored.output
+    assert "stored 2 outcomes" in stored.output
+    records = _records_after(service["url"], before + 1)
+    assert [(r["endpoint"], r["role"]) for r in records] == [("CLI outcomes import", "registrar")] * 2
+    frame = current_outcomes(AuditTrail(service["url"], create=False)).set_index(["prediction_id", "regimen"])
+    row = frame.loc[(made.json()["prediction_id"], "lenvatinib")]
+    assert row["start_date"] == pd.Timestamp("2026-01-12") and bool(row["objective_response"])
+    assert bool(row["primary_resistance"]) is False  # progression 7.7 months after the start
+    again = CliRunner().invoke(main, [*args, str(good)])
+    assert again.exit_code == 1 and "already recorded" in again.output
+    assert raw not in "\n".join(str(v) for r in _records_after(service["url"], before) for v in r.values())

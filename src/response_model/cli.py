@@ -140,7 +140,8 @@ def _exit_code(error: Exception) -> int | None:
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP,
              lazy={"keys": "response_model.service.commands:keys_group",
                    "audit": "response_model.service.commands:audit_group",
-                   "monitor": "response_model.monitoring.commands:monitor_command"})
+                   "monitor": "response_model.monitoring.commands:monitor_command",
+                   "outcomes": "response_model.service.outcome_commands:outcomes_group"})
 @click.version_option(__version__, prog_name="response-model")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:

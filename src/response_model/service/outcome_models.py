@@ -14,7 +14,7 @@ import uuid
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from response_model.schema import _reject, checked_patient_id, shown
 from response_model.service.audit.outcomes import BEST_RESPONSES, CRITERIA
@@ -38,20 +38,7 @@ def _iso_date(value: str | None) -> str | None:
     return value
 
 
-def _uuid(value: str | None) -> str | None:
-    """``value`` in the canonical form of a UUID; raises a validation error (without the value) otherwise."""
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        # not echoed: an id field holding something else may hold a record number typed in the wrong place
-        raise _reject("outcome_id_form", "not an id of the trail; expected a UUID such as "
-                                         "3f2b8c1e-5d4a-4e7b-9c61-2a8f0d7e4b19") from None
-
-
 IsoDate = Annotated[str | None, AfterValidator(_iso_date)]
-TrailId = Annotated[str | None, AfterValidator(_uuid)]
 _DATE_DOC = "YYYY-MM-DD; not in the future, not before start_date"
 
 EXAMPLE_OUTCOME: dict[str, Any] = {
@@ -69,7 +56,7 @@ class OutcomeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [EXAMPLE_OUTCOME]})
 
-    prediction_id: TrailId = Field(default=None, description="The prediction_id POST /v1/predictions answered")
+    prediction_id: str | None = Field(default=None, description="The prediction_id POST /v1/predictions answered")
     patient_id: str | None = Field(default=None, description="Raw local identifier (instead of prediction_id); "
                                                              "stored only as its keyed hash")
     patient_pseudonym: str | None = Field(default=None, description="The patient's pseudonym (16 hex digits, "
@@ -86,7 +73,19 @@ class OutcomeRequest(BaseModel):
     death_date: IsoDate = Field(default=None, description=f"Day of death ({_DATE_DOC}, not before progression)")
     last_followup_date: IsoDate = Field(default=None, description="Last follow-up (censoring) day, if alive "
                                                                   "and followed (not after death)")
-    supersedes: TrailId = Field(default=None, description="outcome_id of the current outcome this one corrects")
+    supersedes: str | None = Field(default=None, description="outcome_id of the current outcome this one corrects")
+
+    @field_validator("prediction_id", "supersedes")
+    @classmethod
+    def _trail_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            # not echoed: an id field holding something else may hold a record number typed in the wrong place
+            raise _reject("outcome_id_form", f"{info.field_name}: not an id of the trail; expected a UUID such as "
+                                             "3f2b8c1e-5d4a-4e7b-9c61-2a8f0d7e4b19") from None
 
     @field_validator("patient_id", mode="before")
     @classmethod

@@ -230,6 +230,7 @@ def _outcome(req: OutcomeRequest, served: Served) -> dict[str, Any]:
 
 
 _NAMES = frozenset(OutcomeRequest.model_fields) | {"body", "outcomes", "row"}
+_ID_FIELDS = ("patient_id", "prediction_id", "supersedes")
 
 
 def stored_errors(errors: Sequence[Error]) -> list[Error]:
@@ -245,8 +246,8 @@ def stored_errors(errors: Sequence[Error]) -> list[Error]:
         if unknown:
             field = ".".join(redacted_name(s) if s in unknown else s for s in segments)
             value = None if value is None else f"<{type(value).__name__} redacted>"
-        elif segments[-1] == "patient_id" and value is not None:
-            value = REDACTED_ID
+        elif segments[-1] in _ID_FIELDS and value is not None:
+            value = REDACTED_ID if segments[-1] == "patient_id" else None  # a record number in an id's place
         stored.append({**error, "field": field, "value": value, "message": message})
     return stored
 
