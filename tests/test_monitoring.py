@@ -111,7 +111,8 @@ def _served(n_patients: int, n_requests: int, start: datetime) -> Served:
                              "prediction_id": ids,
                              "patient_pseudonym": [f"ps{i % n_patients}" for i in range(n_requests)],
                              "model_version": "1", "has_inputs": True})
-    probabilities = pd.DataFrame({"prediction_id": ids, "time": requests["time"], "regimen": "lenvatinib",
+    probabilities = pd.DataFrame({"prediction_id": ids, "patient_pseudonym": requests["patient_pseudonym"],
+                                  "time": requests["time"], "regimen": "lenvatinib",
                                   "regimen_class": "tki_antiangiogenic", "outcome": "objective_response",
                                   "probability": np.linspace(0.1, 0.6, n_requests)})
     return Served(requests, input_frame([{"age": 60}] * n_requests), probabilities,

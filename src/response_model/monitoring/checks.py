@@ -59,9 +59,12 @@ def _psi_verdicts(results: Mapping[str, Mapping[str, Any]], rule: Mapping[str, A
 
 
 def patients(requests: pd.DataFrame) -> int:
-    """Distinct patients of ``requests``: distinct pseudonyms, each request without one counted alone."""
+    """Distinct patients of ``requests`` (or of rows with a ``prediction_id``): distinct pseudonyms, each
+    prediction without one counted alone."""
     named = requests["patient_pseudonym"].dropna()
-    return int(named.nunique() + requests["patient_pseudonym"].isna().sum())
+    anonymous = requests.loc[requests["patient_pseudonym"].isna()]
+    alone = anonymous["prediction_id"].nunique() if "prediction_id" in anonymous else len(anonymous)
+    return int(named.nunique() + alone)
 
 
 def period_problem(since: datetime, until: datetime, cfg: Mapping[str, Any]) -> str | None:
@@ -133,7 +136,7 @@ def _live_verdict(metrics: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
     return worst(verdicts)
 
 
-def suppressed(n: int, k: int) -> dict[str, Any]:
+def suppressed(k: int) -> dict[str, Any]:
     """What a cell of fewer than ``k`` patients shows: its size bounded, no statistic."""
     return {"suppressed": True, "patients": f"< {k}", "verdict": NA}
 
@@ -176,17 +179,19 @@ def _performance(joined: pd.DataFrame, served: pd.DataFrame, cfg: Mapping[str, A
     rule = cfg["performance"]
     live = {}
     for cell, metrics in performance.live_performance(joined, int(rule["bootstrap"])).items():
-        if metrics["n"] < k:
-            live[cell] = suppressed(metrics["n"], k)
-            continue
         c, o = cell.split("/")
         rows = joined[(joined["regimen_class"] == c) & (joined["outcome"] == o)]
+        if patients(rows) < k:
+            live[cell] = suppressed(k)
+            continue
         live[cell] = {**metrics, "verdict": _live_verdict(metrics, rule),
                       "calibration_curve": calibration_curve(rows, k)}
     expected = {}
     for cell, metrics in performance.expected_by_class(served, float(rule["detect_slope"])).items():
         verdict = _expected_verdict(metrics["auc"], reference.get(cell), rule)
-        expected[cell] = suppressed(metrics["n"], k) if metrics["n"] < k else {
+        c, o = cell.split("/")
+        rows = served[(served["regimen_class"] == c) & (served["outcome"] == o)]
+        expected[cell] = suppressed(k) if patients(rows) < k else {
             **metrics, "reference_auc": reference.get(cell), "verdict": verdict}
     return {"live": live, "expected": expected,
             "verdict_live": worst([m["verdict"] for m in live.values()]),
@@ -212,9 +217,10 @@ def _window(profile: Mapping[str, Any], data: Served, joined: pd.DataFrame, star
         probabilities = data.probabilities[data.probabilities["prediction_id"].isin(ids)]
         checks.update(drift_window(profile, data.inputs[with_inputs.to_numpy()], probabilities, cfg))
     labelled = joined[joined["prediction_id"].isin(ids)]
-    if len(labelled) >= k:
+    if patients(labelled) >= k:
         cells = performance.live_performance(labelled, int(cfg["performance"]["bootstrap"]))
-        checks["live_performance"] = {c: (m if m["n"] >= k else suppressed(m["n"], k)) for c, m in cells.items()}
+        sizes = {f"{c}/{o}": patients(g) for (c, o), g in labelled.groupby(["regimen_class", "outcome"])}
+        checks["live_performance"] = {c: (m if sizes[c] >= k else suppressed(k)) for c, m in cells.items()}
     head["patients"] = n_patients if n_patients >= k else f"< {k}"
     if head["requests"] < k:  # a count under k is shown bounded, like the patients
         head["requests"] = f"< {k}"

@@ -23,9 +23,9 @@ class Served:
     """Served predictions of a window. ``requests``: one row per accepted prediction (seq, time,
     prediction_id, patient_pseudonym, model_version, has_inputs); ``inputs``: its monitored columns
     (same index; all missing for records written before inputs were stored); ``probabilities``: one
-    row per prediction × regimen × outcome (prediction_id, time, regimen, regimen_class, outcome,
-    probability); ``rejected``: one row per prediction request refused (422) × field its errors name
-    (time, field; ``"(any)"`` once per request)."""
+    row per prediction × regimen × outcome (prediction_id, patient_pseudonym, time, regimen,
+    regimen_class, outcome, probability); ``rejected``: one row per prediction request refused (422)
+    × field its errors name (time, field; ``"(any)"`` once per request)."""
 
     requests: pd.DataFrame
     inputs: pd.DataFrame
@@ -51,7 +51,8 @@ def _probability_rows(entry: Any, classes: dict[str, str]) -> list[dict[str, Any
         for outcome in OUTCOMES:
             p = (item.get(outcome) or {}).get("probability") if isinstance(item, dict) else None
             if p is not None:
-                rows.append({"prediction_id": entry.prediction_id, "time": entry.time, "regimen": regimen,
+                rows.append({"prediction_id": entry.prediction_id, "patient_pseudonym": entry.patient_pseudonym,
+                             "time": entry.time, "regimen": regimen,
                              "regimen_class": classes.get(regimen), "outcome": outcome, "probability": float(p)})
     return rows
 
@@ -84,7 +85,7 @@ def served(trail: AuditTrail, *, since: str | None = None, until: str | None = N
     for entry in _entries(trail, TrailFilter(from_=since, to=until, model_version=model_version, status="rejected")):
         if entry.http_status == 422:
             rejected.extend({"time": entry.time, "field": f} for f in ["(any)", *sorted(_refused_fields(entry.detail))])
-    columns = ["prediction_id", "time", "regimen", "regimen_class", "outcome", "probability"]
+    columns = ["prediction_id", "patient_pseudonym", "time", "regimen", "regimen_class", "outcome", "probability"]
     return Served(requests=pd.DataFrame(requests, columns=["seq", "time", "prediction_id", "patient_pseudonym",
                                                            "model_version", "has_inputs"]),
                   inputs=input_frame(inputs), probabilities=pd.DataFrame(probabilities, columns=columns),
