@@ -169,7 +169,7 @@ def test_forged_appended_record(url):
 def test_forged_record_with_a_made_up_mac(url):
     execute(url, "INSERT INTO audit_records SELECT seq + 1, time, key_id, role, endpoint, status, http_status, "
             "model_name, model_version, input_digest, patient_pseudonym, 'forged', regimens, outputs, explanations, "
-            f"detail, hash, '{'ab' * 32}' FROM audit_records WHERE seq = {N}")
+            f"detail, hash, '{'ab' * 32}', inputs FROM audit_records WHERE seq = {N}")
     result = verify(url)
     assert (result.ok, result.first_bad, result.case) == (False, N + 1, "forged")
 

@@ -141,6 +141,7 @@ def _exit_code(error: Exception) -> int | None:
              lazy={"keys": "response_model.service.commands:keys_group",
                    "audit": "response_model.service.commands:audit_group",
                    "trials": "response_model.trials.commands:trials_group",
+                   "monitor": "response_model.monitoring.commands:monitor_command",
                    "outcomes": "response_model.service.outcome_commands:outcomes_group"})
 @click.version_option(__version__, prog_name="response-model")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

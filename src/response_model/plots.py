@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -141,3 +141,51 @@ def save(fig: Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# -- monitoring (response_model.monitoring.report) ------------------------------------------------
+
+
+def drift_over_time_plot(series: Mapping[str, pd.Series], watch: float, act: float, title: str = "") -> Figure:
+    """Return a line plot of each feature's PSI per window (index: window start) with the watch / act levels."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, values in series.items():
+        ax.plot(values.index, values.to_numpy(dtype=float), marker="o", label=name)
+    ax.axhline(watch, color="tab:orange", linestyle="--", label=f"watch ({watch})")
+    ax.axhline(act, color="tab:red", linestyle="--", label=f"act ({act})")
+    ax.set_ylabel("population stability index")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=2)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def live_calibration_plot(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "") -> Figure:
+    """Return observed against predicted share per bin (each bin's n in the legend's total), one line per cell."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="ideal")
+    for name, bins in curves.items():
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
+                label=f"{name} (n={sum(b['n'] for b in bins)})")
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed share")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def performance_over_time_plot(table: pd.DataFrame, title: str = "") -> Figure:
+    """Return a metric per window with its interval as a band; ``table``: columns cell, start, value,
+    lower, upper (one row per window and cell)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, rows in table.groupby("cell"):
+        ax.plot(rows["start"], rows["value"], marker="o", label=name)
+        ax.fill_between(rows["start"], rows["lower"], rows["upper"], alpha=0.2)
+    ax.set_ylabel("AUC (95 % bootstrap interval)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

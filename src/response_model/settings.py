@@ -331,6 +331,8 @@ class Gate(Strict):
     model_config = ConfigDict(extra="allow", frozen=True)
     not_worse_than_champion: bool = True
     per_regimen: PerRegimenGate | None = None
+    # refuse while the champion's last `response-model monitor` verdict is act (registry.monitoring_reasons)
+    block_on_monitoring_act: bool = False
 
     @classmethod
     def extra_keys(cls) -> list[str]:
@@ -346,7 +348,7 @@ class Gate(Strict):
             short = key.rsplit(".", 1)[-1]
             full = key.count(".") == 2 and key.split(".")[0] in ("response", "resistance")
             if short not in known or ("." in key and not full):
-                hint = suggestion(short, [*known, "not_worse_than_champion", "per_regimen"])
+                hint = suggestion(short, [*known, "not_worse_than_champion", "per_regimen", "block_on_monitoring_act"])
                 raise ValueError(f"unknown key(s) {key} in gate{hint}; "
                                  "expected a metric (auc_lower, calibration_slope, …) or "
                                  "<response|resistance>.<regimen_class>.<metric>")

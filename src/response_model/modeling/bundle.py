@@ -106,6 +106,23 @@ class ResponseModelBundle(mlflow.pyfunc.PythonModel):
         if uncertainty is not None:
             uncertainty.compile(self.feature_names)
             self.metadata["uncertainty"] = uncertainty.metadata()
+        # the training cohort's profile for drift monitoring (:meth:`attach_reference`); None: none
+        self.monitoring_reference: dict[str, Any] | None = None
+
+    def attach_reference(self, records: Sequence[PatientRecord], seed: int = 0) -> None:
+        """Store the reference profile of the training ``records`` for drift monitoring
+        (:func:`response_model.monitoring.profile.reference_profile`, with this bundle's predicted
+        probabilities of its sample); its size goes into the metadata. Returns None."""
+        from response_model.monitoring.profile import reference_profile, sample_records
+
+        records = list(records)
+        sample = [records[i] for i in sample_records(len(records), seed)]
+        table = self.predictor().predict(sample).table()
+        long = table.melt(id_vars=["regimen"], value_vars=[f"p_{o}" for o in OUTCOMES],
+                          var_name="outcome", value_name="probability").dropna(subset=["probability"])
+        long["outcome"] = long["outcome"].str.removeprefix("p_")
+        self.monitoring_reference = reference_profile(records, long, seed)
+        self.metadata["monitoring_reference"] = {"n": len(records), "sample": len(sample)}
 
     @property
     def regimen_classes(self) -> tuple[str, ...]:

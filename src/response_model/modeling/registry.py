@@ -164,7 +164,7 @@ def check_gate(metrics: Mapping[str, float], gate: Mapping[str, Any]) -> tuple[b
     """Return (passed, reasons) of ``metrics`` against ``gate``; a metric the run lacks fails."""
     passed, reasons = True, []
     for key, rule in gate.items():
-        if key == "per_regimen":  # decided at training, per regimen: see per_regimen_reasons
+        if key in ("per_regimen", MONITORING_GATE):  # per_regimen_reasons, monitoring_reasons
             continue
         found = _matching(metrics, key)
         if not found:
@@ -249,6 +249,28 @@ def per_regimen_reasons(tags: Mapping[str, str], per_regimen: Mapping[str, Any] 
     return True, reasons
 
 
+MONITORING_GATE = "block_on_monitoring_act"
+#: the tags `response-model monitor` sets on the served model's run (response_model.monitoring.commands)
+MONITORING_TAGS = ("monitoring.verdict", "monitoring.act_checks", "monitoring.time")
+
+
+def monitoring_reasons(client: MlflowClient, name: str, champion: str | None) -> tuple[bool, list[str]]:
+    """(passed, reasons) of the gate item ``block_on_monitoring_act``: refused while the champion's
+    last monitoring verdict (its run's ``monitoring.verdict`` tag) is ``act`` — the population it serves
+    has shifted, and a model trained or validated on it is not promoted until the shift is reviewed
+    and ``response-model monitor`` says otherwise."""
+    if champion is None:
+        return True, ["monitoring gate: no current champion"]
+    run_id = client.get_model_version(name, champion).run_id
+    tags = dict(client.get_run(run_id).data.tags) if run_id else {}
+    verdict = tags.get(MONITORING_TAGS[0])
+    if verdict != "act":
+        return True, [f"monitoring gate: champion version {champion}'s last verdict is {verdict or 'not recorded'}"]
+    return False, [f"monitoring gate: champion version {champion}'s monitoring says act "
+                   f"({tags.get(MONITORING_TAGS[1], '?')}, {tags.get(MONITORING_TAGS[2], '?')}): review the "
+                   "shift, then run `response-model monitor` again before promoting"]
+
+
 def _run_metrics(client: MlflowClient, name: str, version: str) -> tuple[str | None, dict[str, float]]:
     model_version = client.get_model_version(name, version)
     if not model_version.run_id:
@@ -287,6 +309,10 @@ def promote(
         previous = client.get_model_version_by_alias(name, CHAMPION).version
     except MlflowException:
         previous = None
+    if gate.get(MONITORING_GATE):
+        quiet, found_monitoring = monitoring_reasons(client, name, previous)
+        passed &= quiet
+        reasons += found_monitoring
     not_worse, found = _compare_with_current(client, name, version, previous, candidate_metrics, gate, evaluation)
     reasons += found
     promoted = bool(passed and not_worse)
@@ -315,7 +341,7 @@ def _compare_with_current(client: MlflowClient, name: str, version: str, previou
         not_worse, found = compare_with_champion(cand, champ, sorted(set(cand) & set(champ)), tolerance)
         return not_worse, [f"{r} [held-out evaluation, champion version {previous}]" for r in found]
     _, champion_metrics = _run_metrics(client, name, str(previous))
-    names = list(evaluation.get("metrics") or [k for k in gate if k != "per_regimen"])
+    names = list(evaluation.get("metrics") or [k for k in gate if k not in ("per_regimen", MONITORING_GATE)])
     not_worse, found = compare_with_champion(candidate_metrics, champion_metrics, names, tolerance)
     return not_worse, [f"{r} [champion version {previous}]" for r in found]
 

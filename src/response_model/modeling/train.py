@@ -284,6 +284,7 @@ def train(config_path: str | Path, data_path: str | Path | None = None, register
                       "missingness": training_summary(fitted, data.features, data.parsed.records, classes)},
             uncertainty=uncertainty,
         )
+        bundle.attach_reference([data.parsed.records[i] for i in classes.index[classes.notna()]])
         info = log_bundle(bundle, input_example=example_input(data.parsed.records),
                           registered_model_name=config.get("registered_model") if register else None)
         seconds = time.perf_counter() - started

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from response_model.genes import suggestions_at_most
+from response_model.monitoring.profile import record_inputs
 from response_model.service.answers import audit_outputs, predict_many
 from response_model.service.audit import AuditError, AuditTrail, RawIdentifierError, input_digest
 from response_model.service.holder import LoadedModel
@@ -45,7 +46,8 @@ def _base(model: LoadedModel, key: KeyInfo, endpoint: str) -> dict[str, Any]:
 
 def _accepted(response: dict[str, Any], index: int | None = None) -> dict[str, Any]:
     """Return the fields of an accepted record of ``response`` (its outputs tagged with the batch ``index``;
-    ``detail`` holds the answer's warnings, when it has any)."""
+    ``detail`` holds the answer's warnings, when it has any). The callers add ``inputs``, the scored record
+    without its identifier (:func:`~response_model.monitoring.profile.record_inputs`), for drift monitoring."""
     outputs, explanations = audit_outputs(response)
     accepted = {"status": "accepted", "http_status": 200, "prediction_id": response["prediction_id"],
                 "regimens": [it["regimen"] for it in response["regimens"]],
@@ -70,7 +72,7 @@ def predict_one(model: LoadedModel, trail: AuditTrail, body: PredictionRequest, 
     except Exception as error:  # noqa: BLE001 - audited, then answered with a 500
         return 500, record_server_failure(trail, base, error)
     try:
-        append(trail, [{**base, **_accepted(response)}])
+        append(trail, [{**base, **_accepted(response), "inputs": record_inputs(body.patient)}])
     except RawIdentifierError:  # the raw id is echoed in the answer (or the record): refuse, audited
         record_rejected(trail, {**base, "status": "rejected", "http_status": 422,
                                 "detail": {"errors": ECHOED_ID_ERRORS}})
@@ -156,7 +158,7 @@ def _score_rows(model: LoadedModel, batch: _Batch) -> None:
                 batch.records[index].update({"status": "rejected", "http_status": 500,
                                              "detail": {"index": index, "error": message}})
                 continue
-        batch.records[index].update(_accepted(response, index))
+        batch.records[index].update({**_accepted(response, index), "inputs": record_inputs(parsed.patient)})
         batch.results[index] = {"index": index, "ok": True, "prediction": response}
 
 

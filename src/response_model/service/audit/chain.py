@@ -3,7 +3,9 @@
 Each record holds the time (UTC), the API key id and role, the endpoint, the outcome (``accepted`` or
 ``rejected``) with the HTTP status, the model name and version, the SHA-256 digest of the request
 body's canonical JSON, the *pseudonymised* patient id, the prediction id, the regimens covered, the
-outputs and explanations (JSON) and an optional detail (JSON, e.g. validation errors). Callers pass
+outputs and explanations (JSON), an optional detail (JSON, e.g. validation errors) and, for an accepted
+prediction, the ``inputs`` scored (the validated patient record without its identifier; for drift
+monitoring; hashed when present, so records written before it keep their hashes). Callers pass
 the raw patient id as ``patient_id``; :func:`stored_content` (which ``AuditTrail.append`` calls)
 replaces it by ``response_model.privacy.pseudonymise(patient_id)`` (a keyed hash) before anything is
 written, and refuses to append — rather than store the raw id — when no pseudonymisation key is
@@ -54,13 +56,16 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "time", "key_id", "role", "endpoint", "status", "http_status", "model_name", "model_version",
     "input_digest", "patient_pseudonym", "prediction_id", "regimens", "outputs", "explanations", "detail",
 )
-_JSON_FIELDS = ("regimens", "outputs", "explanations", "detail")
+# Stored fields added later: hashed only when present, so records written before keep their hashes.
+# ``inputs``: the validated patient record that was scored, without its identifier (issue 16: drift).
+OPTIONAL_FIELDS: tuple[str, ...] = ("inputs",)
+_JSON_FIELDS = ("regimens", "outputs", "explanations", "detail", "inputs")
 # The short text fields and their column lengths (store.audit_records), in the table's order.
 _TEXT_LIMITS = {"key_id": 32, "role": 16, "endpoint": 200, "model_name": 200, "model_version": 64,
                 "prediction_id": 64}
 # What a caller may pass to append(): the content fields, except that the patient id comes raw and
 # the input digest may be computed here from the request body (which is not stored).
-RECORD_KEYS = frozenset(CONTENT_FIELDS) - {"patient_pseudonym"} | {"patient_id", "request_body"}
+RECORD_KEYS = frozenset(CONTENT_FIELDS + OPTIONAL_FIELDS) - {"patient_pseudonym"} | {"patient_id", "request_body"}
 # The key of stored_content's answer that holds the record's side blob, (sha256, bytes) or None: a row
 # of the audit_blobs table (records.audit_blobs), written with the record (see .packing).
 SIDE_BLOB = "side_blob"
@@ -152,13 +157,17 @@ def record_hash(seq: int, prev_hash: str, content: Mapping[str, Any], key: Chain
     "prev_hash", "record"}`` (format 1, the unkeyed records written before the chain was keyed).
 
     ``content`` maps every name in :data:`CONTENT_FIELDS` to its stored value (JSON fields as their
-    stored canonical text), so verification never depends on how a database round-trips floats.
+    stored canonical text), so verification never depends on how a database round-trips floats; a
+    name of :data:`OPTIONAL_FIELDS` is covered when its value is not None (absent or None: the hash
+    is the one computed before the field existed).
     """
+    record = {name: content[name] for name in CONTENT_FIELDS}
+    record.update({name: content[name] for name in OPTIONAL_FIELDS if content.get(name) is not None})
     envelope = {
         "v": LEGACY_FORMAT if key is None else CHAIN_FORMAT,
         "seq": int(seq),
         "prev_hash": prev_hash,
-        "record": {name: content[name] for name in CONTENT_FIELDS},
+        "record": record,
     }
     if key is None:
         return hashlib.sha256(canonical_json(envelope).encode("utf-8")).hexdigest()
@@ -169,6 +178,7 @@ def record_hash(seq: int, prev_hash: str, content: Mapping[str, Any], key: Chain
 def _row_content(row: Any) -> dict[str, Any]:
     """A stored row's hashed fields (``http_status`` as an int, whatever the driver returned)."""
     content = {name: getattr(row, name) for name in CONTENT_FIELDS}
+    content.update({name: getattr(row, name, None) for name in OPTIONAL_FIELDS})
     if content["http_status"] is not None:
         content["http_status"] = int(content["http_status"])
     return content
@@ -416,7 +426,7 @@ def _digest(record: Mapping[str, Any]) -> str | None:
 
 
 def _json_texts(record: Mapping[str, Any]) -> dict[str, str | None]:
-    """The JSON fields (regimens, outputs, explanations, detail) as their stored text, None if absent;
+    """The JSON fields (regimens, outputs, explanations, detail, inputs) as their stored text, None if absent;
     ``detail`` bounded first (:func:`~.bounded.bounded_detail`: no rejected value is stored whole).
     Raises AuditError if ``regimens`` is not a list of ids or a value has no JSON form."""
     regimens = record.get("regimens")
@@ -424,10 +434,13 @@ def _json_texts(record: Mapping[str, Any]) -> dict[str, str | None]:
         if isinstance(regimens, str) or not all(isinstance(r, str) for r in regimens):
             raise AuditError("audit field regimens must be a list of regimen ids")
         regimens = list(regimens)
+    inputs = record.get("inputs")
+    if inputs is not None and (not isinstance(inputs, Mapping) or "patient_id" in inputs):
+        raise AuditError("audit field inputs must be the scored patient record (a dict) without its patient_id")
     detail, raw_id = record.get("detail"), record.get("patient_id")
     hide = str(raw_id).strip() or None if raw_id is not None else None  # no preview may show the raw id
     values = {"regimens": regimens, "outputs": record.get("outputs"), "explanations": record.get("explanations"),
-              "detail": None if detail is None else bounded_detail(detail, hide=hide)}
+              "detail": None if detail is None else bounded_detail(detail, hide=hide), "inputs": record.get("inputs")}
     return {name: None if value is None else stored_json(value) for name, value in values.items()}
 
 
@@ -487,9 +500,9 @@ def _require_storable(content: Mapping[str, Any]) -> None:
 def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None = None) -> dict[str, Any]:
     """Check a caller's record (see ``AuditTrail.append``) and turn it into the stored content.
 
-    Returns a dict of every name in :data:`CONTENT_FIELDS` → its stored value: JSON fields as their
-    stored text (outputs and explanations packed into a side blob, at :data:`SIDE_BLOB`, that their
-    texts refer to: :mod:`.packing`; detail bounded: :mod:`.bounded`),
+    Returns a dict of every name in :data:`CONTENT_FIELDS` and :data:`OPTIONAL_FIELDS` → its stored
+    value: JSON fields as their stored text (outputs and explanations packed into a side blob, at
+    :data:`SIDE_BLOB`, that their texts refer to: :mod:`.packing`; detail bounded: :mod:`.bounded`),
     the raw patient id replaced by its pseudonym, the input digest computed from
     ``request_body`` if given, ``time`` as UTC text (None: the append takes the time under its lock).
     Raises AuditError (or RawIdentifierError) for a bad record and PseudonymKeyError when a patient
@@ -502,7 +515,7 @@ def stored_content(record: Mapping[str, Any], pseudonym_key: bytes | str | None 
         raise AuditError(
             f"unknown audit field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(RECORD_KEYS))}"
         )
-    content: dict[str, Any] = dict.fromkeys(CONTENT_FIELDS)
+    content: dict[str, Any] = dict.fromkeys(CONTENT_FIELDS + OPTIONAL_FIELDS)
     content.update(_text_fields(record))
     content["status"], content["http_status"] = _outcome(record)
     content["input_digest"] = _digest(record)

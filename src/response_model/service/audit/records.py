@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from response_model.service.audit.chain import _JSON_FIELDS, CONTENT_FIELDS, expand_explanations
+from response_model.service.audit.chain import _JSON_FIELDS, CONTENT_FIELDS, OPTIONAL_FIELDS, expand_explanations
 from response_model.service.audit.packing import PACKED_FIELDS, PackingError, blob_digest, blob_reference, unpack_field
 from response_model.service.keys import TIME_FORMAT, parse_time
 
@@ -41,6 +41,8 @@ audit_records = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),  # canonical JSON
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # added for drift monitoring (issue 16): a trail created before has no such column until opened
+    sa.Column("inputs", sa.Text, nullable=True),  # canonical JSON: the scored record without its id (~0.7 KB)
 )
 
 # The side blobs of packed records (audit/packing.py): content-addressed, the key is the SHA-256 (hex) of the
@@ -55,7 +57,7 @@ audit_blobs = sa.Table(
 
 # What the chain checks read of each record: its links and every field the hash covers.
 _CHAIN_COLUMNS = [audit_records.c.seq, audit_records.c.prev_hash, audit_records.c.hash] + [
-    audit_records.c[name] for name in CONTENT_FIELDS
+    audit_records.c[name] for name in CONTENT_FIELDS + OPTIONAL_FIELDS
 ]
 
 
@@ -85,6 +87,7 @@ class AuditEntry:
     detail: Any
     prev_hash: str
     hash: str
+    inputs: Any = None  # the scored patient record without its id (accepted predictions since issue 16)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (time as UTC ISO text)."""
@@ -201,4 +204,4 @@ class _Row:
     """Adapter so that freshly inserted values go through the same conversion as fetched rows."""
 
     def __init__(self, values: dict[str, Any]) -> None:
-        self._mapping = {c.name: values[c.name] for c in audit_records.columns}
+        self._mapping = {c.name: values.get(c.name) for c in audit_records.columns}

@@ -117,6 +117,7 @@ class AuditTrail:
                 require_table(self.engine, audit_records, "audit trail")
             except KeyStoreError as exc:
                 raise AuditError(str(exc)) from None
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         """Release the database connections (only if this trail created the engine)."""
@@ -401,6 +402,20 @@ class AuditTrail:
         """The number of records."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(audit_records)).scalar_one())
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a trail created before them lacks (``inputs``, issue 16), so that an
+    older database opens as it is: its records keep their hashes (a None field is not hashed)."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns(audit_records.name)}
+    missing = [column for column in audit_records.columns if column.name not in present]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for column in missing:  # every later column is nullable text: no rewrite of the rows
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {audit_records.name} ADD COLUMN {column.name} {kind}")
+    log.info("audit trail: added column(s) %s", ", ".join(c.name for c in missing))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from response_model.service import auditor, model_report, web
-from response_model.service.routers import admin, docs, model, outcomes, predictions, probes
+from response_model.service.routers import admin, docs, model, monitoring, outcomes, predictions, probes
 
 ROUTERS: tuple[APIRouter, ...] = (probes.router, predictions.router, outcomes.router, model.router, admin.router,
-                                  auditor.router, model_report.router, web.router, docs.router)
+                                  auditor.router, monitoring.router, model_report.router, web.router, docs.router)
