@@ -460,6 +460,9 @@ def source_model(data: Mapping[str, Any], file: str | os.PathLike[str]) -> type[
         return CBioPortalSource
     if kind == "canonical":
         return CanonicalSource
+    if kind == "outcome_table":
+        raise ConfigError(f"{file}: format 'outcome_table' maps a registry's outcome extract, not a cohort: "
+                          "read it with `response-model outcomes import --source CONFIG FILE`")
     raise ConfigError(f"{file}: format {kind!r}{suggestion(str(kind), SOURCE_FORMATS)}; expected one of "
                       f"{', '.join(SOURCE_FORMATS)}")
 
