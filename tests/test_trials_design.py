@@ -37,10 +37,20 @@ def spec(**given) -> DesignSpec:
                                     **given)
 
 
-def test_the_enrichment_size_is_statsmodels_two_proportion_size_and_screening_divides_by_prevalence():
+def test_the_enrichment_size_is_the_smallest_with_the_tests_power_and_screening_divides_by_prevalence():
+    """Per arm: the smallest whole number at which the pooled z-test's exact power reaches 80 % (near
+    statsmodels' normal approximation); the trial enrols twice that and screens 1 / prevalence as many."""
+    from statsmodels.stats.proportion import power_proportions_2indep
+
+    from response_model.trials.design import proportion_power
+
     design = design_trial(spec(), arm_rates(0.3, 0.1, 0.25, 0.2, 0.2))
     enrich = design.size("enrichment", 0.8)
-    assert enrich.n_total == 2 * math.ceil(59.0079) and enrich.n_screened == 480  # 120 / 0.25
+    per_arm = enrich.n_total // 2
+    assert proportion_power(0.3, 0.1, per_arm, 0.05) >= 0.8 > proportion_power(0.3, 0.1, per_arm - 1, 0.05)
+    normal = power_proportions_2indep(0.2, 0.1, per_arm, alpha=0.05, return_results=False)
+    assert abs(normal - proportion_power(0.3, 0.1, per_arm, 0.05)) < 0.03
+    assert enrich.n_screened == math.ceil(enrich.n_total / 0.25)
     assert 0.8 <= enrich.power_subset < 0.82
     assert design.size("enrichment", 0.9).n_total > enrich.n_total
     # all-comers: outside the subset no effect, so the overall effect is diluted and the trial is larger

@@ -3,8 +3,9 @@
 Two designs per target power (``configs/trial_design.yaml``):
 
 * **enrichment** — only the subset is enrolled: two proportions (objective response, primary resistance)
-  by the power of the pooled two-proportion z-test (statsmodels' ``power_proportions_2indep``), or PFS
-  events by Schoenfeld's formula;
+  by the power of the pooled two-proportion z-test (exact over the arms' binomial counts up to
+  :data:`EXACT_MAX_PER_ARM` per arm, statsmodels' ``power_proportions_2indep`` above), or PFS events by
+  Schoenfeld's formula;
   patients screened = enrolled / prevalence among tested;
 * **all-comers** — everyone is enrolled, randomisation stratified by subset status; the overall effect is
   the primary hypothesis and the subset's effect a secondary one, α split by fixed sequence (the subset
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
-from scipy.stats import multivariate_normal, norm
+from scipy.stats import binom, multivariate_normal, norm
 from statsmodels.stats.proportion import power_proportions_2indep
 
 from response_model.config import load_yaml
@@ -148,14 +149,54 @@ class TrialDesign:
 # ---------------------------------------------------------------------------------------------
 
 
+#: patients per arm up to which a test's power is computed exactly, over every pair of the arms' binomial
+#: counts; above, the normal approximation (within a point there) — at a few dozen per arm it is several
+#: points off the test's real power
+EXACT_MAX_PER_ARM = 1000
+#: the same for the fixed-sequence joint power (its exact sum costs ~ subset × all² per evaluation)
+EXACT_JOINT_MAX_PER_ARM = 300
+
+
+def _binomial_pmf(n: int, p: float) -> np.ndarray:
+    return binom.pmf(np.arange(n + 1), n, p)
+
+
+def _rejection_table(n: int, alpha: float) -> np.ndarray:
+    """Whether the pooled z-test rejects, for every (arm count, comparator count) with ``n`` per arm."""
+    counts = np.arange(n + 1)
+    return _rejects(counts[:, None], n, counts[None, :], n, alpha)
+
+
+def _power_at(p_arm: float, p_comparator: float, n_per_arm: float, alpha: float) -> float:
+    if n_per_arm < 1:
+        return 0.0
+    if n_per_arm > EXACT_MAX_PER_ARM:
+        return float(power_proportions_2indep(p_arm - p_comparator, p_comparator, n_per_arm, ratio=1.0,
+                                              alpha=alpha, alternative="two-sided", return_results=False))
+    n = int(n_per_arm)
+    return float(_binomial_pmf(n, p_arm) @ _rejection_table(n, alpha) @ _binomial_pmf(n, p_comparator))
+
+
 def proportion_power(p_arm: float, p_comparator: float, n_per_arm: float | np.ndarray, alpha: float):
-    """Analytic power of the two-sided pooled two-proportion z-test — the test a trial's analysis and
-    :func:`simulate_power` use — with ``n_per_arm`` patients per arm (statsmodels'
-    ``power_proportions_2indep``: the null variance pooled, the alternative's unpooled)."""
+    """Power of the two-sided pooled two-proportion z-test — the test a trial's analysis and
+    :func:`simulate_power` use — with ``n_per_arm`` patients per arm (whole patients): exact up to
+    :data:`EXACT_MAX_PER_ARM`, then statsmodels' normal approximation (``power_proportions_2indep``)."""
     n = np.asarray(n_per_arm, dtype=float)
-    power = power_proportions_2indep(p_arm - p_comparator, p_comparator, np.maximum(n, 1.0), ratio=1.0,
-                                     alpha=alpha, alternative="two-sided", return_results=False)
-    return np.where(n > 0, power, 0.0) if np.ndim(power) else (float(power) if n > 0 else 0.0)
+    power = np.array([_power_at(p_arm, p_comparator, value, alpha) for value in n.ravel()]).reshape(n.shape)
+    return power if np.ndim(n) else float(power)
+
+
+def _smallest_whole(power_at, target: float, start: int) -> int:
+    """The smallest whole n from ``start`` down at which ``power_at`` still reaches ``target`` (or up
+    from ``start`` to the first that does): exact power saw-tooths a little in n."""
+    n = max(2, start)
+    if power_at(n) >= target:
+        while n > 2 and power_at(n - 1) >= target:
+            n -= 1
+        return n
+    while power_at(n) < target:
+        n += 1
+    return n
 
 
 def _smallest_n(power_at, target: float, low: float, cap: float) -> float:
@@ -168,11 +209,16 @@ def _smallest_n(power_at, target: float, low: float, cap: float) -> float:
 
 
 def _per_arm(p_arm: float, p_comparator: float, alpha: float, power: float, cap: float = 1e7) -> float:
-    """Patients per arm for two proportions (1:1, two-sided, :func:`proportion_power`); inf when the
-    rates are equal or more than ``cap`` are needed."""
+    """Patients per arm for two proportions (1:1, two-sided, :func:`proportion_power`: whole patients
+    where the power is exact); inf when the rates are equal or more than ``cap`` are needed."""
     if math.isclose(p_arm, p_comparator, abs_tol=1e-9):
         return math.inf
-    return _smallest_n(lambda n: proportion_power(p_arm, p_comparator, n, alpha), power, 2.0, cap)
+    approximate = _smallest_n(lambda n: power_proportions_2indep(
+        p_arm - p_comparator, p_comparator, n, ratio=1.0, alpha=alpha, return_results=False), power, 2.0, cap)
+    if not math.isfinite(approximate) or approximate > EXACT_MAX_PER_ARM:
+        return approximate
+    return float(_smallest_whole(lambda n: proportion_power(p_arm, p_comparator, n, alpha), power,
+                                 math.ceil(approximate)))
 
 
 def _difference_moments(p_arm: float, p_comparator: float, n_per_arm: float) -> tuple[float, float, float]:
@@ -190,6 +236,8 @@ def gated_subset_power(rates: ArmRates, n_per_arm: float, alphas: tuple[float, f
     overall one is the prevalence-weighted mix of the subset's and the rest's, so their covariance is
     the prevalence × the subset difference's variance."""
     w = rates.prevalence
+    if n_per_arm <= EXACT_JOINT_MAX_PER_ARM:
+        return _exact_gated_power(rates, int(n_per_arm), alphas)
     inside = _difference_moments(rates.p_arm, rates.p_comparator, n_per_arm * w)
     overall = _difference_moments(*rates.overall(), n_per_arm)
     sd_outside = _difference_moments(rates.p_arm_outside, rates.p_comparator_outside,
@@ -206,6 +254,26 @@ def gated_subset_power(rates: ArmRates, n_per_arm: float, alphas: tuple[float, f
     accept_all = norm.cdf(hi_all) - norm.cdf(lo_all)
     accept_sub = norm.cdf(hi_sub) - norm.cdf(lo_sub)
     return float(min(1.0, max(0.0, 1 - accept_all - accept_sub + both_accept)))
+
+
+def _exact_gated_power(rates: ArmRates, n_per_arm: int, alphas: tuple[float, float]) -> float:
+    """:func:`gated_subset_power` summed exactly over the four binomial counts (subset and rest, arm and
+    comparator; round(n × prevalence) subset patients per arm): the overall test's rejection, averaged
+    over the rest's counts, is a banded matrix product."""
+    inside = min(n_per_arm, max(0, round(n_per_arm * rates.prevalence)))
+    rest = n_per_arm - inside
+    subset_rejects = _rejection_table(inside, alphas[1]) if inside else np.zeros((1, 1), dtype=bool)
+    overall_rejects = _rejection_table(n_per_arm, alphas[0]).astype(float)
+
+    def shifted(p: float) -> np.ndarray:  # [subset count, overall count] → P(rest count = overall − subset)
+        pmf, out = _binomial_pmf(rest, p), np.zeros((inside + 1, n_per_arm + 1))
+        for k in range(inside + 1):
+            out[k, k:k + rest + 1] = pmf
+        return out
+
+    given_subset = shifted(rates.p_arm_outside) @ overall_rejects @ shifted(rates.p_comparator_outside).T
+    weights = np.outer(_binomial_pmf(inside, rates.p_arm), _binomial_pmf(inside, rates.p_comparator))
+    return float(np.sum(weights * subset_rejects * given_subset))
 
 
 def _subset_power(spec: DesignSpec, rates: ArmRates, n_per_arm: float) -> float:
