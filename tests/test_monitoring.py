@@ -226,7 +226,8 @@ def test_an_act_verdict_logged_to_the_run_blocks_promotion(smoke_model):
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(smoke_model["tracking_uri"])  # where the CLI's client looks (as the env would set it)
-    client = MlflowClient()
+    # the registry named too: another test of this worker may have pointed the global registry URI elsewhere
+    client = MlflowClient(tracking_uri=smoke_model["tracking_uri"], registry_uri=smoke_model["tracking_uri"])
     name, version = smoke_model["name"], smoke_model["version"]
     run_id = client.get_model_version(name, version).run_id
     start = datetime(2026, 11, 2, tzinfo=UTC)

@@ -122,7 +122,7 @@ def _check_a_gate_that_cannot_pass_refuses(folder: Path, env: dict[str, str]) ->
     strict = folder / "strict.yaml"
     tiny = TEST_CONFIG.read_text(encoding="utf-8")
     strict.write_text(tiny.replace("registered_model: hcc-smoke", "registered_model: hcc-response")
-                      .replace("auc_lower: 0.5", "auc_lower: 0.99"))
+                      .replace("auc_lower: 0.3", "auc_lower: 0.99"))
     result = subprocess.run([sys.executable, "-m", "response_model.cli", "promote", "--name", "hcc-response",
                              "--version", "2", "--config", str(strict)],
                             cwd=folder, env=env, capture_output=True, text=True, timeout=600)

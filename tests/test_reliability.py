@@ -1,7 +1,7 @@
 """Reliability of the prediction service (issue 6 §5), against real `response-model serve` processes
 (uvicorn on a free loopback port, not TestClient) serving the session's smoke model.
 
-* load — 16 concurrent clients for $RESPONSE_MODEL_LOAD_SECONDS (default 20 s): no 5xx, and the
+* load — 16 concurrent clients for $RESPONSE_MODEL_LOAD_SECONDS (default 12 s): no 5xx, and the
   audit trail gains exactly one record per answered request;
 * crash — ``kill -9`` while answering; after a restart ``audit verify`` passes and every prediction
   answered 200 is in the trail;
@@ -156,7 +156,7 @@ def service(smoke_model, tmp_path_factory):
 
 @pytest.mark.slow
 def test_load_no_5xx_and_one_audit_record_per_answer(service, smoke_model):
-    seconds = float(os.environ.get(LOAD_SECONDS_ENV, "20"))
+    seconds = float(os.environ.get(LOAD_SECONDS_ENV, "12"))
     before = audit_count(service["db"])
     clients = Clients(service["url"], service["tokens"]["clinician"], n=16).start()
     time.sleep(seconds)

@@ -26,8 +26,7 @@ from sqlalchemy.engine import Engine
 
 from response_model.config import load_yaml
 from response_model.service.audit.chain import _time_text, canonical_json
-from response_model.service.audit.readers import PREDICTION_REQUEST_ENDPOINTS
-from response_model.service.audit.records import audit_records, parse_stored, side_blobs
+from response_model.service.audit.records import PREDICTION_REQUEST_ENDPOINTS, audit_records, parse_stored, side_blobs
 from response_model.service.keys import parse_time
 
 OUTCOME_ENDPOINT = "POST /v1/outcomes"

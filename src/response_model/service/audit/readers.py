@@ -29,7 +29,14 @@ from response_model.service.audit.chain import (
     canonical_json,
     expand_explanations,
 )
-from response_model.service.audit.records import AuditEntry, audit_records, parse_stored, row_to_entry, side_blobs
+from response_model.service.audit.records import (
+    PREDICTION_REQUEST_ENDPOINTS,
+    AuditEntry,
+    audit_records,
+    parse_stored,
+    row_to_entry,
+    side_blobs,
+)
 from response_model.service.keys import TIME_FORMAT
 
 if TYPE_CHECKING:
@@ -38,8 +45,6 @@ if TYPE_CHECKING:
 MAX_QUERY_LIMIT = 1_000
 
 PREDICTION_KIND, ACCESS_KIND = "prediction", "access"
-#: the endpoints of prediction requests (the JSON API's and the clinician page's); every other record is an access one
-PREDICTION_REQUEST_ENDPOINTS = ("POST /v1/predictions", "POST /v1/predictions:batch", "POST / (clinician page)")
 KINDS = (PREDICTION_KIND, ACCESS_KIND)
 EXPORT_FORMATS = ("csv", "parquet")
 SHAP_PREFIX = "shap."

@@ -18,6 +18,10 @@ from response_model.service.audit.chain import _JSON_FIELDS, CONTENT_FIELDS, OPT
 from response_model.service.audit.packing import PACKED_FIELDS, PackingError, blob_digest, blob_reference, unpack_field
 from response_model.service.keys import TIME_FORMAT, parse_time
 
+#: the endpoints of prediction requests (the JSON API's and the clinician page's); every other record is
+#: an access one (readers' kinds) or an outcome (.outcomes)
+PREDICTION_REQUEST_ENDPOINTS = ("POST /v1/predictions", "POST /v1/predictions:batch", "POST / (clinician page)")
+
 metadata = sa.MetaData()
 
 audit_records = sa.Table(
