@@ -132,16 +132,9 @@ def simulated_small():
 SMOKE_PSEUDONYM_KEY = "shared-test-pseudonym-key-0123456789"
 
 
-@pytest.fixture(scope="session")
-def smoke_model(tmp_path_factory):
-    """The smoke model (``tests/data/train_smoke.yaml``) trained once per test session.
-
-    Returns a dict: ``tracking_uri`` (a private SQLite MLflow store), ``name`` and ``version`` of the
-    registered model, ``model_uri`` (``models:/hcc-smoke/<v>``), ``export_dir`` (a self-contained
-    exported folder that serves without the store) and ``folder`` (the working directory used).
-    The tracking URI is restored afterwards; tests that use the registry set ``MLFLOW_TRACKING_URI``
-    to ``tracking_uri`` themselves.
-    """
+def _train_smoke_model(folder):
+    """Train, register and export the smoke model with ``folder`` as the working directory and its
+    SQLite MLflow store; returns the fields of :func:`smoke_model` (paths as text)."""
     from pathlib import Path
 
     import mlflow
@@ -150,7 +143,6 @@ def smoke_model(tmp_path_factory):
     from response_model.modeling.train import train
     from response_model.privacy import PSEUDONYM_KEY_ENV
 
-    folder = tmp_path_factory.mktemp("smoke-model")
     tracking_uri = f"sqlite:///{folder}/mlflow.db"
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
@@ -161,12 +153,45 @@ def smoke_model(tmp_path_factory):
         model_uri = f"models:/{result.registered_name}/{result.registered_version}"
         export_dir = export(model_uri, folder / "models" / "hcc-smoke-export")
     mlflow.set_tracking_uri(previous)
-    return {
-        "tracking_uri": tracking_uri,
-        "name": result.registered_name,
-        "version": result.registered_version,
-        "model_uri": model_uri,
-        "export_dir": Path(export_dir),
-        "folder": folder,
-        "run_id": result.run_id,
-    }
+    return {"tracking_uri": tracking_uri, "name": result.registered_name, "version": result.registered_version,
+            "model_uri": model_uri, "export_dir": str(export_dir), "folder": str(folder), "run_id": result.run_id}
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory):
+    """The smoke model (``tests/data/train_smoke.yaml``) trained once per test run.
+
+    Returns a dict: ``tracking_uri`` (a private SQLite MLflow store), ``name`` and ``version`` of the
+    registered model, ``model_uri`` (``models:/hcc-smoke/<v>``), ``export_dir`` (a self-contained
+    exported folder that serves without the store) and ``folder`` (the working directory used).
+    The tracking URI is restored afterwards; tests that use the registry set ``MLFLOW_TRACKING_URI``
+    to ``tracking_uri`` themselves.
+
+    Under pytest-xdist the first worker to need it trains it, under a file lock, in the run's shared
+    temporary folder; every worker then gets its own copy of the MLflow database (so no two processes
+    write one SQLite file; the runs' artifacts stay where they were written, by absolute path) and of the
+    exported folder.
+    """
+    import fcntl
+    import json
+    import shutil
+    from pathlib import Path
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        info = _train_smoke_model(tmp_path_factory.mktemp("smoke-model"))
+    else:
+        shared = tmp_path_factory.getbasetemp().parent / "smoke-model"
+        with open(shared.parent / "smoke-model.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            done = shared / "smoke-model.json"
+            if not done.exists():
+                shared.mkdir(exist_ok=True)
+                done.write_text(json.dumps(_train_smoke_model(shared)))
+            trained = json.loads(done.read_text())
+        mine = tmp_path_factory.mktemp("smoke-model")
+        shutil.copy2(shared / "mlflow.db", mine / "mlflow.db")
+        export_dir = mine / "models" / "hcc-smoke-export"
+        shutil.copytree(trained["export_dir"], export_dir)
+        info = {**trained, "tracking_uri": f"sqlite:///{mine}/mlflow.db", "export_dir": str(export_dir),
+                "folder": str(mine)}
+    return {**info, "export_dir": Path(info["export_dir"]), "folder": Path(info["folder"])}

@@ -23,7 +23,8 @@ MODEL = "hcc-smoke"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    """A private MLflow store holding the smoke model as versions 1 and 2 (same bundle, two versions)."""
+    """A private MLflow store holding a tiny model (tests/data/train_tiny.yaml, registered as hcc-smoke) as
+    versions 1 and 2 (same bundle, two versions)."""
     from response_model.modeling.registry import register
     from response_model.modeling.train import train
 
@@ -36,7 +37,7 @@ def registry(tmp_path_factory):
         mp.delenv(DB_URL_ENV, raising=False)
         from pathlib import Path
 
-        config = Path(__file__).parent / "data" / "train_smoke.yaml"
+        config = Path(__file__).parent / "data" / "train_tiny.yaml"  # a registry to serve from: any model will do
         result = train(config, register=True, progress=False)
         second = register(result.run_id, MODEL)
         yield {"folder": folder, "v1": result.registered_version, "v2": second}
