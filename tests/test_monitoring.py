@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from response_model.dataset import row_to_record
+from response_model.modeling.bundle import SIMULATED_DATA_LABEL
 from response_model.monitoring import checks, drift, performance
 from response_model.monitoring.profile import ProfileError, input_frame, profile_of, record_inputs
 from response_model.monitoring.served import Served
@@ -171,6 +172,7 @@ def test_monitoring_endpoint_roles_and_audit(service):
         answer = client.get("/v1/monitoring", headers=auth(tokens[role]))
         assert answer.status_code == 200, answer.text
         assert answer.json()["requests"] == 24 and set(answer.json()["verdicts"]) == set(checks.CHECKS)
+        assert answer.json()["label"] == SIMULATED_DATA_LABEL
     bad = client.get("/v1/monitoring?since=yesterday", headers=auth(tokens["auditor"]))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "since"
     too_long = client.get("/v1/monitoring?since=1900-01-01", headers=auth(tokens["auditor"]))
@@ -212,8 +214,10 @@ def test_monitor_cli_writes_the_report(service, smoke_model, tmp_path):
                                        "--no-mlflow"])
     assert result.exit_code == 0, result.output
     assert "feature_drift" in result.output and "overall" in result.output
+    assert f"label: {SIMULATED_DATA_LABEL}" in result.output
     text = report.read_text(encoding="utf-8")
     assert "Drift per feature over time" in text and "data:image/png;base64," in text
+    assert SIMULATED_DATA_LABEL in text  # the smoke model was trained on simulated patients
     assert "mon-0" not in text
 
 

@@ -249,8 +249,8 @@ def monitor(profile: Mapping[str, Any], data: Served, outcomes: pd.DataFrame | N
 def monitoring_state(bundle: Any, trail: Any, since: datetime, until: datetime,
                      cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:func:`monitor` of what ``trail`` holds for ``bundle``'s model version in ``since <= time < until``
-    (aware datetimes), with the model's name and version. Raises ProfileError for a bundle without a
-    reference profile."""
+    (aware datetimes), with the model's name, version and label (its research-use label when it was
+    trained on simulated data, else None). Raises ProfileError for a bundle without a reference profile."""
     from response_model.monitoring.profile import profile_of
     from response_model.monitoring.served import recorded_outcomes, served
     from response_model.service.keys import TIME_FORMAT
@@ -259,4 +259,5 @@ def monitoring_state(bundle: Any, trail: Any, since: datetime, until: datetime,
     version = bundle.metadata.get("model_version")
     data = served(trail, since=since.strftime(TIME_FORMAT), until=until.strftime(TIME_FORMAT), model_version=version)
     state = monitor(profile, data, recorded_outcomes(trail), since, until, cfg)
-    return {"model_name": bundle.metadata.get("model_name"), "model_version": version, **state}
+    return {"model_name": bundle.metadata.get("model_name"), "model_version": version,
+            "label": bundle.metadata.get("label"), **state}

@@ -111,6 +111,8 @@ def monitor_command(model_uri: str, since: str, until: str | None, db_url: str |
     if as_json:
         click.echo(json.dumps(state, indent=1, default=str))
         return
+    if state.get("label"):
+        click.echo(f"label: {state['label']}")
     for check, verdict in state["verdicts"].items():
         click.echo(f"{check:<22} {verdict}")
     click.echo(f"{'overall':<22} {state['verdict']}  ({state['requests']} predictions, {state['labelled']} labelled)")

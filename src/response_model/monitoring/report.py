@@ -60,7 +60,9 @@ def _verdict_table(state: Mapping[str, Any]) -> str:
 
 def write_report(state: Mapping[str, Any], path: str | Path, cfg: Mapping[str, Any], title: str) -> Path:
     """Write the report of ``state`` (:func:`~.checks.monitor`) to ``path``; returns the path."""
+    label = state.get("label")
     parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p class='label'><b>{html.escape(label)}</b></p>" if label else "",
              f"<p>Period {html.escape(state['period']['since'])} to {html.escape(state['period']['until'])}: "
              f"{state['requests']} served predictions, {state['labelled']} labelled rows. Overall verdict: "
              f"<b>{state['verdict']}</b>. Cells with fewer than {state['k']} patients are suppressed.</p>",
