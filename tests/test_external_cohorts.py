@@ -156,6 +156,34 @@ def test_a_typo_in_the_optional_key_names_the_key_meant(tmp_path, external_csv):
         load_source(mapping, external_csv)
 
 
+def test_a_drug_code_the_mapping_lacks_is_read_as_unrecorded_with_one_notice(tmp_path):
+    """Drug is ``unlisted: missing``: codes 7 and 9 make those rows' regimen unknown (one notice per code, with
+    the lines); Sex has no such mark, so an unlisted sex code still rejects its row, naming field and codes."""
+    frame = pd.read_csv(chowell_like(tmp_path / "codes.csv", 12, 3))
+    frame.loc[[1, 4, 6], "Drug"] = [7, 9, 7]
+    frame.loc[2, "Sex"] = 5
+    frame.to_csv(tmp_path / "codes.csv", index=False)
+    parsed = load_source(CHOWELL, tmp_path / "codes.csv").parsed
+    assert len(parsed.records) == 11 and [e.line for e in parsed.rejected] == [4]
+    assert "sex: '5' in column 'Sex' is not one of the coded values" in str(parsed.rejected[0].errors)
+    notices = [n for n in parsed.notices if "in column 'Drug'" in n]
+    assert len(notices) == 2 and notices[0].startswith("2 row(s) (line 3, 8): regimen: '7'")
+    assert "scored with the regimen unrecorded" in notices[0] and notices[1].startswith("1 row(s) (line 6)")
+    by_id = {r.patient_id: out.regimen for r, out in zip(parsed.records, parsed.outcomes)}
+    assert [by_id[f"CHOWELL-{i}"] for i in (2, 5, 7)] == [None, None, None]
+    assert by_id["CHOWELL-1"] is not None
+
+
+def test_unlisted_missing_is_refused_where_it_cannot_apply(tmp_path, external_csv):
+    mapping = _mapping_with(tmp_path, "fcna: {column: FCNA}", "fcna: {column: FCNA, unlisted: missing}")
+    with pytest.raises(ConfigError, match=r"columns\.fcna\.unlisted: 'missing' needs a `values:` map"):
+        load_source(mapping, external_csv)
+    coded = "values: {1: male, 0: female}"
+    mapping = _mapping_with(tmp_path, coded + "}", coded + ", unlisted: missing}")
+    with pytest.raises(ConfigError, match=r"columns\.sex\.unlisted: .*sex is required"):
+        load_source(mapping, external_csv)
+
+
 # -- unseen cancer types ------------------------------------------------------------------------
 
 

@@ -190,6 +190,11 @@ class ColumnMapping:
     separator: str = ";"
     none_found: frozenset[str] = frozenset(DEFAULT_NONE_FOUND)
     optional: bool = False  # the column may be absent from the file: the field is then missing for every row
+    unlisted: str = "reject"  # a code not under `values:`: "reject" its row, or read it as "missing" (a notice)
+
+    def reads_as_missing(self, raw: Any) -> bool:
+        """True when ``raw`` is a code outside ``values`` that this mapping reads as missing (``unlisted: missing``)."""
+        return self.unlisted == "missing" and self.values is not None and _code(raw) not in self.values
 
     def convert(self, raw: Any, decimal: str) -> Any:
         """Return the canonical value of a non-missing cell; raises _CellError."""
@@ -292,6 +297,9 @@ class _ColumnEntry(BaseModel):
     none_found: list[str] | None = None
     optional: bool = Field(False, strict=True, description="true: the column may be absent from the file "
                                                           "(the field is then missing for every row, with a notice)")
+    unlisted: Literal["reject", "missing"] = Field(
+        "reject", description="a cell whose code is not under `values:`: reject its row (default), or read the "
+                              "field as missing for that row (one notice per code)")
 
 
 class _GeneEntry(BaseModel):
@@ -420,18 +428,28 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
             raise SourceSpecError(f"{where}.format: {template!r} is not a valid template ({error})") from None
     if name != "alterations" and ("separator" in entry or "none_found" in entry):
         raise SourceSpecError(f"{where}: separator and none_found apply to alterations only")
-    optional = entry.get("optional", False)
-    if optional and name in REQUIRED_FIELDS:
-        raise SourceSpecError(f"{where}.optional: {name} is required by the patient record; "
-                              "expected its column in every file (remove `optional: true`)")
+    optional, unlisted = _missing_options(where, name, entry, values)
     return ColumnMapping(
         field=name, column=str(entry["column"]).strip(), values=values, labels=labels or (),
         scale=float(scale) if scale is not None else None,
         template=str(template) if template is not None else None,
         separator=str(entry.get("separator", ";")),
         none_found=frozenset(str(word).lower() for word in entry.get("none_found", DEFAULT_NONE_FOUND)),
-        optional=bool(optional),
+        optional=optional, unlisted=unlisted,
     )
+
+
+def _missing_options(where: str, name: str, entry: Mapping[str, Any], values: dict | None) -> tuple[bool, str]:
+    """Return the entry's ``optional`` and ``unlisted`` settings, refused where the record requires the field."""
+    optional = bool(entry.get("optional", False))
+    if optional and name in REQUIRED_FIELDS:
+        raise SourceSpecError(f"{where}.optional: {name} is required by the patient record; "
+                              "expected its column in every file (remove `optional: true`)")
+    unlisted = str(entry.get("unlisted", "reject"))
+    if unlisted == "missing" and (values is None or name in REQUIRED_FIELDS):
+        raise SourceSpecError(f"{where}.unlisted: 'missing' needs a `values:` map on a field the record does not "
+                              f"require ({name} {'is required' if name in REQUIRED_FIELDS else 'has no values:'})")
+    return optional, unlisted
 
 
 def _constants(raw: Mapping[str, Any], columns: Mapping[str, ColumnMapping]) -> dict[str, Any]:
@@ -741,14 +759,19 @@ def _check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[st
     return index, warnings
 
 
-def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], key: bytes | None
-             ) -> tuple[dict[str, Any], list[FieldError]]:
+def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], key: bytes | None,
+             unlisted: list[tuple[ColumnMapping, str]]) -> tuple[dict[str, Any], list[FieldError]]:
+    """Return one row's canonical fields and its cell errors; codes read as missing are appended to ``unlisted``."""
     row: dict[str, Any] = dict(spec.constants)
     errors: list[FieldError] = []
     for name, mapping in spec.columns.items():
         raw = cells[index[mapping.column]]
         listed = mapping.values is not None and raw is not None and _code(raw) in mapping.values
         if not listed and _is_missing(raw, spec.missing):  # a code listed under `values:` wins
+            row[name] = None
+            continue
+        if mapping.reads_as_missing(raw):
+            unlisted.append((mapping, _text(raw)))
             row[name] = None
             continue
         try:
@@ -790,8 +813,9 @@ def absent_notice(absent: Sequence[ColumnMapping]) -> str:
 
 
 def map_table(table: RawTable, spec: TableSpec,
-              path: Path) -> tuple[pd.DataFrame, dict[int, list[FieldError]], list[str]]:
-    """Return the canonical-field frame of ``table``, the cell errors per row position and table warnings.
+              path: Path) -> tuple[pd.DataFrame, dict[int, list[FieldError]], list[str], list[str]]:
+    """Return the canonical-field frame of ``table``, the cell errors per row position, table warnings and
+    notices (one per code read as missing under ``unlisted: missing``, naming its lines).
 
     An optional mapping whose column the file lacks gives its field as missing (None) in every row."""
     index, warnings = _check_header(table, spec, path)
@@ -800,19 +824,34 @@ def map_table(table: RawTable, spec: TableSpec,
         spec = replace(spec, columns={name: m for name, m in spec.columns.items() if m not in absent})
     key = pseudonym_key() if spec.pseudonymise else None
     rows, errors = [], {}
+    unlisted: dict[tuple[str, str], list[int]] = defaultdict(list)  # (field, code) → file lines
     for position, cells in enumerate(table.rows):
         if position in table.problems:
             rows.append({})
             errors[position] = [FieldError(field="row", value=None, message=table.problems[position])]
             continue
-        row, row_errors = _map_row(cells, spec, index, key)
+        found: list[tuple[ColumnMapping, str]] = []
+        row, row_errors = _map_row(cells, spec, index, key, found)
+        for mapping, code in found:
+            unlisted[mapping.field, code].append(table.lines[position])
         rows.append(row)
         if row_errors:
             errors[position] = row_errors
     frame = pd.DataFrame(rows, columns=[*spec.fields, *(m.field for m in absent)], dtype=object)
     frame = frame[[name for name in COHORT_COLUMNS if name in frame.columns]]
     frame = frame.astype(object).where(frame.notna(), None)
-    return frame, errors, warnings
+    return frame, errors, warnings, [_unlisted_notice(spec.columns[name], code, lines)
+                                    for (name, code), lines in unlisted.items()]
+
+
+def _unlisted_notice(mapping: ColumnMapping, code: str, lines: Sequence[int], shown: int = 5) -> str:
+    """The notice for one code outside ``mapping.values`` read as missing on ``lines`` (file lines)."""
+    more = f", … {len(lines) - shown} more" if len(lines) > shown else ""
+    where = ", ".join(map(str, lines[:shown])) + more
+    what = ("scored with the regimen unrecorded (the training mix of its class)" if mapping.field == "regimen"
+            else "scored with the field missing")
+    return (f"{len(lines)} row(s) (line {where}): {mapping.field}: {code!r} in column {mapping.column!r} is not "
+            f"one of the coded values ({', '.join(mapping.labels)}); read as missing (`unlisted: missing`), {what}")
 
 
 def _duplicate_ids(frame: pd.DataFrame, lines: Sequence[int]) -> list[str]:
@@ -857,9 +896,9 @@ def read_table(spec: dict, path: str | Path) -> ParsedCohort:
     if table_spec.pseudonymise:
         pseudonym_key()  # fail before reading anything if the key is not set
     table = read_raw(table_spec, path)
-    frame, cell_errors, warnings = map_table(table, table_spec, path)
+    frame, cell_errors, warnings, unlisted = map_table(table, table_spec, path)
     absent = absent_optional(table, table_spec)
-    notices = [absent_notice(absent)] if absent else []
+    notices = ([absent_notice(absent)] if absent else []) + unlisted
     lines = table.lines
     warnings += _duplicate_ids(frame, lines)
     if "cancer_type" not in table_spec.fields:
