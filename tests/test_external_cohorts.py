@@ -268,6 +268,9 @@ def test_score_adds_the_unrecorded_rows_with_warnings(chowell_bundle, external_c
     mixed = table[table["regimen"] == UNKNOWN_REGIMEN]
     assert len(mixed) == 60 and mixed["rank"].isna().all()
     assert mixed["warnings"].str.contains("regimen: not recorded").all()
+    # the bundle stores no per-regimen validation: the mix says so, naming every member with its share
+    assert (mixed["validation"] == "unchecked").all()
+    assert mixed["validation_warning"].str.contains(r"anti_pd1_pdl1 \(\d+% of the mix: not checked").all()
     cns = table[table["input_row"] == 2]  # line 4 of the file: CancerType CNS
     assert cns["warnings"].str.contains("'CNS' is not one of the 16 cancer types").all()
     assert table.loc[table["input_row"] == 0, "warnings"].isna().any()  # a Melanoma patient: no warning

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from response_model.errors import ConfigError
-from response_model.modeling.regimen_validation import regimen_decisions, validation_metadata
+from response_model.modeling.regimen_validation import mixture_validation, regimen_decisions, validation_metadata
 
 GOOD = {"n": 300, "events": 80, "auc": 0.72, "auc_lower": 0.66, "auc_upper": 0.78, "calibration_slope": 0.95,
         "calibration_slope_lower": 0.7, "calibration_slope_upper": 1.2}
@@ -48,6 +48,20 @@ def test_too_few_can_be_withheld_and_no_gate_means_unchecked():
     assert found["ramucirumab"]["served"] is False
     unchecked = regimen_decisions(_metrics(ramucirumab=SMALL), ["ramucirumab"], None)["ramucirumab"]
     assert unchecked["status"] == "unchecked" and unchecked["served"] and "not checked" in unchecked["warning"]
+
+
+def test_a_mixture_takes_its_worst_members_status_and_names_each_weak_member():
+    gate = {"min_patients": 100, "min_events": 10, "auc_lower": 0.5, "on_fail": "warn", "on_too_few": "warn"}
+    meta = validation_metadata(_metrics(lenvatinib=GOOD, tislelizumab=WEAK, ramucirumab=SMALL),
+                               ["lenvatinib", "tislelizumab", "ramucirumab"], gate)
+    mixed = mixture_validation({"regimen_validation": meta}, {"lenvatinib": 0.7, "ramucirumab": 0.2,
+                                                              "tislelizumab": 0.1})
+    assert mixed["status"] == "failed"
+    assert "ramucirumab (20% of the mix: not validated — too few patients)" in mixed["warning"]
+    assert "tislelizumab (10% of the mix: not validated — fails" in mixed["warning"]
+    assert "lenvatinib" not in mixed["warning"]
+    only_good = mixture_validation({"regimen_validation": meta}, {"lenvatinib": 1.0, "tislelizumab": 0.0})
+    assert only_good == {"status": "validated", "warning": None}
 
 
 def test_metadata_is_json_ready():

@@ -25,7 +25,8 @@ goes back to the data owner; ids never go to the logs), ``regimen``, ``regimen_c
 (as the API ranks: :func:`response_model.modeling.interpret.ranks`; null when ineligible or withheld),
 ``validation`` (the regimen's per-regimen gate status: validated, failed, too_few, unchecked) and
 ``validation_warning`` (why it is not validated, naming the metric; the probabilities of a regimen the
-gate withholds are null) and,
+gate withholds are null; an ``unrecorded`` row has its mix's worst status and names each member not
+validated) and,
 for models trained on simulated data, ``label``. With ``intervals=True`` (optional: it costs several
 times the scoring) each row's per-patient interval — ``p_<outcome>_lower``, ``p_<outcome>_upper`` and
 ``interval_level`` (its nominal coverage, 0–1; all null for a bundle without an ensemble) — as the API
@@ -73,7 +74,7 @@ from response_model.dataset import (
 )
 from response_model.modeling import explanation_groups
 from response_model.modeling.predictor import Predictor
-from response_model.modeling.regimen_validation import answer_validation
+from response_model.modeling.regimen_validation import answer_validation, mixture_validation
 from response_model.schema import OUTCOMES, PatientRecord, field_errors
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ def _unrecorded_rows(predictor: Predictor, records: Sequence[PatientRecord], reg
                           **{f"p_{o}": mixed.probability[o] for o in OUTCOMES}})
     table["rank"] = pd.array([pd.NA] * n, dtype="Int64")
     table["warnings"] = _warnings(records, np.arange(n), mixed.warning)
+    validation = mixture_validation(predictor.metadata, mixed.weights)
+    table["validation"], table["validation_warning"] = validation["status"], validation["warning"]
     if explain:
         table = pd.concat([table, _shap_frame(predictor, n, list(mixed.explanations.items()))], axis=1)
     return table

@@ -259,6 +259,22 @@ def answer_validation(metadata: Mapping[str, Any], regimen: str) -> dict[str, An
             "metrics": {o: dict(m) for o, m in (decision.get("outcomes") or {}).items()}}
 
 
+#: Statuses from best to worst: the mixture of several regimens takes its worst member's.
+STATUS_ORDER = ("validated", "unchecked", "too_few", "failed")
+
+
+def mixture_validation(metadata: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, Any]:
+    """The ``status`` and ``warning`` of an estimate averaged over regimens with ``weights`` (a patient whose
+    regimen is unrecorded): the worst member's status, and a warning naming every member not validated with
+    its share of the mix (None when all are validated)."""
+    decisions = {name: decision_of(metadata, name) for name, w in weights.items() if w > 0}
+    worst = max((d["status"] for d in decisions.values()), key=STATUS_ORDER.index, default="unchecked")
+    weak = [f"{name} ({weights[name]:.0%} of the mix: {STATUS_TEXT.get(d['status'], d['status'])})"
+            for name, d in decisions.items() if d["status"] != "validated"]
+    warning = f"the training mix includes regimens not validated: {', '.join(weak)}" if weak else None
+    return {"status": worst, "warning": warning}
+
+
 def withheld_regimens(metadata: Mapping[str, Any]) -> frozenset[str]:
     """The regimens the bundle's per-regimen gate withholds (not served)."""
     stored = (metadata.get("regimen_validation") or {}).get("regimens") or {}
