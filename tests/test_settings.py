@@ -69,6 +69,8 @@ DEFAULT = ROOT / "configs" / "train" / "default.yaml"
     (DEFAULT, "  lightgbm_dask_min_rows: 200000", "  lightgbm_dask_min_row: 200000",
      "did you mean 'lightgbm_dask_min_rows'?"),
     (DEFAULT, "  n_splits: 5", "  n_splits: five", "cv.n_splits: Input should be a valid integer"),
+    (DEFAULT, "      num_leaves: 2\n", "      num_leave: 2\n",
+     "num_leave in model.tki_antiangiogenic.objective_response (did you mean 'num_leaves'?)"),
 ])
 def test_a_misspelt_training_key_is_refused_with_the_nearest_valid_key(tmp_path, source, old, new, wanted):
     path = _edited(tmp_path, source, old, new)
@@ -122,3 +124,16 @@ def test_a_misspelt_baseline_parameter_is_refused(tmp_path):
     path = _edited(tmp_path, SMOKE, "logistic: {C: 1.0}", "logistic: {c: 1.0}")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) c in baselines.logistic \(did you mean 'C'\?\)"):
         load_training_config(path)
+
+
+def test_per_outcome_overrides_apply_to_that_outcome_only():
+    from response_model.modeling.train import _model_params
+
+    config = {"model": {"defaults": {"C": 0.1, "num_leaves": 4},
+                        "tki_antiangiogenic": {"num_leaves": 8, "monotone_constraints": {"albumin": 1},
+                                               "objective_response": {"C": 0.01}}}}
+    response = _model_params(config, "tki_antiangiogenic", "objective_response")
+    resistance = _model_params(config, "tki_antiangiogenic", "primary_resistance")
+    assert response == {"C": 0.01, "num_leaves": 8, "monotone_constraints": {"albumin": 1}}
+    assert resistance == {"C": 0.1, "num_leaves": 8, "monotone_constraints": {"albumin": -1}}
+    assert _model_params(config, "checkpoint_inhibitor", "objective_response")["num_leaves"] == 4

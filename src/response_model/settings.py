@@ -221,9 +221,14 @@ class Search(Strict):
         return self
 
 
+#: Keys of a regimen class's model section holding overrides for one outcome's model only.
+OUTCOME_OVERRIDES = OUTCOMES
+
+
 class ModelSection(Strict):
     """``defaults`` (ResponseClassifier parameters) and per-regimen-class overrides (the same, plus
-    ``monotone_constraints``). Keys other than ``defaults`` must be regimen classes of the catalogue."""
+    ``monotone_constraints``, plus per-outcome overrides under ``objective_response`` /
+    ``primary_resistance``). Keys other than ``defaults`` must be regimen classes of the catalogue."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -245,7 +250,13 @@ class ModelSection(Strict):
                                  f"expected defaults or a regimen class ({', '.join(classes)})")
             if not isinstance(params, Mapping):
                 raise ValueError(f"model.{name}: expected a mapping of ResponseClassifier parameters")
-            _check_params(params, allowed, f"model.{name}")
+            for outcome in OUTCOME_OVERRIDES:
+                overrides = params.get(outcome) or {}
+                if not isinstance(overrides, Mapping):
+                    raise ValueError(f"model.{name}.{outcome}: expected a mapping of ResponseClassifier parameters")
+                _check_params(overrides, allowed - {"monotone_constraints"}, f"model.{name}.{outcome}")
+            _check_params({k: v for k, v in params.items() if k not in OUTCOME_OVERRIDES}, allowed,
+                          f"model.{name}")
             constraints = params.get("monotone_constraints") or {}
             if not isinstance(constraints, Mapping) or any(v not in (-1, 0, 1) for v in constraints.values()):
                 raise ValueError(f"model.{name}.monotone_constraints: expected {{feature: 1 | -1 | 0}}")

@@ -129,10 +129,13 @@ def training_ranges(X: pd.DataFrame, low: float = 0.01, high: float = 0.99) -> d
 
 
 def _model_params(config: dict[str, Any], regimen_class: str, outcome: str) -> dict[str, Any]:
+    """ResponseClassifier parameters of one class × outcome: ``defaults``, then the class's overrides, then
+    its overrides for ``outcome`` (``model.<class>.<outcome>``); monotone signs turned for the outcome."""
     section = config.get("model", {})
     per_class = dict(section.get(regimen_class, {}))
+    per_outcome = {name: per_class.pop(name, None) or {} for name in OUTCOMES}[outcome]
     constraints = constraints_for_outcome(per_class.pop("monotone_constraints", None), outcome)
-    return {**section.get("defaults", {}), **per_class, "monotone_constraints": constraints}
+    return {**section.get("defaults", {}), **per_class, **per_outcome, "monotone_constraints": constraints}
 
 
 def _oracle_truth(data: TrainingData, rows: pd.Index, outcome: str) -> pd.Series | None:
