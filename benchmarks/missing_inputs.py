@@ -13,6 +13,10 @@ Per regimen class × outcome both models are fitted with the settings of ``confi
   scored under every candidate regimen; per regimen, the mean predicted probability of response beside
   the simulator's population mean true probability for that regimen (the mean over all test patients of
   ``truth.p_objective_response``; target ±3 points).
+* **The same over further training draws** (``--draws``, seeds ``--seed`` + 1 …): per regimen the mean
+  error (bias), its SD across draws (noise) and the binomial SE of the regimen's response rate in one
+  training cohort of that size — with a few hundred patients per regimen the noise alone is about 2 points,
+  so a single draw's ±3-point table mixes bias with chance.
 * **Each optional field hidden with probability 1/2** (independently, on top of the cohort's own
   missingness): calibration slope (target 0.85–1.15) and AUC against the observed outcome of the regimen
   received, beside an **observed-data ceiling fitted on the same hiding pattern**: LightGBM regressing
@@ -162,6 +166,50 @@ def required_only(ctx: Context) -> pd.DataFrame:
     return table
 
 
+def _response_models(train: Cohort, config: dict) -> dict[str, ResponseClassifier]:
+    """{class: the configured objective-response model fitted on ``train``} (augmentation on)."""
+    models = {}
+    for regimen_class in config["regimen_classes"]:
+        y = train.frame["objective_response"].astype(float)
+        keep = (train.regimen_class == regimen_class) & y.notna()
+        params = _model_params(config, regimen_class, "objective_response")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models[regimen_class] = ResponseClassifier(**params).fit(train.X[keep], y[keep].astype(int))
+    return models
+
+
+def required_only_draws(ctx: Context) -> pd.DataFrame:
+    """Per regimen, over ``--draws`` further training cohorts (seeds ``--seed`` + 1 …): the mean and SD of the
+    required-fields-only error (bias and noise), beside the binomial SE of the regimen's observed response
+    rate in one training cohort — the noise no estimate from that cohort's outcomes can avoid."""
+    if ctx.args.draws < 1:
+        return pd.DataFrame()
+    sparse = [hide_fields(r, hideable_fields()) for r in ctx.test.records]
+    population = ctx.test.truth.groupby("regimen")["p_objective_response"].mean()
+    errors: dict[str, list[float]] = {}
+    counts: dict[str, list[int]] = {}
+    for draw in range(1, ctx.args.draws + 1):
+        train = load_cohort(ctx.args.train_n, ctx.args.seed + draw)
+        models = _response_models(train, ctx.config)
+        for regimen in candidate_regimens():
+            if regimen.regimen_class not in models:
+                continue
+            X = build_feature_matrix(sparse, regimen.name)
+            mean = float(models[regimen.regimen_class].predict_proba(X)[:, 1].mean())
+            errors.setdefault(regimen.name, []).append(mean - float(population[regimen.name]))
+            counts.setdefault(regimen.name, []).append(int((train.frame["regimen"] == regimen.name).sum()))
+        print(f"required fields only: training draw {draw}/{ctx.args.draws} done", flush=True)
+    rows = []
+    for name, found in errors.items():
+        p, n = float(population[name]), float(np.mean(counts[name]))
+        rows.append({"regimen": name, "train_patients": n, "mean_error": float(np.mean(found)),
+                     "sd_error": float(np.std(found, ddof=1)) if len(found) > 1 else np.nan,
+                     "binomial_se": float(np.sqrt(p * (1 - p) / n)) if n else np.nan,
+                     "share_within_3": float(np.mean(np.abs(found) <= TARGET_POINTS))})
+    return pd.DataFrame(rows)
+
+
 def _discrimination(ctx: Context, X: pd.DataFrame, ceiling: dict | None, label: str) -> pd.DataFrame:
     rows = []
     for (regimen_class, outcome) in ctx.models["off"]:
@@ -190,6 +238,8 @@ def hidden_fields(ctx: Context) -> pd.DataFrame:
 SECTIONS: list[tuple[str, Callable[[Context], pd.DataFrame]]] = [
     ("patients with only the required fields: mean predicted response per regimen", required_only),
     ("discrimination and calibration with missing inputs", hidden_fields),
+    ("patients with only the required fields, over further training draws: bias (mean) and noise (SD)",
+     required_only_draws),
 ]
 
 
@@ -202,6 +252,13 @@ def _verdicts(tables: dict[str, pd.DataFrame]) -> list[str]:
             met = int((required[f"error_{name}"].abs() <= TARGET_POINTS).sum())
             lines.append(f"required fields only ({name}): {met}/{len(required)} regimens within ±3 points; "
                          f"worst {worst['regimen']} {worst[f'error_{name}'] * 100:+.1f} points")
+    draws = tables.get(SECTIONS[2][0])
+    if draws is not None and len(draws):
+        met = int((draws["mean_error"].abs() <= TARGET_POINTS).sum())
+        lines.append(f"required fields only, over further training draws: mean error within ±3 points for "
+                     f"{met}/{len(draws)} regimens; largest |mean| {draws['mean_error'].abs().max() * 100:.1f} points; "
+                     f"SD across draws {draws['sd_error'].min() * 100:.1f}–{draws['sd_error'].max() * 100:.1f} points "
+                     f"(binomial SE {draws['binomial_se'].min() * 100:.1f}–{draws['binomial_se'].max() * 100:.1f})")
     hidden = tables.get(SECTIONS[1][0])
     if hidden is not None and len(hidden):
         rows = hidden[hidden["test records"] == "fields hidden w.p. 1/2"]
@@ -226,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--test-seed", type=int, default=999)
     parser.add_argument("--ceiling-seed", type=int, default=777)
+    parser.add_argument("--draws", type=int, default=4,
+                        help="further training cohorts for the required-fields-only bias / noise table (0: none)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (600 / 600, ceiling 1,000): a smoke run")
     parser.add_argument("--config", default=str(ROOT / "configs" / "train" / "default.yaml"))
     args = parser.parse_args(argv)
     if args.quick:
         args.train_n, args.test_n, args.ceiling_n = 600, 600, min(args.ceiling_n, 1000)
+        args.draws = min(args.draws, 2)
     logging.basicConfig(level=logging.WARNING)
     config = yaml.safe_load(Path(args.config).read_text())
     started = time.perf_counter()

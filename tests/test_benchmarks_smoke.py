@@ -117,3 +117,4 @@ def test_missing_inputs_benchmark_runs(capsys):
     assert module.main(["--quick", "--ceiling-n", "0"]) == 0
     out = capsys.readouterr().out
     assert "mean_off" in out and "mean_on" in out and "slope_on" in out and "required fields only (on)" in out
+    assert "bias (mean) and noise (SD)" in out and "binomial_se" in out and "over further training draws" in out
