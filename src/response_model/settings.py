@@ -221,10 +221,6 @@ class Search(Strict):
         return self
 
 
-#: Keys of a regimen class's model section holding overrides for one outcome's model only.
-OUTCOME_OVERRIDES = OUTCOMES
-
-
 class ModelSection(Strict):
     """``defaults`` (ResponseClassifier parameters) and per-regimen-class overrides (the same, plus
     ``monotone_constraints``, plus per-outcome overrides under ``objective_response`` /
@@ -250,12 +246,12 @@ class ModelSection(Strict):
                                  f"expected defaults or a regimen class ({', '.join(classes)})")
             if not isinstance(params, Mapping):
                 raise ValueError(f"model.{name}: expected a mapping of ResponseClassifier parameters")
-            for outcome in OUTCOME_OVERRIDES:
+            for outcome in OUTCOMES:  # a class's per-outcome overrides
                 overrides = params.get(outcome) or {}
                 if not isinstance(overrides, Mapping):
                     raise ValueError(f"model.{name}.{outcome}: expected a mapping of ResponseClassifier parameters")
                 _check_params(overrides, allowed - {"monotone_constraints"}, f"model.{name}.{outcome}")
-            _check_params({k: v for k, v in params.items() if k not in OUTCOME_OVERRIDES}, allowed,
+            _check_params({k: v for k, v in params.items() if k not in OUTCOMES}, allowed,
                           f"model.{name}")
             constraints = params.get("monotone_constraints") or {}
             if not isinstance(constraints, Mapping) or any(v not in (-1, 0, 1) for v in constraints.values()):
