@@ -105,9 +105,13 @@ def store(tmp_path, monkeypatch, empty_database):
     shutil.copy(empty_database, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    # configure_tracking exports MLFLOW_REGISTRY_URI for subprocesses: set through monkeypatch first (empty =
+    # unset for MLflow) so that the export is undone after the test and no later test inherits this store
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")
     uri = configure_tracking("test-bundle", artifact_root=tmp_path / "artifacts")
     yield tmp_path
     mlflow.set_tracking_uri(uri)  # leave no half-configured global behind for the next test
+    mlflow.set_registry_uri(None)  # a test may point the registry elsewhere: back to "follow the tracking URI"
 
 
 def _good_metrics(auc_lower: float = 0.65, slope: float = 1.0, auc: float = 0.72) -> dict[str, float]:
@@ -289,6 +293,7 @@ def test_embedded_default_store_and_git_commit(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")  # configure_tracking exports it: undone after (see store)
     try:
         uri = configure_tracking("default-store")
         assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
@@ -297,6 +302,7 @@ def test_embedded_default_store_and_git_commit(tmp_path, monkeypatch):
         assert location == (tmp_path.resolve() / "mlartifacts").as_uri()
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     assert git_commit(tmp_path) is None  # not a git checkout: None, no error
     commit = git_commit()
     assert commit is None or len(commit) == 40
@@ -343,3 +349,12 @@ def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
     subprocess.run([sys.executable, "-c", script, str(folder), str(store / "patients.parquet"),
                     str(store / "scores.parquet")], check=True, env=env, cwd=store, timeout=120)
     pd.testing.assert_frame_equal(pd.read_parquet(store / "scores.parquet"), expected, check_exact=True)
+
+
+def test_zz_no_registry_uri_outlives_this_module():
+    """Runs last in this file (pytest keeps file order): the tests above pointed the registry at private
+    stores and at an unreachable server; none of that may reach later tests or their subprocesses."""
+    from mlflow.tracking._model_registry import utils
+
+    assert "MLFLOW_REGISTRY_URI" not in os.environ, os.environ.get("MLFLOW_REGISTRY_URI")
+    assert utils._registry_uri is None
