@@ -89,6 +89,15 @@ def patients(cohort):
     return example_input(cohort[1].records[:40], n=40)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def registry_at_start():
+    """The registry URI (environment and MLflow's global) before this file's first test: other files on the
+    same worker may have set it; this file must leave it as it found it."""
+    from mlflow.tracking._model_registry import utils
+
+    return {"environment": os.environ.get("MLFLOW_REGISTRY_URI"), "global": utils._registry_uri}
+
+
 @pytest.fixture(scope="module")
 def empty_database(tmp_path_factory):
     """An MLflow SQLite database with its tables created (migrations take seconds; copying does not)."""
@@ -351,10 +360,10 @@ def test_bundle_of_response_classifiers_roundtrips(store, cohort, patients):
     pd.testing.assert_frame_equal(pd.read_parquet(store / "scores.parquet"), expected, check_exact=True)
 
 
-def test_zz_no_registry_uri_outlives_this_module():
+def test_zz_no_registry_uri_outlives_this_module(registry_at_start):
     """Runs last in this file (pytest keeps file order): the tests above pointed the registry at private
     stores and at an unreachable server; none of that may reach later tests or their subprocesses."""
     from mlflow.tracking._model_registry import utils
 
-    assert "MLFLOW_REGISTRY_URI" not in os.environ, os.environ.get("MLFLOW_REGISTRY_URI")
-    assert utils._registry_uri is None
+    assert os.environ.get("MLFLOW_REGISTRY_URI") == registry_at_start["environment"]
+    assert utils._registry_uri in (None, registry_at_start["global"])  # None: follow the tracking URI
