@@ -95,22 +95,26 @@ def independent_hiding(n: int, seed: int) -> dict[str, np.ndarray]:
     return {f: rng.random(n) < HIDE_RATE for f in hideable_fields()}
 
 
+def _fit(train: Cohort, config: dict, regimen_class: str, outcome: str, extra: dict) -> ResponseClassifier:
+    """The configured model of ``regimen_class`` × ``outcome`` (``extra`` overrides parameters), fitted."""
+    y = train.frame[outcome].astype(float)
+    keep = (train.regimen_class == regimen_class) & y.notna()
+    params = {**_model_params(config, regimen_class, outcome), **extra}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ResponseClassifier(**params).fit(train.X[keep], y[keep].astype(int))
+
+
 def fit_pair(train: Cohort, config: dict) -> dict[str, dict[tuple[str, str], ResponseClassifier]]:
     """{"off" | "on": {(class, outcome): model}}: the config's settings without and with augmentation."""
     models: dict[str, dict] = {"off": {}, "on": {}}
     seconds = {"off": 0.0, "on": 0.0}
     for regimen_class in config["regimen_classes"]:
         for outcome in OUTCOMES:
-            y = train.frame[outcome].astype(float)
-            keep = (train.regimen_class == regimen_class) & y.notna()
-            params = _model_params(config, regimen_class, outcome)
             for name, extra in (("off", {"missing_copies": 0}), ("on", {})):
                 started = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = ResponseClassifier(**{**params, **extra}).fit(train.X[keep], y[keep].astype(int))
+                models[name][(regimen_class, outcome)] = _fit(train, config, regimen_class, outcome, extra)
                 seconds[name] += time.perf_counter() - started
-                models[name][(regimen_class, outcome)] = model
     print(f"fit time: off {seconds['off']:.1f} s, on {seconds['on']:.1f} s "
           f"(factor {seconds['on'] / max(seconds['off'], 1e-9):.1f})", flush=True)
     return models
@@ -166,19 +170,6 @@ def required_only(ctx: Context) -> pd.DataFrame:
     return table
 
 
-def _response_models(train: Cohort, config: dict) -> dict[str, ResponseClassifier]:
-    """{class: the configured objective-response model fitted on ``train``} (augmentation on)."""
-    models = {}
-    for regimen_class in config["regimen_classes"]:
-        y = train.frame["objective_response"].astype(float)
-        keep = (train.regimen_class == regimen_class) & y.notna()
-        params = _model_params(config, regimen_class, "objective_response")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            models[regimen_class] = ResponseClassifier(**params).fit(train.X[keep], y[keep].astype(int))
-    return models
-
-
 def required_only_draws(ctx: Context) -> pd.DataFrame:
     """Per regimen, over ``--draws`` further training cohorts (seeds ``--seed`` + 1 …): the mean and SD of the
     required-fields-only error (bias and noise), beside the binomial SE of the regimen's observed response
@@ -191,7 +182,7 @@ def required_only_draws(ctx: Context) -> pd.DataFrame:
     counts: dict[str, list[int]] = {}
     for draw in range(1, ctx.args.draws + 1):
         train = load_cohort(ctx.args.train_n, ctx.args.seed + draw)
-        models = _response_models(train, ctx.config)
+        models = {c: _fit(train, ctx.config, c, "objective_response", {}) for c in ctx.config["regimen_classes"]}
         for regimen in candidate_regimens():
             if regimen.regimen_class not in models:
                 continue

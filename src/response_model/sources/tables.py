@@ -759,11 +759,13 @@ def _check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[st
     return index, warnings
 
 
-def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], key: bytes | None,
-             unlisted: list[tuple[ColumnMapping, str]]) -> tuple[dict[str, Any], list[FieldError]]:
-    """Return one row's canonical fields and its cell errors; codes read as missing are appended to ``unlisted``."""
+def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], key: bytes | None
+             ) -> tuple[dict[str, Any], list[FieldError], list[tuple[str, str]]]:
+    """Return one row's canonical fields, its cell errors and the (field, code) pairs read as missing
+    under ``unlisted: missing``."""
     row: dict[str, Any] = dict(spec.constants)
     errors: list[FieldError] = []
+    unlisted: list[tuple[str, str]] = []
     for name, mapping in spec.columns.items():
         raw = cells[index[mapping.column]]
         listed = mapping.values is not None and raw is not None and _code(raw) in mapping.values
@@ -771,7 +773,7 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
             row[name] = None
             continue
         if mapping.reads_as_missing(raw):
-            unlisted.append((mapping, _text(raw)))
+            unlisted.append((name, _text(raw)))
             row[name] = None
             continue
         try:
@@ -793,7 +795,7 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
                 tested = True
                 items.extend(gene.items(raw))
         row["alterations"] = "; ".join(items) if tested else None
-    return row, errors
+    return row, errors, unlisted
 
 
 def absent_optional(table: RawTable, spec: TableSpec) -> list[ColumnMapping]:
@@ -830,10 +832,9 @@ def map_table(table: RawTable, spec: TableSpec,
             rows.append({})
             errors[position] = [FieldError(field="row", value=None, message=table.problems[position])]
             continue
-        found: list[tuple[ColumnMapping, str]] = []
-        row, row_errors = _map_row(cells, spec, index, key, found)
-        for mapping, code in found:
-            unlisted[mapping.field, code].append(table.lines[position])
+        row, row_errors, codes = _map_row(cells, spec, index, key)
+        for code in codes:
+            unlisted[code].append(table.lines[position])
         rows.append(row)
         if row_errors:
             errors[position] = row_errors
