@@ -317,6 +317,54 @@ def test_stateless_linear_model_on_arrays():
     assert model.predict_proba(X.to_numpy()).shape == (len(X), 2)
 
 
+def _sparse_problem(n: int = 1500, d: int = 30, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Two informative columns among ``d`` standard-normal ones."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = (rng.random(n) < expit(-0.5 + 0.8 * X[:, 0] - 0.6 * X[:, 1])).astype(int)
+    return X, y
+
+
+@pytest.mark.parametrize("l1_ratio", [0.0, 0.5, 1.0])
+def test_elastic_net_matches_scikit_learn(l1_ratio):
+    from sklearn.linear_model import LogisticRegression
+
+    from response_model.modeling.estimators import SignConstrainedLogisticRegression
+
+    X, y = _sparse_problem()
+    ours = SignConstrainedLogisticRegression(C=0.02, l1_ratio=l1_ratio).fit(X, y)
+    reference = LogisticRegression(C=0.02, l1_ratio=l1_ratio, solver="saga", tol=1e-10, max_iter=50_000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, reference.coef_, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, reference.intercept_, atol=1e-4)
+    zero = np.abs(reference.coef_[0]) < 1e-8
+    if l1_ratio > 0:  # the noise columns the reference sets to 0 are exactly 0 here too
+        assert zero.sum() >= 10 and np.all(ours.coef_[0][zero] == 0.0)
+    else:
+        assert not zero.any()
+
+
+def test_elastic_net_keeps_sign_constraints_and_refuses_a_bad_ratio():
+    from response_model.modeling.estimators import SignConstrainedLogisticRegression
+
+    X, y = _sparse_problem()
+    # column 0 raises the outcome, column 1 lowers it: constrain both the wrong way
+    model = SignConstrainedLogisticRegression(C=0.05, signs=[-1, 1], l1_ratio=0.5).fit(X, y)
+    assert model.coef_[0, 0] <= 0.0 and model.coef_[0, 1] >= 0.0
+    free = SignConstrainedLogisticRegression(C=0.05, l1_ratio=0.5).fit(X, y)
+    assert free.coef_[0, 0] > 0.3 and free.coef_[0, 1] < -0.2
+    with pytest.raises(ValueError, match="l1_ratio must lie in"):
+        SignConstrainedLogisticRegression(l1_ratio=1.5).fit(X, y)
+
+
+def test_response_classifier_passes_l1_ratio_to_its_linear_part():
+    X, y, _ = _toy(800, seed=5)
+    X["noise2"] = np.random.default_rng(6).normal(size=len(X))
+    sparse = ResponseClassifier(linear_weight=1.0, C=0.05, l1_ratio=1.0).fit(X, y).linear_.coefficients_
+    dense = ResponseClassifier(linear_weight=1.0, C=0.05, l1_ratio=0.0).fit(X, y).linear_.coefficients_
+    assert sparse["noise"] == sparse["noise2"] == 0.0 and (dense != 0.0).all()
+    assert sparse["albumin"] > 0.0 > sparse["nlr"]  # the true effects stay
+
+
 class _Spy(LogisticBaseline):
     """Records which rows each fit and predict saw (class-level log shared across clones)."""
 

@@ -110,18 +110,21 @@ def align_columns(X: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
 
 
 class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
-    """L2-penalised logistic regression with sign constraints on coefficients.
+    """Elastic-net-penalised logistic regression with sign constraints on coefficients.
 
-    Same objective as scikit-learn's ``LogisticRegression(C)`` (C·Σ log-loss + ½‖w‖², intercept
-    unpenalised), minimised by L-BFGS-B with bounds: ``signs[j]`` = +1 keeps coefficient j ≥ 0,
-    −1 keeps it ≤ 0, 0 leaves it free. Columns beyond ``len(signs)`` are free. ``fit(X, y, offset)``
-    adds a fixed per-row log-odds ``offset`` to the linear predictor while fitting (not part of
-    :meth:`decision_function`).
+    Same objective as scikit-learn's ``LogisticRegression(C, l1_ratio)`` with the elastic-net
+    penalty (C·Σ log-loss + l1_ratio·‖w‖₁ + (1 − l1_ratio)·½‖w‖², intercept unpenalised; l1_ratio
+    0 is plain L2). The coefficients are split as w = u − v with u, v ≥ 0, which makes the ℓ1 term
+    linear, and the problem is minimised by L-BFGS-B with bounds: ``signs[j]`` = +1 keeps
+    coefficient j ≥ 0 (v_j = 0), −1 keeps it ≤ 0 (u_j = 0), 0 leaves it free. Columns beyond
+    ``len(signs)`` are free. ``fit(X, y, offset)`` adds a fixed per-row log-odds ``offset`` to the
+    linear predictor while fitting (not part of :meth:`decision_function`).
     """
 
-    def __init__(self, C: float = 1.0, signs: Sequence[int] = (), max_iter: int = 1000):
+    def __init__(self, C: float = 1.0, signs: Sequence[int] = (), l1_ratio: float = 0.0, max_iter: int = 1000):
         self.C = C
         self.signs = signs
+        self.l1_ratio = l1_ratio
         self.max_iter = max_iter
 
     def fit(self, X, y, sample_weight=None, offset=None):
@@ -130,23 +133,37 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
         s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         offset = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
         self.classes_ = np.array([0, 1])
+        if not 0.0 <= self.l1_ratio <= 1.0:
+            raise ValueError(f"l1_ratio must lie in [0, 1], got {self.l1_ratio!r}")
         d = X.shape[1]
-        signs = list(self.signs) + [0] * (d - len(self.signs))
-        bounds = [(0.0, None) if s > 0 else (None, 0.0) if s < 0 else (None, None) for s in signs[:d]]
+        signs = (list(self.signs) + [0] * (d - len(self.signs)))[:d]
+        l1, l2 = float(self.l1_ratio), 1.0 - float(self.l1_ratio)
+        # Without ℓ1 the problem is solved in w itself (d + 1 variables); with it, in the split
+        # (u, v) (2d + 1 variables), where u = max(w, 0) and v = max(−w, 0) at the optimum.
+        split = l1 > 0.0
+        if split:
+            bounds = ([(0.0, 0.0) if sign < 0 else (0.0, None) for sign in signs]
+                      + [(0.0, 0.0) if sign > 0 else (0.0, None) for sign in signs])
+        else:
+            bounds = [(0.0, None) if sign > 0 else (None, 0.0) if sign < 0 else (None, None) for sign in signs]
         bounds.append((None, None))  # intercept
 
+        def coefficients(theta):
+            return theta[:d] - theta[d:2 * d] if split else theta[:d]
+
         def objective(theta):
-            w, b = theta[:-1], theta[-1]
+            w, b = coefficients(theta), theta[-1]
             z = X @ w + b + offset
             loss = np.sum(s * (np.logaddexp(0.0, z) - y * z))
             r = s * (expit(z) - y)
-            grad = np.concatenate([self.C * (X.T @ r) + w, [self.C * r.sum()]])
-            return self.C * loss + 0.5 * w @ w, grad
+            smooth = self.C * (X.T @ r) + l2 * w
+            grad_w = [smooth + l1, l1 - smooth] if split else [smooth]
+            penalty = 0.5 * l2 * (w @ w) + (l1 * theta[:-1].sum() if split else 0.0)
+            return self.C * loss + penalty, np.concatenate([*grad_w, [self.C * r.sum()]])
 
-        start = np.zeros(d + 1)
-        result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
+        result = minimize(objective, np.zeros(len(bounds)), jac=True, method="L-BFGS-B", bounds=bounds,
                           options={"maxiter": self.max_iter})
-        self.coef_ = result.x[None, :-1]
+        self.coef_ = coefficients(result.x)[None, :]
         self.intercept_ = result.x[-1:]
         self.n_iter_ = np.array([result.nit])
         return self
@@ -168,24 +185,27 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
 
 
 class StandardisedLogistic(ClassifierMixin, BaseEstimator):
-    """Clip → median imputation + missing indicators → StandardScaler → L2 logistic regression.
+    """Clip → median imputation + missing indicators → StandardScaler → penalised logistic regression.
 
     ``features``: names or globs (``cancer_type_*``) of the columns used; None = all. Columns that
     are entirely missing in the training data are dropped (``columns_`` lists those kept).
     ``clip``: {feature: upper} or {feature: [lower, upper]} (stateless winsorising, e.g. TMB ≤ 50).
     ``monotone_constraints``: {feature: ±1}; when ``constrain`` is true the coefficient signs are
     bounded accordingly (so the fitted probability is monotone in those features).
+    ``l1_ratio``: share of the penalty that is ℓ1 (elastic net; 0 = L2 only), so that with many weak
+    columns most coefficients become exactly 0 instead of each adding a little noise.
     ``fit(X, y, offset)``: a fixed per-row log-odds added while fitting (the coefficients then model
     what the offset leaves unexplained); :meth:`decision_function` never includes it.
     """
 
     def __init__(self, features: Sequence[str] | None = None, clip: Mapping[str, float | Sequence[float]] | None = None,
                  C: float = 1.0, monotone_constraints: Mapping[str, int] | None = None, constrain: bool = True,
-                 max_iter: int = 2000):
+                 l1_ratio: float = 0.0, max_iter: int = 2000):
         self.features = features
         self.clip = clip
         self.C = C
         self.monotone_constraints = monotone_constraints
+        self.l1_ratio = l1_ratio
         self.constrain = constrain
         self.max_iter = max_iter
 
@@ -214,9 +234,10 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
         if self.monotone_constraints:
             known = {k: v for k, v in self.monotone_constraints.items() if k in X.columns}
             signs = [int(known.get(c, 0)) for c in self.columns_]
-        if (self.constrain and any(signs)) or offset is not None:  # scikit-learn's takes no offset
+        # scikit-learn's takes no offset and no bounds, and fits the elastic net only with saga
+        if (self.constrain and any(signs)) or offset is not None or self.l1_ratio > 0:
             learner = SignConstrainedLogisticRegression(C=self.C, signs=signs if self.constrain else [],
-                                                        max_iter=self.max_iter)
+                                                        l1_ratio=self.l1_ratio, max_iter=self.max_iter)
         else:
             learner = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.pipeline_ = Pipeline([
@@ -295,8 +316,9 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
 
     * ``linear_weight``: weight ``w`` of the logistic part in the log-odds average (0 = LightGBM
       only, 1 = logistic only; default 0.5).
-    * ``linear_features`` / ``clip`` / ``C``: the logistic part's columns (names or globs; None =
-      all), stateless winsorising {name: upper | [lower, upper]}, and inverse L2 strength.
+    * ``linear_features`` / ``clip`` / ``C`` / ``l1_ratio``: the logistic part's columns (names or
+      globs; None = all), stateless winsorising {name: upper | [lower, upper]}, inverse penalty
+      strength, and the ℓ1 share of the penalty (elastic net; 0 = L2).
     * ``gbm_features``: LightGBM's columns (None = all).
     * ``monotone_constraints``: {feature: +1 | −1}; applied to LightGBM and, when
       ``constrain_linear``, as sign bounds on the logistic coefficients, so the ensemble is
@@ -335,7 +357,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, linear_weight: float = 0.5, linear_features: Sequence[str] | None = None,
-                 clip: Mapping[str, float | Sequence[float]] | None = None, C: float = 0.1,
+                 clip: Mapping[str, float | Sequence[float]] | None = None, C: float = 0.1, l1_ratio: float = 0.0,
                  gbm_features: Sequence[str] | None = None, monotone_constraints: Mapping[str, int] | None = None,
                  constrain_linear: bool = True,
                  n_estimators: int = 200, learning_rate: float = 0.03, num_leaves: int = 4, max_depth: int = -1,
@@ -351,6 +373,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         self.linear_features = linear_features
         self.clip = clip
         self.C = C
+        self.l1_ratio = l1_ratio
         self.gbm_features = gbm_features
         self.monotone_constraints = monotone_constraints
         self.constrain_linear = constrain_linear
@@ -404,7 +427,7 @@ class ResponseClassifier(ClassifierMixin, BaseEstimator):
         offset = None if self.offset_ is None else self.offset_.log_odds(X)
         if w > 0.0:
             self.linear_ = StandardisedLogistic(
-                features=self.linear_features, clip=self.clip, C=self.C,
+                features=self.linear_features, clip=self.clip, C=self.C, l1_ratio=self.l1_ratio,
                 monotone_constraints=self.monotone_constraints if self.constrain_linear else None,
             ).fit(X, y, sample_weight=sample_weight, offset=offset)
         if w < 1.0:
