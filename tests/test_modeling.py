@@ -352,8 +352,11 @@ def test_elastic_net_keeps_sign_constraints_and_refuses_a_bad_ratio():
     assert model.coef_[0, 0] <= 0.0 and model.coef_[0, 1] >= 0.0
     free = SignConstrainedLogisticRegression(C=0.05, l1_ratio=0.5).fit(X, y)
     assert free.coef_[0, 0] > 0.3 and free.coef_[0, 1] < -0.2
-    with pytest.raises(ValueError, match="l1_ratio must lie in"):
-        SignConstrainedLogisticRegression(l1_ratio=1.5).fit(X, y)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=f"l1_ratio must lie in \\[0, 1\\], got {bad}"):
+            SignConstrainedLogisticRegression(l1_ratio=bad).fit(X, y)
+        with pytest.raises(ValueError, match="l1_ratio must lie in"):  # not silently fitted as L2
+            StandardisedLogistic(l1_ratio=bad).fit(pd.DataFrame(X), y)
 
 
 def test_response_classifier_passes_l1_ratio_to_its_linear_part():

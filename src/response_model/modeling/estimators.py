@@ -235,7 +235,7 @@ class StandardisedLogistic(ClassifierMixin, BaseEstimator):
             known = {k: v for k, v in self.monotone_constraints.items() if k in X.columns}
             signs = [int(known.get(c, 0)) for c in self.columns_]
         # scikit-learn's takes no offset and no bounds, and fits the elastic net only with saga
-        if (self.constrain and any(signs)) or offset is not None or self.l1_ratio > 0:
+        if (self.constrain and any(signs)) or offset is not None or self.l1_ratio != 0:
             learner = SignConstrainedLogisticRegression(C=self.C, signs=signs if self.constrain else [],
                                                         l1_ratio=self.l1_ratio, max_iter=self.max_iter)
         else:
