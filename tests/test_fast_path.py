@@ -269,3 +269,24 @@ def test_a_predictor_scores_like_its_bundle_without_mlflow(loaded, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["Predictor", "[]"], out.stdout + out.stderr
+
+
+def test_a_recalibrated_elastic_net_model_is_served_compiled():
+    """The default recipe's form (elastic-net linear part, LightGBM, sigmoid recalibration) compiles,
+    so serving it does not fall back to the slower reference path, and gives the model's numbers."""
+    import pandas as pd
+
+    from response_model.modeling.estimators import ResponseClassifier
+
+    rng = np.random.default_rng(7)
+    names = ["albumin", "nlr", "tmb", "noise_a", "noise_b"]
+    X = pd.DataFrame(rng.normal(size=(600, len(names))), columns=names)
+    X.loc[rng.random(600) < 0.2, "tmb"] = np.nan
+    y = (rng.random(600) < 1 / (1 + np.exp(-(0.9 * X["albumin"] - 0.7 * X["nlr"])))).astype(int)
+    model = ResponseClassifier(linear_weight=0.7, C=0.03, l1_ratio=0.5, calibrate=True, n_estimators=40,
+                               learning_rate=0.1).fit(X, y)
+    assert model.calibrator_ is not None and (model.linear_.coefficients_ == 0.0).any()
+    compiled = compile_model(model, names)
+    assert isinstance(compiled, CompiledModel)
+    probe = X.iloc[:50].to_numpy()
+    np.testing.assert_allclose(compiled.probabilities(probe), model.predict_proba(X.iloc[:50])[:, 1], atol=1e-9)
