@@ -158,7 +158,7 @@ class SignConstrainedLogisticRegression(ClassifierMixin, BaseEstimator):
             r = s * (expit(z) - y)
             smooth = self.C * (X.T @ r) + l2 * w
             grad_w = [smooth + l1, l1 - smooth] if split else [smooth]
-            penalty = 0.5 * l2 * (w @ w) + (l1 * theta[:-1].sum() if split else 0.0)
+            penalty = 0.5 * l2 * (w @ w) + l1 * theta[:-1].sum()  # Σ(u + v) = ‖w‖₁; l1 is 0 unsplit
             return self.C * loss + penalty, np.concatenate([*grad_w, [self.C * r.sum()]])
 
         result = minimize(objective, np.zeros(len(bounds)), jac=True, method="L-BFGS-B", bounds=bounds,
