@@ -137,3 +137,22 @@ def test_per_outcome_overrides_apply_to_that_outcome_only():
     assert response == {"C": 0.01, "num_leaves": 8, "monotone_constraints": {"albumin": 1}}
     assert resistance == {"C": 0.1, "num_leaves": 8, "monotone_constraints": {"albumin": -1}}
     assert _model_params(config, "checkpoint_inhibitor", "objective_response")["num_leaves"] == 4
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_every_column_a_shipped_training_config_names_is_a_feature_column(path):
+    """A misspelt column in a model's column lists would only be warned about and then left out."""
+    import fnmatch
+
+    from response_model.features import feature_names
+    from response_model.modeling.train import OUTCOMES, _model_params
+
+    config, columns = load_training_config(path), feature_names()
+    for regimen_class in config["regimen_classes"]:
+        for outcome in OUTCOMES:
+            params = _model_params(config, regimen_class, outcome)
+            patterns = [*(params.get("linear_features") or ()), *(params.get("gbm_features") or ())]
+            named = [*(params.get("clip") or {}), *(params.get("monotone_constraints") or {})]
+            where = f"{path.name}: {regimen_class} × {outcome}"
+            assert [p for p in patterns if not fnmatch.filter(columns, p)] == [], where
+            assert [n for n in named if n not in columns] == [], where
