@@ -30,10 +30,10 @@ from response_model.sources.tables import (
     ColumnMapping,
     SourceSpecError,
     TableSpec,
-    _check_header,
-    _code,
-    _is_missing,
-    _text,
+    cell_key,
+    cell_text,
+    check_header,
+    is_missing_cell,
     read_raw,
 )
 
@@ -117,7 +117,7 @@ def _date(raw: Any, fmt: str | None) -> Any:
         return raw.date().isoformat()
     if isinstance(raw, date):
         return raw.isoformat()
-    text = _text(raw)
+    text = cell_text(raw)
     if fmt is not None:
         try:
             return datetime.strptime(text, fmt).date().isoformat()
@@ -129,16 +129,16 @@ def _date(raw: Any, fmt: str | None) -> Any:
 def _cell(name: str, entry: _OutcomeColumn, raw: Any) -> Any:
     """The outcome value of one non-missing cell (codes of ``values`` translated)."""
     if entry.values is not None:
-        codes = {_code(k): v for k, v in entry.values.items()}
-        if _code(raw) in codes:
-            return codes[_code(raw)]
-        return _text(raw)  # not a listed code: refused by the outcome's own validation, which names the field
+        codes = {cell_key(k): v for k, v in entry.values.items()}
+        if cell_key(raw) in codes:
+            return codes[cell_key(raw)]
+        return cell_text(raw)  # not a listed code: refused by the outcome's own validation, which names the field
     if name in DATE_FIELDS:
         return _date(raw, entry.date_format)
     if name == "started" and not isinstance(raw, bool):
-        code = _code(raw)
-        return True if code in _TRUE else False if code in _FALSE else _text(raw)
-    return raw if isinstance(raw, bool) else _text(raw)
+        code = cell_key(raw)
+        return True if code in _TRUE else False if code in _FALSE else cell_text(raw)
+    return raw if isinstance(raw, bool) else cell_text(raw)
 
 
 def read_outcomes(spec: Mapping[str, Any], path: str | Path) -> OutcomeTable:
@@ -149,15 +149,16 @@ def read_outcomes(spec: Mapping[str, Any], path: str | Path) -> OutcomeTable:
     config, table_spec, entries = parse_spec(spec)
     path = Path(path)
     table = read_raw(table_spec, path)
-    index, warnings = _check_header(table, table_spec, path)
+    index, warnings = check_header(table, table_spec, path)
     present = {name: e for name, e in entries.items() if str(e.column).strip() in index}
     rows = []
     for cells in table.rows:
         row = dict(config.constants or {})
         for name, entry in present.items():
             raw = cells[index[str(entry.column).strip()]]
-            listed = entry.values is not None and raw is not None and _code(raw) in {_code(k) for k in entry.values}
-            if listed or not _is_missing(raw, table_spec.missing):
+            listed = (entry.values is not None and raw is not None
+                      and cell_key(raw) in {cell_key(k) for k in entry.values})
+            if listed or not is_missing_cell(raw, table_spec.missing):
                 row[name] = _cell(name, entry, raw)
         rows.append({k: v for k, v in row.items() if v is not None})
     return OutcomeTable(rows=rows, lines=list(table.lines), warnings=warnings,

@@ -91,7 +91,8 @@ class _CellError(ValueError):
     """One cell that cannot become its canonical field; the message names field, column and value."""
 
 
-def _is_missing(value: Any, missing: frozenset[str]) -> bool:
+def is_missing_cell(value: Any, missing: frozenset[str]) -> bool:
+    """True when a cell is empty: None, NA, NaN, or text that is one of ``missing`` (lower case, stripped)."""
     if value is None or value is pd.NA:
         return True
     if isinstance(value, (float, np.floating)) and math.isnan(value):
@@ -99,7 +100,7 @@ def _is_missing(value: Any, missing: frozenset[str]) -> bool:
     return isinstance(value, str) and value.strip().lower() in missing
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """Return a cell as text; integral numbers without a decimal part (``1.0`` → ``"1"``)."""
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
@@ -111,9 +112,9 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _code(value: Any) -> str:
+def cell_key(value: Any) -> str:
     """Return the key a cell (or a `values:` key) is matched by: text, lower case, ``"1.0"`` → ``"1"``."""
-    text = _text(value)
+    text = cell_text(value)
     try:
         number = float(text)
     except ValueError:
@@ -152,13 +153,13 @@ def _to_number(name: str, column: str | None, value: Any, decimal: str) -> float
 def _to_bool(name: str, column: str | None, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    code = _code(value)
+    code = cell_key(value)
     if code in _TRUE:
         return True
     if code in _FALSE:
         return False
     where = f" in column {column!r}" if column is not None else ""
-    raise _CellError(f"{name}: {_text(value)!r}{where} is not a yes/no value; expected 1/0, true/false or yes/no")
+    raise _CellError(f"{name}: {cell_text(value)!r}{where} is not a yes/no value; expected 1/0, true/false or yes/no")
 
 
 def _typed(name: str, column: str | None, value: Any, decimal: str) -> Any:
@@ -169,7 +170,7 @@ def _typed(name: str, column: str | None, value: Any, decimal: str) -> Any:
         return int(number) if dtype == "Int64" and number.is_integer() else number
     if dtype == "boolean":
         return _to_bool(name, column, value)
-    return value if isinstance(value, (list, dict)) else _text(value)
+    return value if isinstance(value, (list, dict)) else cell_text(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ class ColumnMapping:
 
     field: str
     column: str
-    values: dict[str, Any] | None = None  # code (see _code) → canonical value (None = missing)
+    values: dict[str, Any] | None = None  # code (see cell_key) → canonical value (None = missing)
     labels: tuple[str, ...] = ()  # the codes as written in the spec, for messages
     scale: float | None = None
     template: str | None = None
@@ -194,16 +195,16 @@ class ColumnMapping:
 
     def reads_as_missing(self, raw: Any) -> bool:
         """True when ``raw`` is a code outside ``values`` that this mapping reads as missing (``unlisted: missing``)."""
-        return self.unlisted == "missing" and self.values is not None and _code(raw) not in self.values
+        return self.unlisted == "missing" and self.values is not None and cell_key(raw) not in self.values
 
     def convert(self, raw: Any, decimal: str) -> Any:
         """Return the canonical value of a non-missing cell; raises _CellError."""
         value = raw
         if self.values is not None:
-            code = _code(raw)
+            code = cell_key(raw)
             if code not in self.values:
                 raise _CellError(
-                    f"{self.field}: {_text(raw)!r} in column {self.column!r} is not one of the coded values; "
+                    f"{self.field}: {cell_text(raw)!r} in column {self.column!r} is not one of the coded values; "
                     f"expected one of {', '.join(self.labels)}"
                 )
             value = self.values[code]
@@ -221,7 +222,7 @@ class ColumnMapping:
         return value
 
     def _alterations(self, value: Any) -> str:
-        text = _text(value)
+        text = cell_text(value)
         if text.lower() in self.none_found:
             return ""
         items = [item.strip() for item in text.split(self.separator)]
@@ -239,7 +240,7 @@ class GeneColumn:
 
     def items(self, raw: Any) -> list[str]:
         """Return the compact alteration texts (``GENE p.CHANGE``) of a non-missing cell."""
-        text = _text(raw)
+        text = cell_text(raw)
         if text.lower() in self.wildtype:
             return []
         return [f"{self.gene} {part.strip()}" for part in text.split(self.separator) if part.strip()]
@@ -408,10 +409,10 @@ def _column_mapping(name: str, entry: Any) -> ColumnMapping:
     if entry.get("values") is not None:
         if not isinstance(entry["values"], Mapping) or not entry["values"]:
             raise SourceSpecError(f"{where}.values: expected a mapping of source value → canonical value")
-        values = {_code(key): value for key, value in entry["values"].items()}
+        values = {cell_key(key): value for key, value in entry["values"].items()}
         if len(values) != len(entry["values"]):
             raise SourceSpecError(f"{where}.values: two source values differ only in case or spelling of a number")
-        labels = tuple(f"{_text(key)!r} ({value})" for key, value in entry["values"].items())
+        labels = tuple(f"{cell_text(key)!r} ({value})" for key, value in entry["values"].items())
     scale = entry.get("scale")
     if scale is not None:
         if dtype not in ("float64", "Int64") or isinstance(scale, bool) or not isinstance(scale, (int, float)):
@@ -492,7 +493,7 @@ def _gene_column(gene: str, entry: Any) -> GeneColumn:
     wildtype = entry.get("wildtype", DEFAULT_WILDTYPE)
     return GeneColumn(
         gene=str(gene), column=str(entry["column"]).strip(),
-        wildtype=frozenset(_code(word) for word in wildtype), separator=str(entry.get("separator", ";")),
+        wildtype=frozenset(cell_key(word) for word in wildtype), separator=str(entry.get("separator", ";")),
     )
 
 
@@ -514,7 +515,7 @@ class RawTable:
 
 
 def _is_empty_row(cells: Sequence[Any]) -> bool:
-    return all(_is_missing(cell, frozenset({""})) for cell in cells)
+    return all(is_missing_cell(cell, frozenset({""})) for cell in cells)
 
 
 def _collect(path: Path, numbered_rows, header_row: int, is_csv: bool = False) -> RawTable:
@@ -527,7 +528,7 @@ def _collect(path: Path, numbered_rows, header_row: int, is_csv: bool = False) -
         if table is None:
             if line < header_row or _is_empty_row(cells):
                 continue
-            header = ["" if cell is None else _text(cell) for cell in cells]
+            header = ["" if cell is None else cell_text(cell) for cell in cells]
             while header and not header[-1]:
                 header.pop()  # trailing empty header cells (trailing delimiters, formatted sheet columns)
             seen: set[str] = set()
@@ -544,7 +545,7 @@ def _collect(path: Path, numbered_rows, header_row: int, is_csv: bool = False) -
         width = len(table.header)
         position = len(table.rows)
         extra = cells[width:]
-        if any(not _is_missing(cell, frozenset({""})) for cell in extra) or (is_csv and len(cells) < width):
+        if any(not is_missing_cell(cell, frozenset({""})) for cell in extra) or (is_csv and len(cells) < width):
             table.problems[position] = (
                 f"row: {len(cells)} field(s) but the header has {width}; "
                 "expected one value per header column (check the delimiter and quoting)"
@@ -723,7 +724,7 @@ def _closest(column: str, names: Sequence[str]) -> str | None:
     return best if best is not None and score(best) >= 0.75 else None
 
 
-def _check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[str, int], list[str]]:
+def check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[str, int], list[str]]:
     """Return the position of each header name and the table-level warnings; raise if a mapped column is absent."""
     index = {name.strip(): i for i, name in enumerate(table.header) if name.strip()}
     wanted = [m.column for m in spec.columns.values() if not (m.optional and m.column not in index)]
@@ -754,7 +755,7 @@ def _check_header(table: RawTable, spec: TableSpec, path: Path) -> tuple[dict[st
             "(map it or add it to `ignore:` in the source configuration)"
         )
     for position, name in enumerate(table.header):
-        if not name.strip() and any(not _is_missing(row[position], frozenset({""})) for row in table.rows):
+        if not name.strip() and any(not is_missing_cell(row[position], frozenset({""})) for row in table.rows):
             warnings.append(f"column {position + 1} has no header name but holds values; they are not used")
     return index, warnings
 
@@ -768,12 +769,12 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
     unlisted: list[tuple[str, str]] = []
     for name, mapping in spec.columns.items():
         raw = cells[index[mapping.column]]
-        listed = mapping.values is not None and raw is not None and _code(raw) in mapping.values
-        if not listed and _is_missing(raw, spec.missing):  # a code listed under `values:` wins
+        listed = mapping.values is not None and raw is not None and cell_key(raw) in mapping.values
+        if not listed and is_missing_cell(raw, spec.missing):  # a code listed under `values:` wins
             row[name] = None
             continue
         if mapping.reads_as_missing(raw):
-            unlisted.append((name, _text(raw)))
+            unlisted.append((name, cell_text(raw)))
             row[name] = None
             continue
         try:
@@ -791,7 +792,7 @@ def _map_row(cells: Sequence[Any], spec: TableSpec, index: Mapping[str, int], ke
         tested = given is not None
         for gene in spec.gene_columns:
             raw = cells[index[gene.column]]
-            if not _is_missing(raw, spec.missing):
+            if not is_missing_cell(raw, spec.missing):
                 tested = True
                 items.extend(gene.items(raw))
         row["alterations"] = "; ".join(items) if tested else None
@@ -820,7 +821,7 @@ def map_table(table: RawTable, spec: TableSpec,
     notices (one per code read as missing under ``unlisted: missing``, naming its lines).
 
     An optional mapping whose column the file lacks gives its field as missing (None) in every row."""
-    index, warnings = _check_header(table, spec, path)
+    index, warnings = check_header(table, spec, path)
     absent = absent_optional(table, spec)
     if absent:
         spec = replace(spec, columns={name: m for name, m in spec.columns.items() if m not in absent})
