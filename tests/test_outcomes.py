@@ -96,6 +96,21 @@ def test_reader_windows_on_the_prediction_time(direct_trail):
     assert list(empty.columns) == list(CURRENT_COLUMNS)
 
 
+def test_a_window_reads_the_outcomes_of_its_own_predictions_only(direct_trail, monkeypatch):
+    from response_model.service.audit import outcomes as reader
+
+    old, new = (_served(direct_trail, time=t) for t in ("2026-01-05T10:00:00Z", "2026-02-05T10:00:00Z"))
+    for pid in (old, new):
+        _record(direct_trail, _outcome(prediction_id=pid))
+    asked = []
+    history = reader.outcome_history
+    monkeypatch.setattr(reader, "outcome_history", lambda engine, ids=None: asked.append(ids) or history(engine, ids))
+    assert list(current_outcomes(direct_trail, since="2026-02-01T00:00:00Z")["prediction_id"]) == [new]
+    assert list(current_outcomes(direct_trail, until="2026-02-01T00:00:00Z")["prediction_id"]) == [old]
+    assert asked == [[new], [old]]
+    assert len(current_outcomes(direct_trail)) == 2 and asked[-1] is None
+
+
 @pytest.mark.parametrize(("changes", "objective", "resistance"), [
     ({"best_response": "PD"}, False, True),
     ({"best_response": "CR", "progression_date": "2026-05-01"}, True, True),

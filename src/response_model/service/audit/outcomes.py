@@ -212,6 +212,20 @@ def derived_outcomes(outcome: Mapping[str, Any], definitions: Mapping[str, Any] 
     return {"objective_response": objective, "primary_resistance": resistance}
 
 
+def _served_between(engine: Engine, low: str | None, high: str | None) -> list[str]:
+    """Ids of the accepted predictions with a record served in ``low <= time < high`` (stored time text,
+    None: open), so that a window's outcomes are read for those predictions only."""
+    c = audit_records.c
+    query = (sa.select(c.prediction_id).distinct()
+             .where(c.endpoint.in_(PREDICTION_REQUEST_ENDPOINTS), c.status == "accepted"))
+    if low is not None:
+        query = query.where(c.time >= low)
+    if high is not None:
+        query = query.where(c.time < high)
+    with engine.connect() as conn:
+        return [row.prediction_id for row in conn.execute(query)]
+
+
 def _predictions(engine: Engine, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Per prediction id: its record's time, pseudonym, model and served outputs (accepted predictions only)."""
     c = audit_records.c
@@ -266,7 +280,8 @@ def current_outcomes(engine_or_trail: Any, since: datetime | str | None = None,
     """
     engine = _engine(engine_or_trail)
     low, high = _bound(since), _bound(until)
-    current = current_of(outcome_history(engine))
+    window = None if low is None and high is None else _served_between(engine, low, high)
+    current = current_of(outcome_history(engine, window))
     predictions = _predictions(engine, sorted({pid for pid, _ in current}))
     definitions = outcome_definitions()
     rows = []
