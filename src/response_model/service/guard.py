@@ -286,9 +286,15 @@ def body_errors(raw: bytes) -> list[dict[str, Any]]:
     repeated in one object (named by its dotted path, e.g. ``patient.albumin``), a string, list or number
     over :data:`LIMITS`, ``NaN``, a control character or an unpaired surrogate in a string. Empty when
     the body is well-formed JSON within the limits (the request models judge its content)."""
+    return parsed_body(raw)[1]
+
+
+def parsed_body(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
+    """``(JSON value, [])`` of a well-formed body within the limits, else ``(None, errors)`` with the
+    errors of :func:`body_errors`; the body is parsed once."""
     encoding = _encoding_error(raw)
     if encoding:
-        return [{"field": "body", "value": None, "message": encoding}]
+        return None, [{"field": "body", "value": None, "message": encoding}]
     try:
         value = _parse(raw)
     except _Duplicate as dup:
@@ -296,22 +302,23 @@ def body_errors(raw: bytes) -> list[dict[str, Any]]:
             path = _path_of_duplicate(json.loads(raw, object_pairs_hook=_mark_duplicates, parse_int=_int))
         except (ValueError, RecursionError):  # pragma: no cover - parsed once already
             path = None
-        return [duplicate_key_error(".".join(path or (dup.key,)))]
+        return None, [duplicate_key_error(".".join(path or (dup.key,)))]
     except UnicodeDecodeError as error:
-        return [{"field": "body", "value": None,
-                 "message": f"body: not UTF-8 text (byte 0x{raw[error.start]:02x} at position {error.start}); "
-                            "send JSON encoded as UTF-8"}]
+        return None, [{"field": "body", "value": None,
+                       "message": f"body: not UTF-8 text (byte 0x{raw[error.start]:02x} at position "
+                                  f"{error.start}); send JSON encoded as UTF-8"}]
     except json.JSONDecodeError as error:
-        return [{"field": "body", "value": None,
-                 "message": f"body: not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
-                            f"(character {error.pos})"}]
+        return None, [{"field": "body", "value": None,
+                       "message": f"body: not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+                                  f"(character {error.pos})"}]
     except RecursionError:
-        return [{"field": "body", "value": None, "message": "body: JSON nested too deeply to be a prediction request"}]
+        return None, [{"field": "body", "value": None,
+                       "message": "body: JSON nested too deeply to be a prediction request"}]
     found = _limit_error(value)
     if found:
         path, message = found
-        return [{"field": path, "value": None, "message": message}]
-    return []
+        return None, [{"field": path, "value": None, "message": message}]
+    return value, []
 
 
 def duplicate_key_error(path: str) -> dict[str, Any]:
@@ -376,12 +383,12 @@ class BodyGuard:
         self.checks = dict(checks or {})
 
     def _judge(self, path: str, body: bytes) -> list[dict[str, Any]]:
-        """The errors of ``body`` (:func:`body_errors`, then the check of ``path`` on its JSON value)."""
-        errors = body_errors(body)
+        """The errors of ``body`` (:func:`body_errors`, then the check of ``path`` on the JSON value parsed there)."""
+        value, errors = parsed_body(body)
         check = self.checks.get(path)
         if errors or check is None:
             return errors
-        return check(json.loads(body))
+        return check(value)
 
     def limit_for(self, path: str) -> int:
         """The body size limit in bytes of ``path``."""
