@@ -47,7 +47,7 @@ from response_model.modeling import (
     paired_difference,
     subgroup_columns,
 )
-from response_model.modeling.estimators import constraints_for_outcome
+from response_model.modeling.train import _model_params
 from response_model.sources import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,7 @@ METRICS = ("auc", "calibration_slope", "calibration_intercept", "brier")
 
 def candidate_models(cfg: dict, outcome: str) -> dict:
     """The unfitted models compared, by display name (the project's parameters from the training config)."""
-    params = dict(cfg["model"]["checkpoint_inhibitor"])
-    params["monotone_constraints"] = constraints_for_outcome(params.get("monotone_constraints"), outcome)
+    params = _model_params(cfg, "checkpoint_inhibitor", outcome)  # as training reads them (per-outcome overrides)
     baselines = cfg["baselines"]
     return {
         PUBLISHED: PublishedLoris(**{**(baselines.get("loris_published") or {}), "outcome": outcome}),

@@ -301,7 +301,9 @@ def test_real_cohort_project_beats_loris_on_one_repeat():
         loaded = load_source(ROOT / cfg["data"]["source"], REAL_DATA)
     X = build_feature_matrix(loaded.parsed.records, [o.regimen for o in loaded.parsed.outcomes])
     y = pd.Series([o.objective_response for o in loaded.parsed.outcomes], dtype=float)
-    params = cfg["model"]["checkpoint_inhibitor"]
+    from response_model.modeling.train import _model_params
+
+    params = _model_params(cfg, "checkpoint_inhibitor", "objective_response")
     result = cross_validate(X, y, models={"project": lambda: ResponseClassifier(**params),
                                           "loris": lambda: LorisRecipe(**cfg["baselines"]["loris"])},
                             n_splits=5, n_repeats=1, seed=0, progress=False)
