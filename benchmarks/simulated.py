@@ -13,7 +13,6 @@ cohort is large because the comparisons are differences of AUC of about 0.01: on
 (docs/performance.md, fourth pass). Before 2026-12-02 the default was 5,000 patients, seed 999: pass
 ``--test-n 5000 --test-seed 999`` to repeat older runs.
 
-
 * **AUC** of the model's probability for the regimen each test patient received, against the
   observed outcome; the **oracle AUC** uses the true probability of that regimen
   (``truth.parquet``); **gap** = oracle − model, with a paired bootstrap 95 % interval.

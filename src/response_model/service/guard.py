@@ -286,10 +286,10 @@ def body_errors(raw: bytes) -> list[dict[str, Any]]:
     repeated in one object (named by its dotted path, e.g. ``patient.albumin``), a string, list or number
     over :data:`LIMITS`, ``NaN``, a control character or an unpaired surrogate in a string. Empty when
     the body is well-formed JSON within the limits (the request models judge its content)."""
-    return parsed_body(raw)[1]
+    return _parsed_body(raw)[1]
 
 
-def parsed_body(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
+def _parsed_body(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
     """``(JSON value, [])`` of a well-formed body within the limits, else ``(None, errors)`` with the
     errors of :func:`body_errors`; the body is parsed once."""
     encoding = _encoding_error(raw)
@@ -384,7 +384,7 @@ class BodyGuard:
 
     def _judge(self, path: str, body: bytes) -> list[dict[str, Any]]:
         """The errors of ``body`` (:func:`body_errors`, then the check of ``path`` on the JSON value parsed there)."""
-        value, errors = parsed_body(body)
+        value, errors = _parsed_body(body)
         check = self.checks.get(path)
         if errors or check is None:
             return errors
