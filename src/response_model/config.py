@@ -22,6 +22,12 @@ def config_dir() -> Path:
     """
     if os.environ.get(CONFIG_DIR_ENV):
         return Path(os.environ[CONFIG_DIR_ENV])
+    return _checkout_config_dir()
+
+
+@lru_cache(maxsize=1)
+def _checkout_config_dir() -> Path:
+    # cached: parsing a cohort reads configuration once per row, and this walk stats the file system
     for parent in Path(__file__).resolve().parents:
         candidate = parent / "configs"
         if (candidate / "regimens.yaml").is_file():
@@ -69,6 +75,20 @@ def _yaml_message(path: str, error: yaml.YAMLError) -> str:
 
 
 def load_yaml(name: str | os.PathLike[str]) -> Any:
-    """Return the parsed content of a YAML file, by path or by name under ``configs/``."""
-    path = resolve_config_path(name)
-    return _load_cached(str(path.resolve()), path.stat().st_mtime)
+    """Return the parsed content of a YAML file, by path or by name under ``configs/``.
+
+    Re-read when the file changes (its modification time is part of the cache key)."""
+    try:
+        path = _resolved(str(name), os.getcwd(), os.environ.get(CONFIG_DIR_ENV))
+        mtime = os.stat(path).st_mtime
+    except OSError:  # moved or deleted since it was found: look again (and say so if it is gone)
+        _resolved.cache_clear()
+        path = str(resolve_config_path(name).resolve())
+        mtime = os.stat(path).st_mtime
+    return _load_cached(path, mtime)
+
+
+@lru_cache(maxsize=256)
+def _resolved(name: str, cwd: str, config_dir_env: str | None) -> str:
+    # cached: per-row checks of a cohort read configuration thousands of times
+    return str(resolve_config_path(name).resolve())
