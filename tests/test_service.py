@@ -22,25 +22,24 @@ MODEL = "hcc-smoke"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A private MLflow store holding a tiny model (tests/data/train_tiny.yaml, registered as hcc-smoke) as
-    versions 1 and 2 (same bundle, two versions)."""
+def registry(smoke_model, tmp_path_factory):
+    """A private copy of the smoke model's MLflow store (``hcc-smoke``) with its version registered a second
+    time: versions 1 and 2 (same bundle, two versions), served from a folder of this module's own."""
+    import shutil
+
     from response_model.modeling.registry import register
-    from response_model.modeling.train import train
 
     folder = tmp_path_factory.mktemp("service")
+    shutil.copy2(smoke_model["folder"] / "mlflow.db", folder / "mlflow.db")  # the artifacts stay where they are
     previous = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
         mp.setenv(PSEUDONYM_KEY_ENV, PSEUDONYM_KEY)
         mp.delenv(DB_URL_ENV, raising=False)
-        from pathlib import Path
-
-        config = Path(__file__).parent / "data" / "train_tiny.yaml"  # a registry to serve from: any model will do
-        result = train(config, register=True, progress=False)
-        second = register(result.run_id, MODEL)
-        yield {"folder": folder, "v1": result.registered_version, "v2": second}
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        second = register(smoke_model["run_id"], MODEL)
+        yield {"folder": folder, "v1": smoke_model["version"], "v2": second}
     mlflow.set_tracking_uri(previous)
 
 
