@@ -97,15 +97,52 @@ def calibration_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], bins: 
 
 def shap_summary_plot(contributions: pd.DataFrame, features: pd.DataFrame, title: str = "",
                       max_display: int = 15) -> Figure:
-    """Return a SHAP beeswarm summary of per-patient contributions (columns = features)."""
-    import shap
+    """Return a SHAP beeswarm summary of per-patient contributions (columns = features).
 
-    shap.summary_plot(contributions.to_numpy(), features.to_numpy(), feature_names=list(features.columns),
-                      max_display=max_display, show=False)
-    fig = plt.gcf()
-    fig.suptitle(title)
+    One row per feature, the ``max_display`` largest by mean |contribution| with the largest on top; each
+    patient a dot at its contribution, stacked where contributions are alike, coloured by the feature's
+    value (blue low to red high between its 5th and 95th percentiles; grey: missing). The layout of
+    ``shap.summary_plot``, drawn with one scatter per row (shap's own takes seconds on a few thousand rows).
+    """
+    names = contributions.abs().mean().sort_values(ascending=False).index[:max_display][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    cmap = plt.get_cmap("coolwarm")
+    for row, name in enumerate(names):
+        x = contributions[name].to_numpy(dtype=float)
+        value = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
+        y = row + _swarm_offsets(x, height=0.4)
+        known = ~np.isnan(value)
+        ax.scatter(x[~known], y[~known], s=10, color="#aaaaaa", linewidths=0, alpha=0.8, rasterized=True)
+        if known.any():
+            low, high = np.percentile(value[known], [5, 95])
+            shade = np.clip((value[known] - low) / (high - low), 0, 1) if high > low else np.full(known.sum(), 0.5)
+            ax.scatter(x[known], y[known], s=10, c=cmap(shade), linewidths=0, alpha=0.8, rasterized=True)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(np.arange(len(names)), list(names))
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("SHAP value (contribution of the feature)")
+    colorbar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap), ax=ax, ticks=[0, 1], aspect=40, pad=0.02)
+    colorbar.ax.set_yticklabels(["low", "high"])
+    colorbar.set_label("feature value")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def _swarm_offsets(x: np.ndarray, height: float, bins: int = 100) -> np.ndarray:
+    """Vertical offsets (within ±``height``) that stack the points of ``x`` falling in the same one of
+    ``bins`` equal bins alternately above and below the row, as shap's beeswarm does."""
+    span = np.ptp(x) if len(x) else 0.0
+    binned = np.round((x - x.min()) / (span or 1.0) * bins).astype(int) if len(x) else x.astype(int)
+    order = np.argsort(binned, kind="stable")
+    sorted_bins = binned[order]
+    starts = np.r_[True, sorted_bins[1:] != sorted_bins[:-1]] if len(x) else np.zeros(0, dtype=bool)
+    rank = np.arange(len(x)) - np.maximum.accumulate(np.where(starts, np.arange(len(x)), 0))
+    layer = ((rank + 1) // 2) * np.where(rank % 2 == 1, 1.0, -1.0)
+    offsets = np.empty(len(x))
+    offsets[order] = layer
+    widest = np.abs(offsets).max() if len(x) else 0.0
+    return offsets * (height / widest) if widest > 0 else offsets
 
 
 def shap_dependence_plot(contributions: pd.DataFrame, features: pd.DataFrame, feature: str, title: str = "",
