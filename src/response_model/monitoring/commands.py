@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from response_model.modeling.registry import MONITORING_TAGS
 from response_model.service.commands import _clean_errors, _db_option
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -59,6 +58,8 @@ def log_to_run(run_id: str, state: dict[str, Any]) -> int:
     gate's ``block_on_monitoring_act`` reads it); returns how many points were logged."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
+
+    from response_model.modeling.registry import MONITORING_TAGS
 
     points = [Metric(key, value, stamp, step) for key, value, step, stamp in metric_points(state)]
     client = MlflowClient()

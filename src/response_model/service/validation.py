@@ -10,17 +10,19 @@ import re
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from response_model.consistency import request_problems
-from response_model.modeling.bundle import ResponseModelBundle
 from response_model.privacy import PseudonymKeyError, pseudonymise
 from response_model.schema import PatientRecord, field_errors, odd_code_points, shown
 from response_model.service.audit import input_digest
 from response_model.service.models import MAX_EXACT_INT, BatchRequest, PredictionRequest
+
+if TYPE_CHECKING:  # the bundle module imports MLflow, which the CLI's key and outcome commands do not need
+    from response_model.modeling.bundle import ResponseModelBundle
 
 #: what stands in the audit trail for the value of an identifier field
 REDACTED_ID = "<patient_id redacted>"
