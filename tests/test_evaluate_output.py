@@ -18,11 +18,16 @@ def _data(n: int, seed: int):
 
 
 @pytest.mark.parametrize("n", [30, 400])
-def test_the_bootstraps_fast_metrics_equal_binary_metrics(n):
+def test_the_bootstraps_resample_metrics_equal_binary_metrics_on_the_resampled_rows(n):
     y, p = _data(n, n)
-    fast, reference = metrics._fast_binary(y, p), metrics.binary_metrics(y, p)
-    for name in metrics.HELD_OUT_METRICS:
-        assert fast[name] == pytest.approx(reference[name], abs=1e-12)
+    draws = np.random.default_rng(n).integers(0, n, size=(20, n))
+    draws[0] = np.flatnonzero(y == 1)[0]  # one patient's copies only: a single class
+    found = metrics._resampled_binary(y, p, metrics._copies(draws, n))
+    assert all(np.isnan(found[name][0]) for name in metrics.HELD_OUT_METRICS)
+    for b in range(1, len(draws)):
+        reference = metrics.binary_metrics(y[draws[b]], p[draws[b]])
+        for name in metrics.HELD_OUT_METRICS:
+            assert found[name][b] == pytest.approx(reference[name], abs=1e-9), (b, name)
 
 
 def test_bootstrap_intervals_are_seeded_and_cover_the_estimate():

@@ -249,31 +249,61 @@ def held_out_metrics(y, p, time=None, event=None) -> dict[str, float | None] | N
     return out
 
 
-def _fast_binary(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """:data:`HELD_OUT_METRICS` of labelled rows with both classes, as :func:`binary_metrics` computes them
-    (AUC = Mann–Whitney with mid-ranks for ties, AUPRC = scikit-learn's average precision) in plain numpy,
-    without scikit-learn's per-call checks: the bootstrap calls it thousands of times (tests check they agree)."""
-    positives = y.sum()
-    negatives = len(y) - positives
-    ranks = stats.rankdata(p)
-    auc = (ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+def _resampled_binary(y: np.ndarray, p: np.ndarray, copies: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`HELD_OUT_METRICS` of each bootstrap resample, one value per row of ``copies`` (each patient's
+    number of copies in that resample), as :func:`binary_metrics` computes them on the resampled rows (AUC =
+    Mann–Whitney with mid-ranks for ties, AUPRC = scikit-learn's average precision, calibration slope by
+    Newton–Raphson), all resamples at once (tests check they agree); NaN where a resample has one class."""
     order = np.argsort(-p, kind="mergesort")
-    p_sorted, y_sorted = p[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p_sorted) - 1]
-    tps = np.cumsum(y_sorted)[last_of_tie]
-    precision = tps / (last_of_tie + 1)
-    recall = tps / positives
-    auprc = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    lp = logit(p)
-    _, slope = _newton_logistic(np.column_stack([np.ones_like(lp), lp]), y, np.zeros_like(lp))
-    return {"auc": float(auc), "auprc": auprc, "brier": float(np.mean((p - y) ** 2)),
-            "calibration_slope": float(slope)}
+    w, y_desc = copies[:, order], y[order]
+    groups = np.r_[0, np.flatnonzero(np.diff(p[order])) + 1]  # runs of tied scores, highest first
+    pos = np.add.reduceat(w * y_desc, groups, axis=1)
+    neg = np.add.reduceat(w * (1.0 - y_desc), groups, axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    both = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = n_neg[:, None] - np.cumsum(neg, axis=1)  # negatives scored lower than each run
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+        tps, predicted = np.cumsum(pos, axis=1), np.cumsum(pos + neg, axis=1)
+        precision = np.divide(tps, predicted, out=np.zeros_like(tps), where=predicted > 0)
+        recall_gain = np.diff(np.c_[np.zeros(len(w)), tps], axis=1) / n_pos[:, None]
+        auprc = (recall_gain * precision).sum(axis=1)
+    brier = (copies * (p - y) ** 2).sum(axis=1) / copies.sum(axis=1)
+    slope = _resampled_slope(y, logit(p), copies)
+    return {name: np.where(both, value, np.nan)
+            for name, value in (("auc", auc), ("auprc", auprc), ("brier", brier), ("calibration_slope", slope))}
 
 
-def _resample_metrics(y, p) -> dict[str, float]:
-    if len(np.unique(y)) < 2:
-        return {}
-    return {name: value for name, value in _fast_binary(y, p).items() if math.isfinite(value)}
+def _resampled_slope(y: np.ndarray, lp: np.ndarray, copies: np.ndarray, max_iter: int = 50) -> np.ndarray:
+    """The calibration slope (logistic regression of ``y`` on intercept + ``lp``) of each row of ``copies``
+    (weights): :func:`_newton_logistic` for every resample at once, with the 2 × 2 systems solved in closed
+    form; NaN where a system is singular."""
+    beta = np.zeros((len(copies), 2))
+    for _ in range(max_iter):
+        eta = np.clip(beta[:, :1] + beta[:, 1:] * lp, -30, 30)
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        v, r = copies * mu * (1.0 - mu), copies * (y - mu)
+        h00, h01, h11 = v.sum(axis=1) + 1e-10, (v * lp).sum(axis=1), (v * lp * lp).sum(axis=1) + 1e-10
+        g0, g1 = r.sum(axis=1), (r * lp).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            det = h00 * h11 - h01 * h01
+            step = np.column_stack([(h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det])
+        step[~np.isfinite(det) | (det == 0)] = np.nan
+        beta = beta + step
+        if not np.any(np.abs(step) >= 1e-9):  # every resample converged (or singular: NaN)
+            break
+    return beta[:, 1]
+
+
+def _copies(draws: np.ndarray, n: int) -> np.ndarray:
+    """(resamples × ``n``) copies of each patient in each row of ``draws`` (indices drawn with replacement)."""
+    copies = np.zeros((len(draws), n))
+    np.add.at(copies, (np.repeat(np.arange(len(draws)), draws.shape[1]), draws.ravel()), 1.0)
+    return copies
+
+
+#: resample × patient cells computed at once by :func:`bootstrap_intervals` (bounds its memory to ~0.2 GB)
+_RESAMPLE_BLOCK_CELLS = 2_000_000
 
 
 #: pair-matrix cells computed at once by :func:`resampled_c_index` (bounds its memory to ~0.3 GB)
@@ -295,8 +325,7 @@ def resampled_c_index(risk, time, event, draws: np.ndarray) -> np.ndarray:
     usable = ~(np.isnan(risk) | np.isnan(time) | np.isnan(event))
     died = usable & (np.nan_to_num(event) != 0)
     n = len(risk)
-    weights = np.zeros((len(draws), n))
-    np.add.at(weights, (np.repeat(np.arange(len(draws)), draws.shape[1]), draws.ravel()), 1.0)
+    weights = _copies(draws, n)
     credit, pairs = np.zeros(len(draws)), np.zeros(len(draws))
     step = max(1, _PAIR_BLOCK_CELLS // max(n, 1))
     for start in range(0, n, step):
@@ -326,9 +355,12 @@ def bootstrap_intervals(y, p, time=None, event=None, n_resamples: int = BOOTSTRA
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(rows), size=(n_resamples, len(rows)))
     values: dict[str, list[float]] = {}
-    for draw in draws:
-        for name, value in _resample_metrics(y[rows[draw]], p[rows[draw]]).items():
-            values.setdefault(name, []).append(value)
+    step = max(1, _RESAMPLE_BLOCK_CELLS // len(rows))
+    for start in range(0, n_resamples, step):
+        found = _resampled_binary(y[rows], p[rows], _copies(draws[start:start + step], len(rows)))
+        for name, value in found.items():
+            if np.isfinite(value).any():
+                values.setdefault(name, []).extend(value[np.isfinite(value)].tolist())
     if has_time:
         both_classes = np.ptp(y[rows][draws], axis=1) > 0  # a one-class resample is skipped for every metric
         found = resampled_c_index(p[rows], time[rows], event[rows], draws[both_classes])
