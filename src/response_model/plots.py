@@ -102,7 +102,7 @@ def shap_summary_plot(contributions: pd.DataFrame, features: pd.DataFrame, title
     One row per feature, the ``max_display`` largest by mean |contribution| with the largest on top; each
     patient a dot at its contribution, stacked where contributions are alike, coloured by the feature's
     value (blue low to red high between its 5th and 95th percentiles; grey: missing). The layout of
-    ``shap.summary_plot``, drawn with one scatter per row (shap's own takes seconds on a few thousand rows).
+    ``shap.summary_plot``, drawn with one scatter per row: training draws one per model, and shap's own is slow.
     """
     names = contributions.abs().mean().sort_values(ascending=False).index[:max_display][::-1]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
